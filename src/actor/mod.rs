@@ -1,0 +1,67 @@
+//! Actors (ractor on tokio): one [`room::RoomActor`] per active room under one
+//! [`rooms::RoomSupervisor`]. Sessions and the janitor join them here as their issues land.
+
+pub mod room;
+pub mod rooms;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::{ChatConfig, Limits};
+use crate::log::EventLog;
+use crate::projection::history::History;
+use crate::projection::Runner;
+use crate::room::MemberId;
+use crate::wire::ErrorCode;
+
+/// What every room actor needs, shared.
+#[derive(Debug, Clone)]
+pub struct ChatContext {
+    pub log: EventLog,
+    pub history: History,
+    /// The history projection's runner, to wait until it has applied a seq.
+    pub history_runner: Runner,
+    pub chat: ChatConfig,
+    pub limits: Limits,
+}
+
+/// A frame on its way to one connection. `seq` is set on `message` frames so that the
+/// connection knows the last seq it delivered and can resume from it.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub seq: Option<u64>,
+    pub frame: Arc<str>,
+}
+
+/// A connection as a room sees it.
+#[derive(Debug)]
+pub struct Member {
+    pub id: MemberId,
+    /// Bounded queue of frames for this connection in this room. When it is full the
+    /// connection is too slow: the room drops it and rings `kick`.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Rung when this member is disconnected for being too slow.
+    pub kick: Arc<Notify>,
+}
+
+/// Errors of the chat actors, reported to the client as an error frame with [`Self::code`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChatError {
+    /// The room actor could not start or answer (reading history failed).
+    #[error("room {room} is unavailable: {reason}")]
+    RoomUnavailable { room: String, reason: String },
+    /// The server is stopping.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl ChatError {
+    /// The wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ChatError::RoomUnavailable { .. } => ErrorCode::RoomUnavailable,
+            ChatError::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+}

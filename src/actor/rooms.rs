@@ -1,0 +1,189 @@
+//! `RoomSupervisor`: finds or starts the actor of a room, restarts failed ones within a
+//! restart-intensity limit, and stops idle ones.
+//!
+//! A restarted room rebuilds its state from the history projection. Its members notice that
+//! their queue ended and join again from the last seq they delivered, so a failure costs
+//! them nothing (DESIGN.md invariant 2).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::time::Instant;
+
+use super::room::{RoomActor, RoomArgs, RoomMsg};
+use super::{ChatContext, ChatError};
+use crate::event::RoomId;
+
+/// Messages the supervisor handles.
+#[derive(Debug)]
+pub enum RoomsMsg {
+    /// The actor of a room, started if needed.
+    Get { room: RoomId, reply: RpcReplyPort<Result<ActorRef<RoomMsg>, ChatError>> },
+    /// A room found itself idle: stop it unless it was replaced meanwhile.
+    IdleStop { room: RoomId, actor: ActorId },
+    /// How many room actors are running.
+    Count { reply: RpcReplyPort<usize> },
+}
+
+/// The supervisor actor.
+#[derive(Debug)]
+pub struct RoomSupervisor;
+
+/// The supervisor's state.
+#[derive(Debug)]
+pub struct SupervisorState {
+    ctx: ChatContext,
+    rooms: HashMap<RoomId, ActorRef<RoomMsg>>,
+    by_actor: HashMap<ActorId, RoomId>,
+    /// Recent failure times per room, for the restart-intensity limit.
+    failures: HashMap<RoomId, VecDeque<Instant>>,
+}
+
+impl Actor for RoomSupervisor {
+    type Msg = RoomsMsg;
+    type State = SupervisorState;
+    type Arguments = ChatContext;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<RoomsMsg>,
+        ctx: ChatContext,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState { ctx, rooms: HashMap::new(), by_actor: HashMap::new(), failures: HashMap::new() })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RoomsMsg>,
+        msg: RoomsMsg,
+        s: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RoomsMsg::Get { room, reply } => {
+                let result = match s.rooms.get(&room) {
+                    Some(actor) => Ok(actor.clone()),
+                    None => s.start(&myself, room).await,
+                };
+                let _ = reply.send(result);
+            }
+            RoomsMsg::IdleStop { room, actor } => {
+                if s.rooms.get(&room).is_some_and(|a| a.get_id() == actor) {
+                    if let Some(actor) = s.rooms.remove(&room) {
+                        s.by_actor.remove(&actor.get_id());
+                        tracing::debug!(room = %room, "room idle, stopping");
+                        actor.stop(Some("idle".into()));
+                    }
+                }
+            }
+            RoomsMsg::Count { reply } => {
+                let _ = reply.send(s.rooms.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RoomsMsg>,
+        event: SupervisionEvent,
+        s: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                let Some(room) = s.forget(&cell) else { return Ok(()) };
+                s.failures.entry(room.clone()).or_default().push_back(Instant::now());
+                tracing::warn!(room = %room, error = %error, "room actor failed, restarting");
+                if let Err(error) = s.start(&myself, room.clone()).await {
+                    tracing::error!(room = %room, error = %error, "room actor not restarted");
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                s.forget(&cell);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    fn forget(&mut self, cell: &ActorCell) -> Option<RoomId> {
+        let room = self.by_actor.remove(&cell.get_id())?;
+        if self.rooms.get(&room).is_some_and(|a| a.get_id() == cell.get_id()) {
+            self.rooms.remove(&room);
+        }
+        Some(room)
+    }
+
+    /// Starts a room's actor unless it failed too often within the restart window.
+    async fn start(&mut self, myself: &ActorRef<RoomsMsg>, room: RoomId) -> Result<ActorRef<RoomMsg>, ChatError> {
+        let window = self.ctx.chat.restart_window;
+        if let Some(failures) = self.failures.get_mut(&room) {
+            failures.retain(|t| t.elapsed() < window);
+            if failures.len() > self.ctx.chat.restarts_max {
+                let retry_in = failures.front().map_or(Duration::ZERO, |t| window.saturating_sub(t.elapsed()));
+                return Err(ChatError::RoomUnavailable {
+                    room: room.to_string(),
+                    reason: format!(
+                        "it failed {} times within {}; retry in {}",
+                        failures.len(),
+                        humantime::format_duration(window),
+                        humantime::format_duration(Duration::from_secs(retry_in.as_secs() + 1))
+                    ),
+                });
+            }
+        }
+        let args = RoomArgs { room: room.clone(), ctx: self.ctx.clone(), supervisor: myself.clone() };
+        let (actor, _) = Actor::spawn_linked(None, RoomActor, args, myself.get_cell())
+            .await
+            .map_err(|e| ChatError::RoomUnavailable { room: room.to_string(), reason: e.to_string() })?;
+        self.by_actor.insert(actor.get_id(), room.clone());
+        self.rooms.insert(room, actor.clone());
+        Ok(actor)
+    }
+}
+
+/// A handle to the rooms, used by connections and the HTTP API.
+#[derive(Debug, Clone)]
+pub struct Rooms {
+    supervisor: ActorRef<RoomsMsg>,
+}
+
+impl Rooms {
+    /// Starts the supervisor.
+    pub async fn start(ctx: ChatContext) -> Result<Self, ActorProcessingErr> {
+        let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx).await?;
+        Ok(Self { supervisor })
+    }
+
+    /// The actor of `room`, started if needed.
+    pub async fn get(&self, room: &RoomId) -> Result<ActorRef<RoomMsg>, ChatError> {
+        let room = room.clone();
+        match self.supervisor.call(|reply| RoomsMsg::Get { room, reply }, None).await {
+            Ok(ractor::rpc::CallResult::Success(result)) => result,
+            _ => Err(ChatError::ShuttingDown),
+        }
+    }
+
+    /// How many room actors are running.
+    pub async fn active(&self) -> usize {
+        match self.supervisor.call(|reply| RoomsMsg::Count { reply }, None).await {
+            Ok(ractor::rpc::CallResult::Success(n)) => n,
+            _ => 0,
+        }
+    }
+
+    /// Makes a room's actor fail, to test supervision.
+    #[doc(hidden)]
+    pub async fn inject_failure(&self, room: &RoomId) -> Result<(), ChatError> {
+        let actor = self.get(room).await?;
+        actor.cast(RoomMsg::Fail).map_err(|_| ChatError::ShuttingDown)
+    }
+
+    /// Stops every room, then the supervisor, waiting for them to finish what they hold.
+    pub async fn stop(&self) {
+        self.supervisor.drain_children();
+        let _ = self.supervisor.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+    }
+}

@@ -1,0 +1,192 @@
+//! Configuration: defaults that work out of the box, a TOML file, and environment variables.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file (`--config`), environment
+//! variables `ROOMLOG_<SECTION>__<KEY>` (for example `ROOMLOG_CHAT__RECENT_COUNT=100`), then
+//! command-line flags. Durations are humantime (`30s`, `5m`, `7d`). Every limit has a key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::log::LogConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP and WebSocket facade listens on. Port 0 picks a free port; the bound
+    /// address is written to `<data>/roomlog.addr` for tools and tests.
+    pub listen: SocketAddr,
+    /// Folder holding the log, the projections and (later) the file store.
+    pub data: PathBuf,
+    pub log: LogConfig,
+    pub chat: ChatConfig,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            data: PathBuf::from("./roomlog-data"),
+            log: LogConfig::default(),
+            chat: ChatConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// How rooms behave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Messages a client receives when it joins without `since`.
+    pub recent_count: usize,
+    /// Messages a room actor keeps in memory: joins and resumes within it need no disk read.
+    /// Raised to `recent_count` if set lower.
+    pub ring_capacity: usize,
+    /// Most messages replayed to a resuming client in one step; a longer gap is replayed in
+    /// several steps, so one resume never holds a room for long.
+    pub replay_batch_max: usize,
+    /// Most messages one history page returns.
+    pub history_page_max: usize,
+    /// A room with no members and nothing in flight stops after this long, and comes back
+    /// from the history projection on the next join.
+    #[serde(with = "humantime_serde")]
+    pub room_idle_stop: Duration,
+    /// Most appends a room has in flight before it waits for the log.
+    pub room_inflight_max: usize,
+    /// Room actor restarts allowed within `restart_window` before the room is refused for
+    /// the rest of the window (restart intensity, as in OTP supervisors).
+    pub restarts_max: usize,
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            recent_count: 50,
+            ring_capacity: 1000,
+            replay_batch_max: 1000,
+            history_page_max: 200,
+            room_idle_stop: Duration::from_secs(300),
+            room_inflight_max: 8192,
+            restarts_max: 5,
+            restart_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Bounds on what one client can make the server hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message body in bytes; a larger one gets `body_too_large` and is not stored.
+    pub body_bytes_max: usize,
+    /// Largest client id in bytes.
+    pub client_id_bytes_max: usize,
+    /// Largest WebSocket message a client may send; beyond it the connection is closed
+    /// (1009) because the frame cannot even be read.
+    pub frame_bytes_max: usize,
+    /// Open WebSocket connections; more are refused with HTTP 503.
+    pub connections_max: usize,
+    /// Rooms one connection may have joined at once.
+    pub rooms_per_connection_max: usize,
+    /// Frames queued for one connection per joined room; a client that falls this far behind
+    /// is disconnected (close code 4008) and may resume from its last seq.
+    pub outbound_queue_max: usize,
+    /// How long a graceful shutdown waits for connections to close.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes_max: 64 * 1024,
+            client_id_bytes_max: 128,
+            frame_bytes_max: 1024 * 1024,
+            connections_max: 20_000,
+            rooms_per_connection_max: 64,
+            outbound_queue_max: 4096,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A configuration that cannot be loaded; reported by `main` with the file and key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Config {
+    /// Loads defaults, then the TOML file if given, then `ROOMLOG_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let mut config: Config =
+            figment.merge(Env::prefixed("ROOMLOG_").split("__")).extract().map_err(|e| ConfigError(Box::new(e)))?;
+        config.normalise();
+        Ok(config)
+    }
+
+    /// Raises values that other values depend on, so that no combination is inconsistent.
+    pub fn normalise(&mut self) {
+        let chat = &mut self.chat;
+        chat.ring_capacity = chat.ring_capacity.max(chat.recent_count).max(1);
+        chat.replay_batch_max = chat.replay_batch_max.max(1);
+        chat.history_page_max = chat.history_page_max.max(1);
+        chat.room_inflight_max = chat.room_inflight_max.max(1);
+        self.limits.outbound_queue_max = self.limits.outbound_queue_max.max(16);
+    }
+
+    /// Where the server writes the address it is listening on.
+    pub fn addr_file(&self) -> PathBuf {
+        self.data.join("roomlog.addr")
+    }
+
+    /// The folder of the log's sled database.
+    pub fn log_dir(&self) -> PathBuf {
+        self.data.join("db")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures must return figment's own large error
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "roomlog.toml",
+                "[chat]\nrecent_count = 20\nroom_idle_stop = \"2m\"\n[limits]\nbody_bytes_max = 100\n",
+            )?;
+            jail.set_env("ROOMLOG_LIMITS__BODY_BYTES_MAX", "200");
+            let config = Config::load(Some(Path::new("roomlog.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.chat.recent_count, 20);
+            assert_eq!(config.chat.room_idle_stop, Duration::from_secs(120));
+            assert_eq!(config.limits.body_bytes_max, 200);
+            assert_eq!(config.chat.ring_capacity, 1000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[chat]\nrecnt_count = 20\n")?;
+            let err = Config::load(Some(Path::new("bad.toml"))).expect_err("unknown key must be refused");
+            assert!(err.to_string().contains("recnt_count"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,233 @@
+//! Events: what happened, in the past tense, as they are stored in the log.
+//!
+//! Every event kind carries a version in its stored tag (`"MessagePosted.1"`). The code works
+//! with [`Event`], the current shape of every kind; the log is read through [`StoredEvent`],
+//! which names every shape ever written. When a kind changes, its old shape stays in
+//! `StoredEvent` under its old tag and is upcast into the new one on read; stored bytes are
+//! never rewritten (DESIGN.md, "The event log"). `schema/events.md` documents each version and
+//! `snapshots/events/` keeps a golden encoding of each, decoded by a test.
+
+use serde::{Deserialize, Serialize};
+
+/// Where an event belongs: the entity whose history it is part of.
+///
+/// The stream lets one entity's events be read (or purged) without scanning the log.
+/// Stored as a short string (`room/lobby`) so that the index key is readable in a dump.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StreamId(String);
+
+impl StreamId {
+    /// The stream of one chat room.
+    pub fn room(room: &RoomId) -> Self {
+        Self(format!("room/{}", room.as_str()))
+    }
+
+    /// The stream as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A room's name, checked: 1 to [`RoomId::LEN_MAX`] characters of `[A-Za-z0-9_.-]`.
+///
+/// The charset keeps room names safe in URLs, file names and index keys alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RoomId(String);
+
+impl RoomId {
+    /// The longest room name accepted.
+    pub const LEN_MAX: usize = 64;
+
+    /// Checks a room name.
+    pub fn parse(name: &str) -> Result<Self, InvalidRoomId> {
+        let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if name.is_empty() || name.len() > Self::LEN_MAX || !valid_chars {
+            return Err(InvalidRoomId(name.chars().take(80).collect()));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RoomId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for RoomId {
+    type Error = InvalidRoomId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<RoomId> for String {
+    fn from(value: RoomId) -> Self {
+        value.0
+    }
+}
+
+/// A room name that breaks the rules of [`RoomId::parse`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid room name {0:?}: use 1 to 64 characters of A-Z a-z 0-9 _ . -")]
+pub struct InvalidRoomId(String);
+
+/// One entry of the log: an event with its position, time and stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Global position in the log; assigned by the log writer, never reused.
+    pub seq: u64,
+    /// When the log writer accepted the event, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The entity this event belongs to.
+    pub stream: StreamId,
+    /// What happened.
+    pub event: Event,
+}
+
+/// The current shape of every event kind. See `schema/events.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredEvent")]
+pub enum Event {
+    /// A chat message was accepted into a room.
+    #[serde(rename = "MessagePosted.1")]
+    MessagePosted(MessagePosted),
+    /// Retention removed a room's messages up to and including `through_seq`.
+    #[serde(rename = "MessagesExpired.1")]
+    MessagesExpired(MessagesExpired),
+}
+
+impl Event {
+    /// The stream this event belongs to.
+    pub fn stream(&self) -> StreamId {
+        match self {
+            Event::MessagePosted(e) => StreamId::room(&e.room),
+            Event::MessagesExpired(e) => StreamId::room(&e.room),
+        }
+    }
+
+    /// The stored tag of this event's kind and version, for logs and errors.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Event::MessagePosted(_) => "MessagePosted.1",
+            Event::MessagesExpired(_) => "MessagesExpired.1",
+        }
+    }
+}
+
+/// `MessagePosted` version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagePosted {
+    /// The room the message was posted to.
+    pub room: RoomId,
+    /// Who posted it, as the connection identified itself.
+    pub author: String,
+    /// The sender's own id for this message; a retry with the same id is the same message.
+    pub client_id: String,
+    /// The text.
+    pub body: String,
+}
+
+/// `MessagesExpired` version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagesExpired {
+    /// The room whose history was cut.
+    pub room: RoomId,
+    /// Every message of the room with a seq up to and including this one is removed.
+    pub through_seq: u64,
+    /// The retention rule that caused the removal (DESIGN.md invariant 5).
+    pub policy: String,
+}
+
+/// Every event shape ever written, by stored tag. Reading goes through here so that an old
+/// shape can be upcast to the current one; see the module documentation.
+#[derive(Debug, Deserialize)]
+enum StoredEvent {
+    #[serde(rename = "MessagePosted.1")]
+    MessagePostedV1(MessagePosted),
+    #[serde(rename = "MessagesExpired.1")]
+    MessagesExpiredV1(MessagesExpired),
+}
+
+impl From<StoredEvent> for Event {
+    fn from(stored: StoredEvent) -> Self {
+        match stored {
+            StoredEvent::MessagePostedV1(e) => Event::MessagePosted(e),
+            StoredEvent::MessagesExpiredV1(e) => Event::MessagesExpired(e),
+        }
+    }
+}
+
+/// A stored record that does not decode as any known event shape.
+#[derive(Debug, thiserror::Error)]
+#[error("log record {seq} does not decode: {source}")]
+pub struct DecodeError {
+    /// The key the record was stored under.
+    pub seq: u64,
+    #[source]
+    source: rmp_serde::decode::Error,
+}
+
+/// Encodes an envelope as stored in the log: MessagePack with field names, so that a later
+/// version can add fields with defaults and still read this one.
+pub fn encode(envelope: &Envelope) -> Vec<u8> {
+    rmp_serde::to_vec_named(envelope).expect("an envelope always encodes: no maps with non-string keys")
+}
+
+/// Decodes a stored record; `seq` is the key it was read under, named in the error.
+pub fn decode(seq: u64, bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    rmp_serde::from_slice(bytes).map_err(|source| DecodeError { seq, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn room(name: &str) -> RoomId {
+        RoomId::parse(name).expect("valid test room")
+    }
+
+    #[test]
+    fn room_names_are_checked() {
+        assert!(RoomId::parse("team-1.general_x").is_ok());
+        for bad in ["", "a b", "../etc", "é", &"x".repeat(65)] {
+            assert!(RoomId::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn a_record_that_is_not_an_event_names_its_seq() {
+        let err = decode(42, b"\x93garbage").expect_err("garbage must not decode");
+        assert!(err.to_string().starts_with("log record 42 does not decode"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn every_envelope_survives_encoding(
+            seq in any::<u64>(), at in any::<u64>(), name in "[a-z0-9_.-]{1,64}",
+            author in ".{0,40}", client_id in ".{0,40}", body in ".{0,400}", expired in any::<bool>(),
+        ) {
+            let room = room(&name);
+            let event = if expired {
+                Event::MessagesExpired(MessagesExpired { room: room.clone(), through_seq: seq, policy: body })
+            } else {
+                Event::MessagePosted(MessagePosted { room: room.clone(), author, client_id, body })
+            };
+            let envelope = Envelope { seq, at_unix_ms: at, stream: StreamId::room(&room), event };
+            prop_assert_eq!(decode(seq, &encode(&envelope)).expect("decodes"), envelope);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(1, &bytes);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! JSON HTTP handlers: room list, paged history, readiness.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::Reply;
+
+use super::{error_reply, App};
+use crate::event::RoomId;
+use crate::wire::WireMessage;
+
+#[derive(Serialize)]
+struct RoomView<'a> {
+    room: &'a str,
+    message_count: u64,
+    last_seq: u64,
+    last_at_unix_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed_through_seq: Option<u64>,
+}
+
+/// `GET /api/rooms`: every room with its message count and last activity.
+pub fn rooms(app: Arc<App>) -> warp::reply::Response {
+    match app.history.rooms() {
+        Ok(rooms) => {
+            let rooms: Vec<_> = rooms
+                .iter()
+                .map(|(room, s)| RoomView {
+                    room: room.as_str(),
+                    message_count: s.message_count,
+                    last_seq: s.last_seq,
+                    last_at_unix_ms: s.last_at_unix_ms,
+                    removed_through_seq: (s.removed_through_seq > 0).then_some(s.removed_through_seq),
+                })
+                .collect();
+            warp::reply::json(&serde_json::json!({ "rooms": rooms })).into_response()
+        }
+        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
+    }
+}
+
+/// `GET /api/rooms/{room}/messages?before=&after=&limit=`: a page of history, oldest first.
+/// Without `before` or `after`, the newest page.
+pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
+    let room = match RoomId::parse(&room) {
+        Ok(room) => room,
+        Err(error) => return error_reply(StatusCode::BAD_REQUEST, "invalid_room", &error.to_string()),
+    };
+    let number = |key: &str| -> Result<Option<u64>, String> {
+        query
+            .get(key)
+            .map(|v| v.parse::<u64>().map_err(|_| format!("{key} must be a whole number, got {v:?}")))
+            .transpose()
+    };
+    let (before, after, limit) = match (number("before"), number("after"), number("limit")) {
+        (Ok(b), Ok(a), Ok(l)) => (b, a, l),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return error_reply(StatusCode::BAD_REQUEST, "invalid_query", &e);
+        }
+    };
+    if let Some(unknown) = query.keys().find(|k| !["before", "after", "limit"].contains(&k.as_str())) {
+        return error_reply(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            &format!("unknown parameter {unknown:?}; use before, after, limit"),
+        );
+    }
+    if before.is_some() && after.is_some() {
+        return error_reply(StatusCode::BAD_REQUEST, "invalid_query", "give before or after, not both");
+    }
+    let page_max = app.config.chat.history_page_max;
+    let limit = limit.map_or(app.config.chat.recent_count, |l| l as usize).clamp(1, page_max);
+    let summary = match app.history.summary(&room) {
+        Ok(Some(summary)) => summary,
+        Ok(None) => {
+            return error_reply(StatusCode::NOT_FOUND, "room_not_found", &format!("room {room} has no messages"))
+        }
+        Err(error) => return error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
+    };
+    let page = match after {
+        Some(after) => app.history.after(&room, after, limit + 1).map(|mut m| {
+            let more = m.len() > limit;
+            m.truncate(limit);
+            (m, more)
+        }),
+        None => app.history_page(&room, before.unwrap_or(u64::MAX), limit).map(|(m, more, _)| (m, more)),
+    };
+    match page {
+        Ok((messages, more)) => {
+            let messages: Vec<_> = messages.iter().map(|m| WireMessage::of(room.as_str(), m)).collect();
+            let removed = (summary.removed_through_seq > 0).then_some(summary.removed_through_seq);
+            warp::reply::json(&serde_json::json!({ "room": room.as_str(), "messages": messages, "more": more, "removed_through_seq": removed })).into_response()
+        }
+        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
+    }
+}
+
+/// `GET /readyz`: ready when the history projection has applied the whole log.
+pub fn readyz(app: Arc<App>) -> warp::reply::Response {
+    let head = app.log.head();
+    let applied = app.history_runner.applied();
+    let lag = head.saturating_sub(applied);
+    let shutting_down = *app.shutdown.borrow();
+    // A projection a few group commits behind is normal under load; a stopped one is not.
+    let ready = !shutting_down && (lag == 0 || app.history_runner.is_running());
+    let body = serde_json::json!({
+        "ready": ready,
+        "log_head_seq": head,
+        "projections": { "history": { "applied_seq": applied, "lag_events": lag, "running": app.history_runner.is_running() } },
+        "shutting_down": shutting_down,
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}

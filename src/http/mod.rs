@@ -1,0 +1,140 @@
+//! The warp facade: WebSocket upgrade, the JSON HTTP API, and health.
+//!
+//! Errors over HTTP are `{"error": {"code": "...", "message": "..."}}` with a stable code.
+
+mod api;
+pub mod ws;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::actor::rooms::Rooms;
+use crate::auth::{Authenticator, Credentials};
+use crate::config::Config;
+use crate::log::EventLog;
+use crate::projection::history::History;
+use crate::projection::Runner;
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub log: EventLog,
+    pub history: History,
+    pub history_runner: Runner,
+    pub rooms: Rooms,
+    pub auth: Arc<dyn Authenticator>,
+    /// One permit per open WebSocket: bounds connections, and lets shutdown wait for them.
+    pub connections: Arc<Semaphore>,
+    /// Turns true when the server starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    pub started: Instant,
+    next_member: AtomicU64,
+}
+
+impl App {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        log: EventLog,
+        history: History,
+        history_runner: Runner,
+        rooms: Rooms,
+        auth: Arc<dyn Authenticator>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let connections = Arc::new(Semaphore::new(config.limits.connections_max));
+        Self {
+            config,
+            log,
+            history,
+            history_runner,
+            rooms,
+            auth,
+            connections,
+            shutdown,
+            started: Instant::now(),
+            next_member: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next_member_id(&self) -> u64 {
+        self.next_member.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// An HTTP error body with its status.
+pub fn error_reply(status: StatusCode, code: &str, message: &str) -> warp::reply::Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+/// All routes.
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let with_app = {
+        let app = app.clone();
+        warp::any().map(move || app.clone())
+    };
+    let ws = warp::path("ws")
+        .and(warp::path::end())
+        .and(warp::ws())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_app.clone())
+        .map(upgrade);
+    let healthz = warp::path("healthz")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
+    let readyz = warp::path("readyz").and(warp::path::end()).and(warp::get()).and(with_app.clone()).map(api::readyz);
+    let rooms = warp::path!("api" / "rooms").and(warp::get()).and(with_app.clone()).map(api::rooms);
+    let messages = warp::path!("api" / "rooms" / String / "messages")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_app)
+        .map(api::messages);
+    ws.or(healthz).unify().or(readyz).unify().or(rooms).unify().or(messages).unify().recover(rejection).unify()
+}
+
+fn upgrade(ws: warp::ws::Ws, query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
+    if *app.shutdown.borrow() {
+        return error_reply(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down");
+    }
+    let identity = match app.auth.authenticate(&Credentials { query }) {
+        Ok(identity) => identity,
+        Err(error) => return error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &error.0),
+    };
+    let Ok(permit) = app.connections.clone().try_acquire_owned() else {
+        return error_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "the server has as many connections as it accepts; retry later",
+        );
+    };
+    let frame_max = app.config.limits.frame_bytes_max;
+    ws.max_message_size(frame_max)
+        .max_frame_size(frame_max)
+        .on_upgrade(move |socket| ws::serve(socket, identity, app, permit))
+        .into_response()
+}
+
+async fn rejection(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let (status, code, message) = if rejection.is_not_found() {
+        (StatusCode::NOT_FOUND, "not_found", "no such route".to_owned())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route".to_owned())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        (StatusCode::BAD_REQUEST, "invalid_query", e.to_string())
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body too large".to_owned())
+    } else {
+        (StatusCode::BAD_REQUEST, "bad_request", format!("{rejection:?}"))
+    };
+    Ok(error_reply(status, code, &message))
+}

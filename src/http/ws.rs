@@ -1,0 +1,375 @@
+//! One WebSocket connection: reads client frames, forwards them to room actors, and writes
+//! what rooms send back.
+//!
+//! Each joined room feeds a bounded queue; the connection reads them all through one
+//! `StreamMap`. When a room's queue ends without the client having left (the room actor
+//! failed or stopped), the connection joins again from the last seq it delivered: the client
+//! sees no gap and no duplicate (DESIGN.md invariant 2).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
+use ractor::rpc::CallResult;
+use ractor::ActorRef;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamMap;
+use warp::ws::{Message, WebSocket};
+
+use super::App;
+use crate::actor::room::RoomMsg;
+use crate::actor::{ChatError, Member, Outbound};
+use crate::auth::Identity;
+use crate::event::RoomId;
+use crate::projection::history::StoredMessage;
+use crate::room::MemberId;
+use crate::wire::{error_frame, parse_client_frame, render, ClientFrame, ErrorCode, ServerFrame, WireMessage};
+
+/// Close code for a client that fell too far behind; it may reconnect and resume.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code when the server shuts down ("going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Frames written before one flush when several are ready at once.
+const WRITE_BATCH_MAX: usize = 64;
+/// Attempts to reach a room whose actor keeps disappearing under us.
+const JOIN_ATTEMPTS_MAX: usize = 3;
+
+type RoomStream = Pin<Box<dyn Stream<Item = Option<Outbound>> + Send>>;
+
+struct Joined {
+    actor: ActorRef<RoomMsg>,
+    /// Seq of the last message written to the client: where a resume starts.
+    last_seq: u64,
+}
+
+struct Connection {
+    id: MemberId,
+    identity: Identity,
+    app: Arc<App>,
+    sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    joined: HashMap<RoomId, Joined>,
+    queues: StreamMap<RoomId, RoomStream>,
+    kick: Arc<Notify>,
+}
+
+/// Why the write side stopped.
+struct Gone;
+
+/// Serves one upgraded connection until either side closes it. Holds its connection permit.
+pub async fn serve(socket: WebSocket, identity: Identity, app: Arc<App>, _permit: OwnedSemaphorePermit) {
+    let (sink, mut stream) = socket.split();
+    let id = app.next_member_id();
+    let mut shutdown = app.shutdown.clone();
+    let mut conn = Connection {
+        id,
+        identity,
+        app,
+        sink,
+        joined: HashMap::new(),
+        queues: StreamMap::new(),
+        kick: Arc::new(Notify::new()),
+    };
+    let kick = conn.kick.clone();
+    tracing::debug!(conn = id, user = %conn.identity.user, "connection opened");
+    loop {
+        let step = tokio::select! {
+            biased;
+            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                let _ = conn.sink.send(Message::close_with(CLOSE_GOING_AWAY, "server shutting down")).await;
+                break;
+            }
+            _ = kick.notified() => {
+                tracing::info!(conn = id, user = %conn.identity.user, "slow consumer disconnected");
+                let _ = conn.sink.send(Message::close_with(CLOSE_SLOW_CONSUMER, "slow_consumer")).await;
+                break;
+            }
+            incoming = stream.next() => match incoming {
+                Some(Ok(message)) => conn.on_message(message).await,
+                Some(Err(error)) => {
+                    tracing::debug!(conn = id, error = %error, "connection read failed");
+                    break;
+                }
+                None => break,
+            },
+            Some((room, item)) = conn.queues.next(), if !conn.queues.is_empty() => conn.on_room_item(room, item).await,
+        };
+        if step.is_err() {
+            break;
+        }
+    }
+    for (room, joined) in conn.joined.drain() {
+        let _ = joined.actor.cast(RoomMsg::Leave { member: id });
+        tracing::trace!(conn = id, room = %room, "left on close");
+    }
+    tracing::debug!(conn = id, "connection closed");
+}
+
+impl Connection {
+    async fn on_message(&mut self, message: Message) -> Result<(), Gone> {
+        if message.is_close() {
+            return Err(Gone);
+        }
+        if message.is_binary() {
+            return self
+                .error(ErrorCode::BinaryFrame, "binary frames are not part of the protocol; send JSON text", None, None)
+                .await;
+        }
+        let Ok(text) = message.to_str() else { return Ok(()) }; // ping and pong
+        match parse_client_frame(text) {
+            Ok(frame) => self.on_frame(frame).await,
+            Err(error) => self.error(error.code, &error.message, None, None).await,
+        }
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame) -> Result<(), Gone> {
+        match frame {
+            ClientFrame::Ping { id } => self.write(render(&ServerFrame::Pong { id: id.as_ref() })).await,
+            ClientFrame::Join { room, since } => {
+                let Some(room) = self.room(&room).await? else { return Ok(()) };
+                if !self.identity.may_read(&room) {
+                    return self
+                        .error(ErrorCode::Forbidden, "you may not read this room", Some(room.as_str()), None)
+                        .await;
+                }
+                if let Some(old) = self.joined.remove(&room) {
+                    self.queues.remove(&room);
+                    let _ = old.actor.cast(RoomMsg::Leave { member: self.id });
+                } else if self.joined.len() >= self.app.config.limits.rooms_per_connection_max {
+                    let text = format!(
+                        "a connection may join at most {} rooms",
+                        self.app.config.limits.rooms_per_connection_max
+                    );
+                    return self.error(ErrorCode::TooManyRooms, &text, Some(room.as_str()), None).await;
+                }
+                self.join(room, since, true).await
+            }
+            ClientFrame::Leave { room } => {
+                let Some(room) = self.room(&room).await? else { return Ok(()) };
+                self.queues.remove(&room);
+                match self.joined.remove(&room) {
+                    Some(joined) => {
+                        let _ = joined.actor.cast(RoomMsg::Leave { member: self.id });
+                        self.write(render(&ServerFrame::Left { room: room.as_str() })).await
+                    }
+                    None => {
+                        self.error(ErrorCode::NotJoined, "this room is not joined", Some(room.as_str()), None).await
+                    }
+                }
+            }
+            ClientFrame::Send { room, body, client_id } => self.send(room, body, client_id).await,
+            ClientFrame::History { room, before, limit } => {
+                let Some(room) = self.room(&room).await? else { return Ok(()) };
+                if !self.identity.may_read(&room) {
+                    return self
+                        .error(ErrorCode::Forbidden, "you may not read this room", Some(room.as_str()), None)
+                        .await;
+                }
+                let limit =
+                    limit.unwrap_or(self.app.config.chat.recent_count).clamp(1, self.app.config.chat.history_page_max);
+                match self.app.history_page(&room, before.unwrap_or(u64::MAX), limit) {
+                    Ok((messages, more, removed)) => {
+                        let messages = messages.iter().map(|m| WireMessage::of(room.as_str(), m)).collect();
+                        self.write(render(&ServerFrame::History {
+                            room: room.as_str(),
+                            messages,
+                            more,
+                            removed_through_seq: removed,
+                        }))
+                        .await
+                    }
+                    Err(error) => {
+                        self.error(ErrorCode::RoomUnavailable, &error.to_string(), Some(room.as_str()), None).await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, room: String, body: String, client_id: String) -> Result<(), Gone> {
+        let Some(room) = self.room(&room).await? else { return Ok(()) };
+        let limits = &self.app.config.limits;
+        let refusal = if !self.joined.contains_key(&room) {
+            Some((ErrorCode::NotJoined, "join the room before sending to it".to_owned()))
+        } else if !self.identity.may_write(&room) {
+            Some((ErrorCode::Forbidden, "you may not write to this room".to_owned()))
+        } else if body.len() > limits.body_bytes_max {
+            Some((
+                ErrorCode::BodyTooLarge,
+                format!("body is {} bytes; the limit is {}", body.len(), limits.body_bytes_max),
+            ))
+        } else if client_id.is_empty() || client_id.len() > limits.client_id_bytes_max {
+            Some((ErrorCode::InvalidClientId, format!("client_id must be 1 to {} bytes", limits.client_id_bytes_max)))
+        } else {
+            None
+        };
+        if let Some((code, text)) = refusal {
+            return self.error(code, &text, Some(room.as_str()), Some(&client_id)).await;
+        }
+        let Some(joined) = self.joined.get(&room) else { return Ok(()) };
+        let post = RoomMsg::Post { member: self.id, author: self.identity.user.clone(), client_id, body };
+        let Err(ractor::MessagingErr::SendErr(post)) = joined.actor.cast(post) else { return Ok(()) };
+        // The room actor is gone; its successor takes the message. The queue of the old one
+        // has ended, so the connection joins the new one as soon as it reads that.
+        match self.app.rooms.get(&room).await {
+            Ok(actor) => {
+                let _ = actor.cast(post);
+                Ok(())
+            }
+            Err(error) => {
+                let client_id = match &post {
+                    RoomMsg::Post { client_id, .. } => client_id.as_str(),
+                    _ => "",
+                };
+                let frame = error_frame(error.code(), &error.to_string(), Some(room.as_str()), Some(client_id));
+                self.write(frame).await
+            }
+        }
+    }
+
+    /// Joins (or re-joins) a room: replays what the client is owed, then listens live.
+    /// `announce` sends the `joined` frame; a silent re-join after a room restart does not.
+    async fn join(&mut self, room: RoomId, since: Option<u64>, announce: bool) -> Result<(), Gone> {
+        let (tx, rx) = mpsc::channel(self.app.config.limits.outbound_queue_max);
+        let mut since = since;
+        let mut last_seq = since.unwrap_or(0);
+        let mut attempts = 0;
+        let mut announced = !announce;
+        let actor = loop {
+            let outcome = match self.app.rooms.get(&room).await {
+                Ok(actor) => {
+                    let member = Member { id: self.id, tx: tx.clone(), kick: self.kick.clone() };
+                    match actor.call(|reply| RoomMsg::Join { member, since, reply }, None).await {
+                        Ok(CallResult::Success(result)) => result.map(|reply| Some((actor, reply))),
+                        _ => Ok(None), // the actor stopped while we asked: ask its successor
+                    }
+                }
+                Err(error) => Err(error),
+            };
+            let (actor, reply) = match outcome {
+                Ok(Some(pair)) => pair,
+                Ok(None) if attempts + 1 < JOIN_ATTEMPTS_MAX => {
+                    attempts += 1;
+                    continue;
+                }
+                Ok(None) => {
+                    return self
+                        .join_failed(
+                            &room,
+                            ChatError::RoomUnavailable {
+                                room: room.to_string(),
+                                reason: "its actor keeps stopping".into(),
+                            },
+                        )
+                        .await
+                }
+                Err(error) => return self.join_failed(&room, error).await,
+            };
+            if !announced {
+                announced = true;
+                self.write(render(&ServerFrame::Joined {
+                    room: room.as_str(),
+                    removed_through_seq: reply.removed_through_seq,
+                }))
+                .await?;
+            }
+            for message in &reply.replay {
+                self.sink.feed(Message::text(&*message.frame)).await.map_err(|_| Gone)?;
+                last_seq = message.seq;
+            }
+            self.sink.flush().await.map_err(|_| Gone)?;
+            if reply.registered {
+                break actor;
+            }
+            since = Some(last_seq);
+        };
+        let queue: RoomStream = Box::pin(ReceiverStream::new(rx).map(Some).chain(futures_util::stream::iter([None])));
+        self.queues.insert(room.clone(), queue);
+        self.joined.insert(room, Joined { actor, last_seq });
+        Ok(())
+    }
+
+    async fn join_failed(&mut self, room: &RoomId, error: ChatError) -> Result<(), Gone> {
+        self.joined.remove(room);
+        self.error(error.code(), &error.to_string(), Some(room.as_str()), None).await
+    }
+
+    async fn on_room_item(&mut self, room: RoomId, item: Option<Outbound>) -> Result<(), Gone> {
+        let Some(outbound) = item else {
+            // The room's queue ended while joined: its actor stopped. Resume from where we are.
+            if let Some(joined) = self.joined.remove(&room) {
+                tracing::debug!(conn = self.id, room = %room, last_seq = joined.last_seq, "room restarted; resuming");
+                return self.join(room, Some(joined.last_seq), false).await;
+            }
+            return Ok(());
+        };
+        self.feed(&room, outbound).await?;
+        // Write whatever else is ready before one flush: one syscall for many frames.
+        for _ in 1..WRITE_BATCH_MAX {
+            match self.queues.next().now_or_never() {
+                Some(Some((room, Some(outbound)))) => self.feed(&room, outbound).await?,
+                Some(Some((room, None))) => {
+                    self.sink.flush().await.map_err(|_| Gone)?;
+                    return Box::pin(self.on_room_item(room, None)).await;
+                }
+                _ => break,
+            }
+        }
+        self.sink.flush().await.map_err(|_| Gone)
+    }
+
+    async fn feed(&mut self, room: &RoomId, outbound: Outbound) -> Result<(), Gone> {
+        if let (Some(seq), Some(joined)) = (outbound.seq, self.joined.get_mut(room)) {
+            if seq <= joined.last_seq {
+                return Ok(()); // already delivered by a replay
+            }
+            joined.last_seq = seq;
+        }
+        self.sink.feed(Message::text(&*outbound.frame)).await.map_err(|_| Gone)
+    }
+
+    /// Parses a room name, answering `invalid_room` when it is not one.
+    async fn room(&mut self, name: &str) -> Result<Option<RoomId>, Gone> {
+        match RoomId::parse(name) {
+            Ok(room) => Ok(Some(room)),
+            Err(error) => {
+                self.error(ErrorCode::InvalidRoom, &error.to_string(), None, None).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn error(
+        &mut self,
+        code: ErrorCode,
+        text: &str,
+        room: Option<&str>,
+        client_id: Option<&str>,
+    ) -> Result<(), Gone> {
+        self.write(error_frame(code, text, room, client_id)).await
+    }
+
+    async fn write(&mut self, frame: String) -> Result<(), Gone> {
+        self.sink.send(Message::text(frame)).await.map_err(|_| Gone)
+    }
+}
+
+impl App {
+    /// A page of a room's history before `before`, with whether older messages remain and
+    /// what retention removed.
+    pub fn history_page(
+        &self,
+        room: &RoomId,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredMessage>, bool, Option<u64>), crate::projection::ProjectionError> {
+        let mut messages = self.history.before(room, before, limit + 1)?;
+        let more = messages.len() > limit;
+        if more {
+            messages.remove(0);
+        }
+        let removed = self.history.summary(room)?.map(|s| s.removed_through_seq).filter(|&r| r > 0);
+        Ok((messages, more, removed))
+    }
+}

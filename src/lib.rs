@@ -1,0 +1,33 @@
+//! roomlog: durable real-time chat rooms (and, as the issues land, sessions, file storage and
+//! a janitor) in one binary, event-sourced over one append-only log.
+//!
+//! # Layout
+//!
+//! In pipeline order, from the client down to the disk and back up:
+//!
+//! - [`http`]: the warp facade — WebSocket connections, the JSON HTTP API, health.
+//! - [`wire`]: the WebSocket frames and their stable error codes.
+//! - [`auth`]: who a connection is and what it may do; the seam for authentication.
+//! - [`actor`]: ractor actors — a `RoomActor` per active room under a `RoomSupervisor`.
+//! - [`room`]: what a room decides (ring, de-duplication, replay), as plain state.
+//! - [`log`]: the append-only event log in sled, with group commit.
+//! - [`event`]: the events, their versions and their encoding.
+//! - [`projection`]: folds over the log with checkpoints — chat history.
+//! - [`config`]: configuration from defaults, a TOML file and the environment.
+//! - [`server`]: starts and stops all of the above in order.
+//!
+//! `ARCHITECTURE.md` walks the same pipeline and states the runtime guarantees.
+
+pub mod actor;
+pub mod auth;
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod log;
+pub mod projection;
+pub mod room;
+pub mod server;
+pub mod wire;
+
+pub use config::Config;
+pub use server::{Server, ServerError};

@@ -1,0 +1,209 @@
+//! The event log: one append-only sequence of [`Envelope`]s, the single source of truth.
+//!
+//! The narrow interface of [`EventLog`] (append, read a range, read a stream, follow the head)
+//! is what actors and projections see; the sled storage ([`store`]) and the group-commit writer
+//! ([`writer`]) stay behind it, so that another backend can stand beside this one later
+//! (DESIGN.md, "Beyond one machine").
+//!
+//! Durability: [`EventLog::append`] answers only after the record is written, sled has flushed,
+//! and the `db` file has been fsynced (DESIGN.md invariant 1, "acknowledged means durable").
+
+mod store;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::event::{DecodeError, Envelope, Event, StreamId};
+pub use store::Store;
+use writer::WriterMsg;
+
+/// Limits of the log writer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Most events written and flushed together in one group commit. Larger batches amortise
+    /// the fsync; the bound keeps one commit's latency and memory in check.
+    pub batch_max: usize,
+    /// Most appends waiting for the writer. A full queue makes appenders wait (backpressure)
+    /// instead of letting memory grow.
+    pub queue_max: usize,
+    /// Bytes of sled's page cache.
+    pub cache_bytes_max: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { batch_max: 4096, queue_max: 65_536, cache_bytes_max: 256 * 1024 * 1024 }
+    }
+}
+
+/// What can go wrong in the log. The edges report every variant as "storage unavailable"
+/// (HTTP 503, WebSocket code `storage_unavailable`) except where noted.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// sled refused a read or a write.
+    #[error("log storage: {0}")]
+    Storage(#[from] sled::Error),
+    /// A transaction across the log's trees failed.
+    #[error("log transaction: {0}")]
+    Transaction(String),
+    /// The fsync that makes a flush durable failed.
+    #[error("log fsync: {0}")]
+    Sync(#[from] std::io::Error),
+    /// A stored record does not decode (HTTP 500, code `corrupt_record`).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The writer has stopped: the server is shutting down (HTTP 503, code `shutting_down`).
+    #[error("the log is closed")]
+    Closed,
+}
+
+/// An append handed to the writer, not yet durable. Await it for the stored envelope.
+#[derive(Debug)]
+pub struct PendingAppend(oneshot::Receiver<Result<Envelope, Arc<LogError>>>);
+
+impl PendingAppend {
+    /// Waits until the event is durable and returns it with its seq.
+    pub async fn durable(self) -> Result<Envelope, Arc<LogError>> {
+        self.0.await.unwrap_or_else(|_| Err(Arc::new(LogError::Closed)))
+    }
+}
+
+/// A handle to the log; cheap to clone, shared by every actor and projection.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    store: Store,
+    writer: mpsc::Sender<WriterMsg>,
+    head: watch::Receiver<u64>,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir` and starts its writer thread.
+    ///
+    /// The newest record is decoded before anything is served: a damaged tail stops start-up
+    /// with an error naming its seq.
+    pub fn open(dir: &Path, config: &LogConfig) -> Result<Self, LogError> {
+        let store = Store::open(dir, config.cache_bytes_max)?;
+        let last = store.last()?;
+        let next_seq = store.next_seq_floor()?.max(last.as_ref().map_or(1, |e| e.seq + 1));
+        let last_at = last.as_ref().map_or(0, |e| e.at_unix_ms);
+        let (head_tx, head) = watch::channel(next_seq - 1);
+        let (writer, rx) = mpsc::channel(config.queue_max.max(1));
+        writer::spawn(store.clone(), rx, head_tx, next_seq, last_at, config.batch_max.max(1))?;
+        Ok(Self { store, writer, head })
+    }
+
+    /// Hands an event to the writer without waiting for it to be durable, so that a caller can
+    /// pipeline many appends behind one flush. Appends are written in the order submitted.
+    /// Waits only while the writer's queue is full.
+    pub async fn submit(&self, event: Event) -> Result<PendingAppend, LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer.send(WriterMsg::Append { event, reply }).await.map_err(|_| LogError::Closed)?;
+        Ok(PendingAppend(rx))
+    }
+
+    /// Appends one event and waits until it is durable.
+    pub async fn append(&self, event: Event) -> Result<Envelope, Arc<LogError>> {
+        self.submit(event).await.map_err(Arc::new)?.durable().await
+    }
+
+    /// The seq of the newest durable event (0 when the log is empty).
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// Follows the head: the receiver changes after every durable group commit.
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    /// Up to `limit` events with seq ≥ `from_seq`, in seq order.
+    pub fn read_range(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
+        self.store.read_range(from_seq, limit)
+    }
+
+    /// Up to `limit` events of one stream with seq > `after_seq`, in seq order.
+    pub fn read_stream(&self, stream: &StreamId, after_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
+        self.store.read_stream(stream, after_seq, limit)
+    }
+
+    /// Decodes every record, oldest first, and returns how many there are: the check an
+    /// operator runs on a log they suspect (`roomlog check`).
+    pub fn verify(&self) -> Result<u64, LogError> {
+        self.store.verify()
+    }
+
+    /// The sled database, for projections that keep their state beside the log so that
+    /// state and checkpoint are written in one transaction.
+    pub fn db(&self) -> &sled::Db {
+        self.store.db()
+    }
+
+    /// Stops the writer after everything already submitted is durable.
+    pub async fn close(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.writer.send(WriterMsg::Stop { done }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{MessagePosted, RoomId};
+
+    pub(crate) fn posted(room: &str, n: usize) -> Event {
+        Event::MessagePosted(MessagePosted {
+            room: RoomId::parse(room).expect("valid test room"),
+            author: "ann".into(),
+            client_id: format!("c{n}"),
+            body: format!("message {n}"),
+        })
+    }
+
+    #[tokio::test]
+    async fn appends_get_consecutive_seqs_and_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open");
+            let mut pending = Vec::new();
+            for n in 0..100 {
+                pending.push(log.submit(posted(if n % 2 == 0 { "a" } else { "b" }, n)).await.expect("submit"));
+            }
+            for (n, p) in pending.into_iter().enumerate() {
+                assert_eq!(p.durable().await.expect("durable").seq, n as u64 + 1);
+            }
+            assert_eq!(log.head(), 100);
+            log.close().await;
+        }
+        let log = EventLog::open(dir.path(), &LogConfig::default()).expect("reopen");
+        assert_eq!(log.head(), 100);
+        assert_eq!(log.append(posted("a", 100)).await.expect("append").seq, 101);
+        let range = log.read_range(99, 10).expect("range");
+        assert_eq!(range.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![99, 100, 101]);
+        let room_b = StreamId::room(&RoomId::parse("b").expect("room"));
+        let b = log.read_stream(&room_b, 90, 100).expect("stream");
+        assert_eq!(b.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![92, 94, 96, 98, 100]);
+        assert!(b.iter().all(|e| e.stream == room_b));
+        assert_eq!(log.verify().expect("verify"), 101);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_stops_opening_with_its_seq() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open");
+            log.append(posted("a", 1)).await.expect("append");
+            log.append(posted("a", 2)).await.expect("append");
+            log.close().await;
+            log.store.corrupt_for_test(2).expect("corrupt");
+            log.db().flush().expect("flush");
+        }
+        let err = EventLog::open(dir.path(), &LogConfig::default()).expect_err("must refuse");
+        assert!(err.to_string().contains("log record 2 does not decode"), "{err}");
+    }
+}

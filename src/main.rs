@@ -1,0 +1,147 @@
+//! The `roomlog` command: parses the command line and config, sets up tracing, and calls the
+//! library.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use roomlog::log::EventLog;
+use roomlog::projection::{self, history};
+use roomlog::{Config, Server};
+
+#[derive(Parser, Debug)]
+#[command(name = "roomlog", version, about = "Durable real-time chat rooms in one binary")]
+struct Cli {
+    /// TOML configuration file; ROOMLOG_* environment variables override it.
+    #[arg(long, global = true, env = "ROOMLOG_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data folder (overrides `data` in the config).
+    #[arg(long, global = true)]
+    data: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Address to listen on (overrides `listen` in the config), e.g. 127.0.0.1:7700.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Drop a projection and rebuild it from the log. The server must be stopped.
+    Rebuild {
+        /// The projection: `history`.
+        name: String,
+    },
+    /// Decode every record of the log and report the first that does not decode.
+    Check,
+    /// Print the configuration in force, as TOML.
+    Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(data) = cli.data {
+        config.data = data;
+    }
+    match cli.command {
+        Command::Serve { listen } => serve(config, listen).await,
+        Command::Rebuild { name } => rebuild(&config, &name),
+        Command::Check => {
+            let log = open_log(&config)?;
+            let count = log.verify()?;
+            println!("log ok: {count} records, head seq {}", log.head());
+            Ok(())
+        }
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    std::fs::create_dir_all(&config.data).with_context(|| format!("creating data folder {}", config.data.display()))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let server = Server::start(config, listener).await?;
+    println!("roomlog listening on {}", server.addr());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
+    let log = open_log(config)?;
+    let head = log.head();
+    let started = Instant::now();
+    let progress = |applied: u64| {
+        if applied % (projection::APPLY_BATCH_MAX as u64 * 64) < projection::APPLY_BATCH_MAX as u64 || applied == head {
+            let rate = applied as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!(
+                "{name}: {applied}/{head} events ({:.0}%), {rate:.0} events/s",
+                applied as f64 * 100.0 / head.max(1) as f64
+            );
+        }
+    };
+    let (applied, rate) = match name {
+        "history" => {
+            let (_, mut projection) = history::open(log.db())?;
+            projection::rebuild(&log, &mut projection, progress)?
+        }
+        other => bail!("no projection named {other:?}; known: history"),
+    };
+    log.db().flush()?;
+    println!("rebuilt {name}: {applied} events in {:.2?} ({rate:.0} events/s)", started.elapsed());
+    Ok(())
+}
+
+fn open_log(config: &Config) -> anyhow::Result<EventLog> {
+    EventLog::open(&config.log_dir(), &config.log)
+        .with_context(|| format!("opening the log in {} (is a server running on it?)", config.log_dir().display()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROOMLOG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,162 @@
+//! Projections: folds over the log that serve reads.
+//!
+//! A [`Projection`] stores its state and its checkpoint (the last applied seq) in one atomic
+//! write, so after a crash it resumes from the checkpoint and never applies an event twice or
+//! skips one (DESIGN.md, "Projections"). A [`Runner`] follows the log head and feeds it;
+//! [`rebuild`] drops a projection's state and replays the whole log into it.
+
+pub mod history;
+
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use crate::event::Envelope;
+use crate::log::{EventLog, LogError};
+
+/// Events read from the log and applied in one atomic write. Large enough to amortise sled's
+/// per-batch cost during a rebuild; small enough that one batch stays a few MiB.
+pub const APPLY_BATCH_MAX: usize = 4096;
+
+/// What can go wrong in a projection. The edges report it as "not ready" (HTTP 503) and the
+/// runner stops with the error logged: a projection never skips an event it cannot apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The projection's own storage failed.
+    #[error("projection storage: {0}")]
+    Storage(#[from] sled::Error),
+    /// Reading the log failed, or a record does not decode.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The background task running the projection panicked or was cancelled.
+    #[error("projection task: {0}")]
+    Task(String),
+}
+
+/// A fold over the log with its own checkpoint.
+pub trait Projection: Send + 'static {
+    /// The name an operator uses (`roomlog rebuild NAME`) and metrics carry.
+    fn name(&self) -> &'static str;
+    /// The seq of the last event applied (0 before the first).
+    fn checkpoint(&self) -> Result<u64, ProjectionError>;
+    /// Applies events that directly follow the checkpoint, and moves the checkpoint to the
+    /// last of them, in one atomic write.
+    fn apply(&mut self, batch: &[Envelope]) -> Result<(), ProjectionError>;
+    /// Removes all state and the checkpoint.
+    fn reset(&mut self) -> Result<(), ProjectionError>;
+}
+
+/// Applies every event after the projection's checkpoint up to the log's current head.
+/// Returns the number of events applied. Blocking: run it on a blocking thread.
+pub fn catch_up<P: Projection>(
+    log: &EventLog,
+    projection: &mut P,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, ProjectionError> {
+    let mut applied = 0;
+    loop {
+        let from = projection.checkpoint()? + 1;
+        let batch = log.read_range(from, APPLY_BATCH_MAX)?;
+        if batch.is_empty() {
+            return Ok(applied);
+        }
+        projection.apply(&batch)?;
+        applied += batch.len() as u64;
+        progress(applied);
+    }
+}
+
+/// Drops a projection's state and rebuilds it from the whole log; returns events applied
+/// and the rate in events per second.
+pub fn rebuild<P: Projection>(
+    log: &EventLog,
+    projection: &mut P,
+    progress: impl FnMut(u64),
+) -> Result<(u64, f64), ProjectionError> {
+    let started = Instant::now();
+    projection.reset()?;
+    let applied = catch_up(log, projection, progress)?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    Ok((applied, applied as f64 / secs))
+}
+
+/// A projection kept up to date in the background, and the seq it has applied.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    name: &'static str,
+    applied: watch::Receiver<u64>,
+}
+
+impl Runner {
+    /// Catches the projection up with the log, then follows the head in a background task.
+    /// Catching up happens before this returns, so a server starts serving complete reads.
+    pub async fn start<P: Projection>(log: EventLog, mut projection: P) -> Result<Self, ProjectionError> {
+        let name = projection.name();
+        let (projection, start) = tokio::task::spawn_blocking(move || {
+            let result = catch_up(&log, &mut projection, |_| {}).and_then(|_| projection.checkpoint());
+            (projection, result.map(|checkpoint| (log, checkpoint)))
+        })
+        .await
+        .map_err(|e| ProjectionError::Task(e.to_string()))?;
+        let (log, checkpoint) = start?;
+        let (applied_tx, applied) = watch::channel(checkpoint);
+        tokio::spawn(follow(log, projection, applied_tx));
+        Ok(Self { name, applied })
+    }
+
+    /// The projection's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The seq of the last event applied.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// False once the runner has stopped (it could not apply an event; the error is logged).
+    pub fn is_running(&self) -> bool {
+        self.applied.has_changed().is_ok()
+    }
+
+    /// Waits until the projection has applied `seq`; false if the runner has stopped first.
+    pub async fn wait_applied(&self, seq: u64) -> bool {
+        let mut applied = self.applied.clone();
+        let reached = applied.wait_for(|&a| a >= seq).await.is_ok();
+        reached
+    }
+}
+
+async fn follow<P: Projection>(log: EventLog, mut projection: P, applied: watch::Sender<u64>) {
+    let name = projection.name();
+    let mut head = log.watch_head();
+    loop {
+        let target = *head.borrow_and_update();
+        if *applied.borrow() < target {
+            let log_for_task = log.clone();
+            let step = tokio::task::spawn_blocking(move || {
+                let result = catch_up(&log_for_task, &mut projection, |_| {}).and_then(|_| projection.checkpoint());
+                (projection, result)
+            })
+            .await;
+            match step {
+                Ok((returned, Ok(checkpoint))) => {
+                    projection = returned;
+                    applied.send_replace(checkpoint);
+                }
+                Ok((_, Err(error))) => {
+                    tracing::error!(projection = name, error = %error, "projection stopped: it cannot apply the log");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(projection = name, error = %error, "projection task failed");
+                    return;
+                }
+            }
+            continue;
+        }
+        if head.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! What a room decides, as plain state: the ring of recent messages, de-duplication by client
+//! message id, and which messages a joining or resuming member must be sent.
+//!
+//! [`crate::actor::room::RoomActor`] is the thin shell that does the I/O around it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::event::RoomId;
+use crate::projection::history::StoredMessage;
+use crate::wire::{message_frame, WireMessage};
+
+/// A connection's id, unique within the process.
+pub type MemberId = u64;
+
+/// A client message id is unique per author within a room.
+pub type DedupKey = (String, String);
+
+/// A committed message, with its `message` frame rendered once for every recipient.
+#[derive(Debug)]
+pub struct ChatMessage {
+    pub seq: u64,
+    pub author: String,
+    pub client_id: String,
+    /// The JSON `message` frame.
+    pub frame: Arc<str>,
+}
+
+impl ChatMessage {
+    /// Renders a stored message of `room`.
+    pub fn new(room: &RoomId, stored: &StoredMessage) -> Self {
+        Self {
+            seq: stored.seq,
+            author: stored.author.clone(),
+            client_id: stored.client_id.clone(),
+            frame: message_frame(WireMessage::of(room.as_str(), stored)).into(),
+        }
+    }
+}
+
+/// Where a posted client message stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PostDecision {
+    /// Stored already under this seq: acknowledge it again, store nothing.
+    AlreadyStored(u64),
+    /// An earlier copy is being stored: acknowledge this sender too when it is durable.
+    AlreadyInFlight,
+    /// New: append it.
+    Append,
+}
+
+/// The in-memory state of one room.
+#[derive(Debug)]
+pub struct RoomState {
+    room: RoomId,
+    ring: VecDeque<Arc<ChatMessage>>,
+    capacity: usize,
+    /// Every message of the room with a seq above this one is in the ring. Below or at it,
+    /// messages are read from the history projection.
+    floor_seq: u64,
+    /// Client ids of the messages in the ring.
+    stored: HashMap<DedupKey, u64>,
+    /// Client ids being appended, with every member waiting for their acknowledgement.
+    inflight: HashMap<DedupKey, Vec<MemberId>>,
+}
+
+impl RoomState {
+    /// State of a room whose newest messages (oldest first, at most `capacity` of them) were
+    /// loaded from the history; `removed_through_seq` is what retention already removed.
+    pub fn new(room: RoomId, capacity: usize, loaded: &[StoredMessage], removed_through_seq: u64) -> Self {
+        let capacity = capacity.max(1);
+        let start = loaded.len().saturating_sub(capacity);
+        let loaded = &loaded[start..];
+        let floor_seq = match loaded.first() {
+            // A full ring may have older messages behind it.
+            Some(first) if loaded.len() == capacity => first.seq - 1,
+            _ => removed_through_seq,
+        };
+        let mut state = Self {
+            room,
+            ring: VecDeque::with_capacity(capacity),
+            capacity,
+            floor_seq,
+            stored: HashMap::new(),
+            inflight: HashMap::new(),
+        };
+        for message in loaded {
+            let message = Arc::new(ChatMessage::new(&state.room, message));
+            state.stored.insert((message.author.clone(), message.client_id.clone()), message.seq);
+            state.ring.push_back(message);
+        }
+        state
+    }
+
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    /// Every message with a seq above this is in memory.
+    pub fn floor_seq(&self) -> u64 {
+        self.floor_seq
+    }
+
+    /// Whether anything is being appended.
+    pub fn has_inflight(&self) -> bool {
+        !self.inflight.is_empty()
+    }
+
+    /// Whether memory knows this client message, stored or in flight.
+    pub fn knows(&self, key: &DedupKey) -> bool {
+        self.stored.contains_key(key) || self.inflight.contains_key(key)
+    }
+
+    /// Decides what to do with a posted message, from memory alone. `Append` registers the
+    /// message as in flight; the caller must end it with [`Self::committed`] or
+    /// [`Self::failed`]. A message older than the ring may still be stored: the caller checks
+    /// the history for it before calling this (see [`Self::needs_stored_check`]).
+    pub fn decide_post(&mut self, member: MemberId, key: DedupKey) -> PostDecision {
+        if let Some(&seq) = self.stored.get(&key) {
+            return PostDecision::AlreadyStored(seq);
+        }
+        if let Some(waiting) = self.inflight.get_mut(&key) {
+            waiting.push(member);
+            return PostDecision::AlreadyInFlight;
+        }
+        self.inflight.insert(key, vec![member]);
+        PostDecision::Append
+    }
+
+    /// Whether a client id not found in memory could belong to an older, stored message.
+    pub fn needs_stored_check(&self) -> bool {
+        self.floor_seq > 0
+    }
+
+    /// Records a durable message; returns it and the members to acknowledge, in the order
+    /// they sent it.
+    pub fn committed(&mut self, stored: &StoredMessage) -> (Arc<ChatMessage>, Vec<MemberId>) {
+        let key = (stored.author.clone(), stored.client_id.clone());
+        let ackers = self.inflight.remove(&key).unwrap_or_default();
+        let message = Arc::new(ChatMessage::new(&self.room, stored));
+        if self.ring.len() == self.capacity {
+            if let Some(evicted) = self.ring.pop_front() {
+                self.floor_seq = evicted.seq;
+                self.stored.remove(&(evicted.author.clone(), evicted.client_id.clone()));
+            }
+        }
+        self.stored.insert(key, message.seq);
+        self.ring.push_back(message.clone());
+        (message, ackers)
+    }
+
+    /// An append failed: forgets it and returns the members that were waiting for it.
+    pub fn failed(&mut self, key: &DedupKey) -> Vec<MemberId> {
+        self.inflight.remove(key).unwrap_or_default()
+    }
+
+    /// The newest `count` messages, oldest first.
+    pub fn recent(&self, count: usize) -> Vec<Arc<ChatMessage>> {
+        self.ring.iter().skip(self.ring.len().saturating_sub(count)).cloned().collect()
+    }
+
+    /// The messages after `since`, if memory holds all of them (`since >= floor_seq`).
+    pub fn after(&self, since: u64) -> Option<Vec<Arc<ChatMessage>>> {
+        (since >= self.floor_seq).then(|| self.ring.iter().filter(|m| m.seq > since).cloned().collect())
+    }
+
+    /// The seq of the newest message in memory, or the floor when there is none.
+    pub fn last_seq(&self) -> u64 {
+        self.ring.back().map_or(self.floor_seq, |m| m.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(seq: u64, client_id: &str) -> StoredMessage {
+        StoredMessage {
+            seq,
+            at_unix_ms: seq,
+            author: "ann".into(),
+            client_id: client_id.into(),
+            body: format!("m{seq}"),
+        }
+    }
+
+    fn key(client_id: &str) -> DedupKey {
+        ("ann".into(), client_id.into())
+    }
+
+    fn room() -> RoomId {
+        RoomId::parse("lobby").expect("valid")
+    }
+
+    fn seqs(messages: &[Arc<ChatMessage>]) -> Vec<u64> {
+        messages.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn given_a_new_message_when_retried_before_and_after_commit_then_it_is_appended_once() {
+        let mut state = RoomState::new(room(), 10, &[], 0);
+        assert_eq!(state.decide_post(1, key("a")), PostDecision::Append);
+        assert_eq!(state.decide_post(2, key("a")), PostDecision::AlreadyInFlight);
+        let (message, ackers) = state.committed(&stored(7, "a"));
+        assert_eq!((message.seq, ackers), (7, vec![1, 2]));
+        assert_eq!(state.decide_post(1, key("a")), PostDecision::AlreadyStored(7));
+        assert!(!state.has_inflight());
+    }
+
+    #[test]
+    fn given_a_full_ring_when_messages_arrive_then_the_floor_rises_and_old_resumes_need_the_disk() {
+        let loaded: Vec<_> = (1..=3).map(|s| stored(s * 10, &format!("c{s}"))).collect();
+        let mut state = RoomState::new(room(), 3, &loaded, 0);
+        assert_eq!(state.floor_seq(), 9, "a full ring may hide older messages");
+        assert!(state.after(5).is_none());
+        assert_eq!(seqs(&state.after(10).expect("in memory")), vec![20, 30]);
+
+        state.decide_post(1, key("n"));
+        state.committed(&stored(40, "n"));
+        assert_eq!(state.floor_seq(), 10);
+        assert_eq!(seqs(&state.recent(2)), vec![30, 40]);
+        assert_eq!(state.decide_post(1, key("c1")), PostDecision::Append, "evicted ids are checked in the history");
+        assert!(state.needs_stored_check());
+    }
+
+    #[test]
+    fn given_a_room_shorter_than_the_ring_then_everything_after_retention_is_in_memory() {
+        let state = RoomState::new(room(), 10, &[stored(5, "a"), stored(8, "b")], 3);
+        assert_eq!(state.floor_seq(), 3);
+        assert_eq!(seqs(&state.after(3).expect("in memory")), vec![5, 8]);
+        assert!(state.after(0).is_none(), "before retention's cut, memory cannot answer");
+        assert_eq!(state.last_seq(), 8);
+    }
+
+    #[test]
+    fn given_a_failed_append_then_its_waiters_are_returned_and_a_retry_appends_again() {
+        let mut state = RoomState::new(room(), 10, &[], 0);
+        state.decide_post(4, key("x"));
+        state.decide_post(5, key("x"));
+        assert_eq!(state.failed(&key("x")), vec![4, 5]);
+        assert_eq!(state.decide_post(4, key("x")), PostDecision::Append);
+    }
+}

@@ -1,0 +1,132 @@
+//! Starting and stopping a whole server: the log, the projections, the actors and the facade,
+//! in that order, and the reverse on shutdown. `main` and the integration tests both use
+//! [`Server::start`] on a listener they bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::actor::rooms::Rooms;
+use crate::actor::ChatContext;
+use crate::auth::{Authenticator, NameOnly};
+use crate::config::Config;
+use crate::http::{routes, App};
+use crate::log::{EventLog, LogError};
+use crate::projection::{history, ProjectionError, Runner};
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("opening the log in {path}: {source}")]
+    Log { path: String, source: LogError },
+    #[error("starting the {name} projection: {source}")]
+    Projection { name: &'static str, source: ProjectionError },
+    #[error("starting the actors: {0}")]
+    Actors(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    app: Arc<App>,
+    stop: watch::Sender<bool>,
+    serving: JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the data folder, catches the projections up with the log, starts the actors and
+    /// serves on `listener`.
+    pub async fn start(config: Config, listener: TcpListener) -> Result<Self, ServerError> {
+        Self::start_with(config, listener, Arc::new(NameOnly)).await
+    }
+
+    /// [`Self::start`] with another authenticator.
+    pub async fn start_with(
+        config: Config,
+        listener: TcpListener,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Self, ServerError> {
+        let log_dir = config.log_dir();
+        let log_config = config.log.clone();
+        let log = tokio::task::spawn_blocking(move || EventLog::open(&log_dir, &log_config))
+            .await
+            .map_err(|e| ServerError::Actors(e.to_string()))?
+            .map_err(|source| ServerError::Log { path: config.log_dir().display().to_string(), source })?;
+        let (history, history_projection) =
+            history::open(log.db()).map_err(|source| ServerError::Projection { name: "history", source })?;
+        let history_runner = Runner::start(log.clone(), history_projection)
+            .await
+            .map_err(|source| ServerError::Projection { name: "history", source })?;
+        let ctx = ChatContext {
+            log: log.clone(),
+            history: history.clone(),
+            history_runner: history_runner.clone(),
+            chat: config.chat.clone(),
+            limits: config.limits.clone(),
+        };
+        let rooms = Rooms::start(ctx).await.map_err(|e| ServerError::Actors(e.to_string()))?;
+
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Io { what: "reading the bound address".into(), source })?;
+        let addr_file = config.addr_file();
+        std::fs::write(&addr_file, format!("{addr}\n"))
+            .map_err(|source| ServerError::Io { what: format!("writing {}", addr_file.display()), source })?;
+
+        let (stop, stopping) = watch::channel(false);
+        let app = Arc::new(App::new(config, log, history, history_runner, rooms, auth, stopping.clone()));
+        let mut signal = stopping;
+        let serving = tokio::spawn(
+            warp::serve(routes(app.clone()))
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = signal.wait_for(|stop| *stop).await;
+                })
+                .run(),
+        );
+        tracing::info!(%addr, data = %app.config.data.display(), head_seq = app.log.head(), "roomlog listening");
+        Ok(Self { addr, app, stop, serving })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The rooms, for tests and tools in the same process.
+    pub fn rooms(&self) -> &Rooms {
+        &self.app.rooms
+    }
+
+    /// The event log.
+    pub fn log(&self) -> &EventLog {
+        &self.app.log
+    }
+
+    /// The history projection's reads.
+    pub fn history(&self) -> &history::History {
+        &self.app.history
+    }
+
+    /// Graceful shutdown: stop accepting, close connections (code 1001), let rooms finish
+    /// what they hold, make every acknowledged append durable, close the log.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.serving.await;
+        let all = u32::try_from(self.app.config.limits.connections_max).unwrap_or(u32::MAX);
+        let grace = self.app.config.limits.shutdown_grace;
+        if tokio::time::timeout(grace, self.app.connections.acquire_many(all)).await.is_err() {
+            tracing::warn!(grace = %humantime::format_duration(grace), "connections still open after the grace period");
+        }
+        self.app.rooms.stop().await;
+        self.app.log.close().await;
+        let _ = std::fs::remove_file(self.app.config.addr_file());
+        tracing::info!("roomlog stopped");
+    }
+}
