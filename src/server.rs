@@ -37,6 +37,8 @@ pub struct Server {
     app: Arc<App>,
     stop: watch::Sender<bool>,
     serving: JoinHandle<()>,
+    /// Projection tasks; they end when the log closes.
+    projections: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -60,7 +62,7 @@ impl Server {
             .map_err(|source| ServerError::Log { path: config.log_dir().display().to_string(), source })?;
         let (history, history_projection) =
             history::open(log.db()).map_err(|source| ServerError::Projection { name: "history", source })?;
-        let history_runner = Runner::start(log.clone(), history_projection)
+        let (history_runner, history_following) = Runner::start(log.clone(), history_projection)
             .await
             .map_err(|source| ServerError::Projection { name: "history", source })?;
         let ctx = ChatContext {
@@ -91,7 +93,7 @@ impl Server {
                 .run(),
         );
         tracing::info!(%addr, data = %app.config.data.display(), head_seq = app.log.head(), "roomlog listening");
-        Ok(Self { addr, app, stop, serving })
+        Ok(Self { addr, app, stop, serving, projections: vec![history_following] })
     }
 
     /// The address the server listens on.
@@ -126,6 +128,9 @@ impl Server {
         }
         self.app.rooms.stop().await;
         self.app.log.close().await;
+        for projection in self.projections {
+            let _ = projection.await;
+        }
         let _ = std::fs::remove_file(self.app.config.addr_file());
         tracing::info!("roomlog stopped");
     }

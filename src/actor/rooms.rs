@@ -183,7 +183,7 @@ impl Rooms {
 
     /// Stops every room, then the supervisor, waiting for them to finish what they hold.
     pub async fn stop(&self) {
-        self.supervisor.drain_children();
+        self.supervisor.drain_children_and_wait(Some(Duration::from_secs(5))).await;
         let _ = self.supervisor.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
     }
 }

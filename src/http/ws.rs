@@ -89,6 +89,9 @@ pub async fn serve(socket: WebSocket, identity: Identity, app: Arc<App>, _permit
                 Some(Ok(message)) => conn.on_message(message).await,
                 Some(Err(error)) => {
                     tracing::debug!(conn = id, error = %error, "connection read failed");
+                    if let Some((code, reason)) = close_for(&error) {
+                        let _ = conn.sink.send(Message::close_with(code, reason)).await;
+                    }
                     break;
                 }
                 None => break,
@@ -104,6 +107,26 @@ pub async fn serve(socket: WebSocket, identity: Identity, app: Arc<App>, _permit
         tracing::trace!(conn = id, room = %room, "left on close");
     }
     tracing::debug!(conn = id, "connection closed");
+}
+
+/// The close code that tells a client why its input ended the connection, when it was the
+/// input's fault: a frame over the limit (1009), text that is not UTF-8 (1007), or a broken
+/// frame (1002). Other read errors (a reset connection) get no close frame.
+fn close_for(error: &warp::Error) -> Option<(u16, &'static str)> {
+    use std::error::Error as _;
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(ws) = cause.downcast_ref::<tungstenite::Error>() {
+            return match ws {
+                tungstenite::Error::Capacity(_) => Some((1009, "frame_too_large")),
+                tungstenite::Error::Utf8(_) => Some((1007, "invalid_utf8")),
+                tungstenite::Error::Protocol(_) => Some((1002, "protocol_error")),
+                _ => None,
+            };
+        }
+        source = cause.source();
+    }
+    None
 }
 
 impl Connection {

@@ -75,8 +75,11 @@ impl Writer {
                 self.commit(&mut envelopes, &mut replies);
             }
             if let Some(done) = stop {
-                self.rx.close();
-                drop(self.store);
+                // Release the database and end the head watch before answering, so that a
+                // caller that awaited `close` can reopen the folder at once.
+                let Writer { mut rx, store, head, .. } = self;
+                rx.close();
+                drop((store, head));
                 let _ = done.send(());
                 return;
             }

@@ -88,9 +88,13 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Catches the projection up with the log, then follows the head in a background task.
-    /// Catching up happens before this returns, so a server starts serving complete reads.
-    pub async fn start<P: Projection>(log: EventLog, mut projection: P) -> Result<Self, ProjectionError> {
+    /// Catches the projection up with the log, then follows the head in a background task,
+    /// returned so that shutdown can wait for it (it ends once the log is closed). Catching up
+    /// happens before this returns, so a server starts serving complete reads.
+    pub async fn start<P: Projection>(
+        log: EventLog,
+        mut projection: P,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), ProjectionError> {
         let name = projection.name();
         let (projection, start) = tokio::task::spawn_blocking(move || {
             let result = catch_up(&log, &mut projection, |_| {}).and_then(|_| projection.checkpoint());
@@ -100,8 +104,8 @@ impl Runner {
         .map_err(|e| ProjectionError::Task(e.to_string()))?;
         let (log, checkpoint) = start?;
         let (applied_tx, applied) = watch::channel(checkpoint);
-        tokio::spawn(follow(log, projection, applied_tx));
-        Ok(Self { name, applied })
+        let following = tokio::spawn(follow(log, projection, applied_tx));
+        Ok((Self { name, applied }, following))
     }
 
     /// The projection's name.

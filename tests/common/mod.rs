@@ -1,0 +1,172 @@
+//! Helpers shared by the integration tests: a server on a loopback port and a WebSocket client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use roomlog::{Config, Server};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for a frame before it fails: a bound against hanging, not a measure.
+pub const FRAME_WAIT: Duration = Duration::from_secs(20);
+
+/// A configuration for tests: data in `dir`, port chosen by the OS.
+pub fn config(dir: &Path) -> Config {
+    let mut config = Config { data: dir.to_path_buf(), ..Config::default() };
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.normalise();
+    config
+}
+
+/// Starts a server in this process.
+pub async fn start(config: Config) -> Server {
+    std::fs::create_dir_all(&config.data).expect("data folder");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    Server::start(config, listener).await.expect("server starts")
+}
+
+/// A WebSocket chat client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub name: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, name: &str) -> Self {
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws?name={name}")).await.expect("ws connects");
+        Self { ws, name: name.to_owned() }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.expect("ws send");
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).await.expect("ws send");
+    }
+
+    /// The next text frame as JSON.
+    pub async fn recv(&mut self) -> Value {
+        match self.try_recv().await {
+            Some(value) => value,
+            None => panic!("{}: connection closed while a frame was expected", self.name),
+        }
+    }
+
+    /// The next text frame, or `None` when the server closed the connection.
+    pub async fn try_recv(&mut self) -> Option<Value> {
+        loop {
+            let next = tokio::time::timeout(FRAME_WAIT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("{}: no frame within {FRAME_WAIT:?}", self.name));
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(serde_json::from_str(text.as_str()).expect("server frames are JSON"))
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The close code the server sent, reading past any other frames.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let next = tokio::time::timeout(FRAME_WAIT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("{}: not closed within {FRAME_WAIT:?}", self.name));
+            match next {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Joins a room and returns the `joined` frame.
+    pub async fn join(&mut self, room: &str, since: Option<u64>) -> Value {
+        let mut frame = json!({"type": "join", "room": room});
+        if let Some(since) = since {
+            frame["since"] = json!(since);
+        }
+        self.send(frame).await;
+        let joined = self.recv().await;
+        assert_eq!(joined["type"], "joined", "{}: expected joined, got {joined}", self.name);
+        joined
+    }
+
+    /// Sends a message and returns its seq from the ack; the client's own copy follows.
+    pub async fn say(&mut self, room: &str, body: &str, client_id: &str) -> u64 {
+        self.send(json!({"type": "send", "room": room, "body": body, "client_id": client_id})).await;
+        let ack = self.recv().await;
+        assert_eq!(ack["type"], "ack", "{}: expected ack, got {ack}", self.name);
+        assert_eq!(ack["client_id"], client_id);
+        let echo = self.recv().await;
+        assert_eq!(
+            (echo["type"].as_str(), echo["seq"].as_u64()),
+            (Some("message"), ack["seq"].as_u64()),
+            "own copy follows the ack"
+        );
+        ack["seq"].as_u64().expect("ack has a seq")
+    }
+
+    /// Reads `message` frames until one with body `last_body`; returns them all, in order.
+    /// Fails on any other frame type.
+    pub async fn messages_until(&mut self, last_body: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            assert_eq!(frame["type"], "message", "{}: expected a message, got {frame}", self.name);
+            let done = frame["body"] == last_body;
+            out.push(frame);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    /// Reads exactly `n` `message` frames.
+    pub async fn messages(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let frame = self.recv().await;
+            assert_eq!(frame["type"], "message", "{}: expected a message, got {frame}", self.name);
+            out.push(frame);
+        }
+        out
+    }
+
+    /// Sends a ping and waits for its pong, failing on anything else first.
+    pub async fn ping(&mut self, id: u64) {
+        self.send(json!({"type": "ping", "id": id})).await;
+        let pong = self.recv().await;
+        assert_eq!(pong, json!({"type": "pong", "id": id}), "{}: expected pong", self.name);
+    }
+}
+
+/// The seqs of message frames.
+pub fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames.iter().map(|f| f["seq"].as_u64().expect("message has a seq")).collect()
+}
+
+/// The bodies of message frames.
+pub fn bodies(frames: &[Value]) -> Vec<String> {
+    frames.iter().map(|f| f["body"].as_str().expect("message has a body").to_owned()).collect()
+}
+
+/// GET a JSON document; returns status and body.
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.expect("http get");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json body"))
+}
