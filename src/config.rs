@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::LogConfig;
 
+/// `ROOMLOG_*` variables that are not configuration keys: the tracing filter
+/// (`ROOMLOG_LOG`) and the config file's path (`ROOMLOG_CONFIG`).
+const NOT_CONFIG_KEYS: &[&str] = &["log", "config"];
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -131,8 +135,10 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        let mut config: Config =
-            figment.merge(Env::prefixed("ROOMLOG_").split("__")).extract().map_err(|e| ConfigError(Box::new(e)))?;
+        let mut config: Config = figment
+            .merge(Env::prefixed("ROOMLOG_").ignore(NOT_CONFIG_KEYS).split("__"))
+            .extract()
+            .map_err(|e| ConfigError(Box::new(e)))?;
         config.normalise();
         Ok(config)
     }
@@ -171,6 +177,8 @@ mod tests {
                 "[chat]\nrecent_count = 20\nroom_idle_stop = \"2m\"\n[limits]\nbody_bytes_max = 100\n",
             )?;
             jail.set_env("ROOMLOG_LIMITS__BODY_BYTES_MAX", "200");
+            jail.set_env("ROOMLOG_LOG", "debug"); // the tracing filter, not a config key
+            jail.set_env("ROOMLOG_CONFIG", "roomlog.toml");
             let config = Config::load(Some(Path::new("roomlog.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.chat.recent_count, 20);
             assert_eq!(config.chat.room_idle_stop, Duration::from_secs(120));
