@@ -25,10 +25,18 @@ struct Binary {
     addr: SocketAddr,
 }
 
+/// A failing test must not leave a server running.
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn spawn(data: &Path) -> Binary {
     let addr_file = data.join("roomlog.addr");
     let _ = std::fs::remove_file(&addr_file);
-    let child = Command::new(env!("CARGO_BIN_EXE_roomlog"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roomlog"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .env("ROOMLOG_LOG", "warn")
@@ -41,7 +49,11 @@ fn spawn(data: &Path) -> Binary {
         if let Some(addr) = std::fs::read_to_string(&addr_file).ok().and_then(|s| s.trim().parse().ok()) {
             return Binary { child, addr };
         }
-        assert!(Instant::now() < deadline, "the server did not write its address");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not write its address");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
