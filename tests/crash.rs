@@ -36,24 +36,22 @@ impl Drop for Binary {
 fn spawn(data: &Path) -> Binary {
     let addr_file = data.join("roomlog.addr");
     let _ = std::fs::remove_file(&addr_file);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomlog"))
+    let child = Command::new(env!("CARGO_BIN_EXE_roomlog"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .env("ROOMLOG_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the roomlog binary starts");
+        .spawn();
+    let mut binary =
+        Binary { child: child.expect("the roomlog binary starts"), addr: SocketAddr::from(([127, 0, 0, 1], 0)) };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(addr) = std::fs::read_to_string(&addr_file).ok().and_then(|s| s.trim().parse().ok()) {
-            return Binary { child, addr };
+            binary.addr = addr;
+            return binary;
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server did not write its address");
-        }
+        assert!(Instant::now() < deadline, "the server did not write its address");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
