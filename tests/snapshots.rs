@@ -1,0 +1,141 @@
+//! Golden files: every event version ever written must still decode, and every wire frame
+//! keeps its documented shape. A change to a file in `snapshots/` is a change to a contract.
+//!
+//! `ROOMLOG_UPDATE_SNAPSHOTS=1 cargo test --test snapshots` writes missing golden files; it
+//! never overwrites one, because an old version's bytes must stay as they were written.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use roomlog::event::{decode, encode, Envelope, Event, MessagePosted, MessagesExpired, RoomId, StreamId};
+use roomlog::projection::history::StoredMessage;
+use roomlog::wire::{error_frame, message_frame, parse_client_frame, render, ErrorCode, ServerFrame, WireMessage};
+
+fn snapshots() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots")
+}
+
+fn updating() -> bool {
+    std::env::var_os("ROOMLOG_UPDATE_SNAPSHOTS").is_some()
+}
+
+/// One sample per stored tag: what the golden file of that version must decode to.
+fn event_samples() -> BTreeMap<&'static str, Envelope> {
+    let room = RoomId::parse("lobby").expect("room");
+    let envelope =
+        |seq, event| Envelope { seq, at_unix_ms: 1_795_000_000_000 + seq, stream: StreamId::room(&room), event };
+    BTreeMap::from([
+        (
+            "MessagePosted.1",
+            envelope(
+                1,
+                Event::MessagePosted(MessagePosted {
+                    room: room.clone(),
+                    author: "ann".into(),
+                    client_id: "c-1".into(),
+                    body: "hello, 世界".into(),
+                }),
+            ),
+        ),
+        (
+            "MessagesExpired.1",
+            envelope(
+                2,
+                Event::MessagesExpired(MessagesExpired {
+                    room: room.clone(),
+                    through_seq: 1,
+                    policy: "max_count=1000".into(),
+                }),
+            ),
+        ),
+    ])
+}
+
+#[test]
+fn every_golden_event_decodes_to_its_sample() {
+    let dir = snapshots().join("events");
+    let samples = event_samples();
+    for (tag, sample) in &samples {
+        assert_eq!(sample.event.tag(), *tag, "sample filed under the wrong tag");
+        let path = dir.join(format!("{tag}.msgpack"));
+        if !path.exists() && updating() {
+            std::fs::write(&path, encode(sample)).expect("write golden event");
+        }
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; run with ROOMLOG_UPDATE_SNAPSHOTS=1", path.display()));
+        assert_eq!(&decode(sample.seq, &bytes).expect("golden event decodes"), sample, "{tag}");
+    }
+    // No golden file goes unchecked: each names a version with a sample.
+    for entry in std::fs::read_dir(&dir).expect("snapshots/events") {
+        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        let tag = name.trim_end_matches(".msgpack");
+        assert!(samples.contains_key(tag), "snapshots/events/{name} has no sample in this test");
+    }
+}
+
+#[test]
+fn the_current_version_of_each_event_encodes_as_its_golden_bytes() {
+    // Events of the current versions are written today; their bytes must not drift silently.
+    for (tag, sample) in event_samples() {
+        let golden = std::fs::read(snapshots().join("events").join(format!("{tag}.msgpack"))).expect("golden file");
+        assert_eq!(encode(&sample), golden, "{tag} encodes differently than its golden file");
+    }
+}
+
+/// Every frame, as `(file name, JSON text)`.
+fn wire_samples() -> Vec<(&'static str, String)> {
+    let stored = StoredMessage {
+        seq: 42,
+        at_unix_ms: 1_795_000_000_000,
+        author: "ann".into(),
+        client_id: "c-7".into(),
+        body: "hello".into(),
+    };
+    let id = serde_json::json!(1);
+    vec![
+        ("client.join.json", r#"{"type":"join","room":"lobby"}"#.into()),
+        ("client.join_since.json", r#"{"type":"join","room":"lobby","since":41}"#.into()),
+        ("client.send.json", r#"{"type":"send","room":"lobby","body":"hello","client_id":"c-7"}"#.into()),
+        ("client.leave.json", r#"{"type":"leave","room":"lobby"}"#.into()),
+        ("client.history.json", r#"{"type":"history","room":"lobby","before":42,"limit":50}"#.into()),
+        ("client.ping.json", r#"{"type":"ping","id":1}"#.into()),
+        ("server.joined.json", render(&ServerFrame::Joined { room: "lobby", removed_through_seq: None })),
+        ("server.joined_removed.json", render(&ServerFrame::Joined { room: "lobby", removed_through_seq: Some(12) })),
+        ("server.ack.json", render(&ServerFrame::Ack { room: "lobby", client_id: "c-7", seq: 42 })),
+        ("server.message.json", message_frame(WireMessage::of("lobby", &stored))),
+        ("server.left.json", render(&ServerFrame::Left { room: "lobby" })),
+        (
+            "server.history.json",
+            render(&ServerFrame::History {
+                room: "lobby",
+                messages: vec![WireMessage::of("lobby", &stored)],
+                more: true,
+                removed_through_seq: None,
+            }),
+        ),
+        ("server.pong.json", render(&ServerFrame::Pong { id: Some(&id) })),
+        (
+            "server.error.json",
+            error_frame(ErrorCode::BodyTooLarge, "body is 70000 bytes; the limit is 65536", Some("lobby"), Some("c-8")),
+        ),
+    ]
+}
+
+#[test]
+fn every_wire_frame_matches_its_golden_file_and_its_documentation() {
+    let dir = snapshots().join("wire");
+    let schema =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/wire.md")).expect("schema/wire.md");
+    for (name, text) in wire_samples() {
+        let path = dir.join(name);
+        if !path.exists() && updating() {
+            std::fs::write(&path, format!("{text}\n")).expect("write golden frame");
+        }
+        let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(golden.trim_end(), text, "{name} changed shape");
+        if name.starts_with("client.") {
+            parse_client_frame(&text).unwrap_or_else(|e| panic!("{name} must parse: {e}"));
+        }
+        assert!(schema.contains(&text), "schema/wire.md lacks the example of {name}: {text}");
+    }
+}
