@@ -1,1 +1,92 @@
-fn main() {}
+//! Criterion benchmarks of the internals: durable appends through the group-commit log, and
+//! replaying the log into the history projection (the cost of `roomlog rebuild history`).
+//!
+//! `cargo bench --bench log`
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use roomlog::event::{Event, MessagePosted, RoomId};
+use roomlog::log::{EventLog, LogConfig};
+use roomlog::projection::{self, history};
+
+/// A message of a typical size (about 100 bytes of text) in one of 20 rooms.
+fn message(n: u64) -> Event {
+    Event::MessagePosted(MessagePosted {
+        room: RoomId::parse(&format!("room-{}", n % 20)).expect("valid room"),
+        author: format!("user{}", n % 100),
+        client_id: format!("c{n}"),
+        body: format!("message number {n} with some ordinary chat text to make it about a hundred bytes long ..."),
+    })
+}
+
+/// Appends `count` events as concurrent callers would: all submitted, then all awaited, so the
+/// writer groups them into as few flushes as the queue allows.
+async fn append_burst(log: &EventLog, first: u64, count: u64) {
+    let mut pending = Vec::with_capacity(count as usize);
+    for n in first..first + count {
+        pending.push(log.submit(message(n)).await.expect("submit"));
+    }
+    for p in pending {
+        p.durable().await.expect("durable");
+    }
+}
+
+fn durable_appends(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open log");
+    let mut group = c.benchmark_group("log");
+    group.measurement_time(Duration::from_secs(10));
+    const BURST: u64 = 20_000;
+    group.throughput(Throughput::Elements(BURST));
+    let mut next = 0;
+    group.bench_function("durable_append_20k_batched", |b| {
+        b.iter(|| {
+            runtime.block_on(append_burst(&log, next, BURST));
+            next += BURST;
+        })
+    });
+    // One caller that waits for each append: the cost of one flush + fsync.
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("durable_append_one_at_a_time", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                log.append(message(next)).await.expect("append");
+            });
+            next += 1;
+        })
+    });
+    group.finish();
+    runtime.block_on(log.close());
+}
+
+fn replay(c: &mut Criterion) {
+    const EVENTS: u64 = 200_000;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open log");
+    for start in (0..EVENTS).step_by(20_000) {
+        runtime.block_on(append_burst(&log, start, 20_000));
+    }
+    let (_, mut projection) = history::open(log.db()).expect("history");
+    let mut group = c.benchmark_group("projection");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements(EVENTS));
+    group.bench_function("rebuild_history_200k", |b| {
+        b.iter_batched(
+            || (),
+            |()| {
+                let (applied, _) = projection::rebuild(&log, &mut projection, |_| {}).expect("rebuild");
+                assert_eq!(applied, EVENTS);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+    runtime.block_on(log.close());
+}
+
+criterion_group!(benches, durable_appends, replay);
+criterion_main!(benches);

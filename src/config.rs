@@ -53,6 +53,10 @@ pub struct ChatConfig {
     /// Messages a room actor keeps in memory: joins and resumes within it need no disk read.
     /// Raised to `recent_count` if set lower.
     pub ring_capacity: usize,
+    /// Client message ids remembered per room: a retried send whose original is among the
+    /// room's newest `dedup_window` messages gets the original seq; an older one is stored
+    /// again. Loaded from the history when a room starts, so it holds across restarts.
+    pub dedup_window: usize,
     /// Most messages replayed to a resuming client in one step; a longer gap is replayed in
     /// several steps, so one resume never holds a room for long.
     pub replay_batch_max: usize,
@@ -76,6 +80,7 @@ impl Default for ChatConfig {
         Self {
             recent_count: 50,
             ring_capacity: 1000,
+            dedup_window: 10_000,
             replay_batch_max: 1000,
             history_page_max: 200,
             room_idle_stop: Duration::from_secs(300),
@@ -147,6 +152,7 @@ impl Config {
     pub fn normalise(&mut self) {
         let chat = &mut self.chat;
         chat.ring_capacity = chat.ring_capacity.max(chat.recent_count).max(1);
+        chat.dedup_window = chat.dedup_window.max(chat.ring_capacity);
         chat.replay_batch_max = chat.replay_batch_max.max(1);
         chat.history_page_max = chat.history_page_max.max(1);
         chat.room_inflight_max = chat.room_inflight_max.max(1);

@@ -58,22 +58,34 @@ pub struct RoomState {
     /// Every message of the room with a seq above this one is in the ring. Below or at it,
     /// messages are read from the history projection.
     floor_seq: u64,
-    /// Client ids of the messages in the ring.
+    /// Client ids of the newest `window` messages: the duplicate window. A retry whose
+    /// original is older than the window is stored again (as with NATS JetStream's
+    /// `duplicate_window`); the window is loaded from the history when the room starts.
     stored: HashMap<DedupKey, u64>,
+    /// The same ids, oldest first, to bound `stored`.
+    stored_order: VecDeque<(DedupKey, u64)>,
+    window: usize,
     /// Client ids being appended, with every member waiting for their acknowledgement.
     inflight: HashMap<DedupKey, Vec<MemberId>>,
 }
 
 impl RoomState {
-    /// State of a room whose newest messages (oldest first, at most `capacity` of them) were
-    /// loaded from the history; `removed_through_seq` is what retention already removed.
-    pub fn new(room: RoomId, capacity: usize, loaded: &[StoredMessage], removed_through_seq: u64) -> Self {
+    /// State of a room whose newest messages (oldest first) were loaded from the history:
+    /// the last `capacity` go to the ring, the ids of the last `window` to the duplicate window.
+    /// `removed_through_seq` is what retention already removed.
+    pub fn new(
+        room: RoomId,
+        capacity: usize,
+        window: usize,
+        loaded: &[StoredMessage],
+        removed_through_seq: u64,
+    ) -> Self {
         let capacity = capacity.max(1);
-        let start = loaded.len().saturating_sub(capacity);
-        let loaded = &loaded[start..];
-        let floor_seq = match loaded.first() {
+        let window = window.max(capacity);
+        let in_ring = &loaded[loaded.len().saturating_sub(capacity)..];
+        let floor_seq = match in_ring.first() {
             // A full ring may have older messages behind it.
-            Some(first) if loaded.len() == capacity => first.seq - 1,
+            Some(first) if in_ring.len() == capacity => first.seq - 1,
             _ => removed_through_seq,
         };
         let mut state = Self {
@@ -82,14 +94,30 @@ impl RoomState {
             capacity,
             floor_seq,
             stored: HashMap::new(),
+            stored_order: VecDeque::new(),
+            window,
             inflight: HashMap::new(),
         };
-        for message in loaded {
-            let message = Arc::new(ChatMessage::new(&state.room, message));
-            state.stored.insert((message.author.clone(), message.client_id.clone()), message.seq);
-            state.ring.push_back(message);
+        for message in &loaded[loaded.len().saturating_sub(window)..] {
+            state.remember((message.author.clone(), message.client_id.clone()), message.seq);
+        }
+        for message in in_ring {
+            state.ring.push_back(Arc::new(ChatMessage::new(&state.room, message)));
         }
         state
+    }
+
+    /// Adds a stored client id to the duplicate window, dropping the oldest beyond it.
+    fn remember(&mut self, key: DedupKey, seq: u64) {
+        self.stored.insert(key.clone(), seq);
+        self.stored_order.push_back((key, seq));
+        while self.stored_order.len() > self.window {
+            if let Some((old, old_seq)) = self.stored_order.pop_front() {
+                if self.stored.get(&old) == Some(&old_seq) {
+                    self.stored.remove(&old);
+                }
+            }
+        }
     }
 
     pub fn room(&self) -> &RoomId {
@@ -106,15 +134,8 @@ impl RoomState {
         !self.inflight.is_empty()
     }
 
-    /// Whether memory knows this client message, stored or in flight.
-    pub fn knows(&self, key: &DedupKey) -> bool {
-        self.stored.contains_key(key) || self.inflight.contains_key(key)
-    }
-
-    /// Decides what to do with a posted message, from memory alone. `Append` registers the
-    /// message as in flight; the caller must end it with [`Self::committed`] or
-    /// [`Self::failed`]. A message older than the ring may still be stored: the caller checks
-    /// the history for it before calling this (see [`Self::needs_stored_check`]).
+    /// Decides what to do with a posted message. `Append` registers the message as in flight;
+    /// the caller must end it with [`Self::committed`] or [`Self::failed`].
     pub fn decide_post(&mut self, member: MemberId, key: DedupKey) -> PostDecision {
         if let Some(&seq) = self.stored.get(&key) {
             return PostDecision::AlreadyStored(seq);
@@ -127,11 +148,6 @@ impl RoomState {
         PostDecision::Append
     }
 
-    /// Whether a client id not found in memory could belong to an older, stored message.
-    pub fn needs_stored_check(&self) -> bool {
-        self.floor_seq > 0
-    }
-
     /// Records a durable message; returns it and the members to acknowledge, in the order
     /// they sent it.
     pub fn committed(&mut self, stored: &StoredMessage) -> (Arc<ChatMessage>, Vec<MemberId>) {
@@ -141,10 +157,9 @@ impl RoomState {
         if self.ring.len() == self.capacity {
             if let Some(evicted) = self.ring.pop_front() {
                 self.floor_seq = evicted.seq;
-                self.stored.remove(&(evicted.author.clone(), evicted.client_id.clone()));
             }
         }
-        self.stored.insert(key, message.seq);
+        self.remember(key, message.seq);
         self.ring.push_back(message.clone());
         (message, ackers)
     }
@@ -198,7 +213,7 @@ mod tests {
 
     #[test]
     fn given_a_new_message_when_retried_before_and_after_commit_then_it_is_appended_once() {
-        let mut state = RoomState::new(room(), 10, &[], 0);
+        let mut state = RoomState::new(room(), 10, 10, &[], 0);
         assert_eq!(state.decide_post(1, key("a")), PostDecision::Append);
         assert_eq!(state.decide_post(2, key("a")), PostDecision::AlreadyInFlight);
         let (message, ackers) = state.committed(&stored(7, "a"));
@@ -210,7 +225,7 @@ mod tests {
     #[test]
     fn given_a_full_ring_when_messages_arrive_then_the_floor_rises_and_old_resumes_need_the_disk() {
         let loaded: Vec<_> = (1..=3).map(|s| stored(s * 10, &format!("c{s}"))).collect();
-        let mut state = RoomState::new(room(), 3, &loaded, 0);
+        let mut state = RoomState::new(room(), 3, 4, &loaded, 0);
         assert_eq!(state.floor_seq(), 9, "a full ring may hide older messages");
         assert!(state.after(5).is_none());
         assert_eq!(seqs(&state.after(10).expect("in memory")), vec![20, 30]);
@@ -219,13 +234,19 @@ mod tests {
         state.committed(&stored(40, "n"));
         assert_eq!(state.floor_seq(), 10);
         assert_eq!(seqs(&state.recent(2)), vec![30, 40]);
-        assert_eq!(state.decide_post(1, key("c1")), PostDecision::Append, "evicted ids are checked in the history");
-        assert!(state.needs_stored_check());
+        assert_eq!(
+            state.decide_post(1, key("c1")),
+            PostDecision::AlreadyStored(10),
+            "out of the ring, still in the window"
+        );
+        state.decide_post(1, key("m"));
+        state.committed(&stored(50, "m"));
+        assert_eq!(state.decide_post(1, key("c1")), PostDecision::Append, "out of the window: stored again");
     }
 
     #[test]
     fn given_a_room_shorter_than_the_ring_then_everything_after_retention_is_in_memory() {
-        let state = RoomState::new(room(), 10, &[stored(5, "a"), stored(8, "b")], 3);
+        let state = RoomState::new(room(), 10, 10, &[stored(5, "a"), stored(8, "b")], 3);
         assert_eq!(state.floor_seq(), 3);
         assert_eq!(seqs(&state.after(3).expect("in memory")), vec![5, 8]);
         assert!(state.after(0).is_none(), "before retention's cut, memory cannot answer");
@@ -234,7 +255,7 @@ mod tests {
 
     #[test]
     fn given_a_failed_append_then_its_waiters_are_returned_and_a_retry_appends_again() {
-        let mut state = RoomState::new(room(), 10, &[], 0);
+        let mut state = RoomState::new(room(), 10, 10, &[], 0);
         state.decide_post(4, key("x"));
         state.decide_post(5, key("x"));
         assert_eq!(state.failed(&key("x")), vec![4, 5]);

@@ -1,1 +1,254 @@
-fn main() {}
+//! `roomlog-load`: a WebSocket load generator for the chat benchmark.
+//!
+//! Opens `--clients` connections to one room; `--senders` of them send `--rate` messages per
+//! second in total for `--secs` seconds. Every client records when each message reaches it:
+//! deliveries per second, delivery latency (send → receipt) p50/p99/max, and messages lost or
+//! delivered twice. `--protocol baseline` speaks to the Python reproduction in
+//! `benches/baseline/` (same frames, no join). `--idle N` instead holds N idle connections
+//! and reports the server's resident memory (`--server-pid`).
+//!
+//! Every loop is bounded: sending stops after `--secs`, draining after `--drain-secs`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Server address, host:port.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    addr: String,
+    #[arg(long, value_enum, default_value_t = Protocol::Roomlog)]
+    protocol: Protocol,
+    /// Connections that join the room and receive.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// How many of the clients also send.
+    #[arg(long, default_value_t = 5)]
+    senders: usize,
+    /// Messages per second, all senders together.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Longest wait for outstanding deliveries after sending stops.
+    #[arg(long, default_value_t = 10)]
+    drain_secs: u64,
+    /// Bytes of each message body.
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// Room to use (a fresh one per run keeps runs apart).
+    #[arg(long, default_value = "load")]
+    room: String,
+    /// Label printed with the results.
+    #[arg(long, default_value = "roomlog")]
+    label: String,
+    /// Hold this many idle connections instead, and report memory.
+    #[arg(long)]
+    idle: Option<usize>,
+    /// Process id of the server, to read its resident memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Roomlog,
+    Baseline,
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default, borrow)]
+    body: Option<&'a str>,
+}
+
+/// What one receiving client saw.
+struct Received {
+    latency_us: Histogram<u64>,
+    /// Per sender, which message numbers arrived.
+    seen: HashMap<usize, Vec<bool>>,
+    duplicates: u64,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(n) = args.idle {
+        return idle(&args, n).await;
+    }
+    if args.senders == 0 || args.senders > args.clients {
+        bail!("--senders must be between 1 and --clients");
+    }
+    let run_id = format!("{:x}", std::process::id() ^ Instant::now().elapsed().subsec_nanos());
+    let epoch = Instant::now();
+    let per_sender = args.rate as f64 / args.senders as f64;
+    let total_per_sender = (per_sender * args.secs as f64).round() as usize;
+
+    // Connect and join everyone before anyone sends.
+    let mut sockets = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let url = match args.protocol {
+            Protocol::Roomlog => format!("ws://{}/ws?name=load{i}", args.addr),
+            Protocol::Baseline => format!("ws://{}/ws", args.addr),
+        };
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| format!("connecting {url}"))?;
+        if args.protocol == Protocol::Roomlog {
+            let join = serde_json::json!({"type":"join","room":args.room,"since":u64::MAX});
+            ws.send(Message::text(join.to_string())).await?;
+        }
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let sent_total = Arc::new(AtomicU64::new(0));
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let (mut tx, mut rx) = ws.split();
+        let receiver_run_id = run_id.clone();
+        let drain = Duration::from_secs(args.drain_secs);
+        let expected = total_per_sender * args.senders;
+        let send_deadline = Duration::from_secs(args.secs);
+        receivers.push(tokio::spawn(async move {
+            let mut got =
+                Received { latency_us: Histogram::new(3).expect("histogram"), seen: HashMap::new(), duplicates: 0 };
+            let mut distinct = 0usize;
+            let hard_stop = epoch + send_deadline + drain + Duration::from_secs(1);
+            while distinct < expected {
+                let Ok(next) = tokio::time::timeout_at(hard_stop.into(), rx.next()).await else { break };
+                let Some(Ok(Message::Text(text))) = next else { break };
+                let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else { continue };
+                if frame.kind != "message" {
+                    continue;
+                }
+                let Some((sender, n, sent_us)) = frame.body.and_then(|b| parse_body(b, &receiver_run_id)) else {
+                    continue;
+                };
+                let now_us = epoch.elapsed().as_micros() as u64;
+                let _ = got.latency_us.record(now_us.saturating_sub(sent_us));
+                let seen = got.seen.entry(sender).or_default();
+                if seen.len() <= n {
+                    seen.resize(n + 1, false);
+                }
+                if seen[n] {
+                    got.duplicates += 1;
+                } else {
+                    seen[n] = true;
+                    distinct += 1;
+                }
+            }
+            (rx, got)
+        }));
+        if i < args.senders {
+            let body_bytes = args.body_bytes;
+            let run_id = run_id.clone();
+            let room = args.room.clone();
+            let protocol = args.protocol;
+            let sent_total = sent_total.clone();
+            let interval = Duration::from_secs_f64(1.0 / per_sender);
+            senders.push(tokio::spawn(async move {
+                let start = Instant::now();
+                for n in 0..total_per_sender {
+                    tokio::time::sleep_until((start + interval.mul_f64(n as f64)).into()).await;
+                    let sent_us = epoch.elapsed().as_micros() as u64;
+                    let mut body = format!("{run_id}:{i}:{n}:{sent_us}:");
+                    body.extend(std::iter::repeat_n('x', body_bytes.saturating_sub(body.len())));
+                    let frame = match protocol {
+                        Protocol::Roomlog => serde_json::json!({"type":"send","room":room,"body":body,"client_id":format!("{run_id}-{n}")}),
+                        Protocol::Baseline => serde_json::json!({"type":"send","room":room,"body":body}),
+                    };
+                    if tx.send(Message::text(frame.to_string())).await.is_err() {
+                        break;
+                    }
+                    sent_total.fetch_add(1, Ordering::Relaxed);
+                }
+                tx
+            }));
+        } else {
+            drop(tx);
+        }
+    }
+    let mut keep_writers = Vec::new();
+    for sender in senders {
+        keep_writers.push(sender.await?);
+    }
+    let sending_secs = epoch.elapsed().as_secs_f64() - 0.5;
+    let mut latency = Histogram::<u64>::new(3)?;
+    let (mut delivered, mut lost, mut duplicates) = (0u64, 0u64, 0u64);
+    let sent = sent_total.load(Ordering::Relaxed);
+    for receiver in receivers {
+        let (_rx, got) = receiver.await?;
+        latency.add(&got.latency_us)?;
+        let distinct: u64 = got.seen.values().map(|v| v.iter().filter(|&&b| b).count() as u64).sum();
+        delivered += distinct;
+        lost += sent.saturating_sub(distinct);
+        duplicates += got.duplicates;
+    }
+    drop(keep_writers);
+    let expected = sent * args.clients as u64;
+    println!(
+        "{label}: clients={clients} senders={senders} rate={rate}/s secs={secs} sent={sent} deliveries={delivered}/{expected} \
+         deliveries_per_s={dps:.0} latency_ms p50={p50:.2} p99={p99:.2} max={max:.2} lost={lost} duplicated={duplicates}",
+        label = args.label,
+        clients = args.clients,
+        senders = args.senders,
+        rate = args.rate,
+        secs = args.secs,
+        dps = delivered as f64 / sending_secs.max(1e-9),
+        p50 = latency.value_at_quantile(0.50) as f64 / 1000.0,
+        p99 = latency.value_at_quantile(0.99) as f64 / 1000.0,
+        max = latency.max() as f64 / 1000.0,
+    );
+    Ok(())
+}
+
+/// `run:sender:n:sent_us:padding` → (sender, n, sent_us), for this run's messages only.
+fn parse_body(body: &str, run_id: &str) -> Option<(usize, usize, u64)> {
+    let mut parts = body.splitn(5, ':');
+    if parts.next()? != run_id {
+        return None;
+    }
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Holds `n` idle joined connections and reports the server's resident memory.
+async fn idle(args: &Args, n: usize) -> anyhow::Result<()> {
+    let rss_before = args.server_pid.and_then(rss_kib);
+    let mut sockets = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        let url = format!("ws://{}/ws?name=idle{i}", args.addr);
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| format!("connection {i}"))?;
+        let join = serde_json::json!({"type":"join","room":format!("{}-{}", args.room, i % 100),"since":u64::MAX});
+        ws.send(Message::text(join.to_string())).await?;
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = args.server_pid.and_then(rss_kib);
+    println!(
+        "{label}: idle_connections={n} opened_in_s={secs:.1} server_rss_mib before={before} after={after}",
+        label = args.label,
+        secs = started.elapsed().as_secs_f64(),
+        before = rss_before.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+        after = rss_after.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+    );
+    drop(sockets);
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}

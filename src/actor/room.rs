@@ -85,9 +85,9 @@ impl Actor for RoomActor {
         let RoomArgs { room, ctx, supervisor } = args;
         // Everything this room committed before is in the log; wait until the history has it.
         ctx.history_runner.wait_applied(ctx.log.head()).await;
-        let loaded = ctx.history.recent(&room, ctx.chat.ring_capacity)?;
+        let loaded = ctx.history.recent(&room, ctx.chat.dedup_window.max(ctx.chat.ring_capacity))?;
         let removed = ctx.history.summary(&room)?.map_or(0, |s| s.removed_through_seq);
-        let state = RoomState::new(room, ctx.chat.ring_capacity, &loaded, removed);
+        let state = RoomState::new(room, ctx.chat.ring_capacity, ctx.chat.dedup_window, &loaded, removed);
 
         let (forwarder, pending) = mpsc::channel(ctx.chat.room_inflight_max);
         tokio::spawn(forward_acknowledgements(pending, myself.clone()));
@@ -205,13 +205,6 @@ impl RoomActorState {
         body: String,
     ) -> Result<(), ActorProcessingErr> {
         let key: DedupKey = (author, client_id);
-        if !self.state.knows(&key) && self.state.needs_stored_check() {
-            self.ctx.history_runner.wait_applied(self.state.floor_seq()).await;
-            if let Some(seq) = self.ctx.history.seq_of_client_message(self.state.room(), &key.0, &key.1)? {
-                self.ack(member, &key.1, seq);
-                return Ok(());
-            }
-        }
         match self.state.decide_post(member, key.clone()) {
             PostDecision::AlreadyStored(seq) => self.ack(member, &key.1, seq),
             PostDecision::AlreadyInFlight => {}

@@ -4,20 +4,22 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
+use std::collections::BTreeMap;
 
 use super::LogError;
 use crate::event::{decode, encode, Envelope, StreamId};
 
 /// Tree of log records: key = seq as big-endian u64 (so byte order is seq order).
 const LOG_TREE: &str = "log";
-/// Stream index: key = stream length (1 byte) + stream + seq, value empty.
+/// Stream index: one entry per stream per group commit. Its key is the stream's length
+/// (1 byte), the stream, and the first seq of that stream in the group; its value is the
+/// group's seqs of that stream. One entry per group instead of one per event keeps sled's
+/// per-key cost off the append path. The same tree holds [`INDEXED_KEY`] (the last seq
+/// indexed, with the next seq to assign), written in the same batch as the entries.
 const STREAM_TREE: &str = "log.streams";
-/// Log metadata: the next seq to assign, kept so that seqs are never reused even if the
-/// newest records are ever removed (DESIGN.md, "Sequence numbers are never reused").
-const META_TREE: &str = "log.meta";
-const NEXT_SEQ_KEY: &[u8] = b"next_seq";
+/// Key of the stream index's checkpoint: last indexed seq and next seq, 16 bytes. Its first
+/// byte (0xff) is above every stream-length byte, so it never falls inside a stream's range.
+const INDEXED_KEY: &[u8] = b"\xffindexed";
 
 /// The sled database holding the log, and the handle used to fsync it.
 #[derive(Debug, Clone)]
@@ -25,24 +27,25 @@ pub struct Store {
     db: sled::Db,
     log: sled::Tree,
     streams: sled::Tree,
-    meta: sled::Tree,
     /// sled's data file, opened once so that each group commit can fsync it.
     db_file: Arc<Mutex<File>>,
 }
 
 impl Store {
-    /// Opens the database in `dir`, creating it if needed.
+    /// Opens the database in `dir`, creating it if needed, and completes the stream index if a
+    /// crash came between writing a group's records and its index entries.
     pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new().path(dir).cache_capacity(cache_bytes_max).flush_every_ms(Some(1000)).open()?;
         let db_file = File::options().read(true).write(true).open(dir.join("db"))?;
-        Ok(Self {
+        let store = Self {
             log: db.open_tree(LOG_TREE)?,
             streams: db.open_tree(STREAM_TREE)?,
-            meta: db.open_tree(META_TREE)?,
             db,
             db_file: Arc::new(Mutex::new(db_file)),
-        })
+        };
+        store.repair_index()?;
+        Ok(store)
     }
 
     pub fn db(&self) -> &sled::Db {
@@ -57,29 +60,74 @@ impl Store {
         }
     }
 
-    /// The lowest seq the writer may assign next, as recorded by earlier commits.
-    pub fn next_seq_floor(&self) -> Result<u64, LogError> {
-        Ok(self.meta.get(NEXT_SEQ_KEY)?.map_or(1, |v| seq_of(&v)))
+    /// (last indexed seq, next seq to assign) as recorded by the last complete group commit.
+    fn indexed(&self) -> Result<(u64, u64), LogError> {
+        Ok(match self.streams.get(INDEXED_KEY)? {
+            Some(v) if v.len() == 16 => (seq_of(&v[..8]), seq_of(&v[8..])),
+            _ => (0, 1),
+        })
     }
 
-    /// Writes one group of envelopes, their stream-index entries and the next seq in one
-    /// transaction, so that a crash leaves either all of them or none.
+    /// The lowest seq the writer may assign next, as recorded by earlier commits, so that
+    /// seqs are never reused even if the newest records are ever removed.
+    pub fn next_seq_floor(&self) -> Result<u64, LogError> {
+        Ok(self.indexed()?.1)
+    }
+
+    /// Writes one group: the records, then their stream-index entries with the index
+    /// checkpoint. Each write is atomic in its tree; if a crash separates them, the next
+    /// [`Store::open`] indexes the records again (`repair_index`). No sled transaction: it
+    /// costs more than the records themselves.
     pub fn write(&self, envelopes: &[Envelope]) -> Result<(), LogError> {
-        let mut log_batch = sled::Batch::default();
-        let mut stream_batch = sled::Batch::default();
+        let (Some(first), Some(last)) = (envelopes.first(), envelopes.last()) else { return Ok(()) };
+        let mut records = sled::Batch::default();
         for envelope in envelopes {
-            log_batch.insert(&envelope.seq.to_be_bytes(), encode(envelope));
-            stream_batch.insert(stream_key(&envelope.stream, envelope.seq), &[]);
+            records.insert(&envelope.seq.to_be_bytes(), encode(envelope));
         }
-        let next_seq = envelopes.last().map_or(0, |e| e.seq + 1);
-        (&self.log, &self.streams, &self.meta)
-            .transaction(|(log, streams, meta)| {
-                log.apply_batch(&log_batch)?;
-                streams.apply_batch(&stream_batch)?;
-                meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e: TransactionError<()>| LogError::Transaction(format!("{e:?}")))
+        self.log.apply_batch(records)?;
+        debug_assert!(first.seq <= last.seq, "a group is in seq order");
+        self.index(envelopes.iter().map(|e| (&e.stream, e.seq)), last.seq)
+    }
+
+    /// Writes the stream-index entries of one group of (stream, seq), ascending by seq.
+    fn index<'a>(&self, group: impl Iterator<Item = (&'a StreamId, u64)>, last_seq: u64) -> Result<(), LogError> {
+        let mut by_stream: BTreeMap<&StreamId, Vec<u8>> = BTreeMap::new();
+        let mut firsts: BTreeMap<&StreamId, u64> = BTreeMap::new();
+        for (stream, seq) in group {
+            firsts.entry(stream).or_insert(seq);
+            by_stream.entry(stream).or_default().extend_from_slice(&seq.to_be_bytes());
+        }
+        let mut batch = sled::Batch::default();
+        for (stream, seqs) in by_stream {
+            batch.insert(stream_key(stream, firsts[stream]), seqs);
+        }
+        let next_seq = last_seq.max(self.indexed()?.1.saturating_sub(1)) + 1;
+        let mut checkpoint = last_seq.to_be_bytes().to_vec();
+        checkpoint.extend_from_slice(&next_seq.to_be_bytes());
+        batch.insert(INDEXED_KEY, checkpoint);
+        self.streams.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Indexes records written after the index checkpoint (a crash between the two writes of
+    /// a group commit), reading them in groups as the writer would have.
+    fn repair_index(&self) -> Result<(), LogError> {
+        let (indexed, _) = self.indexed()?;
+        loop {
+            let (checkpoint, _) = self.indexed()?;
+            let group = self.read_range(checkpoint + 1, 4096)?;
+            let Some(last) = group.last() else { break };
+            self.index(group.iter().map(|e| (&e.stream, e.seq)), last.seq)?;
+        }
+        let (now, _) = self.indexed()?;
+        if now > indexed {
+            tracing::warn!(
+                from_seq = indexed + 1,
+                through_seq = now,
+                "stream index completed after an interrupted commit"
+            );
+        }
+        Ok(())
     }
 
     /// Makes everything written so far durable.
@@ -109,18 +157,25 @@ impl Store {
 
     pub fn read_stream(&self, stream: &StreamId, after_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
         let Some(from) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
-        let start = stream_key(stream, from);
-        let end = stream_key(stream, u64::MAX);
+        // The entry holding `from` may start before it: begin at the last entry at or below.
+        let start = match self.streams.range(stream_key(stream, 0)..=stream_key(stream, from)).next_back() {
+            Some(item) => item?.0.to_vec(),
+            None => stream_key(stream, from),
+        };
         let mut out = Vec::new();
-        for item in self.streams.range(start..=end) {
-            if out.len() >= limit {
-                break;
-            }
-            let (key, _) = item?;
-            let seq = seq_of(&key[key.len() - 8..]);
-            // A purged stream's index entries go with its records; a missing record is skipped.
-            if let Some(value) = self.log.get(seq.to_be_bytes())? {
-                out.push(decode(seq, &value)?);
+        for item in self.streams.range(start..=stream_key(stream, u64::MAX)) {
+            let (_, seqs) = item?;
+            for seq in seqs.chunks_exact(8).map(seq_of).filter(|&s| s >= from) {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                if out.last().is_some_and(|e: &Envelope| e.seq >= seq) {
+                    continue; // entries never overlap; if they did, each seq still comes once
+                }
+                // A purged stream's entries go with its records; a missing record is skipped.
+                if let Some(value) = self.log.get(seq.to_be_bytes())? {
+                    out.push(decode(seq, &value)?);
+                }
             }
         }
         Ok(out)
@@ -140,6 +195,18 @@ impl Store {
     #[cfg(test)]
     pub fn corrupt_for_test(&self, seq: u64) -> Result<(), LogError> {
         self.log.insert(seq.to_be_bytes(), &b"\xc1not an event"[..])?;
+        Ok(())
+    }
+
+    /// Writes records without their stream-index entries, as a crash between the two writes
+    /// of a group commit leaves them, for the test of `repair_index`.
+    #[cfg(test)]
+    pub fn write_records_only_for_test(&self, envelopes: &[Envelope]) -> Result<(), LogError> {
+        let mut records = sled::Batch::default();
+        for envelope in envelopes {
+            records.insert(&envelope.seq.to_be_bytes(), encode(envelope));
+        }
+        self.log.apply_batch(records)?;
         Ok(())
     }
 }

@@ -102,11 +102,13 @@ impl Writer {
         let result = self.store.write(envelopes).and_then(|()| self.store.sync());
         match result {
             Ok(()) => {
-                let last = envelopes.last().map_or(0, |e| e.seq);
+                // The head moves first: whoever is acknowledged sees a head at least at its seq.
+                if let Some(last) = envelopes.last() {
+                    self.head.send_replace(last.seq);
+                }
                 for (envelope, reply) in envelopes.drain(..).zip(replies.drain(..)) {
                     let _ = reply.send(Ok(envelope));
                 }
-                self.head.send_replace(last);
             }
             Err(error) => {
                 // Nothing of this group is acknowledged. Its seqs stay consumed: if sled kept
