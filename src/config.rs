@@ -102,6 +102,9 @@ pub struct Limits {
     /// Largest WebSocket message a client may send; beyond it the connection is closed
     /// (1009) because the frame cannot even be read.
     pub frame_bytes_max: usize,
+    /// Bytes a connection's WebSocket may buffer when the client does not read; past it the
+    /// connection is closed. (tungstenite's own default is unbounded.)
+    pub write_buffer_bytes_max: usize,
     /// Open WebSocket connections; more are refused with HTTP 503.
     pub connections_max: usize,
     /// Rooms one connection may have joined at once.
@@ -120,6 +123,7 @@ impl Default for Limits {
             body_bytes_max: 64 * 1024,
             client_id_bytes_max: 128,
             frame_bytes_max: 1024 * 1024,
+            write_buffer_bytes_max: 4 * 1024 * 1024,
             connections_max: 20_000,
             rooms_per_connection_max: 64,
             outbound_queue_max: 4096,
@@ -157,6 +161,9 @@ impl Config {
         chat.history_page_max = chat.history_page_max.max(1);
         chat.room_inflight_max = chat.room_inflight_max.max(1);
         self.limits.outbound_queue_max = self.limits.outbound_queue_max.max(16);
+        // tungstenite needs room for its 128 KiB write buffer plus one whole message.
+        let write_buffer_min = 128 * 1024 + 2 * self.limits.body_bytes_max.max(self.limits.frame_bytes_max);
+        self.limits.write_buffer_bytes_max = self.limits.write_buffer_bytes_max.max(write_buffer_min);
     }
 
     /// Where the server writes the address it is listening on.

@@ -120,6 +120,7 @@ fn upgrade(ws: warp::ws::Ws, query: HashMap<String, String>, app: Arc<App>) -> w
     let frame_max = app.config.limits.frame_bytes_max;
     ws.max_message_size(frame_max)
         .max_frame_size(frame_max)
+        .max_write_buffer_size(app.config.limits.write_buffer_bytes_max)
         .on_upgrade(move |socket| ws::serve(socket, identity, app, permit))
         .into_response()
 }

@@ -75,17 +75,16 @@ impl Store {
     }
 
     /// Writes one group: the records, then their stream-index entries with the index
-    /// checkpoint. Each write is atomic in its tree; if a crash separates them, the next
-    /// [`Store::open`] indexes the records again (`repair_index`). No sled transaction: it
-    /// costs more than the records themselves.
+    /// checkpoint. The records are plain inserts, not one atomic batch: nothing of the group
+    /// is acknowledged before the flush that follows, sled recovers a prefix of its writes
+    /// after a crash, and `repair_index` indexes whatever prefix survived. (Measured here, a
+    /// sled `apply_batch` costs 6.3 µs a key against 4.5 µs for an insert, and a transaction
+    /// over the trees 16 µs an event.)
     pub fn write(&self, envelopes: &[Envelope]) -> Result<(), LogError> {
-        let (Some(first), Some(last)) = (envelopes.first(), envelopes.last()) else { return Ok(()) };
-        let mut records = sled::Batch::default();
+        let Some(last) = envelopes.last() else { return Ok(()) };
         for envelope in envelopes {
-            records.insert(&envelope.seq.to_be_bytes(), encode(envelope));
+            self.log.insert(envelope.seq.to_be_bytes(), encode(envelope))?;
         }
-        self.log.apply_batch(records)?;
-        debug_assert!(first.seq <= last.seq, "a group is in seq order");
         self.index(envelopes.iter().map(|e| (&e.stream, e.seq)), last.seq)
     }
 
