@@ -102,6 +102,10 @@ pub struct Limits {
     /// Largest WebSocket message a client may send; beyond it the connection is closed
     /// (1009) because the frame cannot even be read.
     pub frame_bytes_max: usize,
+    /// Bytes of a connection's WebSocket read buffer, and of the writes gathered before one
+    /// goes to the socket. Small, because every connection holds one; a larger frame grows
+    /// the read buffer while it is read.
+    pub read_buffer_bytes: usize,
     /// Bytes a connection's WebSocket may buffer when the client does not read; past it the
     /// connection is closed. (tungstenite's own default is unbounded.)
     pub write_buffer_bytes_max: usize,
@@ -123,6 +127,7 @@ impl Default for Limits {
             body_bytes_max: 64 * 1024,
             client_id_bytes_max: 128,
             frame_bytes_max: 1024 * 1024,
+            read_buffer_bytes: 8 * 1024,
             write_buffer_bytes_max: 4 * 1024 * 1024,
             connections_max: 20_000,
             rooms_per_connection_max: 64,
@@ -161,8 +166,10 @@ impl Config {
         chat.history_page_max = chat.history_page_max.max(1);
         chat.room_inflight_max = chat.room_inflight_max.max(1);
         self.limits.outbound_queue_max = self.limits.outbound_queue_max.max(16);
-        // tungstenite needs room for its 128 KiB write buffer plus one whole message.
-        let write_buffer_min = 128 * 1024 + 2 * self.limits.body_bytes_max.max(self.limits.frame_bytes_max);
+        self.limits.read_buffer_bytes = self.limits.read_buffer_bytes.max(1024);
+        // tungstenite needs room for its write buffer plus one whole message.
+        let write_buffer_min =
+            self.limits.read_buffer_bytes + 2 * self.limits.body_bytes_max.max(self.limits.frame_bytes_max);
         self.limits.write_buffer_bytes_max = self.limits.write_buffer_bytes_max.max(write_buffer_min);
     }
 

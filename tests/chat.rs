@@ -385,6 +385,7 @@ async fn http_lists_rooms_and_pages_through_history() {
         ("/api/rooms/no-such-room/messages", 404, "room_not_found"),
         ("/api/rooms/bad%20name/messages", 400, "invalid_room"),
         ("/api/nothing", 404, "not_found"),
+        ("/ws?name=ann", 400, "not_a_websocket_upgrade"),
     ] {
         let (got, body) = get(addr, path).await;
         assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{path}: {body}");
@@ -418,5 +419,20 @@ async fn after_a_restart_history_is_back_and_seqs_continue() {
     assert_eq!(seqs(&bob.messages(20).await), sent);
     let next = bob.say("lobby", "after restart", "x").await;
     assert_eq!(next, sent[19] + 1, "seqs continue where they stopped");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_join_since_a_seq_beyond_the_head_replays_nothing_and_then_delivers_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path())).await;
+    let mut ann = Client::connect(server.addr(), "ann").await;
+    ann.join("lobby", None).await;
+    ann.say("lobby", "old", "1").await;
+    let mut bob = Client::connect(server.addr(), "bob").await;
+    bob.join("lobby", Some(u64::MAX)).await;
+    let seq = ann.say("lobby", "new", "2").await;
+    let live = bob.recv().await;
+    assert_eq!((live["seq"].as_u64(), live["body"].as_str()), (Some(seq), Some("new")));
     server.shutdown().await;
 }

@@ -3,6 +3,7 @@
 //! Errors over HTTP are `{"error": {"code": "...", "message": "..."}}` with a stable code.
 
 mod api;
+pub mod upgrade;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -84,7 +85,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
     };
     let ws = warp::path("ws")
         .and(warp::path::end())
-        .and(warp::ws())
+        .and(upgrade::request())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_app.clone())
         .map(upgrade);
@@ -102,7 +103,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
     ws.or(healthz).unify().or(readyz).unify().or(rooms).unify().or(messages).unify().recover(rejection).unify()
 }
 
-fn upgrade(ws: warp::ws::Ws, query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
+fn upgrade(request: upgrade::UpgradeRequest, query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
     if *app.shutdown.borrow() {
         return error_reply(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down");
     }
@@ -117,12 +118,8 @@ fn upgrade(ws: warp::ws::Ws, query: HashMap<String, String>, app: Arc<App>) -> w
             "the server has as many connections as it accepts; retry later",
         );
     };
-    let frame_max = app.config.limits.frame_bytes_max;
-    ws.max_message_size(frame_max)
-        .max_frame_size(frame_max)
-        .max_write_buffer_size(app.config.limits.write_buffer_bytes_max)
-        .on_upgrade(move |socket| ws::serve(socket, identity, app, permit))
-        .into_response()
+    let for_connection = app.clone();
+    request.accept(&app, move |socket| ws::serve(socket, identity, for_connection, permit))
 }
 
 async fn rejection(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {

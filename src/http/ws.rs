@@ -16,8 +16,11 @@ use ractor::ActorRef;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamMap;
-use warp::ws::{Message, WebSocket};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::Message;
 
+use super::upgrade::Socket;
 use super::App;
 use crate::actor::room::RoomMsg;
 use crate::actor::{ChatError, Member, Outbound};
@@ -48,7 +51,7 @@ struct Connection {
     id: MemberId,
     identity: Identity,
     app: Arc<App>,
-    sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    sink: futures_util::stream::SplitSink<Socket, Message>,
     joined: HashMap<RoomId, Joined>,
     queues: StreamMap<RoomId, RoomStream>,
     kick: Arc<Notify>,
@@ -58,7 +61,7 @@ struct Connection {
 struct Gone;
 
 /// Serves one upgraded connection until either side closes it. Holds its connection permit.
-pub async fn serve(socket: WebSocket, identity: Identity, app: Arc<App>, _permit: OwnedSemaphorePermit) {
+pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: OwnedSemaphorePermit) {
     let (sink, mut stream) = socket.split();
     let id = app.next_member_id();
     let mut shutdown = app.shutdown.clone();
@@ -77,12 +80,12 @@ pub async fn serve(socket: WebSocket, identity: Identity, app: Arc<App>, _permit
         let step = tokio::select! {
             biased;
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
-                let _ = conn.sink.send(Message::close_with(CLOSE_GOING_AWAY, "server shutting down")).await;
+                let _ = conn.sink.send(close(CLOSE_GOING_AWAY, "server shutting down")).await;
                 break;
             }
             _ = kick.notified() => {
                 tracing::info!(conn = id, user = %conn.identity.user, "slow consumer disconnected");
-                let _ = conn.sink.send(Message::close_with(CLOSE_SLOW_CONSUMER, "slow_consumer")).await;
+                let _ = conn.sink.send(close(CLOSE_SLOW_CONSUMER, "slow_consumer")).await;
                 break;
             }
             incoming = stream.next() => match incoming {
@@ -90,7 +93,7 @@ pub async fn serve(socket: WebSocket, identity: Identity, app: Arc<App>, _permit
                 Some(Err(error)) => {
                     tracing::debug!(conn = id, error = %error, "connection read failed");
                     if let Some((code, reason)) = close_for(&error) {
-                        let _ = conn.sink.send(Message::close_with(code, reason)).await;
+                        let _ = conn.sink.send(close(code, reason)).await;
                     }
                     break;
                 }
@@ -109,37 +112,35 @@ pub async fn serve(socket: WebSocket, identity: Identity, app: Arc<App>, _permit
     tracing::debug!(conn = id, "connection closed");
 }
 
+/// A close frame.
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))
+}
+
 /// The close code that tells a client why its input ended the connection, when it was the
 /// input's fault: a frame over the limit (1009), text that is not UTF-8 (1007), or a broken
 /// frame (1002). Other read errors (a reset connection) get no close frame.
-fn close_for(error: &warp::Error) -> Option<(u16, &'static str)> {
-    use std::error::Error as _;
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(ws) = cause.downcast_ref::<tungstenite::Error>() {
-            return match ws {
-                tungstenite::Error::Capacity(_) => Some((1009, "frame_too_large")),
-                tungstenite::Error::Utf8(_) => Some((1007, "invalid_utf8")),
-                tungstenite::Error::Protocol(_) => Some((1002, "protocol_error")),
-                _ => None,
-            };
-        }
-        source = cause.source();
+fn close_for(error: &tungstenite::Error) -> Option<(u16, &'static str)> {
+    match error {
+        tungstenite::Error::Capacity(_) => Some((1009, "frame_too_large")),
+        tungstenite::Error::Utf8(_) => Some((1007, "invalid_utf8")),
+        tungstenite::Error::Protocol(_) => Some((1002, "protocol_error")),
+        _ => None,
     }
-    None
 }
 
 impl Connection {
     async fn on_message(&mut self, message: Message) -> Result<(), Gone> {
-        if message.is_close() {
-            return Err(Gone);
-        }
-        if message.is_binary() {
-            return self
-                .error(ErrorCode::BinaryFrame, "binary frames are not part of the protocol; send JSON text", None, None)
-                .await;
-        }
-        let Ok(text) = message.to_str() else { return Ok(()) }; // ping and pong
+        let text = match &message {
+            Message::Text(text) => text.as_str(),
+            Message::Binary(_) => {
+                let text = "binary frames are not part of the protocol; send JSON text";
+                return self.error(ErrorCode::BinaryFrame, text, None, None).await;
+            }
+            Message::Close(_) => return Err(Gone),
+            // Pings are answered by tungstenite itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
+        };
         match parse_client_frame(text) {
             Ok(frame) => self.on_frame(frame).await,
             Err(error) => self.error(error.code, &error.message, None, None).await,
@@ -255,7 +256,9 @@ impl Connection {
     /// `announce` sends the `joined` frame; a silent re-join after a room restart does not.
     async fn join(&mut self, room: RoomId, since: Option<u64>, announce: bool) -> Result<(), Gone> {
         let (tx, rx) = mpsc::channel(self.app.config.limits.outbound_queue_max);
-        let mut since = since;
+        // A `since` beyond the head (a client that saw a newer server's data, or asks to skip
+        // history) means "nothing to replay": live messages all have greater seqs than the head.
+        let mut since = since.map(|s| s.min(self.app.log.head()));
         let mut last_seq = since.unwrap_or(0);
         let mut attempts = 0;
         let mut announced = !announce;
