@@ -436,3 +436,44 @@ async fn a_join_since_a_seq_beyond_the_head_replays_nothing_and_then_delivers_li
     assert_eq!((live["seq"].as_u64(), live["body"].as_str()), (Some(seq), Some("new")));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_and_the_others_keep_chatting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.limits.outbound_queue_max = 16;
+    config.normalise();
+    let server = start(config).await;
+    let addr = server.addr();
+    let mut ann = Client::connect(addr, "ann").await;
+    let mut bob = Client::connect(addr, "bob").await;
+    let mut slow = Client::connect(addr, "slow").await;
+    for client in [&mut ann, &mut bob, &mut slow] {
+        client.join("lobby", None).await;
+    }
+    // slow reads nothing from here on. 60 KiB messages fill its socket buffers, then its
+    // queue of 16 frames, then the room disconnects it.
+    let body = "x".repeat(60 * 1024);
+    let total = 400;
+    for round in 0..total / 4 {
+        for n in round * 4..round * 4 + 4 {
+            ann.send(json!({"type":"send","room":"lobby","body":body,"client_id":format!("{n}")})).await;
+        }
+        // ann and bob keep up as normal clients do.
+        for client in [&mut ann, &mut bob] {
+            let mut messages = 0;
+            while messages < 4 {
+                match client.recv().await["type"].as_str() {
+                    Some("message") => messages += 1,
+                    Some("ack") => {}
+                    other => panic!("{}: unexpected {other:?}", client.name),
+                }
+            }
+        }
+    }
+    assert_eq!(slow.close_code().await, Some(4008), "the slow client is told why it was dropped");
+    ann.say("lobby", "after", "after").await;
+    let last = bob.recv().await;
+    assert_eq!(last["body"], "after", "bob received every message and nothing else");
+    server.shutdown().await;
+}
