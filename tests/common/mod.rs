@@ -30,6 +30,16 @@ pub async fn start(config: Config) -> Server {
     Server::start(config, listener).await.expect("server starts")
 }
 
+/// A server with two clients, ann and bob, both joined to `lobby`.
+pub async fn lobby_pair(config: Config) -> (Server, Client, Client) {
+    let server = start(config).await;
+    let mut ann = Client::connect(server.addr(), "ann").await;
+    let mut bob = Client::connect(server.addr(), "bob").await;
+    ann.join("lobby", None).await;
+    bob.join("lobby", None).await;
+    (server, ann, bob)
+}
+
 /// A WebSocket chat client.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -133,6 +143,21 @@ impl Client {
                 return out;
             }
         }
+    }
+
+    /// Reads until it has `messages` message frames and `acks` acks, failing on anything else;
+    /// returns the messages in order and the acks' seqs in order.
+    pub async fn messages_and_acks(&mut self, messages: usize, acks: usize) -> (Vec<Value>, Vec<u64>) {
+        let (mut got, mut acked) = (Vec::new(), Vec::new());
+        while got.len() < messages || acked.len() < acks {
+            let frame = self.recv().await;
+            match frame["type"].as_str() {
+                Some("message") => got.push(frame),
+                Some("ack") => acked.push(frame["seq"].as_u64().expect("ack has a seq")),
+                _ => panic!("{}: unexpected {frame}", self.name),
+            }
+        }
+        (got, acked)
     }
 
     /// Reads exactly `n` `message` frames.
