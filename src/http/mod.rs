@@ -19,8 +19,9 @@ use warp::{Filter, Rejection, Reply};
 use crate::actor::rooms::Rooms;
 use crate::auth::{Authenticator, Credentials};
 use crate::config::Config;
+use crate::event::RoomId;
 use crate::log::EventLog;
-use crate::projection::history::History;
+use crate::projection::history::{History, StoredMessage};
 use crate::projection::Runner;
 
 /// Everything a request handler needs.
@@ -68,6 +69,22 @@ impl App {
 
     pub fn next_member_id(&self) -> u64 {
         self.next_member.fetch_add(1, Ordering::Relaxed)
+    }
+    /// A page of a room's history before `before`, with whether older messages remain and
+    /// what retention removed.
+    pub fn history_page(
+        &self,
+        room: &RoomId,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredMessage>, bool, Option<u64>), crate::projection::ProjectionError> {
+        let mut messages = self.history.before(room, before, limit + 1)?;
+        let more = messages.len() > limit;
+        if more {
+            messages.remove(0);
+        }
+        let removed = self.history.summary(room)?.map(|s| s.removed_through_seq).filter(|&r| r > 0);
+        Ok((messages, more, removed))
     }
 }
 

@@ -26,7 +26,6 @@ use crate::actor::room::RoomMsg;
 use crate::actor::{ChatError, Member, Outbound};
 use crate::auth::Identity;
 use crate::event::RoomId;
-use crate::projection::history::StoredMessage;
 use crate::room::MemberId;
 use crate::wire::{error_frame, parse_client_frame, render, ClientFrame, ErrorCode, ServerFrame, WireMessage};
 
@@ -378,24 +377,5 @@ impl Connection {
 
     async fn write(&mut self, frame: String) -> Result<(), Gone> {
         self.sink.send(Message::text(frame)).await.map_err(|_| Gone)
-    }
-}
-
-impl App {
-    /// A page of a room's history before `before`, with whether older messages remain and
-    /// what retention removed.
-    pub fn history_page(
-        &self,
-        room: &RoomId,
-        before: u64,
-        limit: usize,
-    ) -> Result<(Vec<StoredMessage>, bool, Option<u64>), crate::projection::ProjectionError> {
-        let mut messages = self.history.before(room, before, limit + 1)?;
-        let more = messages.len() > limit;
-        if more {
-            messages.remove(0);
-        }
-        let removed = self.history.summary(room)?.map(|s| s.removed_through_seq).filter(|&r| r > 0);
-        Ok((messages, more, removed))
     }
 }
