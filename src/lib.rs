@@ -14,6 +14,8 @@
 //! - [`event`]: the events, their versions and their encoding.
 //! - [`projection`]: folds over the log with checkpoints — chat history.
 //! - [`config`]: configuration from defaults, a TOML file and the environment.
+//! - [`metrics`]: Prometheus metric names, rendered on `/metrics`.
+//! - [`recent_errors`]: the last warnings and errors, for `roomlog status`.
 //! - [`server`]: starts and stops all of the above in order.
 //!
 //! `ARCHITECTURE.md` walks the same pipeline and states the runtime guarantees.
@@ -24,7 +26,9 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod projection;
+pub mod recent_errors;
 pub mod room;
 pub mod server;
 pub mod wire;

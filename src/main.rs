@@ -43,6 +43,15 @@ enum Command {
     Check,
     /// Print the configuration in force, as TOML.
     Config,
+    /// Ask the running server how it is. Exits 1 when it cannot be reached, 2 when not ready.
+    Status {
+        /// The server's address; default: the one it wrote to `<data>/roomlog.addr`, else `listen`.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// Print the server's JSON answer instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -65,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
+        }
+        Command::Status { addr, json } => {
+            let code = status(&config, addr, json).await;
+            std::process::exit(code);
         }
     }
 }
@@ -109,6 +122,84 @@ fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the server's status; returns the exit code: 0 ready, 1 unreachable, 2 not ready.
+async fn status(config: &Config, addr: Option<std::net::SocketAddr>, json: bool) -> i32 {
+    let addr = addr
+        .or_else(|| std::fs::read_to_string(config.addr_file()).ok().and_then(|s| s.trim().parse().ok()))
+        .unwrap_or(config.listen);
+    let client = match reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build() {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("roomlog status: {error}");
+            return 1;
+        }
+    };
+    let answer = match client.get(format!("http://{addr}/api/status")).send().await {
+        Ok(response) => response.json::<serde_json::Value>().await,
+        Err(error) => Err(error),
+    };
+    let status = match answer {
+        Ok(status) => status,
+        Err(error) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "up": false, "addr": addr.to_string(), "error": error.to_string() })
+                );
+            } else {
+                println!("roomlog is down: nothing answers on {addr} ({error})");
+            }
+            return 1;
+        }
+    };
+    let ready = status["ready"].as_bool().unwrap_or(false);
+    if json {
+        println!("{status}");
+    } else {
+        print!("{}", summary(&status));
+    }
+    if ready {
+        0
+    } else {
+        2
+    }
+}
+
+/// The human summary of `/api/status`.
+fn summary(s: &serde_json::Value) -> String {
+    let uptime = humantime::format_duration(std::time::Duration::from_secs(s["uptime_seconds"].as_u64().unwrap_or(0)));
+    let history = &s["projections"]["history"];
+    let mut out = format!(
+        "roomlog {} up {uptime} on {} (data {})\nready: {}\nlog: head seq {}, {:.1} MiB on disk\nhistory projection: applied {} (lag {} events{})\nrooms active: {}, connections open: {}\n",
+        s["version"].as_str().unwrap_or("?"),
+        s["listen"].as_str().unwrap_or("?"),
+        s["data"].as_str().unwrap_or("?"),
+        if s["ready"].as_bool().unwrap_or(false) { "yes" } else { "NO" },
+        s["log"]["head_seq"],
+        s["log"]["disk_bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0),
+        history["applied_seq"],
+        history["lag_events"],
+        if history["running"].as_bool().unwrap_or(false) { "" } else { ", STOPPED" },
+        s["rooms_active"],
+        s["connections_open"],
+    );
+    let errors = s["recent_errors"].as_array().cloned().unwrap_or_default();
+    if errors.is_empty() {
+        out.push_str("recent errors: none\n");
+    } else {
+        out.push_str(&format!("recent errors ({}, newest last):\n", errors.len()));
+        for e in errors.iter().rev().take(5).rev() {
+            out.push_str(&format!(
+                "  {} {} {}\n",
+                e["level"].as_str().unwrap_or("?"),
+                e["target"].as_str().unwrap_or("?"),
+                e["message"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    out
+}
+
 fn open_log(config: &Config) -> anyhow::Result<EventLog> {
     EventLog::open(&config.log_dir(), &config.log)
         .with_context(|| format!("opening the log in {} (is a server running on it?)", config.log_dir().display()))
@@ -136,12 +227,19 @@ async fn shutdown_signal() {
 }
 
 fn init_tracing(json: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROOMLOG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    let output = if json {
+        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed()
     } else {
-        builder.init();
-    }
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
+    };
+    // The recent-errors ring sees warnings and errors whatever the output filter says.
+    tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(roomlog::recent_errors::RecentErrorsLayer.with_filter(tracing::level_filters::LevelFilter::WARN))
+        .init();
 }

@@ -82,7 +82,20 @@ impl Server {
             .map_err(|source| ServerError::Io { what: format!("writing {}", addr_file.display()), source })?;
 
         let (stop, stopping) = watch::channel(false);
-        let app = Arc::new(App::new(config, log, history, history_runner, rooms, auth, stopping.clone()));
+        let app = Arc::new(App::new(config, addr, log, history, history_runner, rooms, auth, stopping.clone()));
+        // Metrics: install the recorder before anything counts, and keep its histograms rolling.
+        if let Some(handle) = crate::metrics::handle() {
+            let mut stopped = stopping.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(crate::metrics::UPKEEP_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => handle.run_upkeep(),
+                        _ = stopped.wait_for(|stop| *stop) => return,
+                    }
+                }
+            });
+        }
         let mut signal = stopping;
         let serving = tokio::spawn(
             warp::serve(routes(app.clone()))

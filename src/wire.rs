@@ -63,6 +63,29 @@ pub enum ErrorCode {
     ShuttingDown,
 }
 
+impl ErrorCode {
+    /// The code as it appears on the wire (and as a metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::BinaryFrame => "binary_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::UnknownField => "unknown_field",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::InvalidClientId => "invalid_client_id",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::RoomUnavailable => "room_unavailable",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 /// A frame the server sends. Message frames are rendered once per message by
 /// [`message_frame`] and shared by every recipient.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -219,6 +242,30 @@ mod tests {
         assert_eq!(code_of(r#"{"type":"join","room":5}"#), ErrorCode::InvalidField);
         assert_eq!(code_of(r#"{"type":"join","room":"a","since":-1}"#), ErrorCode::InvalidField);
         assert_eq!(code_of(r#"{"type":"join","room":"a","since":1e400}"#), ErrorCode::MalformedJson);
+    }
+
+    #[test]
+    fn error_codes_as_strings_are_their_wire_form() {
+        use ErrorCode::*;
+        for code in [
+            MalformedJson,
+            BinaryFrame,
+            UnknownType,
+            MissingField,
+            UnknownField,
+            InvalidField,
+            InvalidRoom,
+            BodyTooLarge,
+            InvalidClientId,
+            NotJoined,
+            TooManyRooms,
+            Forbidden,
+            StorageUnavailable,
+            RoomUnavailable,
+            ShuttingDown,
+        ] {
+            assert_eq!(serde_json::to_value(code).expect("serialises"), serde_json::json!(code.as_str()));
+        }
     }
 
     #[test]

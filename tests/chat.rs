@@ -465,3 +465,17 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_keep_chattin
     assert_eq!(last["body"], "after", "bob received every message and nothing else");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reads_its_own_acknowledged_message_over_http_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path())).await;
+    let mut ann = Client::connect(server.addr(), "ann").await;
+    ann.join("lobby", None).await;
+    for n in 0..30 {
+        let seq = ann.say("lobby", &format!("m{n}"), &format!("{n}")).await;
+        let (_, page) = get(server.addr(), &format!("/api/rooms/lobby/messages?after={}", seq - 1)).await;
+        assert_eq!(seqs(page["messages"].as_array().expect("messages")), vec![seq], "round {n}");
+    }
+    server.shutdown().await;
+}

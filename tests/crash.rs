@@ -5,12 +5,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{get, Client};
+use common::{get, spawn, Client};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -19,42 +18,6 @@ const ROUNDS: usize = 10;
 const SENDERS: usize = 3;
 /// Sends a sender keeps unacknowledged at once: enough to have appends in flight at the kill.
 const WINDOW: usize = 32;
-
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-}
-
-/// A failing test must not leave a server running.
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(data: &Path) -> Binary {
-    let addr_file = data.join("roomlog.addr");
-    let _ = std::fs::remove_file(&addr_file);
-    let child = Command::new(env!("CARGO_BIN_EXE_roomlog"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .env("ROOMLOG_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn();
-    let mut binary =
-        Binary { child: child.expect("the roomlog binary starts"), addr: SocketAddr::from(([127, 0, 0, 1], 0)) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(addr) = std::fs::read_to_string(&addr_file).ok().and_then(|s| s.trim().parse().ok()) {
-            binary.addr = addr;
-            return binary;
-        }
-        assert!(Instant::now() < deadline, "the server did not write its address");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Every message of a room, through the HTTP history, oldest first.
 async fn whole_history(addr: SocketAddr, room: &str) -> Vec<Value> {

@@ -44,8 +44,9 @@ pub enum RoomMsg {
     Leave { member: MemberId },
     /// Post a message; the acknowledgement goes to the member's queue.
     Post { member: MemberId, author: String, client_id: String, body: String },
-    /// From the forwarder, in submission order: an append is durable, or failed.
-    Committed { key: DedupKey, result: Result<Envelope, Arc<LogError>> },
+    /// From the forwarder, in submission order: an append is durable, or failed. `posted_at`
+    /// is when the post reached the room, for the delivery latency.
+    Committed { key: DedupKey, result: Result<Envelope, Arc<LogError>>, posted_at: Instant },
     /// Periodic check for idleness.
     IdleCheck,
     /// Makes the actor fail, for tests of supervision.
@@ -72,7 +73,7 @@ pub struct RoomActorState {
     members: HashMap<MemberId, Member>,
     ctx: ChatContext,
     supervisor: ActorRef<RoomsMsg>,
-    forwarder: mpsc::Sender<(DedupKey, PendingAppend)>,
+    forwarder: mpsc::Sender<(DedupKey, PendingAppend, Instant)>,
     last_active: Instant,
 }
 
@@ -116,7 +117,7 @@ impl Actor for RoomActor {
                 s.last_active = Instant::now();
                 s.post(member, author, client_id, body).await?;
             }
-            RoomMsg::Committed { key, result } => s.committed(key, result),
+            RoomMsg::Committed { key, result, posted_at } => s.committed(key, result, posted_at),
             RoomMsg::IdleCheck => {
                 let idle = s.members.is_empty()
                     && !s.state.has_inflight()
@@ -134,10 +135,13 @@ impl Actor for RoomActor {
 
 /// Awaits durable acknowledgements in the order appends were submitted and hands them back to
 /// the room: this is what keeps fan-out in seq order while appends are pipelined.
-async fn forward_acknowledgements(mut pending: mpsc::Receiver<(DedupKey, PendingAppend)>, room: ActorRef<RoomMsg>) {
-    while let Some((key, append)) = pending.recv().await {
+async fn forward_acknowledgements(
+    mut pending: mpsc::Receiver<(DedupKey, PendingAppend, Instant)>,
+    room: ActorRef<RoomMsg>,
+) {
+    while let Some((key, append, posted_at)) = pending.recv().await {
         let result = append.durable().await;
-        if room.cast(RoomMsg::Committed { key, result }).is_err() {
+        if room.cast(RoomMsg::Committed { key, result, posted_at }).is_err() {
             // The room stopped; its members resume from their last seq and clients retry
             // unacknowledged sends with the same client id.
             return;
@@ -205,6 +209,7 @@ impl RoomActorState {
         body: String,
     ) -> Result<(), ActorProcessingErr> {
         let key: DedupKey = (author, client_id);
+        let posted_at = Instant::now();
         match self.state.decide_post(member, key.clone()) {
             PostDecision::AlreadyStored(seq) => self.ack(member, &key.1, seq),
             PostDecision::AlreadyInFlight => {}
@@ -217,18 +222,18 @@ impl RoomActorState {
                 });
                 match self.ctx.log.submit(event).await {
                     Ok(pending) => {
-                        if self.forwarder.send((key.clone(), pending)).await.is_err() {
+                        if self.forwarder.send((key.clone(), pending, posted_at)).await.is_err() {
                             return Err("acknowledgement forwarder stopped".into());
                         }
                     }
-                    Err(error) => self.committed(key, Err(Arc::new(error))),
+                    Err(error) => self.committed(key, Err(Arc::new(error)), posted_at),
                 }
             }
         }
         Ok(())
     }
 
-    fn committed(&mut self, key: DedupKey, result: Result<Envelope, Arc<LogError>>) {
+    fn committed(&mut self, key: DedupKey, result: Result<Envelope, Arc<LogError>>, posted_at: Instant) {
         match result {
             Ok(envelope) => {
                 let Event::MessagePosted(posted) = envelope.event else { return };
@@ -245,6 +250,9 @@ impl RoomActorState {
                 }
                 let outbound = Outbound { seq: Some(message.seq), frame: message.frame.clone() };
                 self.members.retain(|_, member| deliver(member, outbound.clone()));
+                metrics::counter!(crate::metrics::MESSAGES_APPENDED_TOTAL).increment(1);
+                metrics::counter!(crate::metrics::MESSAGES_DELIVERED_TOTAL).increment(self.members.len() as u64);
+                metrics::histogram!(crate::metrics::DELIVERY_SECONDS).record(posted_at.elapsed().as_secs_f64());
             }
             Err(error) => {
                 tracing::warn!(room = %self.state.room(), error = %error, "append failed; senders told to retry");
@@ -287,6 +295,7 @@ fn deliver(member: &Member, outbound: Outbound) -> bool {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             member.kick.notify_one();
+            metrics::counter!(crate::metrics::SLOW_CONSUMERS_TOTAL).increment(1);
             false
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,

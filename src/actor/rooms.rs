@@ -93,6 +93,7 @@ impl Actor for RoomSupervisor {
             SupervisionEvent::ActorFailed(cell, error) => {
                 let Some(room) = s.forget(&cell) else { return Ok(()) };
                 s.failures.entry(room.clone()).or_default().push_back(Instant::now());
+                metrics::counter!(crate::metrics::ROOM_RESTARTS_TOTAL).increment(1);
                 tracing::warn!(room = %room, error = %error, "room actor failed, restarting");
                 if let Err(error) = s.start(&myself, room.clone()).await {
                     tracing::error!(room = %room, error = %error, "room actor not restarted");

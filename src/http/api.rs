@@ -114,3 +114,53 @@ pub fn readyz(app: Arc<App>) -> warp::reply::Response {
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
+
+/// Updates the gauges that are read at scrape time rather than kept up to date.
+async fn refresh_gauges(app: &App) -> (u64, u64, usize, u64) {
+    let head = app.log.head();
+    let lag = head.saturating_sub(app.history_runner.applied());
+    let rooms = app.rooms.active().await;
+    let log_dir = app.config.log_dir();
+    let disk = tokio::task::spawn_blocking(move || crate::metrics::disk_bytes(&log_dir)).await.unwrap_or(0);
+    metrics::gauge!(crate::metrics::LOG_HEAD_SEQ).set(head as f64);
+    metrics::gauge!(crate::metrics::PROJECTION_LAG_EVENTS, "projection" => "history").set(lag as f64);
+    metrics::gauge!(crate::metrics::ROOMS_ACTIVE).set(rooms as f64);
+    metrics::gauge!(crate::metrics::LOG_DISK_BYTES).set(disk as f64);
+    metrics::gauge!(crate::metrics::UPTIME_SECONDS).set(app.started.elapsed().as_secs_f64());
+    (head, lag, rooms, disk)
+}
+
+/// `GET /metrics`: the Prometheus text format.
+pub async fn metrics(app: Arc<App>) -> Result<warp::reply::Response, std::convert::Infallible> {
+    refresh_gauges(&app).await;
+    Ok(match crate::metrics::handle() {
+        Some(handle) => {
+            warp::reply::with_header(handle.render(), "content-type", "text/plain; version=0.0.4").into_response()
+        }
+        None => error_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder is installed in this process",
+        ),
+    })
+}
+
+/// `GET /api/status`: what `roomlog status` prints.
+pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert::Infallible> {
+    let (head, lag, rooms, disk) = refresh_gauges(&app).await;
+    let running = app.history_runner.is_running();
+    let shutting_down = *app.shutdown.borrow();
+    let body = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "listen": app.listen.to_string(),
+        "data": app.config.data.display().to_string(),
+        "ready": running && !shutting_down,
+        "log": { "head_seq": head, "disk_bytes": disk },
+        "projections": { "history": { "applied_seq": app.history_runner.applied(), "lag_events": lag, "running": running } },
+        "rooms_active": rooms,
+        "connections_open": app.config.limits.connections_max - app.connections.available_permits(),
+        "recent_errors": crate::recent_errors::snapshot(),
+    });
+    Ok(warp::reply::json(&body).into_response())
+}

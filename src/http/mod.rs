@@ -24,6 +24,10 @@ use crate::log::EventLog;
 use crate::projection::history::{History, StoredMessage};
 use crate::projection::Runner;
 
+/// Longest a history read waits for the projection to catch up with the log head; past it,
+/// the read answers with what is applied (it trails the head by one group commit normally).
+pub const READ_BARRIER_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Everything a request handler needs.
 #[derive(Debug)]
 pub struct App {
@@ -38,6 +42,8 @@ pub struct App {
     /// Turns true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
+    /// The address actually bound (the configured one may say port 0).
+    pub listen: std::net::SocketAddr,
     next_member: AtomicU64,
 }
 
@@ -45,6 +51,7 @@ impl App {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
+        listen: std::net::SocketAddr,
         log: EventLog,
         history: History,
         history_runner: Runner,
@@ -63,6 +70,7 @@ impl App {
             connections,
             shutdown,
             started: Instant::now(),
+            listen,
             next_member: AtomicU64::new(1),
         }
     }
@@ -70,6 +78,14 @@ impl App {
     pub fn next_member_id(&self) -> u64 {
         self.next_member.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Waits until the history has applied everything durable when it is called (at most
+    /// [`READ_BARRIER_MAX`]), so that a client that was acknowledged reads its own message.
+    pub async fn history_barrier(&self) {
+        let head = self.log.head();
+        let _ = tokio::time::timeout(READ_BARRIER_MAX, self.history_runner.wait_applied(head)).await;
+    }
+
     /// A page of a room's history before `before`, with whether older messages remain and
     /// what retention removed.
     pub fn history_page(
@@ -111,13 +127,35 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
     let readyz = warp::path("readyz").and(warp::path::end()).and(warp::get()).and(with_app.clone()).map(api::readyz);
-    let rooms = warp::path!("api" / "rooms").and(warp::get()).and(with_app.clone()).map(api::rooms);
+    let rooms = warp::path!("api" / "rooms").and(warp::get()).and(with_app.clone()).then(|app: Arc<App>| async move {
+        app.history_barrier().await;
+        api::rooms(app)
+    });
+    let metrics =
+        warp::path("metrics").and(warp::path::end()).and(warp::get()).and(with_app.clone()).and_then(api::metrics);
+    let status = warp::path!("api" / "status").and(warp::get()).and(with_app.clone()).and_then(api::status);
     let messages = warp::path!("api" / "rooms" / String / "messages")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_app)
-        .map(api::messages);
-    ws.or(healthz).unify().or(readyz).unify().or(rooms).unify().or(messages).unify().recover(rejection).unify()
+        .then(|room, query, app: Arc<App>| async move {
+            app.history_barrier().await;
+            api::messages(room, query, app)
+        });
+    ws.or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(rooms)
+        .unify()
+        .or(messages)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(status)
+        .unify()
+        .recover(rejection)
+        .unify()
 }
 
 fn upgrade(request: upgrade::UpgradeRequest, query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
@@ -126,9 +164,13 @@ fn upgrade(request: upgrade::UpgradeRequest, query: HashMap<String, String>, app
     }
     let identity = match app.auth.authenticate(&Credentials { query }) {
         Ok(identity) => identity,
-        Err(error) => return error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &error.0),
+        Err(error) => {
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => "unauthorized").increment(1);
+            return error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &error.0);
+        }
     };
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
+        metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => "too_many_connections").increment(1);
         return error_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",

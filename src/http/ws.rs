@@ -75,6 +75,8 @@ pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: O
     };
     let kick = conn.kick.clone();
     tracing::debug!(conn = id, user = %conn.identity.user, "connection opened");
+    metrics::counter!(crate::metrics::CONNECTIONS_TOTAL).increment(1);
+    metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).increment(1.0);
     loop {
         let step = tokio::select! {
             biased;
@@ -108,6 +110,7 @@ pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: O
         let _ = joined.actor.cast(RoomMsg::Leave { member: id });
         tracing::trace!(conn = id, room = %room, "left on close");
     }
+    metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
     tracing::debug!(conn = id, "connection closed");
 }
 
@@ -191,6 +194,7 @@ impl Connection {
                 }
                 let limit =
                     limit.unwrap_or(self.app.config.chat.recent_count).clamp(1, self.app.config.chat.history_page_max);
+                self.app.history_barrier().await;
                 match self.app.history_page(&room, before.unwrap_or(u64::MAX), limit) {
                     Ok((messages, more, removed)) => {
                         let messages = messages.iter().map(|m| WireMessage::of(room.as_str(), m)).collect();
@@ -245,6 +249,7 @@ impl Connection {
                     RoomMsg::Post { client_id, .. } => client_id.as_str(),
                     _ => "",
                 };
+                metrics::counter!(crate::metrics::FRAME_ERRORS_TOTAL, "code" => error.code().as_str()).increment(1);
                 let frame = error_frame(error.code(), &error.to_string(), Some(room.as_str()), Some(client_id));
                 self.write(frame).await
             }
@@ -309,6 +314,7 @@ impl Connection {
             }
             since = Some(last_seq);
         };
+        metrics::counter!(crate::metrics::JOINS_TOTAL).increment(1);
         let queue: RoomStream = Box::pin(ReceiverStream::new(rx).map(Some).chain(futures_util::stream::iter([None])));
         self.queues.insert(room.clone(), queue);
         self.joined.insert(room, Joined { actor, last_seq });
@@ -372,6 +378,7 @@ impl Connection {
         room: Option<&str>,
         client_id: Option<&str>,
     ) -> Result<(), Gone> {
+        metrics::counter!(crate::metrics::FRAME_ERRORS_TOTAL, "code" => code.as_str()).increment(1);
         self.write(error_frame(code, text, room, client_id)).await
     }
 

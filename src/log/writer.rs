@@ -99,9 +99,13 @@ impl Writer {
         envelopes: &mut Vec<Envelope>,
         replies: &mut Vec<oneshot::Sender<Result<Envelope, Arc<LogError>>>>,
     ) {
+        let started = std::time::Instant::now();
         let result = self.store.write(envelopes).and_then(|()| self.store.sync());
+        metrics::histogram!(crate::metrics::APPEND_BATCH_EVENTS).record(envelopes.len() as f64);
         match result {
             Ok(()) => {
+                metrics::histogram!(crate::metrics::APPEND_DURABLE_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::counter!(crate::metrics::LOG_EVENTS_TOTAL).increment(envelopes.len() as u64);
                 // The head moves first: whoever is acknowledged sees a head at least at its seq.
                 if let Some(last) = envelopes.last() {
                     self.head.send_replace(last.seq);
@@ -114,6 +118,7 @@ impl Writer {
                 // Nothing of this group is acknowledged. Its seqs stay consumed: if sled kept
                 // some of it in memory and writes it later, no later event may reuse a seq.
                 tracing::error!(error = %error, events = envelopes.len(), "log group commit failed");
+                metrics::counter!(crate::metrics::APPEND_FAILURES_TOTAL).increment(1);
                 let error = Arc::new(error);
                 envelopes.clear();
                 for reply in replies.drain(..) {

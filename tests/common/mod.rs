@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use roomlog::{Config, Server};
@@ -194,4 +195,42 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
     let response = reqwest::get(format!("http://{addr}{path}")).await.expect("http get");
     let status = response.status().as_u16();
     (status, response.json().await.expect("json body"))
+}
+
+/// The real `roomlog` binary serving a data folder on a loopback port.
+pub struct Binary {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+/// A failing test must not leave a server running.
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on `data` and waits for the address it writes.
+pub fn spawn(data: &Path) -> Binary {
+    let addr_file = data.join("roomlog.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let child = Command::new(env!("CARGO_BIN_EXE_roomlog"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("ROOMLOG_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn();
+    let mut binary =
+        Binary { child: child.expect("the roomlog binary starts"), addr: SocketAddr::from(([127, 0, 0, 1], 0)) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(addr) = std::fs::read_to_string(&addr_file).ok().and_then(|s| s.trim().parse().ok()) {
+            binary.addr = addr;
+            return binary;
+        }
+        assert!(Instant::now() < deadline, "the server did not write its address");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -1,0 +1,102 @@
+//! Prometheus metrics: every name in one place, described once, rendered on `/metrics`.
+//!
+//! Names follow `roomlog_<thing>_<unit>`; counters end in `_total`; units are base units
+//! (seconds, bytes). No label takes unbounded values: labels are error codes, reasons and
+//! projection names, never room or user names.
+//!
+//! The recorder is process-wide (the `metrics` facade has one global recorder), so servers
+//! started in one process, as the integration tests do, share their counters.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS_OPEN: &str = "roomlog_connections_open";
+pub const CONNECTIONS_TOTAL: &str = "roomlog_connections_total";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "roomlog_connections_refused_total";
+pub const JOINS_TOTAL: &str = "roomlog_joins_total";
+pub const FRAME_ERRORS_TOTAL: &str = "roomlog_frame_errors_total";
+pub const MESSAGES_APPENDED_TOTAL: &str = "roomlog_messages_appended_total";
+pub const MESSAGES_DELIVERED_TOTAL: &str = "roomlog_messages_delivered_total";
+pub const DELIVERY_SECONDS: &str = "roomlog_delivery_seconds";
+pub const SLOW_CONSUMERS_TOTAL: &str = "roomlog_slow_consumers_disconnected_total";
+pub const APPEND_BATCH_EVENTS: &str = "roomlog_append_batch_events";
+pub const APPEND_DURABLE_SECONDS: &str = "roomlog_append_durable_seconds";
+pub const APPEND_FAILURES_TOTAL: &str = "roomlog_append_failures_total";
+pub const LOG_EVENTS_TOTAL: &str = "roomlog_log_events_total";
+pub const LOG_HEAD_SEQ: &str = "roomlog_log_head_seq";
+pub const LOG_DISK_BYTES: &str = "roomlog_log_disk_bytes";
+pub const PROJECTION_LAG_EVENTS: &str = "roomlog_projection_lag_events";
+pub const ROOMS_ACTIVE: &str = "roomlog_rooms_active";
+pub const ROOM_RESTARTS_TOTAL: &str = "roomlog_room_restarts_total";
+pub const UPTIME_SECONDS: &str = "roomlog_uptime_seconds";
+
+/// How often the exporter's histograms are rolled over when nothing scrapes.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder on first use and returns the handle that renders it;
+/// `None` if another recorder was installed first (then `/metrics` says so).
+pub fn handle() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+            let events = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(APPEND_BATCH_EVENTS.into()), &events));
+            match builder.and_then(|b| b.install_recorder()) {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "metrics recorder not installed; /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS_OPEN, "WebSocket connections open now");
+    describe_counter!(CONNECTIONS_TOTAL, "WebSocket connections accepted");
+    describe_counter!(CONNECTIONS_REFUSED_TOTAL, "WebSocket connections refused, by reason");
+    describe_counter!(JOINS_TOTAL, "room joins, resumes included");
+    describe_counter!(FRAME_ERRORS_TOTAL, "client frames answered with an error, by code");
+    describe_counter!(MESSAGES_APPENDED_TOTAL, "chat messages made durable");
+    describe_counter!(MESSAGES_DELIVERED_TOTAL, "message frames queued to members");
+    describe_histogram!(
+        DELIVERY_SECONDS,
+        Unit::Seconds,
+        "from a post reaching its room to its fan-out, durable append included"
+    );
+    describe_counter!(SLOW_CONSUMERS_TOTAL, "connections dropped for falling behind their queue");
+    describe_histogram!(APPEND_BATCH_EVENTS, Unit::Count, "events written per group commit");
+    describe_histogram!(APPEND_DURABLE_SECONDS, Unit::Seconds, "write, flush and fsync of one group commit");
+    describe_counter!(APPEND_FAILURES_TOTAL, "group commits that failed; their callers were told");
+    describe_counter!(LOG_EVENTS_TOTAL, "events appended to the log by this process");
+    describe_gauge!(LOG_HEAD_SEQ, "seq of the newest durable event");
+    describe_gauge!(LOG_DISK_BYTES, Unit::Bytes, "bytes of the log database on disk");
+    describe_gauge!(PROJECTION_LAG_EVENTS, "events between the log head and what a projection applied");
+    describe_gauge!(ROOMS_ACTIVE, "room actors running");
+    describe_counter!(ROOM_RESTARTS_TOTAL, "room actors restarted after a failure");
+    describe_gauge!(UPTIME_SECONDS, Unit::Seconds, "seconds since the server started");
+}
+
+/// Bytes of the files under `dir` (not following links).
+pub fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => disk_bytes(&entry.path()),
+            Ok(t) if t.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
