@@ -30,6 +30,20 @@ pub struct Config {
     pub log: LogConfig,
     pub chat: ChatConfig,
     pub limits: Limits,
+    pub logging: Logging,
+}
+
+/// Where the server's own log lines go.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Logging {
+    /// JSON lines instead of text (also `--log-json`).
+    pub json: bool,
+    /// Also write log files here, one per day (`roomlog.YYYY-MM-DD.log`); stdout alone when
+    /// unset, which is what journald collects.
+    pub dir: Option<PathBuf>,
+    /// Daily log files kept in `dir`; older ones are deleted at rotation.
+    pub keep_files: usize,
 }
 
 impl Default for Config {
@@ -40,6 +54,7 @@ impl Default for Config {
             log: LogConfig::default(),
             chat: ChatConfig::default(),
             limits: Limits::default(),
+            logging: Logging { json: false, dir: None, keep_files: 14 },
         }
     }
 }

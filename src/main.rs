@@ -57,8 +57,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
     let mut config = Config::load(cli.config.as_deref())?;
+    config.logging.json |= cli.log_json;
+    let _log_files = init_tracing(&config.logging)?;
     if let Some(data) = cli.data {
         config.data = data;
     }
@@ -226,20 +227,45 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-fn init_tracing(json: bool) {
+/// Sets up tracing: stdout (text or JSON), optional daily log files, and the recent-errors
+/// ring. The returned guard flushes the log files when `main` ends.
+fn init_tracing(
+    logging: &roomlog::config::Logging,
+) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ROOMLOG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let output = if json {
-        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed()
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("ROOMLOG_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let stdout = if logging.json {
+        tracing_subscriber::fmt::layer().json().with_writer(std::io::stdout).boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
+        tracing_subscriber::fmt::layer().with_writer(std::io::stdout).boxed()
+    };
+    let (files, guard) = match &logging.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating log folder {}", dir.display()))?;
+            let appender = tracing_appender::rolling::RollingFileAppender::builder()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix("roomlog")
+                .filename_suffix("log")
+                .max_log_files(logging.keep_files.max(1))
+                .build(dir)
+                .with_context(|| format!("log files in {}", dir.display()))?;
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer);
+            let layer = if logging.json { layer.json().boxed() } else { layer.boxed() };
+            (Some(layer.with_filter(filter())), Some(guard))
+        }
+        None => (None, None),
     };
     // The recent-errors ring sees warnings and errors whatever the output filter says.
     tracing_subscriber::registry()
-        .with(output.with_filter(filter))
+        .with(stdout.with_filter(filter()))
+        .with(files)
         .with(roomlog::recent_errors::RecentErrorsLayer.with_filter(tracing::level_filters::LevelFilter::WARN))
         .init();
+    Ok(guard)
 }

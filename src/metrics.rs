@@ -28,6 +28,8 @@ pub const APPEND_FAILURES_TOTAL: &str = "roomlog_append_failures_total";
 pub const LOG_EVENTS_TOTAL: &str = "roomlog_log_events_total";
 pub const LOG_HEAD_SEQ: &str = "roomlog_log_head_seq";
 pub const LOG_DISK_BYTES: &str = "roomlog_log_disk_bytes";
+pub const DISK_USED_RATIO: &str = "roomlog_disk_used_ratio";
+pub const READY: &str = "roomlog_ready";
 pub const PROJECTION_LAG_EVENTS: &str = "roomlog_projection_lag_events";
 pub const ROOMS_ACTIVE: &str = "roomlog_rooms_active";
 pub const ROOM_RESTARTS_TOTAL: &str = "roomlog_room_restarts_total";
@@ -82,10 +84,19 @@ fn describe() {
     describe_counter!(LOG_EVENTS_TOTAL, "events appended to the log by this process");
     describe_gauge!(LOG_HEAD_SEQ, "seq of the newest durable event");
     describe_gauge!(LOG_DISK_BYTES, Unit::Bytes, "bytes of the log database on disk");
+    describe_gauge!(DISK_USED_RATIO, "used fraction of the filesystem holding the data folder");
+    describe_gauge!(READY, "1 when /readyz would answer ready, else 0");
     describe_gauge!(PROJECTION_LAG_EVENTS, "events between the log head and what a projection applied");
     describe_gauge!(ROOMS_ACTIVE, "room actors running");
     describe_counter!(ROOM_RESTARTS_TOTAL, "room actors restarted after a failure");
     describe_gauge!(UPTIME_SECONDS, Unit::Seconds, "seconds since the server started");
+}
+
+/// Used fraction (0 to 1) of the filesystem holding `dir`; `None` if it cannot be read.
+pub fn disk_used_ratio(dir: &std::path::Path) -> Option<f64> {
+    let total = fs2::total_space(dir).ok()?;
+    let available = fs2::available_space(dir).ok()?;
+    (total > 0).then(|| 1.0 - available as f64 / total as f64)
 }
 
 /// Bytes of the files under `dir` (not following links).

@@ -81,6 +81,9 @@ async fn metrics_parse_and_move_when_clients_chat() {
         after.keys().filter(|k| k.contains("durable")).collect::<Vec<_>>()
     );
     assert!(after.contains_key("roomlog_projection_lag_events{projection=history}"));
+    assert_eq!(value(&after, "roomlog_ready{}"), 1.0);
+    let used = value(&after, "roomlog_disk_used_ratio{}");
+    assert!(used > 0.0 && used < 1.0, "disk used ratio {used}");
     for (name, kind) in &types {
         assert!(name.starts_with("roomlog_"), "{name}: every metric is roomlog_<thing>_<unit>");
         assert_eq!(

@@ -121,7 +121,16 @@ async fn refresh_gauges(app: &App) -> (u64, u64, usize, u64) {
     let lag = head.saturating_sub(app.history_runner.applied());
     let rooms = app.rooms.active().await;
     let log_dir = app.config.log_dir();
-    let disk = tokio::task::spawn_blocking(move || crate::metrics::disk_bytes(&log_dir)).await.unwrap_or(0);
+    let (disk, used) = tokio::task::spawn_blocking(move || {
+        (crate::metrics::disk_bytes(&log_dir), crate::metrics::disk_used_ratio(&log_dir))
+    })
+    .await
+    .unwrap_or((0, None));
+    if let Some(used) = used {
+        metrics::gauge!(crate::metrics::DISK_USED_RATIO).set(used);
+    }
+    let ready = app.history_runner.is_running() && !*app.shutdown.borrow();
+    metrics::gauge!(crate::metrics::READY).set(if ready { 1.0 } else { 0.0 });
     metrics::gauge!(crate::metrics::LOG_HEAD_SEQ).set(head as f64);
     metrics::gauge!(crate::metrics::PROJECTION_LAG_EVENTS, "projection" => "history").set(lag as f64);
     metrics::gauge!(crate::metrics::ROOMS_ACTIVE).set(rooms as f64);
