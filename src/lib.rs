@@ -17,11 +17,13 @@
 //! - [`metrics`]: Prometheus metric names, rendered on `/metrics`.
 //! - [`recent_errors`]: the last warnings and errors, for `roomlog status`.
 //! - [`server`]: starts and stops all of the above in order.
+//! - [`backup`]: archives of a cut of the log; verification and restore.
 //!
 //! `ARCHITECTURE.md` walks the same pipeline and states the runtime guarantees.
 
 pub mod actor;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod event;
 pub mod http;

@@ -43,6 +43,33 @@ enum Command {
     Check,
     /// Print the configuration in force, as TOML.
     Config,
+    /// Back up the log (up to its head now) into one archive, from the running server if one
+    /// answers, else from the data folder.
+    Backup {
+        #[command(subcommand)]
+        action: Option<BackupAction>,
+        /// The archive to write.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// An earlier archive: back up only what came after it (incremental).
+        #[arg(long)]
+        since: Option<PathBuf>,
+        /// The server's address (default: from `<data>/roomlog.addr`).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+    },
+    /// Restore archives (a full one, then incrementals on top) into an empty data folder and
+    /// rebuild the projections.
+    Restore {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Stop after this seq (point-in-time restore).
+        #[arg(long)]
+        until_seq: Option<u64>,
+        /// Stop after this time, RFC 3339 (`2026-11-22T21:00:00Z`).
+        #[arg(long)]
+        until_time: Option<String>,
+    },
     /// Ask the running server how it is. Exits 1 when it cannot be reached, 2 when not ready.
     Status {
         /// The server's address; default: the one it wrote to `<data>/roomlog.addr`, else `listen`.
@@ -52,6 +79,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupAction {
+    /// Check an archive (hashes, every record decodes) without restoring it.
+    Verify { file: PathBuf },
 }
 
 #[tokio::main]
@@ -75,6 +108,42 @@ async fn main() -> anyhow::Result<()> {
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
+        }
+        Command::Backup { action: Some(BackupAction::Verify { file }), .. } => {
+            let verified = roomlog::backup::verify(&file)?;
+            let m = &verified.manifest;
+            println!(
+                "{}: ok, {} backup, {} events, seqs {}..={}, manifest blake3 {}",
+                file.display(),
+                if m.base.is_some() { "incremental" } else { "full" },
+                m.events,
+                m.after_seq + 1,
+                m.through_seq,
+                verified.manifest_blake3
+            );
+            Ok(())
+        }
+        Command::Backup { action: None, out, since, addr } => {
+            let out = out.context("give --out FILE for the archive")?;
+            backup(config, out, since, addr).await
+        }
+        Command::Restore { files, until_seq, until_time } => {
+            let at_unix_ms = until_time
+                .map(|t| {
+                    humantime::parse_rfc3339_weak(&t)
+                        .map(|time| time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+                        .with_context(|| format!("--until-time {t:?} is not an RFC 3339 time"))
+                })
+                .transpose()?;
+            let until = roomlog::backup::Until { seq: until_seq, at_unix_ms };
+            let restored = roomlog::backup::restore(&files, &config.log_dir(), &config.data, until)?;
+            println!(
+                "restored {} events (through seq {}) into {}",
+                restored.events,
+                restored.last_seq,
+                config.data.display()
+            );
+            rebuild(&config, "history")
         }
         Command::Status { addr, json } => {
             let code = status(&config, addr, json).await;
@@ -120,6 +189,90 @@ fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
     };
     log.db().flush()?;
     println!("rebuilt {name}: {applied} events in {:.2?} ({rate:.0} events/s)", started.elapsed());
+    Ok(())
+}
+
+/// Writes a backup archive: through the running server's export route if it answers, else
+/// from the data folder directly (the server is stopped, so its lock is free).
+async fn backup(
+    config: Config,
+    out: PathBuf,
+    since: Option<PathBuf>,
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    let (after_seq, base) = match &since {
+        Some(previous) => {
+            let verified = roomlog::backup::verify(previous)?;
+            let base = roomlog::backup::Base {
+                through_seq: verified.manifest.through_seq,
+                manifest_blake3: verified.manifest_blake3,
+            };
+            (base.through_seq, Some(base))
+        }
+        None => (0, None),
+    };
+    let config_toml = toml::to_string_pretty(&config)?;
+    let addr = addr.or_else(|| std::fs::read_to_string(config.addr_file()).ok().and_then(|s| s.trim().parse().ok()));
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+    let live_head = match addr {
+        Some(addr) => match client.get(format!("http://{addr}/api/status")).send().await {
+            Ok(response) => response
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|s| s["log"]["head_seq"].as_u64())
+                .map(|head| (addr, head)),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let started = Instant::now();
+    let manifest = match live_head {
+        Some((addr, head)) => {
+            let runtime = tokio::runtime::Handle::current();
+            let target = out.clone();
+            tokio::task::spawn_blocking(move || {
+                roomlog::backup::write_archive(&target, after_seq, head, base, &config_toml, |after| {
+                    runtime.block_on(async {
+                        let url = format!("http://{addr}/api/log/export?after={after}");
+                        let body = client.get(url).send().await.and_then(|r| r.error_for_status());
+                        let body = match body {
+                            Ok(response) => response
+                                .bytes()
+                                .await
+                                .map_err(|e| roomlog::backup::BackupError::Source(e.to_string()))?,
+                            Err(e) => return Err(roomlog::backup::BackupError::Source(e.to_string())),
+                        };
+                        roomlog::http::api::parse_export(&body)
+                            .ok_or_else(|| roomlog::backup::BackupError::Source("a malformed export page".into()))
+                    })
+                })
+            })
+            .await??
+        }
+        None => {
+            let log = open_log(&config)?;
+            let head = log.head();
+            let manifest = roomlog::backup::write_archive(&out, after_seq, head, base, &config_toml, |after| {
+                Ok(log.read_raw(after + 1, 4096)?)
+            })?;
+            log.close().await;
+            manifest
+        }
+    };
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "backup {}: {} backup through seq {}, {} events, {:.1} MiB in {:.2} s ({:.0} events/s, {:.1} MB/s)",
+        out.display(),
+        if manifest.base.is_some() { "incremental" } else { "full" },
+        manifest.through_seq,
+        manifest.events,
+        size as f64 / (1024.0 * 1024.0),
+        secs,
+        manifest.events as f64 / secs,
+        size as f64 / 1e6 / secs,
+    );
     Ok(())
 }
 

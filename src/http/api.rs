@@ -173,3 +173,43 @@ pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert
     });
     Ok(warp::reply::json(&body).into_response())
 }
+
+/// Records per export request at most.
+pub const EXPORT_LIMIT_MAX: usize = 4096;
+
+/// `GET /api/log/export?after=SEQ&limit=N`: log records after `after`, as stored, for backups:
+/// `(seq u64 BE, length u32 BE, bytes)` repeated. Reads run beside the writer: chat is not
+/// blocked.
+pub fn export(query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
+    let parse = |key: &str, default: u64| query.get(key).map_or(Ok(default), |v| v.parse::<u64>());
+    let (Ok(after), Ok(limit)) = (parse("after", 0), parse("limit", EXPORT_LIMIT_MAX as u64)) else {
+        return error_reply(StatusCode::BAD_REQUEST, "invalid_query", "after and limit must be whole numbers");
+    };
+    let limit = (limit as usize).clamp(1, EXPORT_LIMIT_MAX);
+    match app.log.read_raw(after.saturating_add(1), limit) {
+        Ok(records) => {
+            let mut body = Vec::with_capacity(records.iter().map(|(_, r)| r.len() + 12).sum());
+            for (seq, record) in records {
+                body.extend_from_slice(&seq.to_be_bytes());
+                body.extend_from_slice(&(record.len() as u32).to_be_bytes());
+                body.extend_from_slice(&record);
+            }
+            warp::reply::with_header(body, "content-type", "application/octet-stream").into_response()
+        }
+        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
+    }
+}
+
+/// Parses an export body back into records.
+pub fn parse_export(mut body: &[u8]) -> Option<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let (seq, rest) = body.split_at_checked(8)?;
+        let (len, rest) = rest.split_at_checked(4)?;
+        let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+        let (record, rest) = rest.split_at_checked(len)?;
+        out.push((u64::from_be_bytes(seq.try_into().ok()?), record.to_vec()));
+        body = rest;
+    }
+    Some(out)
+}

@@ -2,7 +2,7 @@
 //!
 //! Errors over HTTP are `{"error": {"code": "...", "message": "..."}}` with a stable code.
 
-mod api;
+pub mod api;
 pub mod upgrade;
 pub mod ws;
 
@@ -133,6 +133,11 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
     });
     let metrics =
         warp::path("metrics").and(warp::path::end()).and(warp::get()).and(with_app.clone()).and_then(api::metrics);
+    let export = warp::path!("api" / "log" / "export")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_app.clone())
+        .map(api::export);
     let status = warp::path!("api" / "status").and(warp::get()).and(with_app.clone()).and_then(api::status);
     let messages = warp::path!("api" / "rooms" / String / "messages")
         .and(warp::get())
@@ -153,6 +158,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .or(metrics)
         .unify()
         .or(status)
+        .unify()
+        .or(export)
         .unify()
         .recover(rejection)
         .unify()

@@ -122,6 +122,11 @@ impl EventLog {
         self.store.read_range(from_seq, limit)
     }
 
+    /// Up to `limit` records with seq ≥ `from_seq`, as stored: (seq, encoded envelope).
+    pub fn read_raw(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        self.store.read_raw(from_seq, limit)
+    }
+
     /// Up to `limit` events of one stream with seq > `after_seq`, in seq order.
     pub fn read_stream(&self, stream: &StreamId, after_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
         self.store.read_stream(stream, after_seq, limit)

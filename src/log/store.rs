@@ -143,6 +143,19 @@ impl Store {
         Ok(())
     }
 
+    /// Up to `limit` records with seq ≥ `from_seq`, as stored (for backups: the bytes of old
+    /// event versions are kept as they were written).
+    pub fn read_raw(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        self.log
+            .range(from_seq.to_be_bytes()..)
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((seq_of(&key), value.to_vec()))
+            })
+            .collect()
+    }
+
     pub fn read_range(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
         self.log
             .range(from_seq.to_be_bytes()..)

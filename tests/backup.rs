@@ -1,0 +1,212 @@
+//! Backups of a live server, verification, and restores: full, incremental, point in time.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::{get, spawn, Client};
+use roomlog::log::{EventLog, LogConfig};
+use roomlog::projection::history;
+
+/// Runs the `roomlog` command; returns exit code, stdout, stderr.
+fn roomlog(args: &[&str], data: &Path) -> (i32, String, String) {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_roomlog")).args(args).arg("--data").arg(data).output().expect("run roomlog");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The number after "through seq " in a backup's report.
+fn cut_of(report: &str) -> u64 {
+    report
+        .split("through seq ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cut in {report:?}"))
+}
+
+async fn whole_history(addr: std::net::SocketAddr) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = get(addr, &format!("/api/rooms/lobby/messages?after={after}&limit=200")).await;
+        assert_eq!(status, 200, "{page}");
+        let messages = page["messages"].as_array().expect("messages").clone();
+        if let Some(last) = messages.last() {
+            after = last["seq"].as_u64().expect("seq");
+        }
+        all.extend(messages);
+        if page["more"] != true {
+            return all;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_load_restores_every_message_acknowledged_before_its_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("live");
+    let archive = dir.path().join("full.tar");
+    let server = spawn(&data);
+    let acked: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (acked, stop, addr) = (acked.clone(), stop.clone(), server.addr);
+        tokio::spawn(async move {
+            let mut ann = Client::connect(addr, "ann").await;
+            ann.join("lobby", None).await;
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let body = format!("m{n}");
+                let seq = ann.say("lobby", &body, &format!("{n}")).await;
+                acked.lock().expect("lock").push((seq, body));
+                n += 1;
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (code, out, err) = {
+        let (data, archive) = (data.clone(), archive.clone());
+        tokio::task::spawn_blocking(move || roomlog(&["backup", "--out", archive.to_str().expect("utf-8 path")], &data))
+            .await
+            .expect("backup task")
+    };
+    assert_eq!(code, 0, "{out}{err}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    sender.await.expect("sender");
+    let cut = cut_of(&out);
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        acked.iter().any(|(s, _)| *s > cut),
+        "messages were acknowledged after the cut too: the server was under load"
+    );
+    drop(server);
+
+    let (code, out, err) = roomlog(&["backup", "verify", archive.to_str().expect("path")], &data);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": ok, full backup"), "{out}");
+
+    let restored = dir.path().join("restored");
+    let (code, out, err) = roomlog(&["restore", archive.to_str().expect("path")], &restored);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("through seq {cut}")), "{out}");
+    let server = spawn(&restored);
+    let history = whole_history(server.addr).await;
+    let by_seq: std::collections::HashMap<u64, String> = history
+        .iter()
+        .map(|m| (m["seq"].as_u64().expect("seq"), m["body"].as_str().expect("body").to_owned()))
+        .collect();
+    for (seq, body) in acked.iter().filter(|(s, _)| *s <= cut) {
+        assert_eq!(by_seq.get(seq), Some(body), "seq {seq} acknowledged before the cut");
+    }
+    assert!(by_seq.keys().all(|&s| s <= cut), "nothing after the cut");
+    let mut bob = Client::connect(server.addr, "bob").await;
+    bob.join("lobby", None).await;
+    bob.messages(50.min(by_seq.len())).await;
+    assert!(bob.say("lobby", "after restore", "x").await > cut, "seqs continue after the restored ones");
+}
+
+/// Starts a server on `data`, posts `count` messages, stops it; returns their seqs.
+async fn post(data: &Path, first: usize, count: usize) -> Vec<u64> {
+    let server = spawn(data);
+    let mut ann = Client::connect(server.addr, "ann").await;
+    ann.join("lobby", Some(u64::MAX)).await; // no replay of what earlier runs posted
+    let mut seqs = Vec::new();
+    for n in first..first + count {
+        seqs.push(ann.say("lobby", &format!("m{n}"), &format!("{n}")).await);
+    }
+    seqs
+}
+
+fn log_and_history(log_dir: &Path) -> (Vec<roomlog::event::Envelope>, Vec<history::Entry>) {
+    let log = EventLog::open(log_dir, &LogConfig::default()).expect("open restored log");
+    let events = log.read_range(1, 100_000).expect("read");
+    let (history, _) = history::open(log.db()).expect("history");
+    (events, history.dump().expect("dump"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_on_full_equals_a_full_backup_and_a_restore_stops_where_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("live");
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_owned();
+    let first = post(&data, 0, 30).await;
+    assert_eq!(roomlog(&["backup", "--out", &path("full1.tar")], &data).0, 0, "offline backup (server stopped)");
+    let second = post(&data, 30, 30).await;
+    let (code, out, err) = roomlog(&["backup", "--out", &path("incr.tar"), "--since", &path("full1.tar")], &data);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("incremental backup"), "{out}");
+    assert_eq!(roomlog(&["backup", "--out", &path("full2.tar")], &data).0, 0);
+
+    let chained = dir.path().join("chained");
+    let (code, out, err) = roomlog(&["restore", &path("full1.tar"), &path("incr.tar")], &chained);
+    assert_eq!(code, 0, "{out}{err}");
+    let single = dir.path().join("single");
+    assert_eq!(roomlog(&["restore", &path("full2.tar")], &single).0, 0);
+    let (chained_log, chained_history) = log_and_history(&chained.join("db"));
+    let (single_log, single_history) = log_and_history(&single.join("db"));
+    assert_eq!(chained_log.len(), 60);
+    assert_eq!(chained_log, single_log, "the same events, seqs and times");
+    assert_eq!(chained_history, single_history, "the same history");
+
+    // Point in time: up to the 40th message.
+    let until = second[9];
+    let pitr = dir.path().join("pitr");
+    let (code, out, err) =
+        roomlog(&["restore", &path("full1.tar"), &path("incr.tar"), "--until-seq", &until.to_string()], &pitr);
+    assert_eq!(code, 0, "{out}{err}");
+    let (pitr_log, _) = log_and_history(&pitr.join("db"));
+    assert_eq!(pitr_log.last().map(|e| e.seq), Some(until));
+    assert_eq!(pitr_log.len(), 40);
+    let at = pitr_log[34].at_unix_ms;
+    let by_time = dir.path().join("by-time");
+    let time =
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(at)).to_string();
+    let (code, out, err) =
+        roomlog(&["restore", &path("full1.tar"), &path("incr.tar"), "--until-time", &time], &by_time);
+    assert_eq!(code, 0, "{out}{err}");
+    let (by_time_log, _) = log_and_history(&by_time.join("db"));
+    assert!(by_time_log.iter().all(|e| e.at_unix_ms <= at) && by_time_log.len() >= 35, "{} events", by_time_log.len());
+    assert_eq!(first.len(), 30);
+
+    // Refusals: an incremental alone, the wrong order, a folder that is not empty.
+    let refused = |args: &[&str], data: &Path, why: &str| {
+        let (code, out, err) = roomlog(args, data);
+        assert_ne!(code, 0, "{args:?} must be refused: {out}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    };
+    refused(&["restore", &path("incr.tar")], &dir.path().join("x1"), "is incremental; give its full backup first");
+    refused(&["restore", &path("full2.tar"), &path("incr.tar")], &dir.path().join("x2"), "does not continue");
+    refused(&["restore", &path("full2.tar")], &chained, "is not empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_archive_is_detected_by_verify_and_refused_by_restore() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("live");
+    post(&data, 0, 20).await;
+    let archive = dir.path().join("full.tar");
+    let archive_str = archive.to_str().expect("utf-8");
+    assert_eq!(roomlog(&["backup", "--out", archive_str], &data).0, 0);
+    let mut bytes = std::fs::read(&archive).expect("read archive");
+    // The first part's data starts after its 512-byte tar header; flip a byte inside it.
+    bytes[512 + 100] ^= 0x55;
+    std::fs::write(&archive, &bytes).expect("write corrupted archive");
+
+    let (code, out, err) = roomlog(&["backup", "verify", archive_str], &data);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("log/000001.rec does not match its size and blake3"), "{err}");
+    let target = dir.path().join("restored");
+    let (code, _, err) = roomlog(&["restore", archive_str], &target);
+    assert_ne!(code, 0);
+    assert!(err.contains("does not match"), "{err}");
+    assert!(!target.join("db").exists(), "nothing is written from a corrupt archive");
+}
