@@ -327,3 +327,31 @@ pub fn restore(archives: &[PathBuf], log_dir: &Path, data: &Path, until: Until) 
     }
     Ok(Restored { events, last_seq })
 }
+
+/// Takes one full backup of `log` into `dir` (named by time) and deletes the oldest archives
+/// of that folder beyond `keep`. Blocking: run it off the async threads.
+pub fn scheduled(
+    log: &crate::log::EventLog,
+    dir: &Path,
+    keep: usize,
+    config_toml: &str,
+) -> Result<(PathBuf, Manifest), BackupError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let out = dir.join(format!("roomlog-{now:015}.tar"));
+    let manifest = write_archive(&out, 0, log.head(), None, config_toml, |after| Ok(log.read_raw(after + 1, 4096)?))?;
+    let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(format!("listing {}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("roomlog-") && n.ends_with(".tar"))
+        })
+        .collect();
+    archives.sort();
+    let excess = archives.len().saturating_sub(keep.max(1));
+    for old in &archives[..excess] {
+        std::fs::remove_file(old).map_err(io(format!("deleting {}", old.display())))?;
+        tracing::info!(archive = %old.display(), keep, "old scheduled backup deleted: more than backup.keep");
+    }
+    Ok((out, manifest))
+}

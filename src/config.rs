@@ -31,8 +31,21 @@ pub struct Config {
     pub chat: ChatConfig,
     pub limits: Limits,
     pub logging: Logging,
+    pub backup: BackupSchedule,
 }
 
+/// Backups the server takes by itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSchedule {
+    /// Take a full backup this often (`24h`); none when unset.
+    #[serde(with = "humantime_serde")]
+    pub every: Option<Duration>,
+    /// Folder for scheduled archives (`roomlog-<unix ms>.tar`); default `<data>/backups`.
+    pub dir: Option<PathBuf>,
+    /// Scheduled archives kept; older ones are deleted after each new one.
+    pub keep: usize,
+}
 /// Where the server's own log lines go.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -55,6 +68,7 @@ impl Default for Config {
             chat: ChatConfig::default(),
             limits: Limits::default(),
             logging: Logging { json: false, dir: None, keep_files: 14 },
+            backup: BackupSchedule { every: None, dir: None, keep: 7 },
         }
     }
 }

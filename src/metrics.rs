@@ -34,6 +34,8 @@ pub const PROJECTION_LAG_EVENTS: &str = "roomlog_projection_lag_events";
 pub const ROOMS_ACTIVE: &str = "roomlog_rooms_active";
 pub const ROOM_RESTARTS_TOTAL: &str = "roomlog_room_restarts_total";
 pub const UPTIME_SECONDS: &str = "roomlog_uptime_seconds";
+pub const BACKUP_LAST_SUCCESS_SECONDS: &str = "roomlog_backup_last_success_timestamp_seconds";
+pub const BACKUP_FAILURES_TOTAL: &str = "roomlog_backup_failures_total";
 
 /// How often the exporter's histograms are rolled over when nothing scrapes.
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -90,6 +92,12 @@ fn describe() {
     describe_gauge!(ROOMS_ACTIVE, "room actors running");
     describe_counter!(ROOM_RESTARTS_TOTAL, "room actors restarted after a failure");
     describe_gauge!(UPTIME_SECONDS, Unit::Seconds, "seconds since the server started");
+    describe_gauge!(
+        BACKUP_LAST_SUCCESS_SECONDS,
+        Unit::Seconds,
+        "Unix time of the last scheduled backup that succeeded"
+    );
+    describe_counter!(BACKUP_FAILURES_TOTAL, "scheduled backups that failed");
 }
 
 /// Used fraction (0 to 1) of the filesystem holding `dir`; `None` if it cannot be read.

@@ -82,6 +82,7 @@ impl Server {
             .map_err(|source| ServerError::Io { what: format!("writing {}", addr_file.display()), source })?;
 
         let (stop, stopping) = watch::channel(false);
+        let stopping_for_backups = stopping.clone();
         let app = Arc::new(App::new(config, addr, log, history, history_runner, rooms, auth, stopping.clone()));
         // Metrics: install the recorder before anything counts, and keep its histograms rolling.
         if let Some(handle) = crate::metrics::handle() {
@@ -105,6 +106,9 @@ impl Server {
                 })
                 .run(),
         );
+        if let Some(every) = app.config.backup.every {
+            tokio::spawn(backup_schedule(app.clone(), every, stopping_for_backups));
+        }
         tracing::info!(%addr, data = %app.config.data.display(), head_seq = app.log.head(), "roomlog listening");
         Ok(Self { addr, app, stop, serving, projections: vec![history_following] })
     }
@@ -146,5 +150,38 @@ impl Server {
         }
         let _ = std::fs::remove_file(self.app.config.addr_file());
         tracing::info!("roomlog stopped");
+    }
+}
+
+/// Takes a full backup every `every` into `backup.dir`, keeping `backup.keep` of them. A failed
+/// backup is logged and counted, and the next slot tries again.
+async fn backup_schedule(app: Arc<App>, every: std::time::Duration, mut stopping: watch::Receiver<bool>) {
+    let dir = app.config.backup.dir.clone().unwrap_or_else(|| app.config.data.join("backups"));
+    let config_toml = toml::to_string_pretty(&app.config).unwrap_or_default();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let (log, dir, keep, config_toml) = (app.log.clone(), dir.clone(), app.config.backup.keep, config_toml.clone());
+        let result =
+            tokio::task::spawn_blocking(move || crate::backup::scheduled(&log, &dir, keep, &config_toml)).await;
+        match result {
+            Ok(Ok((archive, manifest))) => {
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                metrics::gauge!(crate::metrics::BACKUP_LAST_SUCCESS_SECONDS).set(now);
+                tracing::info!(archive = %archive.display(), through_seq = manifest.through_seq, events = manifest.events, "scheduled backup written");
+            }
+            Ok(Err(error)) => {
+                metrics::counter!(crate::metrics::BACKUP_FAILURES_TOTAL).increment(1);
+                tracing::error!(error = %error, "scheduled backup failed; next slot retries");
+            }
+            Err(error) => {
+                metrics::counter!(crate::metrics::BACKUP_FAILURES_TOTAL).increment(1);
+                tracing::error!(error = %error, "scheduled backup task failed; next slot retries");
+            }
+        }
     }
 }

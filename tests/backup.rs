@@ -210,3 +210,42 @@ async fn a_corrupted_archive_is_detected_by_verify_and_refused_by_restore() {
     assert!(err.contains("does not match"), "{err}");
     assert!(!target.join("db").exists(), "nothing is written from a corrupt archive");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_are_taken_and_only_the_newest_are_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(&dir.path().join("live"));
+    config.backup.every = Some(std::time::Duration::from_millis(100));
+    config.backup.keep = 2;
+    let server = common::start(config).await;
+    let mut ann = Client::connect(server.addr(), "ann").await;
+    ann.join("lobby", None).await;
+    ann.say("lobby", "kept", "1").await;
+    let backups = dir.path().join("live").join("backups");
+    let archives = || -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(&backups)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+    // Wait (bounded) for at least four scheduled runs: the first archive's name must be gone.
+    let mut first = None;
+    for _ in 0..500 {
+        let now = archives();
+        if first.is_none() {
+            first = now.first().cloned();
+        }
+        if first.as_ref().is_some_and(|f| !now.contains(f)) && now.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let now = archives();
+    assert_eq!(now.len(), 2, "backup.keep = 2: {now:?}");
+    assert!(first.is_some_and(|f| !now.contains(&f)), "the oldest archives were deleted");
+    let (code, out, err) = roomlog(&["backup", "verify", now[1].to_str().expect("utf-8")], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("full backup"), "{out}");
+    server.shutdown().await;
+}
