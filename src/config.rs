@@ -145,6 +145,9 @@ pub struct Limits {
     /// Frames queued for one connection per joined room; a client that falls this far behind
     /// is disconnected (close code 4008) and may resume from its last seq.
     pub outbound_queue_max: usize,
+    /// Used fraction of the data folder's filesystem above which the server reports itself not
+    /// ready (`/readyz`, `roomlog status`): the design's "danger" threshold.
+    pub disk_danger_ratio: f64,
     /// How long a graceful shutdown waits for connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -161,6 +164,7 @@ impl Default for Limits {
             connections_max: 20_000,
             rooms_per_connection_max: 64,
             outbound_queue_max: 4096,
+            disk_danger_ratio: 0.85,
             shutdown_grace: Duration::from_secs(5),
         }
     }

@@ -57,6 +57,10 @@ enum Command {
         /// The server's address (default: from `<data>/roomlog.addr`).
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
+        /// Pace the backup of a running server to at most this many events per second, so
+        /// that it leaves the CPU to chat (0: as fast as possible).
+        #[arg(long, default_value_t = 40_000)]
+        max_events_per_sec: u64,
     },
     /// Restore archives (a full one, then incrementals on top) into an empty data folder and
     /// rebuild the projections.
@@ -123,9 +127,9 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Backup { action: None, out, since, addr } => {
+        Command::Backup { action: None, out, since, addr, max_events_per_sec } => {
             let out = out.context("give --out FILE for the archive")?;
-            backup(config, out, since, addr).await
+            backup(config, out, since, addr, max_events_per_sec).await
         }
         Command::Restore { files, until_seq, until_time } => {
             let at_unix_ms = until_time
@@ -199,6 +203,7 @@ async fn backup(
     out: PathBuf,
     since: Option<PathBuf>,
     addr: Option<std::net::SocketAddr>,
+    max_events_per_sec: u64,
 ) -> anyhow::Result<()> {
     let (after_seq, base) = match &since {
         Some(previous) => {
@@ -231,8 +236,16 @@ async fn backup(
         Some((addr, head)) => {
             let runtime = tokio::runtime::Handle::current();
             let target = out.clone();
+            let paced_from = Instant::now();
+            let mut fetched = 0u64;
             tokio::task::spawn_blocking(move || {
                 roomlog::backup::write_archive(&target, after_seq, head, base, &config_toml, |after| {
+                    if max_events_per_sec > 0 {
+                        // Sleep until the events fetched so far fit the pace.
+                        let due = std::time::Duration::from_secs_f64(fetched as f64 / max_events_per_sec as f64);
+                        std::thread::sleep(due.saturating_sub(paced_from.elapsed()));
+                    }
+                    fetched += roomlog::http::api::EXPORT_LIMIT_MAX as u64;
                     runtime.block_on(async {
                         let url = format!("http://{addr}/api/log/export?after={after}");
                         let body = client.get(url).send().await.and_then(|r| r.error_for_status());
@@ -337,6 +350,9 @@ fn summary(s: &serde_json::Value) -> String {
         s["rooms_active"],
         s["connections_open"],
     );
+    for reason in s["not_ready_because"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  not ready: {}\n", reason.as_str().unwrap_or("?")));
+    }
     let errors = s["recent_errors"].as_array().cloned().unwrap_or_default();
     if errors.is_empty() {
         out.push_str("recent errors: none\n");

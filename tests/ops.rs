@@ -138,3 +138,25 @@ async fn status_reports_a_running_server_and_a_stopped_one() {
     assert_eq!(code, 1);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&text).expect("json")["up"], json!(false));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_readyz_report_a_server_that_is_up_but_not_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Any disk is fuller than a danger threshold of 0: the server is up, not ready.
+    let mut config = config(dir.path());
+    config.limits.disk_danger_ratio = 0.0;
+    let server = start(config).await;
+    let (status_code, ready) = common::get(server.addr(), "/readyz").await;
+    assert_eq!(status_code, 503);
+    assert_eq!(ready["ready"], json!(false));
+    assert!(
+        ready["not_ready_because"][0].as_str().is_some_and(|r| r.contains("above the danger threshold")),
+        "{ready}"
+    );
+
+    let data = dir.path().to_owned();
+    let (code, text) = tokio::task::spawn_blocking(move || status(&data, false)).await.expect("status");
+    assert_eq!(code, 2, "up but not ready: {text}");
+    assert!(text.contains("ready: NO") && text.contains("not ready: the data folder's disk is"), "{text}");
+    server.shutdown().await;
+}

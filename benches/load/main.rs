@@ -58,6 +58,13 @@ struct Args {
     /// Process id of the server, to read its resident memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Instead of a load, append this many messages straight into the log of `--data` (the
+    /// server must be stopped), to prepare a large log for the backup benchmark.
+    #[arg(long)]
+    fill: Option<u64>,
+    /// The data folder `--fill` writes to.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +92,9 @@ struct Received {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let (Some(n), Some(data)) = (args.fill, &args.data) {
+        return fill(data, n, &args.room, args.body_bytes).await;
+    }
     if let Some(n) = args.idle {
         return idle(&args, n).await;
     }
@@ -111,6 +121,9 @@ async fn main() -> anyhow::Result<()> {
         sockets.push(ws);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Rates are over the sending window and its drain, not the connecting before it.
+    let sending_from_us = epoch.elapsed().as_micros() as u64;
+    let last_delivery_us = Arc::new(AtomicU64::new(sending_from_us));
 
     let sent_total = Arc::new(AtomicU64::new(0));
     let mut receivers = Vec::new();
@@ -121,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         let drain = Duration::from_secs(args.drain_secs);
         let expected = total_per_sender * args.senders;
         let send_deadline = Duration::from_secs(args.secs);
+        let last_delivery_us = last_delivery_us.clone();
         receivers.push(tokio::spawn(async move {
             let mut got =
                 Received { latency_us: Histogram::new(3).expect("histogram"), seen: HashMap::new(), duplicates: 0 };
@@ -137,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
                     continue;
                 };
                 let now_us = epoch.elapsed().as_micros() as u64;
+                last_delivery_us.fetch_max(now_us, Ordering::Relaxed);
                 let _ = got.latency_us.record(now_us.saturating_sub(sent_us));
                 let seen = got.seen.entry(sender).or_default();
                 if seen.len() <= n {
@@ -184,7 +199,6 @@ async fn main() -> anyhow::Result<()> {
     for sender in senders {
         keep_writers.push(sender.await?);
     }
-    let sending_secs = epoch.elapsed().as_secs_f64() - 0.5;
     let mut latency = Histogram::<u64>::new(3)?;
     let (mut delivered, mut lost, mut duplicates) = (0u64, 0u64, 0u64);
     let sent = sent_total.load(Ordering::Relaxed);
@@ -197,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         duplicates += got.duplicates;
     }
     drop(keep_writers);
+    let sending_secs = (last_delivery_us.load(Ordering::Relaxed) - sending_from_us) as f64 / 1e6;
     let expected = sent * args.clients as u64;
     println!(
         "{label}: clients={clients} senders={senders} rate={rate}/s secs={secs} sent={sent} deliveries={delivered}/{expected} \
@@ -221,6 +236,37 @@ fn parse_body(body: &str, run_id: &str) -> Option<(usize, usize, u64)> {
         return None;
     }
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Appends `n` messages to the log in `data`, in bursts the group commit can batch.
+async fn fill(data: &std::path::Path, n: u64, room: &str, body_bytes: usize) -> anyhow::Result<()> {
+    use roomlog::event::{Event, MessagePosted, RoomId};
+    let log = roomlog::log::EventLog::open(&data.join("db"), &roomlog::log::LogConfig::default())?;
+    let room = RoomId::parse(room)?;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let burst = (n - done).min(20_000);
+        let mut pending = Vec::with_capacity(burst as usize);
+        for i in done..done + burst {
+            let mut body = format!("bulk message {i} ");
+            body.extend(std::iter::repeat_n('x', body_bytes.saturating_sub(body.len())));
+            let event = Event::MessagePosted(MessagePosted {
+                room: room.clone(),
+                author: format!("user{}", i % 100),
+                client_id: format!("f{i}"),
+                body,
+            });
+            pending.push(log.submit(event).await?);
+        }
+        for p in pending {
+            p.durable().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        done += burst;
+    }
+    log.close().await;
+    println!("fill: {n} messages into {} in {:.1} s", data.display(), started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Holds `n` idle joined connections and reports the server's resident memory.

@@ -97,26 +97,47 @@ pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> 
     }
 }
 
-/// `GET /readyz`: ready when the history projection has applied the whole log.
-pub fn readyz(app: Arc<App>) -> warp::reply::Response {
+/// Why the server is not ready, if it is not: a stopped projection, a disk in danger, or a
+/// shutdown under way. A projection a few group commits behind is normal under load.
+pub fn not_ready_reasons(app: &App, disk_used: Option<f64>) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if !app.history_runner.is_running() {
+        reasons.push("the history projection stopped: it could not apply the log (see recent errors)".to_owned());
+    }
+    if let Some(used) = disk_used.filter(|&u| u > app.config.limits.disk_danger_ratio) {
+        reasons.push(format!(
+            "the data folder's disk is {:.0}% full, above the danger threshold of {:.0}%",
+            used * 100.0,
+            app.config.limits.disk_danger_ratio * 100.0
+        ));
+    }
+    if *app.shutdown.borrow() {
+        reasons.push("the server is shutting down".to_owned());
+    }
+    reasons
+}
+
+/// `GET /readyz`: 200 when ready, else 503 with what is wrong.
+pub async fn readyz(app: Arc<App>) -> Result<warp::reply::Response, std::convert::Infallible> {
     let head = app.log.head();
     let applied = app.history_runner.applied();
-    let lag = head.saturating_sub(applied);
-    let shutting_down = *app.shutdown.borrow();
-    // A projection a few group commits behind is normal under load; a stopped one is not.
-    let ready = !shutting_down && (lag == 0 || app.history_runner.is_running());
+    let log_dir = app.config.log_dir();
+    let disk_used = tokio::task::spawn_blocking(move || crate::metrics::disk_used_ratio(&log_dir)).await.ok().flatten();
+    let reasons = not_ready_reasons(&app, disk_used);
     let body = serde_json::json!({
-        "ready": ready,
+        "ready": reasons.is_empty(),
+        "not_ready_because": reasons,
         "log_head_seq": head,
-        "projections": { "history": { "applied_seq": applied, "lag_events": lag, "running": app.history_runner.is_running() } },
-        "shutting_down": shutting_down,
+        "disk_used_ratio": disk_used,
+        "projections": { "history": { "applied_seq": applied, "lag_events": head.saturating_sub(applied), "running": app.history_runner.is_running() } },
+        "shutting_down": *app.shutdown.borrow(),
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
 }
 
 /// Updates the gauges that are read at scrape time rather than kept up to date.
-async fn refresh_gauges(app: &App) -> (u64, u64, usize, u64) {
+async fn refresh_gauges(app: &App) -> (u64, u64, usize, u64, Vec<String>) {
     let head = app.log.head();
     let lag = head.saturating_sub(app.history_runner.applied());
     let rooms = app.rooms.active().await;
@@ -129,14 +150,14 @@ async fn refresh_gauges(app: &App) -> (u64, u64, usize, u64) {
     if let Some(used) = used {
         metrics::gauge!(crate::metrics::DISK_USED_RATIO).set(used);
     }
-    let ready = app.history_runner.is_running() && !*app.shutdown.borrow();
-    metrics::gauge!(crate::metrics::READY).set(if ready { 1.0 } else { 0.0 });
+    let reasons = not_ready_reasons(app, used);
+    metrics::gauge!(crate::metrics::READY).set(if reasons.is_empty() { 1.0 } else { 0.0 });
     metrics::gauge!(crate::metrics::LOG_HEAD_SEQ).set(head as f64);
     metrics::gauge!(crate::metrics::PROJECTION_LAG_EVENTS, "projection" => "history").set(lag as f64);
     metrics::gauge!(crate::metrics::ROOMS_ACTIVE).set(rooms as f64);
     metrics::gauge!(crate::metrics::LOG_DISK_BYTES).set(disk as f64);
     metrics::gauge!(crate::metrics::UPTIME_SECONDS).set(app.started.elapsed().as_secs_f64());
-    (head, lag, rooms, disk)
+    (head, lag, rooms, disk, reasons)
 }
 
 /// `GET /metrics`: the Prometheus text format.
@@ -156,15 +177,15 @@ pub async fn metrics(app: Arc<App>) -> Result<warp::reply::Response, std::conver
 
 /// `GET /api/status`: what `roomlog status` prints.
 pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert::Infallible> {
-    let (head, lag, rooms, disk) = refresh_gauges(&app).await;
+    let (head, lag, rooms, disk, reasons) = refresh_gauges(&app).await;
     let running = app.history_runner.is_running();
-    let shutting_down = *app.shutdown.borrow();
     let body = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": app.started.elapsed().as_secs(),
         "listen": app.listen.to_string(),
         "data": app.config.data.display().to_string(),
-        "ready": running && !shutting_down,
+        "ready": reasons.is_empty(),
+        "not_ready_because": reasons,
         "log": { "head_seq": head, "disk_bytes": disk },
         "projections": { "history": { "applied_seq": app.history_runner.applied(), "lag_events": lag, "running": running } },
         "rooms_active": rooms,
@@ -180,24 +201,34 @@ pub const EXPORT_LIMIT_MAX: usize = 4096;
 /// `GET /api/log/export?after=SEQ&limit=N`: log records after `after`, as stored, for backups:
 /// `(seq u64 BE, length u32 BE, bytes)` repeated. Reads run beside the writer: chat is not
 /// blocked.
-pub fn export(query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
+pub async fn export(
+    query: HashMap<String, String>,
+    app: Arc<App>,
+) -> Result<warp::reply::Response, std::convert::Infallible> {
     let parse = |key: &str, default: u64| query.get(key).map_or(Ok(default), |v| v.parse::<u64>());
     let (Ok(after), Ok(limit)) = (parse("after", 0), parse("limit", EXPORT_LIMIT_MAX as u64)) else {
-        return error_reply(StatusCode::BAD_REQUEST, "invalid_query", "after and limit must be whole numbers");
+        return Ok(error_reply(StatusCode::BAD_REQUEST, "invalid_query", "after and limit must be whole numbers"));
     };
     let limit = (limit as usize).clamp(1, EXPORT_LIMIT_MAX);
-    match app.log.read_raw(after.saturating_add(1), limit) {
-        Ok(records) => {
+    // Reading and framing a page takes milliseconds: off the async threads that serve chat.
+    let log = app.log.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        log.read_raw(after.saturating_add(1), limit).map(|records| {
             let mut body = Vec::with_capacity(records.iter().map(|(_, r)| r.len() + 12).sum());
             for (seq, record) in records {
                 body.extend_from_slice(&seq.to_be_bytes());
                 body.extend_from_slice(&(record.len() as u32).to_be_bytes());
                 body.extend_from_slice(&record);
             }
-            warp::reply::with_header(body, "content-type", "application/octet-stream").into_response()
-        }
-        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
-    }
+            body
+        })
+    })
+    .await;
+    Ok(match page {
+        Ok(Ok(body)) => warp::reply::with_header(body, "content-type", "application/octet-stream").into_response(),
+        Ok(Err(error)) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
+        Err(error) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, "internal", &error.to_string()),
+    })
 }
 
 /// Parses an export body back into records.

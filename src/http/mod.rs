@@ -126,7 +126,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .and(warp::path::end())
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
-    let readyz = warp::path("readyz").and(warp::path::end()).and(warp::get()).and(with_app.clone()).map(api::readyz);
+    let readyz =
+        warp::path("readyz").and(warp::path::end()).and(warp::get()).and(with_app.clone()).and_then(api::readyz);
     let rooms = warp::path!("api" / "rooms").and(warp::get()).and(with_app.clone()).then(|app: Arc<App>| async move {
         app.history_barrier().await;
         api::rooms(app)
@@ -137,7 +138,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_app.clone())
-        .map(api::export);
+        .and_then(api::export);
     let status = warp::path!("api" / "status").and(warp::get()).and(with_app.clone()).and_then(api::status);
     let messages = warp::path!("api" / "rooms" / String / "messages")
         .and(warp::get())
