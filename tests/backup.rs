@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{get, spawn, Client};
+use common::{spawn, whole_history, Client};
 use roomlog::log::{EventLog, LogConfig};
 use roomlog::projection::history;
 
@@ -30,23 +30,6 @@ fn cut_of(report: &str) -> u64 {
         .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no cut in {report:?}"))
-}
-
-async fn whole_history(addr: std::net::SocketAddr) -> Vec<serde_json::Value> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let (status, page) = get(addr, &format!("/api/rooms/lobby/messages?after={after}&limit=200")).await;
-        assert_eq!(status, 200, "{page}");
-        let messages = page["messages"].as_array().expect("messages").clone();
-        if let Some(last) = messages.last() {
-            after = last["seq"].as_u64().expect("seq");
-        }
-        all.extend(messages);
-        if page["more"] != true {
-            return all;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +82,7 @@ async fn a_backup_under_load_restores_every_message_acknowledged_before_its_cut(
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("through seq {cut}")), "{out}");
     let server = spawn(&restored);
-    let history = whole_history(server.addr).await;
+    let history = whole_history(server.addr, "lobby").await;
     let by_seq: std::collections::HashMap<u64, String> = history
         .iter()
         .map(|m| (m["seq"].as_u64().expect("seq"), m["body"].as_str().expect("body").to_owned()))

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{get, spawn, Client};
+use common::{get, spawn, whole_history, Client};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -18,26 +18,6 @@ const ROUNDS: usize = 10;
 const SENDERS: usize = 3;
 /// Sends a sender keeps unacknowledged at once: enough to have appends in flight at the kill.
 const WINDOW: usize = 32;
-
-/// Every message of a room, through the HTTP history, oldest first.
-async fn whole_history(addr: SocketAddr, room: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let (status, page) = get(addr, &format!("/api/rooms/{room}/messages?after={after}&limit=200")).await;
-        if status == 404 {
-            return all;
-        }
-        let messages = page["messages"].as_array().expect("messages").clone();
-        if let Some(last) = messages.last() {
-            after = last["seq"].as_u64().expect("seq");
-        }
-        all.extend(messages);
-        if page["more"] != true {
-            return all;
-        }
-    }
-}
 
 /// Waits until the history projection has applied the whole log (readyz reports both).
 async fn caught_up(addr: SocketAddr) {

@@ -234,3 +234,23 @@ pub fn spawn(data: &Path) -> Binary {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Every message of a room, through the HTTP history, oldest first.
+pub async fn whole_history(addr: SocketAddr, room: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = get(addr, &format!("/api/rooms/{room}/messages?after={after}&limit=200")).await;
+        if status == 404 {
+            return all;
+        }
+        let messages = page["messages"].as_array().expect("messages").clone();
+        if let Some(last) = messages.last() {
+            after = last["seq"].as_u64().expect("seq");
+        }
+        all.extend(messages);
+        if page["more"] != true {
+            return all;
+        }
+    }
+}
