@@ -136,9 +136,16 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         warp::path("metrics").and(warp::path::end()).and(warp::get()).and(with_app.clone()).and_then(api::metrics);
     let export = warp::path!("api" / "log" / "export")
         .and(warp::get())
+        .and(warp::addr::remote())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_app.clone())
-        .and_then(api::export);
+        .and_then(|peer: Option<std::net::SocketAddr>, query, app| async move {
+            if !host_only(peer) {
+                let text = "the log export is served to this host only (run roomlog backup on the server's host) until admin tokens exist";
+                return Ok(error_reply(StatusCode::FORBIDDEN, "forbidden", text));
+            }
+            api::export(query, app).await
+        });
     let status = warp::path!("api" / "status").and(warp::get()).and(with_app.clone()).and_then(api::status);
     let messages = warp::path!("api" / "rooms" / String / "messages")
         .and(warp::get())
@@ -164,6 +171,12 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .unify()
         .recover(rejection)
         .unify()
+}
+
+/// Whether a request comes from this host. The log export hands out every message, so until
+/// admin tokens exist (issue 7) only a peer on the loopback interface may call it.
+pub fn host_only(peer: Option<std::net::SocketAddr>) -> bool {
+    peer.is_some_and(|p| p.ip().is_loopback())
 }
 
 fn upgrade(request: upgrade::UpgradeRequest, query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
@@ -202,4 +215,20 @@ async fn rejection(rejection: Rejection) -> Result<warp::reply::Response, Infall
         (StatusCode::BAD_REQUEST, "bad_request", format!("{rejection:?}"))
     };
     Ok(error_reply(status, code, &message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_only;
+
+    #[test]
+    fn only_loopback_peers_may_export_the_log() {
+        for allowed in ["127.0.0.1:5000", "127.8.9.10:1", "[::1]:80"] {
+            assert!(host_only(allowed.parse().ok()), "{allowed}");
+        }
+        for refused in ["10.0.0.5:5000", "192.168.1.2:80", "[2001:db8::1]:80"] {
+            assert!(!host_only(refused.parse().ok()), "{refused}");
+        }
+        assert!(!host_only(None), "an unknown peer is refused");
+    }
 }
