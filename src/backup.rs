@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{decode, DecodeError};
+use crate::event::{decode, DecodeError, StreamId};
 use crate::log::{LogError, Store};
 
 /// Archive format written by this build.
@@ -171,6 +171,17 @@ fn append(tar: &mut tar::Builder<BufWriter<File>>, path: &str, bytes: &[u8]) -> 
     tar.append_data(&mut header, path, bytes).map_err(io(format!("adding {path}")))
 }
 
+/// One record of an archive, as stored, with what a restore needs from its envelope (read
+/// once, by [`verify`]).
+#[derive(Debug)]
+pub struct Record {
+    pub seq: u64,
+    pub at_unix_ms: u64,
+    pub stream: StreamId,
+    /// The encoded envelope, byte for byte as the log stored it.
+    pub bytes: Vec<u8>,
+}
+
 /// An archive read back and checked.
 #[derive(Debug)]
 pub struct Verified {
@@ -178,7 +189,7 @@ pub struct Verified {
     /// blake3 of `manifest.json`, which an incremental backup names as its base.
     pub manifest_blake3: String,
     /// Records, in seq order.
-    pub records: Vec<(u64, Vec<u8>)>,
+    pub records: Vec<Record>,
     pub config_toml: String,
 }
 
@@ -236,7 +247,12 @@ pub fn verify(path: &Path) -> Result<Verified, BackupError> {
                 )));
             }
             last = envelope.seq;
-            records.push((envelope.seq, record.to_vec()));
+            records.push(Record {
+                seq: envelope.seq,
+                at_unix_ms: envelope.at_unix_ms,
+                stream: envelope.stream,
+                bytes: record.to_vec(),
+            });
             rest = tail;
         }
     }
@@ -298,26 +314,11 @@ pub fn restore(archives: &[PathBuf], log_dir: &Path, data: &Path, until: Until) 
         verified.push(archive);
     }
     let store = Store::open(log_dir, 64 * 1024 * 1024)?;
-    let mut events = 0;
-    let mut last_seq = 0;
-    'archives: for archive in &verified {
-        for chunk in archive.records.chunks(4096) {
-            let mut envelopes = Vec::with_capacity(chunk.len());
-            for (seq, record) in chunk {
-                let envelope = decode(*seq, record)?;
-                let past_seq = until.seq.is_some_and(|s| envelope.seq > s);
-                let past_time = until.at_unix_ms.is_some_and(|t| envelope.at_unix_ms > t);
-                if past_seq || past_time {
-                    store.write(&envelopes)?;
-                    events += envelopes.len() as u64;
-                    break 'archives;
-                }
-                last_seq = envelope.seq;
-                envelopes.push(envelope);
-            }
-            store.write(&envelopes)?;
-            events += envelopes.len() as u64;
-        }
+    let past = |r: &Record| until.seq.is_some_and(|s| r.seq > s) || until.at_unix_ms.is_some_and(|t| r.at_unix_ms > t);
+    let kept: Vec<&Record> = verified.iter().flat_map(|a| &a.records).take_while(|r| !past(r)).collect();
+    for chunk in kept.chunks(4096) {
+        let encoded: Vec<_> = chunk.iter().map(|r| (r.seq, &r.stream, r.bytes.as_slice())).collect();
+        store.write_encoded(&encoded)?;
     }
     store.sync()?;
     if let Some(first) = verified.first() {
@@ -325,7 +326,7 @@ pub fn restore(archives: &[PathBuf], log_dir: &Path, data: &Path, until: Until) 
         let mut file = File::create(&config).map_err(io(format!("writing {}", config.display())))?;
         file.write_all(first.config_toml.as_bytes()).map_err(io("writing the restored config"))?;
     }
-    Ok(Restored { events, last_seq })
+    Ok(Restored { events: kept.len() as u64, last_seq: kept.last().map_or(0, |r| r.seq) })
 }
 
 /// Takes one full backup of `log` into `dir` (named by time) and deletes the oldest archives

@@ -138,6 +138,15 @@ async fn incremental_on_full_equals_a_full_backup_and_a_restore_stops_where_aske
     let (single_log, single_history) = log_and_history(&single.join("db"));
     assert_eq!(chained_log.len(), 60);
     assert_eq!(chained_log, single_log, "the same events, seqs and times");
+    let raw = |log_dir: &Path| {
+        let log = EventLog::open(log_dir, &LogConfig::default()).expect("open log");
+        log.read_raw(1, 100_000).expect("read raw")
+    };
+    assert_eq!(
+        raw(&chained.join("db")),
+        raw(&data.join("db")),
+        "restored records are the stored bytes, not re-encoded"
+    );
     assert_eq!(chained_history, single_history, "the same history");
 
     // Point in time: up to the 40th message.

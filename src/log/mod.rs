@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::event::{DecodeError, Envelope, Event, StreamId};
-pub use store::Store;
+pub use store::{Encoded, Store};
 use writer::WriterMsg;
 
 /// Limits of the log writer.
