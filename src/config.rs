@@ -211,6 +211,11 @@ impl Config {
         self.data.join("roomlog.addr")
     }
 
+    /// The address a running server on this data folder wrote to [`Self::addr_file`], if any.
+    pub fn recorded_addr(&self) -> Option<SocketAddr> {
+        std::fs::read_to_string(self.addr_file()).ok().and_then(|s| s.trim().parse().ok())
+    }
+
     /// The folder of the log's sled database.
     pub fn log_dir(&self) -> PathBuf {
         self.data.join("db")

@@ -217,7 +217,7 @@ async fn backup(
         None => (0, None),
     };
     let config_toml = toml::to_string_pretty(&config)?;
-    let addr = addr.or_else(|| std::fs::read_to_string(config.addr_file()).ok().and_then(|s| s.trim().parse().ok()));
+    let addr = addr.or_else(|| config.recorded_addr());
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
     let live_head = match addr {
         Some(addr) => match client.get(format!("http://{addr}/api/status")).send().await {
@@ -291,9 +291,7 @@ async fn backup(
 
 /// Prints the server's status; returns the exit code: 0 ready, 1 unreachable, 2 not ready.
 async fn status(config: &Config, addr: Option<std::net::SocketAddr>, json: bool) -> i32 {
-    let addr = addr
-        .or_else(|| std::fs::read_to_string(config.addr_file()).ok().and_then(|s| s.trim().parse().ok()))
-        .unwrap_or(config.listen);
+    let addr = addr.or_else(|| config.recorded_addr()).unwrap_or(config.listen);
     let client = match reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build() {
         Ok(client) => client,
         Err(error) => {

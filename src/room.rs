@@ -178,11 +178,6 @@ impl RoomState {
     pub fn after(&self, since: u64) -> Option<Vec<Arc<ChatMessage>>> {
         (since >= self.floor_seq).then(|| self.ring.iter().filter(|m| m.seq > since).cloned().collect())
     }
-
-    /// The seq of the newest message in memory, or the floor when there is none.
-    pub fn last_seq(&self) -> u64 {
-        self.ring.back().map_or(self.floor_seq, |m| m.seq)
-    }
 }
 
 #[cfg(test)]
@@ -250,7 +245,6 @@ mod tests {
         assert_eq!(state.floor_seq(), 3);
         assert_eq!(seqs(&state.after(3).expect("in memory")), vec![5, 8]);
         assert!(state.after(0).is_none(), "before retention's cut, memory cannot answer");
-        assert_eq!(state.last_seq(), 8);
     }
 
     #[test]

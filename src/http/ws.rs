@@ -249,9 +249,7 @@ impl Connection {
                     RoomMsg::Post { client_id, .. } => client_id.as_str(),
                     _ => "",
                 };
-                metrics::counter!(crate::metrics::FRAME_ERRORS_TOTAL, "code" => error.code().as_str()).increment(1);
-                let frame = error_frame(error.code(), &error.to_string(), Some(room.as_str()), Some(client_id));
-                self.write(frame).await
+                self.error(error.code(), &error.to_string(), Some(room.as_str()), Some(client_id)).await
             }
         }
     }
