@@ -18,6 +18,8 @@ pub struct Credentials {
 pub struct Identity {
     /// The name stored as the author of this caller's messages.
     pub user: String,
+    /// May act on anything (edit or delete anyone's message). No authenticator grants it yet.
+    pub admin: bool,
 }
 
 impl Identity {
@@ -58,6 +60,6 @@ impl Authenticator for NameOnly {
                 "connect with ?name=NAME: 1 to {USER_LEN_MAX} bytes, no control characters"
             )));
         }
-        Ok(Identity { user: name.to_owned() })
+        Ok(Identity { user: name.to_owned(), admin: false })
     }
 }

@@ -29,9 +29,32 @@ pub struct Config {
     pub data: PathBuf,
     pub log: LogConfig,
     pub chat: ChatConfig,
+    pub search: SearchConfig,
     pub limits: Limits,
     pub logging: Logging,
     pub backup: BackupSchedule,
+}
+
+/// The message search index (`<data>/search`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Near-real-time delay: indexed messages become searchable (and durable in the index) at
+    /// most this long after the index receives them. Shorter is fresher and costs more commits.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Also commit once this many events are pending, whatever the time.
+    pub commit_events_max: usize,
+    /// Memory the index writer may use before it writes a segment, in bytes.
+    pub writer_bytes: usize,
+    /// Most hits one search page returns.
+    pub limit_max: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self { refresh: Duration::from_millis(500), commit_events_max: 100_000, writer_bytes: 64 << 20, limit_max: 100 }
+    }
 }
 
 /// Backups the server takes by itself.
@@ -66,6 +89,7 @@ impl Default for Config {
             data: PathBuf::from("./roomlog-data"),
             log: LogConfig::default(),
             chat: ChatConfig::default(),
+            search: SearchConfig::default(),
             limits: Limits::default(),
             logging: Logging { json: false, dir: None, keep_files: 14 },
             backup: BackupSchedule { every: None, dir: None, keep: 7 },
@@ -219,6 +243,11 @@ impl Config {
     /// The folder of the log's sled database.
     pub fn log_dir(&self) -> PathBuf {
         self.data.join("db")
+    }
+
+    /// The folder of the message search index (tantivy).
+    pub fn search_dir(&self) -> PathBuf {
+        self.data.join("search")
     }
 }
 

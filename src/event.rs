@@ -102,6 +102,22 @@ pub enum Event {
     /// Retention removed a room's messages up to and including `through_seq`.
     #[serde(rename = "MessagesExpired.1")]
     MessagesExpired(MessagesExpired),
+    /// A message's text was replaced by its author or an admin.
+    #[serde(rename = "MessageEdited.1")]
+    MessageEdited(MessageEdited),
+    /// A message was deleted by its author or an admin.
+    #[serde(rename = "MessageDeleted.1")]
+    MessageDeleted(MessageDeleted),
+}
+
+/// Messages an event takes out of a room: the one mechanism by which every read model (the
+/// history, the search index) learns that messages are gone, whatever the cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal<'a> {
+    /// One message (deleted, or edited: its old text goes and the new one comes).
+    Message { room: &'a RoomId, seq: u64 },
+    /// Every message of the room up to and including `through_seq` (retention).
+    Through { room: &'a RoomId, through_seq: u64 },
 }
 
 impl Event {
@@ -110,6 +126,19 @@ impl Event {
         match self {
             Event::MessagePosted(e) => StreamId::room(&e.room),
             Event::MessagesExpired(e) => StreamId::room(&e.room),
+            Event::MessageEdited(e) => StreamId::room(&e.room),
+            Event::MessageDeleted(e) => StreamId::room(&e.room),
+        }
+    }
+
+    /// The messages this event removes, if any. Every cause of removal answers here, so the
+    /// read models apply one mechanism, not one per cause.
+    pub fn removal(&self) -> Option<Removal<'_>> {
+        match self {
+            Event::MessagePosted(_) => None,
+            Event::MessagesExpired(e) => Some(Removal::Through { room: &e.room, through_seq: e.through_seq }),
+            Event::MessageEdited(e) => Some(Removal::Message { room: &e.room, seq: e.seq }),
+            Event::MessageDeleted(e) => Some(Removal::Message { room: &e.room, seq: e.seq }),
         }
     }
 
@@ -118,6 +147,8 @@ impl Event {
         match self {
             Event::MessagePosted(_) => "MessagePosted.1",
             Event::MessagesExpired(_) => "MessagesExpired.1",
+            Event::MessageEdited(_) => "MessageEdited.1",
+            Event::MessageDeleted(_) => "MessageDeleted.1",
         }
     }
 }
@@ -146,6 +177,39 @@ pub struct MessagesExpired {
     pub policy: String,
 }
 
+/// `MessageEdited` version 1. It repeats what the message was (author, time) so that a read
+/// model can replace the message without reading it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageEdited {
+    /// The message's room.
+    pub room: RoomId,
+    /// The seq of the message edited.
+    pub seq: u64,
+    /// The message's author (unchanged by the edit).
+    pub author: String,
+    /// The message's client id (unchanged by the edit).
+    pub client_id: String,
+    /// When the message was first posted, ms since the Unix epoch.
+    pub posted_at_unix_ms: u64,
+    /// Who edited it: the author, or an admin.
+    pub edited_by: String,
+    /// The new text.
+    pub body: String,
+}
+
+/// `MessageDeleted` version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDeleted {
+    /// The message's room.
+    pub room: RoomId,
+    /// The seq of the message deleted.
+    pub seq: u64,
+    /// Who deleted it.
+    pub deleted_by: String,
+    /// Why, in words: `"deleted by its author"` or `"deleted by an admin"` (invariant 5).
+    pub reason: String,
+}
+
 /// Every event shape ever written, by stored tag. Reading goes through here so that an old
 /// shape can be upcast to the current one; see the module documentation.
 #[derive(Debug, Deserialize)]
@@ -154,6 +218,10 @@ enum StoredEvent {
     MessagePostedV1(MessagePosted),
     #[serde(rename = "MessagesExpired.1")]
     MessagesExpiredV1(MessagesExpired),
+    #[serde(rename = "MessageEdited.1")]
+    MessageEditedV1(MessageEdited),
+    #[serde(rename = "MessageDeleted.1")]
+    MessageDeletedV1(MessageDeleted),
 }
 
 impl From<StoredEvent> for Event {
@@ -161,6 +229,8 @@ impl From<StoredEvent> for Event {
         match stored {
             StoredEvent::MessagePostedV1(e) => Event::MessagePosted(e),
             StoredEvent::MessagesExpiredV1(e) => Event::MessagesExpired(e),
+            StoredEvent::MessageEditedV1(e) => Event::MessageEdited(e),
+            StoredEvent::MessageDeletedV1(e) => Event::MessageDeleted(e),
         }
     }
 }

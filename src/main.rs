@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use roomlog::log::EventLog;
-use roomlog::projection::{self, history};
+use roomlog::projection::{self, history, search};
 use roomlog::{Config, Server};
 
 #[derive(Parser, Debug)]
@@ -36,7 +36,7 @@ enum Command {
     },
     /// Drop a projection and rebuild it from the log. The server must be stopped.
     Rebuild {
-        /// The projection: `history`.
+        /// The projection: `history`, `search`, or `all`.
         name: String,
     },
     /// Decode every record of the log and report the first that does not decode.
@@ -73,6 +73,30 @@ enum Command {
         /// Stop after this time, RFC 3339 (`2026-11-22T21:00:00Z`).
         #[arg(long)]
         until_time: Option<String>,
+    },
+    /// Search past messages from the command line (reads the index directly; works whether
+    /// or not the server runs). Query syntax: words, "phrases", -exclusions, prefix*.
+    Search {
+        query: String,
+        /// Only these rooms (comma-separated).
+        #[arg(long)]
+        room: Option<String>,
+        #[arg(long)]
+        author: Option<String>,
+        /// Oldest message: `7d` (ago), an RFC 3339 time, or Unix ms.
+        #[arg(long)]
+        since: Option<String>,
+        /// Newest message, same forms.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// `relevance` or `time` (newest first).
+        #[arg(long, default_value = "relevance")]
+        sort: String,
+        /// Print the JSON answer, as `GET /api/search` gives it.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask the running server how it is. Exits 1 when it cannot be reached, 2 when not ready.
     Status {
@@ -147,7 +171,25 @@ async fn main() -> anyhow::Result<()> {
                 restored.last_seq,
                 config.data.display()
             );
-            rebuild(&config, "history")
+            rebuild(&config, "all")
+        }
+        Command::Search { query, room, author, since, until, limit, sort, json } => {
+            let sort = match sort.as_str() {
+                "relevance" => search::Sort::Relevance,
+                "time" => search::Sort::Time,
+                other => bail!("--sort {other:?}: use relevance or time"),
+            };
+            let params = search::SearchParams {
+                q: query,
+                room,
+                author,
+                since,
+                until,
+                limit: Some(limit),
+                cursor: None,
+                sort: Some(sort),
+            };
+            search_command(&config, &params, json)
         }
         Command::Status { addr, json } => {
             let code = status(&config, addr, json).await;
@@ -172,27 +214,82 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
 }
 
 fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
+    let names: &[&str] = match name {
+        "all" => &["history", "search"],
+        "history" => &["history"],
+        "search" => &["search"],
+        other => bail!("no projection named {other:?}; known: history, search, all"),
+    };
     let log = open_log(config)?;
-    let head = log.head();
-    let started = Instant::now();
-    let progress = |applied: u64| {
-        if applied % (projection::APPLY_BATCH_MAX as u64 * 64) < projection::APPLY_BATCH_MAX as u64 || applied == head {
-            let rate = applied as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            eprintln!(
-                "{name}: {applied}/{head} events ({:.0}%), {rate:.0} events/s",
-                applied as f64 * 100.0 / head.max(1) as f64
-            );
-        }
-    };
-    let (applied, rate) = match name {
-        "history" => {
-            let (_, mut projection) = history::open(log.db())?;
-            projection::rebuild(&log, &mut projection, progress)?
-        }
-        other => bail!("no projection named {other:?}; known: history"),
-    };
-    log.db().flush()?;
-    println!("rebuilt {name}: {applied} events in {:.2?} ({rate:.0} events/s)", started.elapsed());
+    for &name in names {
+        let head = log.head();
+        let started = Instant::now();
+        let bar = indicatif::ProgressBar::new(head).with_prefix(name);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} events, {per_sec}, eta {eta}")?
+                .progress_chars("=> "),
+        );
+        let progress = |applied: u64| bar.set_position(applied);
+        let (applied, rate) = match name {
+            "history" => {
+                let (_, mut projection) = history::open(log.db())?;
+                projection::rebuild(&log, &mut projection, progress)?
+            }
+            _ => {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let (_, mut projection) = search::open(&config.search_dir(), &config.search, threads)
+                    .context("opening the search index (is the server running?)")?;
+                let result = projection::rebuild(&log, &mut projection, progress)?;
+                projection.finish()?;
+                result
+            }
+        };
+        bar.finish_and_clear();
+        log.db().flush()?;
+        println!("rebuilt {name}: {applied} events in {:.2?} ({rate:.0} events/s)", started.elapsed());
+    }
+    Ok(())
+}
+
+/// `roomlog search`: prints hits newest or best first, matches in [brackets].
+fn search_command(config: &Config, params: &search::SearchParams, json: bool) -> anyhow::Result<()> {
+    let dir = config.search_dir();
+    if !dir.join("meta.json").exists() {
+        bail!("no search index in {}: start the server once, or run `roomlog rebuild search`", dir.display());
+    }
+    let index = search::open_reader(&dir)?;
+    let request = search::SearchRequest::new(params, None, usize::MAX, std::time::SystemTime::now())?;
+    let hits = index.search(&request)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&hits)?);
+        return Ok(());
+    }
+    for hit in &hits.hits {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(hit.at_unix_ms);
+        let snippet = hit
+            .snippet
+            .replace("<b>", "[")
+            .replace("</b>", "]")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#x27;", "'")
+            .replace("&amp;", "&");
+        println!(
+            "{}#{}  {}  {}: {}",
+            hit.room,
+            hit.seq,
+            humantime::format_rfc3339_seconds(at),
+            hit.author,
+            snippet.replace('\n', " ")
+        );
+    }
+    println!(
+        "{} of {} matching messages (index through seq {})",
+        hits.hits.len(),
+        hits.total,
+        hits.indexed_through_seq
+    );
     Ok(())
 }
 

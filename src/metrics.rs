@@ -36,6 +36,9 @@ pub const ROOM_RESTARTS_TOTAL: &str = "roomlog_room_restarts_total";
 pub const UPTIME_SECONDS: &str = "roomlog_uptime_seconds";
 pub const BACKUP_LAST_SUCCESS_SECONDS: &str = "roomlog_backup_last_success_timestamp_seconds";
 pub const BACKUP_FAILURES_TOTAL: &str = "roomlog_backup_failures_total";
+pub const SEARCH_SECONDS: &str = "roomlog_search_seconds";
+pub const SEARCH_INDEX_DOCUMENTS: &str = "roomlog_search_index_documents";
+pub const SEARCH_INDEX_DISK_BYTES: &str = "roomlog_search_index_disk_bytes";
 
 /// How often the exporter's histograms are rolled over when nothing scrapes.
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -98,6 +101,9 @@ fn describe() {
         "Unix time of the last scheduled backup that succeeded"
     );
     describe_counter!(BACKUP_FAILURES_TOTAL, "scheduled backups that failed");
+    describe_histogram!(SEARCH_SECONDS, Unit::Seconds, "message searches, query and snippets");
+    describe_gauge!(SEARCH_INDEX_DOCUMENTS, "messages in the search index as last committed");
+    describe_gauge!(SEARCH_INDEX_DISK_BYTES, Unit::Bytes, "bytes of the search index on disk");
 }
 
 /// Used fraction (0 to 1) of the filesystem holding `dir`; `None` if it cannot be read.

@@ -7,8 +7,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::event::RoomId;
-use crate::projection::history::StoredMessage;
-use crate::wire::{message_frame, WireMessage};
+use crate::projection::history::{Amendment, StoredMessage};
+use crate::wire::{amendment_frame, message_frame, WireMessage};
 
 /// A connection's id, unique within the process.
 pub type MemberId = u64;
@@ -16,13 +16,17 @@ pub type MemberId = u64;
 /// A client message id is unique per author within a room.
 pub type DedupKey = (String, String);
 
-/// A committed message, with its `message` frame rendered once for every recipient.
+/// A committed item of a room, with its frame rendered once for every recipient: a message,
+/// or the notice of an edit or deletion (an amendment) of an earlier one.
 #[derive(Debug)]
 pub struct ChatMessage {
     pub seq: u64,
     pub author: String,
     pub client_id: String,
-    /// The JSON `message` frame.
+    pub at_unix_ms: u64,
+    /// True for an amendment notice, false for a message.
+    pub notice: bool,
+    /// The JSON `message`, `edited` or `deleted` frame.
     pub frame: Arc<str>,
 }
 
@@ -33,7 +37,21 @@ impl ChatMessage {
             seq: stored.seq,
             author: stored.author.clone(),
             client_id: stored.client_id.clone(),
+            at_unix_ms: stored.at_unix_ms,
+            notice: false,
             frame: message_frame(WireMessage::of(room.as_str(), stored)).into(),
+        }
+    }
+
+    /// Renders the notice of an edit or deletion.
+    pub fn notice(room: &RoomId, amendment: &Amendment) -> Self {
+        Self {
+            seq: amendment.seq,
+            author: amendment.by.clone(),
+            client_id: String::new(),
+            at_unix_ms: amendment.at_unix_ms,
+            notice: true,
+            frame: amendment_frame(room.as_str(), amendment).into(),
         }
     }
 }
@@ -72,12 +90,14 @@ pub struct RoomState {
 impl RoomState {
     /// State of a room whose newest messages (oldest first) were loaded from the history:
     /// the last `capacity` go to the ring, the ids of the last `window` to the duplicate window.
-    /// `removed_through_seq` is what retention already removed.
+    /// `removed_through_seq` is what retention already removed. `amendments` are the edits and
+    /// deletions after the first message loaded: the ring keeps their notices too.
     pub fn new(
         room: RoomId,
         capacity: usize,
         window: usize,
         loaded: &[StoredMessage],
+        amendments: &[Amendment],
         removed_through_seq: u64,
     ) -> Self {
         let capacity = capacity.max(1);
@@ -101,10 +121,45 @@ impl RoomState {
         for message in &loaded[loaded.len().saturating_sub(window)..] {
             state.remember((message.author.clone(), message.client_id.clone()), message.seq);
         }
-        for message in in_ring {
-            state.ring.push_back(Arc::new(ChatMessage::new(&state.room, message)));
+        let mut items: Vec<ChatMessage> = in_ring.iter().map(|m| ChatMessage::new(&state.room, m)).collect();
+        items.extend(amendments.iter().filter(|a| a.seq > floor_seq).map(|a| ChatMessage::notice(&state.room, a)));
+        items.sort_by_key(|item| item.seq);
+        for item in items {
+            state.push(Arc::new(item));
         }
         state
+    }
+
+    /// Adds a committed item to the ring, evicting the oldest when it is full.
+    fn push(&mut self, item: Arc<ChatMessage>) {
+        if self.ring.len() == self.capacity {
+            if let Some(evicted) = self.ring.pop_front() {
+                self.floor_seq = evicted.seq;
+            }
+        }
+        self.ring.push_back(item);
+    }
+
+    /// A message still in memory, by seq.
+    pub fn find(&self, seq: u64) -> Option<&ChatMessage> {
+        let index = self.ring.binary_search_by_key(&seq, |m| m.seq).ok()?;
+        Some(&*self.ring[index]).filter(|m| !m.notice)
+    }
+
+    /// Records a durable edit (with the message as it now reads) or deletion (`None`): the
+    /// message in memory is replaced or dropped, and the notice is added. Returns the notice.
+    pub fn amended(&mut self, amendment: &Amendment, edited: Option<&StoredMessage>) -> Arc<ChatMessage> {
+        if let Ok(index) = self.ring.binary_search_by_key(&amendment.target, |m| m.seq) {
+            match edited {
+                Some(message) => self.ring[index] = Arc::new(ChatMessage::new(&self.room, message)),
+                None => {
+                    self.ring.remove(index);
+                }
+            }
+        }
+        let notice = Arc::new(ChatMessage::notice(&self.room, amendment));
+        self.push(notice.clone());
+        notice
     }
 
     /// Adds a stored client id to the duplicate window, dropping the oldest beyond it.
@@ -154,13 +209,8 @@ impl RoomState {
         let key = (stored.author.clone(), stored.client_id.clone());
         let ackers = self.inflight.remove(&key).unwrap_or_default();
         let message = Arc::new(ChatMessage::new(&self.room, stored));
-        if self.ring.len() == self.capacity {
-            if let Some(evicted) = self.ring.pop_front() {
-                self.floor_seq = evicted.seq;
-            }
-        }
         self.remember(key, message.seq);
-        self.ring.push_back(message.clone());
+        self.push(message.clone());
         (message, ackers)
     }
 
@@ -169,12 +219,16 @@ impl RoomState {
         self.inflight.remove(key).unwrap_or_default()
     }
 
-    /// The newest `count` messages, oldest first.
+    /// The newest `count` messages as they now read, oldest first (no notices: the messages
+    /// already carry their edits).
     pub fn recent(&self, count: usize) -> Vec<Arc<ChatMessage>> {
-        self.ring.iter().skip(self.ring.len().saturating_sub(count)).cloned().collect()
+        let mut recent: Vec<_> = self.ring.iter().rev().filter(|m| !m.notice).take(count).cloned().collect();
+        recent.reverse();
+        recent
     }
 
-    /// The messages after `since`, if memory holds all of them (`since >= floor_seq`).
+    /// The items after `since` (messages as they now read, and notices of edits and deletions),
+    /// if memory holds all of them (`since >= floor_seq`).
     pub fn after(&self, since: u64) -> Option<Vec<Arc<ChatMessage>>> {
         (since >= self.floor_seq).then(|| self.ring.iter().filter(|m| m.seq > since).cloned().collect())
     }
@@ -191,6 +245,7 @@ mod tests {
             author: "ann".into(),
             client_id: client_id.into(),
             body: format!("m{seq}"),
+            edited_at_unix_ms: None,
         }
     }
 
@@ -208,7 +263,7 @@ mod tests {
 
     #[test]
     fn given_a_new_message_when_retried_before_and_after_commit_then_it_is_appended_once() {
-        let mut state = RoomState::new(room(), 10, 10, &[], 0);
+        let mut state = RoomState::new(room(), 10, 10, &[], &[], 0);
         assert_eq!(state.decide_post(1, key("a")), PostDecision::Append);
         assert_eq!(state.decide_post(2, key("a")), PostDecision::AlreadyInFlight);
         let (message, ackers) = state.committed(&stored(7, "a"));
@@ -220,7 +275,7 @@ mod tests {
     #[test]
     fn given_a_full_ring_when_messages_arrive_then_the_floor_rises_and_old_resumes_need_the_disk() {
         let loaded: Vec<_> = (1..=3).map(|s| stored(s * 10, &format!("c{s}"))).collect();
-        let mut state = RoomState::new(room(), 3, 4, &loaded, 0);
+        let mut state = RoomState::new(room(), 3, 4, &loaded, &[], 0);
         assert_eq!(state.floor_seq(), 9, "a full ring may hide older messages");
         assert!(state.after(5).is_none());
         assert_eq!(seqs(&state.after(10).expect("in memory")), vec![20, 30]);
@@ -241,15 +296,43 @@ mod tests {
 
     #[test]
     fn given_a_room_shorter_than_the_ring_then_everything_after_retention_is_in_memory() {
-        let state = RoomState::new(room(), 10, 10, &[stored(5, "a"), stored(8, "b")], 3);
+        let state = RoomState::new(room(), 10, 10, &[stored(5, "a"), stored(8, "b")], &[], 3);
         assert_eq!(state.floor_seq(), 3);
         assert_eq!(seqs(&state.after(3).expect("in memory")), vec![5, 8]);
         assert!(state.after(0).is_none(), "before retention's cut, memory cannot answer");
     }
 
     #[test]
+    fn given_edits_and_deletions_then_joiners_see_current_text_and_resumers_get_the_notices() {
+        let loaded: Vec<_> = (1..=3).map(|s| stored(s, &format!("c{s}"))).collect();
+        let mut state = RoomState::new(room(), 10, 10, &loaded, &[], 0);
+        let mut edited = stored(2, "c2");
+        edited.body = "fixed".into();
+        let edit = Amendment { seq: 4, at_unix_ms: 4, target: 2, by: "ann".into(), body: Some("fixed".into()) };
+        state.amended(&edit, Some(&edited));
+        let delete = Amendment { seq: 5, at_unix_ms: 5, target: 3, by: "ann".into(), body: None };
+        state.amended(&delete, None);
+
+        assert_eq!(seqs(&state.recent(10)), vec![1, 2], "a joiner gets the messages as they now read");
+        assert!(state.recent(10)[1].frame.contains("fixed"));
+        assert!(state.find(3).is_none(), "a deleted message is gone");
+        assert!(state.find(4).is_none(), "a notice is not a message");
+        let resumed = state.after(1).expect("in memory");
+        assert_eq!(seqs(&resumed), vec![2, 4, 5], "a resumer gets the notices in seq order");
+        assert!(resumed[2].frame.contains(r#""type":"deleted""#));
+    }
+
+    #[test]
+    fn given_amendments_stored_when_the_room_starts_then_the_ring_holds_their_notices() {
+        let loaded = vec![stored(1, "a"), stored(3, "b")];
+        let amendments = [Amendment { seq: 4, at_unix_ms: 4, target: 2, by: "ann".into(), body: None }];
+        let state = RoomState::new(room(), 10, 10, &loaded, &amendments, 0);
+        assert_eq!(seqs(&state.after(0).expect("in memory")), vec![1, 3, 4]);
+    }
+
+    #[test]
     fn given_a_failed_append_then_its_waiters_are_returned_and_a_retry_appends_again() {
-        let mut state = RoomState::new(room(), 10, 10, &[], 0);
+        let mut state = RoomState::new(room(), 10, 10, &[], &[], 0);
         state.decide_post(4, key("x"));
         state.decide_post(5, key("x"));
         assert_eq!(state.failed(&key("x")), vec![4, 5]);

@@ -15,7 +15,7 @@ use crate::auth::{Authenticator, NameOnly};
 use crate::config::Config;
 use crate::http::{routes, App};
 use crate::log::{EventLog, LogError};
-use crate::projection::{history, ProjectionError, Runner};
+use crate::projection::{history, search, ProjectionError, Runner};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,16 @@ impl Server {
         let (history_runner, history_following) = Runner::start(log.clone(), history_projection)
             .await
             .map_err(|source| ServerError::Projection { name: "history", source })?;
+        let search_dir = config.search_dir();
+        let search_config = config.search.clone();
+        let (search_index, search_projection) =
+            tokio::task::spawn_blocking(move || search::open(&search_dir, &search_config, 1))
+                .await
+                .map_err(|e| ServerError::Actors(e.to_string()))?
+                .map_err(|source| ServerError::Projection { name: "search", source })?;
+        let (search_runner, search_following) = Runner::start(log.clone(), search_projection)
+            .await
+            .map_err(|source| ServerError::Projection { name: "search", source })?;
         let ctx = ChatContext {
             log: log.clone(),
             history: history.clone(),
@@ -83,7 +93,8 @@ impl Server {
 
         let (stop, stopping) = watch::channel(false);
         let stopping_for_backups = stopping.clone();
-        let app = Arc::new(App::new(config, addr, log, history, history_runner, rooms, auth, stopping.clone()));
+        let reads = crate::http::Reads { history, history_runner, search: search_index, search_runner };
+        let app = Arc::new(App::new(config, addr, log, reads, rooms, auth, stopping.clone()));
         // Metrics: install the recorder before anything counts, and keep its histograms rolling.
         if let Some(handle) = crate::metrics::handle() {
             let mut stopped = stopping.clone();
@@ -110,7 +121,7 @@ impl Server {
             tokio::spawn(backup_schedule(app.clone(), every, stopping_for_backups));
         }
         tracing::info!(%addr, data = %app.config.data.display(), head_seq = app.log.head(), "roomlog listening");
-        Ok(Self { addr, app, stop, serving, projections: vec![history_following] })
+        Ok(Self { addr, app, stop, serving, projections: vec![history_following, search_following] })
     }
 
     /// The address the server listens on.
@@ -131,6 +142,11 @@ impl Server {
     /// The history projection's reads.
     pub fn history(&self) -> &history::History {
         &self.app.history
+    }
+
+    /// The search index's reads and its runner (to wait until a seq is searchable).
+    pub fn search(&self) -> (&search::SearchIndex, &Runner) {
+        (&self.app.search, &self.app.search_runner)
     }
 
     /// Graceful shutdown: stop accepting, close connections (code 1001), let rooms finish

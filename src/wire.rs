@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::projection::history::StoredMessage;
+use crate::projection::history::{Amendment, StoredMessage};
+use crate::projection::search::{Hits, Sort};
 
 /// A frame a client sends.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -17,15 +18,32 @@ pub enum ClientFrame {
     Join { room: String, since: Option<u64> },
     /// Post a message. `client_id` makes a retry idempotent.
     Send { room: String, body: String, client_id: String },
+    /// Replace the text of a message (its author, or an admin). Acknowledged like `send`.
+    Edit { room: String, seq: u64, body: String, client_id: String },
+    /// Delete a message (its author, or an admin). Acknowledged like `send`.
+    Delete { room: String, seq: u64, client_id: String },
     /// Stop receiving a room's messages.
     Leave { room: String },
     /// Page back through a joined room's history.
     History { room: String, before: Option<u64>, limit: Option<usize> },
+    /// Search past messages of the rooms this connection may read (joined or not); the
+    /// options are those of `GET /api/search`. `id` is echoed in the answer.
+    Search {
+        id: Option<serde_json::Value>,
+        q: String,
+        room: Option<String>,
+        author: Option<String>,
+        since: Option<String>,
+        until: Option<String>,
+        limit: Option<usize>,
+        cursor: Option<String>,
+        sort: Option<Sort>,
+    },
     /// Liveness check; `id` is echoed.
     Ping { id: Option<serde_json::Value> },
 }
 
-const CLIENT_TYPES: &[&str] = &["join", "send", "leave", "history", "ping"];
+const CLIENT_TYPES: &[&str] = &["join", "send", "edit", "delete", "leave", "history", "search", "ping"];
 
 /// Stable machine-readable error codes; the wording of messages may change, these do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,6 +73,10 @@ pub enum ErrorCode {
     TooManyRooms,
     /// The identity may not do this in this room.
     Forbidden,
+    /// The message does not exist (never did, was deleted, or was removed by retention).
+    NotFound,
+    /// A search query or one of its options cannot be understood.
+    InvalidQuery,
     /// The log cannot store the message now; it was not stored, retry with the same client_id.
     StorageUnavailable,
     /// The room cannot be reached right now (restarting too often); retry later.
@@ -79,6 +101,8 @@ impl ErrorCode {
             ErrorCode::NotJoined => "not_joined",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidQuery => "invalid_query",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::RoomUnavailable => "room_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
@@ -103,6 +127,10 @@ pub enum ServerFrame<'a> {
     Ack { room: &'a str, client_id: &'a str, seq: u64 },
     /// The room is left.
     Left { room: &'a str },
+    /// Message `target` now reads `body`. `seq` is the edit's own place in the room.
+    Edited { room: &'a str, seq: u64, target: u64, by: &'a str, at_unix_ms: u64, body: &'a str },
+    /// Message `target` was deleted. `seq` is the deletion's own place in the room.
+    Deleted { room: &'a str, seq: u64, target: u64, by: &'a str, at_unix_ms: u64 },
     /// A page of older messages, oldest first; `more` when older ones remain.
     History {
         room: &'a str,
@@ -110,6 +138,13 @@ pub enum ServerFrame<'a> {
         more: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         removed_through_seq: Option<u64>,
+    },
+    /// Answer to `search`: a page of hits, as `GET /api/search` answers.
+    SearchResults {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a serde_json::Value>,
+        #[serde(flatten)]
+        results: &'a Hits,
     },
     /// Answer to `ping`.
     Pong {
@@ -136,12 +171,32 @@ pub struct WireMessage<'a> {
     pub author: &'a str,
     pub client_id: &'a str,
     pub body: &'a str,
+    /// Set once the text has been edited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_at_unix_ms: Option<u64>,
 }
 
 impl<'a> WireMessage<'a> {
     /// The wire view of a stored message.
     pub fn of(room: &'a str, m: &'a StoredMessage) -> Self {
-        Self { room, seq: m.seq, at_unix_ms: m.at_unix_ms, author: &m.author, client_id: &m.client_id, body: &m.body }
+        Self {
+            room,
+            seq: m.seq,
+            at_unix_ms: m.at_unix_ms,
+            author: &m.author,
+            client_id: &m.client_id,
+            body: &m.body,
+            edited_at_unix_ms: m.edited_at_unix_ms,
+        }
+    }
+}
+
+/// Renders the frame that tells a member of an edit or deletion.
+pub fn amendment_frame(room: &str, amendment: &Amendment) -> String {
+    let (seq, target, by, at_unix_ms) = (amendment.seq, amendment.target, amendment.by.as_str(), amendment.at_unix_ms);
+    match &amendment.body {
+        Some(body) => render(&ServerFrame::Edited { room, seq, target, by, at_unix_ms, body }),
+        None => render(&ServerFrame::Deleted { room, seq, target, by, at_unix_ms }),
     }
 }
 
@@ -260,6 +315,8 @@ mod tests {
             NotJoined,
             TooManyRooms,
             Forbidden,
+            NotFound,
+            InvalidQuery,
             StorageUnavailable,
             RoomUnavailable,
             ShuttingDown,
@@ -276,6 +333,7 @@ mod tests {
             author: "ann".into(),
             client_id: "c".into(),
             body: "hé \"x\"".into(),
+            edited_at_unix_ms: None,
         };
         let frame: serde_json::Value =
             serde_json::from_str(&message_frame(WireMessage::of("lobby", &stored))).expect("json");

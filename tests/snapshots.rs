@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use roomlog::event::{decode, encode, Envelope, Event, MessagePosted, MessagesExpired, RoomId, StreamId};
-use roomlog::projection::history::StoredMessage;
+use roomlog::event::{MessageDeleted, MessageEdited};
+use roomlog::projection::history::{Amendment, StoredMessage};
+use roomlog::projection::search::{Hit, Hits};
+use roomlog::wire::amendment_frame;
 use roomlog::wire::{error_frame, message_frame, parse_client_frame, render, ErrorCode, ServerFrame, WireMessage};
 
 fn snapshots() -> PathBuf {
@@ -45,6 +48,33 @@ fn event_samples() -> BTreeMap<&'static str, Envelope> {
                     room: room.clone(),
                     through_seq: 1,
                     policy: "max_count=1000".into(),
+                }),
+            ),
+        ),
+        (
+            "MessageEdited.1",
+            envelope(
+                3,
+                Event::MessageEdited(MessageEdited {
+                    room: room.clone(),
+                    seq: 1,
+                    author: "ann".into(),
+                    client_id: "c-1".into(),
+                    posted_at_unix_ms: 1_795_000_000_001,
+                    edited_by: "ann".into(),
+                    body: "hello, 世界!".into(),
+                }),
+            ),
+        ),
+        (
+            "MessageDeleted.1",
+            envelope(
+                4,
+                Event::MessageDeleted(MessageDeleted {
+                    room: room.clone(),
+                    seq: 1,
+                    deleted_by: "ann".into(),
+                    reason: "deleted by its author".into(),
                 }),
             ),
         ),
@@ -90,12 +120,42 @@ fn wire_samples() -> Vec<(&'static str, String)> {
         author: "ann".into(),
         client_id: "c-7".into(),
         body: "hello".into(),
+        edited_at_unix_ms: None,
+    };
+    let edited =
+        StoredMessage { body: "hello, all".into(), edited_at_unix_ms: Some(1_795_000_000_900), ..stored.clone() };
+    let edit = Amendment {
+        seq: 43,
+        at_unix_ms: 1_795_000_000_900,
+        target: 42,
+        by: "ann".into(),
+        body: Some("hello, all".into()),
+    };
+    let delete = Amendment { seq: 44, at_unix_ms: 1_795_000_001_000, target: 42, by: "ann".into(), body: None };
+    let hits = Hits {
+        total: 1,
+        hits: vec![Hit {
+            room: "lobby".into(),
+            seq: 42,
+            author: "ann".into(),
+            at_unix_ms: 1_795_000_000_000,
+            snippet: "<b>hello</b>".into(),
+            score: 0.2876821,
+        }],
+        next_cursor: Some("r20.44".into()),
+        indexed_through_seq: 44,
     };
     let id = serde_json::json!(1);
     vec![
         ("client.join.json", r#"{"type":"join","room":"lobby"}"#.into()),
         ("client.join_since.json", r#"{"type":"join","room":"lobby","since":41}"#.into()),
         ("client.send.json", r#"{"type":"send","room":"lobby","body":"hello","client_id":"c-7"}"#.into()),
+        ("client.edit.json", r#"{"type":"edit","room":"lobby","seq":42,"body":"hello, all","client_id":"c-8"}"#.into()),
+        ("client.delete.json", r#"{"type":"delete","room":"lobby","seq":42,"client_id":"c-9"}"#.into()),
+        (
+            "client.search.json",
+            r#"{"type":"search","id":1,"q":"hello -bye","room":"lobby","since":"7d","limit":20}"#.into(),
+        ),
         ("client.leave.json", r#"{"type":"leave","room":"lobby"}"#.into()),
         ("client.history.json", r#"{"type":"history","room":"lobby","before":42,"limit":50}"#.into()),
         ("client.ping.json", r#"{"type":"ping","id":1}"#.into()),
@@ -103,6 +163,10 @@ fn wire_samples() -> Vec<(&'static str, String)> {
         ("server.joined_removed.json", render(&ServerFrame::Joined { room: "lobby", removed_through_seq: Some(12) })),
         ("server.ack.json", render(&ServerFrame::Ack { room: "lobby", client_id: "c-7", seq: 42 })),
         ("server.message.json", message_frame(WireMessage::of("lobby", &stored))),
+        ("server.message_edited.json", message_frame(WireMessage::of("lobby", &edited))),
+        ("server.edited.json", amendment_frame("lobby", &edit)),
+        ("server.deleted.json", amendment_frame("lobby", &delete)),
+        ("server.search_results.json", render(&ServerFrame::SearchResults { id: Some(&id), results: &hits })),
         ("server.left.json", render(&ServerFrame::Left { room: "lobby" })),
         (
             "server.history.json",
@@ -126,11 +190,16 @@ fn every_wire_frame_matches_its_golden_file_and_its_documentation() {
     let dir = snapshots().join("wire");
     let schema =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/wire.md")).expect("schema/wire.md");
+    if updating() {
+        for (name, text) in wire_samples() {
+            let path = dir.join(name);
+            if !path.exists() {
+                std::fs::write(&path, format!("{text}\n")).expect("write golden frame");
+            }
+        }
+    }
     for (name, text) in wire_samples() {
         let path = dir.join(name);
-        if !path.exists() && updating() {
-            std::fs::write(&path, format!("{text}\n")).expect("write golden frame");
-        }
         let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(golden.trim_end(), text, "{name} changed shape");
         if name.starts_with("client.") {

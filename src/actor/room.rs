@@ -17,9 +17,9 @@ use tokio::time::Instant;
 
 use super::rooms::RoomsMsg;
 use super::{ChatContext, ChatError, Member, Outbound};
-use crate::event::{Envelope, Event, MessagePosted, RoomId};
+use crate::event::{Envelope, Event, MessageDeleted, MessageEdited, MessagePosted, RoomId};
 use crate::log::{LogError, PendingAppend};
-use crate::projection::history::StoredMessage;
+use crate::projection::history::{Amendment, StoredMessage};
 use crate::room::{ChatMessage, DedupKey, MemberId, PostDecision, RoomState};
 use crate::wire::{error_frame, render, ErrorCode, ServerFrame};
 
@@ -44,14 +44,26 @@ pub enum RoomMsg {
     Leave { member: MemberId },
     /// Post a message; the acknowledgement goes to the member's queue.
     Post { member: MemberId, author: String, client_id: String, body: String },
+    /// Edit (`body` set) or delete (`body` None) message `seq`; acknowledged like a post.
+    /// `admin` lets the caller amend others' messages (the permission decided at the edge).
+    Amend { member: MemberId, by: String, admin: bool, client_id: String, seq: u64, body: Option<String> },
     /// From the forwarder, in submission order: an append is durable, or failed. `posted_at`
     /// is when the post reached the room, for the delivery latency.
-    Committed { key: DedupKey, result: Result<Envelope, Arc<LogError>>, posted_at: Instant },
+    Committed { waiter: Waiter, result: Result<Envelope, Arc<LogError>>, posted_at: Instant },
     /// Periodic check for idleness.
     IdleCheck,
     /// Makes the actor fail, for tests of supervision.
     #[doc(hidden)]
     Fail,
+}
+
+/// Who waits for an append's acknowledgement.
+#[derive(Debug)]
+pub enum Waiter {
+    /// A posted message: every member that sent this client id.
+    Post(DedupKey),
+    /// An edit or deletion: the member that asked.
+    Amend { member: MemberId, client_id: String },
 }
 
 /// Arguments a room starts with.
@@ -73,8 +85,10 @@ pub struct RoomActorState {
     members: HashMap<MemberId, Member>,
     ctx: ChatContext,
     supervisor: ActorRef<RoomsMsg>,
-    forwarder: mpsc::Sender<(DedupKey, PendingAppend, Instant)>,
+    forwarder: mpsc::Sender<(Waiter, PendingAppend, Instant)>,
     last_active: Instant,
+    /// Messages whose deletion is being appended: no further edit or deletion of them.
+    deleting: std::collections::HashSet<u64>,
 }
 
 impl Actor for RoomActor {
@@ -88,13 +102,24 @@ impl Actor for RoomActor {
         ctx.history_runner.wait_applied(ctx.log.head()).await;
         let loaded = ctx.history.recent(&room, ctx.chat.dedup_window.max(ctx.chat.ring_capacity))?;
         let removed = ctx.history.summary(&room)?.map_or(0, |s| s.removed_through_seq);
-        let state = RoomState::new(room, ctx.chat.ring_capacity, ctx.chat.dedup_window, &loaded, removed);
+        let first = loaded.len().saturating_sub(ctx.chat.ring_capacity);
+        let after = loaded.get(first).map_or(removed, |m| m.seq.saturating_sub(1));
+        let amendments = ctx.history.amendments(&room, after, u64::MAX)?;
+        let state = RoomState::new(room, ctx.chat.ring_capacity, ctx.chat.dedup_window, &loaded, &amendments, removed);
 
         let (forwarder, pending) = mpsc::channel(ctx.chat.room_inflight_max);
         tokio::spawn(forward_acknowledgements(pending, myself.clone()));
         let check_every = (ctx.chat.room_idle_stop / 2).max(std::time::Duration::from_millis(10));
         myself.send_interval(check_every, || RoomMsg::IdleCheck);
-        Ok(RoomActorState { state, members: HashMap::new(), ctx, supervisor, forwarder, last_active: Instant::now() })
+        Ok(RoomActorState {
+            state,
+            members: HashMap::new(),
+            ctx,
+            supervisor,
+            forwarder,
+            last_active: Instant::now(),
+            deleting: Default::default(),
+        })
     }
 
     async fn handle(
@@ -117,7 +142,14 @@ impl Actor for RoomActor {
                 s.last_active = Instant::now();
                 s.post(member, author, client_id, body).await?;
             }
-            RoomMsg::Committed { key, result, posted_at } => s.committed(key, result, posted_at),
+            RoomMsg::Amend { member, by, admin, client_id, seq, body } => {
+                s.last_active = Instant::now();
+                s.amend(member, by, admin, client_id, seq, body).await?;
+            }
+            RoomMsg::Committed { waiter: Waiter::Post(key), result, posted_at } => s.committed(key, result, posted_at),
+            RoomMsg::Committed { waiter: Waiter::Amend { member, client_id }, result, .. } => {
+                s.amendment_committed(member, &client_id, result)
+            }
             RoomMsg::IdleCheck => {
                 let idle = s.members.is_empty()
                     && !s.state.has_inflight()
@@ -136,12 +168,12 @@ impl Actor for RoomActor {
 /// Awaits durable acknowledgements in the order appends were submitted and hands them back to
 /// the room: this is what keeps fan-out in seq order while appends are pipelined.
 async fn forward_acknowledgements(
-    mut pending: mpsc::Receiver<(DedupKey, PendingAppend, Instant)>,
+    mut pending: mpsc::Receiver<(Waiter, PendingAppend, Instant)>,
     room: ActorRef<RoomMsg>,
 ) {
-    while let Some((key, append, posted_at)) = pending.recv().await {
+    while let Some((waiter, append, posted_at)) = pending.recv().await {
         let result = append.durable().await;
-        if room.cast(RoomMsg::Committed { key, result, posted_at }).is_err() {
+        if room.cast(RoomMsg::Committed { waiter, result, posted_at }).is_err() {
             // The room stopped; its members resume from their last seq and clients retry
             // unacknowledged sends with the same client id.
             return;
@@ -188,6 +220,18 @@ impl RoomActorState {
                         let mut replay: Vec<_> =
                             older.iter().map(|m| Arc::new(ChatMessage::new(self.state.room(), m))).collect();
                         let reaches_memory = older.len() < step || older.last().is_some_and(|m| m.seq == floor);
+                        // Edits and deletions in the same stretch, so the client hears of them.
+                        let through = if reaches_memory { floor } else { older.last().map_or(floor, |m| m.seq) };
+                        let amendments = self
+                            .ctx
+                            .history
+                            .amendments(self.state.room(), from, through)
+                            .map_err(|e| unavailable(&e))?;
+                        if !amendments.is_empty() {
+                            replay
+                                .extend(amendments.iter().map(|a| Arc::new(ChatMessage::notice(self.state.room(), a))));
+                            replay.sort_by_key(|item| item.seq);
+                        }
                         if !reaches_memory {
                             return Ok(JoinReply { replay, registered: false, removed_through_seq: told });
                         }
@@ -222,7 +266,7 @@ impl RoomActorState {
                 });
                 match self.ctx.log.submit(event).await {
                     Ok(pending) => {
-                        if self.forwarder.send((key.clone(), pending, posted_at)).await.is_err() {
+                        if self.forwarder.send((Waiter::Post(key.clone()), pending, posted_at)).await.is_err() {
                             return Err("acknowledgement forwarder stopped".into());
                         }
                     }
@@ -243,6 +287,7 @@ impl RoomActorState {
                     author: posted.author,
                     client_id: posted.client_id,
                     body: posted.body,
+                    edited_at_unix_ms: None,
                 };
                 let (message, ackers) = self.state.committed(&stored);
                 for member in ackers {
@@ -272,6 +317,127 @@ impl RoomActorState {
                 }
             }
         }
+    }
+
+    /// Checks and appends an edit or deletion of message `seq`.
+    async fn amend(
+        &mut self,
+        member: MemberId,
+        by: String,
+        admin: bool,
+        client_id: String,
+        seq: u64,
+        body: Option<String>,
+    ) -> Result<(), ActorProcessingErr> {
+        let room = self.state.room().clone();
+        let target = match self.state.find(seq) {
+            Some(m) => Some((m.author.clone(), m.client_id.clone(), m.at_unix_ms)),
+            None => {
+                // Older than memory: the history has it once it has applied what the room did.
+                self.ctx.history_runner.wait_applied(self.ctx.log.head()).await;
+                self.ctx.history.get(&room, seq)?.map(|m| (m.author, m.client_id, m.at_unix_ms))
+            }
+        };
+        let refusal = match &target {
+            _ if self.deleting.contains(&seq) => Some((ErrorCode::NotFound, "this message is being deleted")),
+            None => Some((ErrorCode::NotFound, "no such message in this room (deleted, removed, or never posted)")),
+            Some((author, ..)) if !admin && *author != by => {
+                Some((ErrorCode::Forbidden, "only its author or an admin may change a message"))
+            }
+            Some(_) => None,
+        };
+        let Some((author, message_client_id, posted_at_unix_ms)) = target.filter(|_| refusal.is_none()) else {
+            let (code, text) = refusal.unwrap_or((ErrorCode::NotFound, "no such message"));
+            let frame = error_frame(code, text, Some(room.as_str()), Some(&client_id));
+            self.send_to(member, Outbound { seq: None, frame: frame.into() });
+            return Ok(());
+        };
+        let event = match body {
+            Some(body) => Event::MessageEdited(MessageEdited {
+                room,
+                seq,
+                author,
+                client_id: message_client_id,
+                posted_at_unix_ms,
+                edited_by: by,
+                body,
+            }),
+            None => {
+                self.deleting.insert(seq);
+                let reason = if author == by { "deleted by its author" } else { "deleted by an admin" };
+                Event::MessageDeleted(MessageDeleted { room, seq, deleted_by: by, reason: reason.into() })
+            }
+        };
+        let waiter = Waiter::Amend { member, client_id };
+        match self.ctx.log.submit(event).await {
+            Ok(pending) => {
+                if self.forwarder.send((waiter, pending, Instant::now())).await.is_err() {
+                    return Err("acknowledgement forwarder stopped".into());
+                }
+            }
+            Err(error) => {
+                self.deleting.remove(&seq);
+                if let Waiter::Amend { member, client_id } = waiter {
+                    self.amendment_committed(member, &client_id, Err(Arc::new(error)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An edit or deletion is durable (or failed): tell the member that asked, then everyone.
+    fn amendment_committed(&mut self, member: MemberId, client_id: &str, result: Result<Envelope, Arc<LogError>>) {
+        let envelope = match result {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::warn!(room = %self.state.room(), error = %error, "amendment not stored");
+                let text = format!("not stored ({error}); retry");
+                let frame = error_frame(
+                    ErrorCode::StorageUnavailable,
+                    &text,
+                    Some(self.state.room().as_str()),
+                    Some(client_id),
+                );
+                self.send_to(member, Outbound { seq: None, frame: frame.into() });
+                return;
+            }
+        };
+        let (amendment, edited) = match &envelope.event {
+            Event::MessageEdited(e) => {
+                let amendment = Amendment {
+                    seq: envelope.seq,
+                    at_unix_ms: envelope.at_unix_ms,
+                    target: e.seq,
+                    by: e.edited_by.clone(),
+                    body: Some(e.body.clone()),
+                };
+                let edited = StoredMessage {
+                    seq: e.seq,
+                    at_unix_ms: e.posted_at_unix_ms,
+                    author: e.author.clone(),
+                    client_id: e.client_id.clone(),
+                    body: e.body.clone(),
+                    edited_at_unix_ms: Some(envelope.at_unix_ms),
+                };
+                (amendment, Some(edited))
+            }
+            Event::MessageDeleted(e) => {
+                self.deleting.remove(&e.seq);
+                let amendment = Amendment {
+                    seq: envelope.seq,
+                    at_unix_ms: envelope.at_unix_ms,
+                    target: e.seq,
+                    by: e.deleted_by.clone(),
+                    body: None,
+                };
+                (amendment, None)
+            }
+            _ => return,
+        };
+        let notice = self.state.amended(&amendment, edited.as_ref());
+        self.ack(member, client_id, envelope.seq);
+        let outbound = Outbound { seq: Some(notice.seq), frame: notice.frame.clone() };
+        self.members.retain(|_, member| deliver(member, outbound.clone()));
     }
 
     fn ack(&mut self, member: MemberId, client_id: &str, seq: u64) {

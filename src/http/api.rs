@@ -101,8 +101,13 @@ pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> 
 /// shutdown under way. A projection a few group commits behind is normal under load.
 pub fn not_ready_reasons(app: &App, disk_used: Option<f64>) -> Vec<String> {
     let mut reasons = Vec::new();
-    if !app.history_runner.is_running() {
-        reasons.push("the history projection stopped: it could not apply the log (see recent errors)".to_owned());
+    for runner in app.runners() {
+        if !runner.is_running() {
+            reasons.push(format!(
+                "the {} projection stopped: it could not apply the log (see recent errors)",
+                runner.name()
+            ));
+        }
     }
     if let Some(used) = disk_used.filter(|&u| u > app.config.limits.disk_danger_ratio) {
         reasons.push(format!(
@@ -120,7 +125,6 @@ pub fn not_ready_reasons(app: &App, disk_used: Option<f64>) -> Vec<String> {
 /// `GET /readyz`: 200 when ready, else 503 with what is wrong.
 pub async fn readyz(app: Arc<App>) -> Result<warp::reply::Response, std::convert::Infallible> {
     let head = app.log.head();
-    let applied = app.history_runner.applied();
     let log_dir = app.config.log_dir();
     let disk_used = tokio::task::spawn_blocking(move || crate::metrics::disk_used_ratio(&log_dir)).await.ok().flatten();
     let reasons = not_ready_reasons(&app, disk_used);
@@ -129,35 +133,58 @@ pub async fn readyz(app: Arc<App>) -> Result<warp::reply::Response, std::convert
         "not_ready_because": reasons,
         "log_head_seq": head,
         "disk_used_ratio": disk_used,
-        "projections": { "history": { "applied_seq": applied, "lag_events": head.saturating_sub(applied), "running": app.history_runner.is_running() } },
+        "projections": projections(&app, head),
         "shutting_down": *app.shutdown.borrow(),
     });
     let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
 }
 
+/// Each projection's applied seq, lag behind `head` and whether it runs, by name.
+fn projections(app: &App, head: u64) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> = app
+        .runners()
+        .iter()
+        .map(|r| {
+            let view = serde_json::json!({
+                "applied_seq": r.applied(),
+                "lag_events": head.saturating_sub(r.applied()),
+                "running": r.is_running(),
+            });
+            (r.name().to_owned(), view)
+        })
+        .collect();
+    serde_json::Value::Object(map)
+}
+
 /// Updates the gauges that are read at scrape time rather than kept up to date.
-async fn refresh_gauges(app: &App) -> (u64, u64, usize, u64, Vec<String>) {
+async fn refresh_gauges(app: &App) -> (u64, usize, u64, Vec<String>) {
     let head = app.log.head();
-    let lag = head.saturating_sub(app.history_runner.applied());
     let rooms = app.rooms.active().await;
     let log_dir = app.config.log_dir();
-    let (disk, used) = tokio::task::spawn_blocking(move || {
-        (crate::metrics::disk_bytes(&log_dir), crate::metrics::disk_used_ratio(&log_dir))
+    let search_dir = app.config.search_dir();
+    let (disk, used, search_disk) = tokio::task::spawn_blocking(move || {
+        let search_disk = crate::projection::search::SearchIndex::size_bytes(&search_dir);
+        (crate::metrics::disk_bytes(&log_dir), crate::metrics::disk_used_ratio(&log_dir), search_disk)
     })
     .await
-    .unwrap_or((0, None));
+    .unwrap_or((0, None, 0));
     if let Some(used) = used {
         metrics::gauge!(crate::metrics::DISK_USED_RATIO).set(used);
     }
     let reasons = not_ready_reasons(app, used);
     metrics::gauge!(crate::metrics::READY).set(if reasons.is_empty() { 1.0 } else { 0.0 });
     metrics::gauge!(crate::metrics::LOG_HEAD_SEQ).set(head as f64);
-    metrics::gauge!(crate::metrics::PROJECTION_LAG_EVENTS, "projection" => "history").set(lag as f64);
+    for runner in app.runners() {
+        let lag = head.saturating_sub(runner.applied());
+        metrics::gauge!(crate::metrics::PROJECTION_LAG_EVENTS, "projection" => runner.name()).set(lag as f64);
+    }
+    metrics::gauge!(crate::metrics::SEARCH_INDEX_DOCUMENTS).set(app.search.documents() as f64);
+    metrics::gauge!(crate::metrics::SEARCH_INDEX_DISK_BYTES).set(search_disk as f64);
     metrics::gauge!(crate::metrics::ROOMS_ACTIVE).set(rooms as f64);
     metrics::gauge!(crate::metrics::LOG_DISK_BYTES).set(disk as f64);
     metrics::gauge!(crate::metrics::UPTIME_SECONDS).set(app.started.elapsed().as_secs_f64());
-    (head, lag, rooms, disk, reasons)
+    (head, rooms, disk, reasons)
 }
 
 /// `GET /metrics`: the Prometheus text format.
@@ -177,8 +204,7 @@ pub async fn metrics(app: Arc<App>) -> Result<warp::reply::Response, std::conver
 
 /// `GET /api/status`: what `roomlog status` prints.
 pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert::Infallible> {
-    let (head, lag, rooms, disk, reasons) = refresh_gauges(&app).await;
-    let running = app.history_runner.is_running();
+    let (head, rooms, disk, reasons) = refresh_gauges(&app).await;
     let body = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": app.started.elapsed().as_secs(),
@@ -187,12 +213,53 @@ pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert
         "ready": reasons.is_empty(),
         "not_ready_because": reasons,
         "log": { "head_seq": head, "disk_bytes": disk },
-        "projections": { "history": { "applied_seq": app.history_runner.applied(), "lag_events": lag, "running": running } },
+        "projections": projections(&app, head),
+        "search": { "documents": app.search.documents(), "disk_bytes": crate::projection::search::SearchIndex::size_bytes(&app.config.search_dir()) },
         "rooms_active": rooms,
         "connections_open": app.config.limits.connections_max - app.connections.available_permits(),
         "recent_errors": crate::recent_errors::snapshot(),
     });
     Ok(warp::reply::json(&body).into_response())
+}
+
+/// `GET /api/search?q=&room=&author=&since=&until=&limit=&cursor=&sort=`: messages that
+/// match, from the rooms the caller may read. The caller's identity comes from the same
+/// credentials as a WebSocket's (`?name=` until tokens exist).
+pub async fn search(query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
+    let identity = match app.auth.authenticate(&crate::auth::Credentials { query: query.clone() }) {
+        Ok(identity) => identity,
+        Err(_) => crate::auth::Identity { user: String::new(), admin: false },
+    };
+    let params = match search_params(&query) {
+        Ok(params) => params,
+        Err(text) => return error_reply(StatusCode::BAD_REQUEST, "invalid_query", &text),
+    };
+    match app.search(&identity, &params).await {
+        Ok(hits) => warp::reply::json(&hits).into_response(),
+        Err(error @ super::SearchFailure::Invalid(_)) => {
+            error_reply(StatusCode::BAD_REQUEST, "invalid_query", &error.to_string())
+        }
+        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "search_unavailable", &error.to_string()),
+    }
+}
+
+/// The search options of a query string; `name` (the caller) is not one of them.
+fn search_params(query: &HashMap<String, String>) -> Result<crate::projection::search::SearchParams, String> {
+    let options: serde_json::Map<String, serde_json::Value> = query
+        .iter()
+        .filter(|(k, _)| k.as_str() != "name")
+        .map(|(k, v)| {
+            let value = match k.as_str() {
+                "limit" => v
+                    .parse::<u64>()
+                    .map(serde_json::Value::from)
+                    .map_err(|_| format!("limit must be a whole number, got {v:?}"))?,
+                _ => serde_json::Value::from(v.as_str()),
+            };
+            Ok((k.clone(), value))
+        })
+        .collect::<Result<_, String>>()?;
+    serde_json::from_value(serde_json::Value::Object(options)).map_err(|e| e.to_string())
 }
 
 /// Records per export request at most.

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::event::RoomId;
 use crate::log::EventLog;
 use crate::projection::history::{History, StoredMessage};
+use crate::projection::search::SearchIndex;
 use crate::projection::Runner;
 
 /// Longest a history read waits for the projection to catch up with the log head; past it,
@@ -35,6 +36,8 @@ pub struct App {
     pub log: EventLog,
     pub history: History,
     pub history_runner: Runner,
+    pub search: SearchIndex,
+    pub search_runner: Runner,
     pub rooms: Rooms,
     pub auth: Arc<dyn Authenticator>,
     /// One permit per open WebSocket: bounds connections, and lets shutdown wait for them.
@@ -47,24 +50,34 @@ pub struct App {
     next_member: AtomicU64,
 }
 
+/// The projections' read sides and their runners.
+#[derive(Debug)]
+pub struct Reads {
+    pub history: History,
+    pub history_runner: Runner,
+    pub search: SearchIndex,
+    pub search_runner: Runner,
+}
+
 impl App {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         listen: std::net::SocketAddr,
         log: EventLog,
-        history: History,
-        history_runner: Runner,
+        reads: Reads,
         rooms: Rooms,
         auth: Arc<dyn Authenticator>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let connections = Arc::new(Semaphore::new(config.limits.connections_max));
+        let Reads { history, history_runner, search, search_runner } = reads;
         Self {
             config,
             log,
             history,
             history_runner,
+            search,
+            search_runner,
             rooms,
             auth,
             connections,
@@ -73,6 +86,41 @@ impl App {
             listen,
             next_member: AtomicU64::new(1),
         }
+    }
+
+    /// Every projection's runner, for readiness and lag.
+    pub fn runners(&self) -> [&Runner; 2] {
+        [&self.history_runner, &self.search_runner]
+    }
+
+    /// The rooms `identity` may read, for a search: `None` when it may read every room.
+    pub fn readable_rooms(
+        &self,
+        identity: &crate::auth::Identity,
+    ) -> Result<Option<Vec<RoomId>>, crate::projection::ProjectionError> {
+        let rooms = self.history.rooms()?;
+        let readable: Vec<RoomId> = rooms.iter().map(|(r, _)| r).filter(|r| identity.may_read(r)).cloned().collect();
+        Ok((readable.len() < rooms.len()).then_some(readable))
+    }
+
+    /// Runs a search for `identity` off the async threads.
+    pub async fn search(
+        &self,
+        identity: &crate::auth::Identity,
+        params: &crate::projection::search::SearchParams,
+    ) -> Result<crate::projection::search::Hits, SearchFailure> {
+        use crate::projection::search::SearchRequest;
+        let readable = self.readable_rooms(identity).map_err(|e| SearchFailure::Unavailable(e.to_string()))?;
+        let request = SearchRequest::new(params, readable, self.config.search.limit_max, std::time::SystemTime::now())
+            .map_err(|e| SearchFailure::Invalid(e.0))?;
+        let index = self.search.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || index.search(&request))
+            .await
+            .map_err(|e| SearchFailure::Unavailable(e.to_string()))?
+            .map_err(|e| SearchFailure::Unavailable(e.to_string()));
+        metrics::histogram!(crate::metrics::SEARCH_SECONDS).record(started.elapsed().as_secs_f64());
+        result
     }
 
     pub fn next_member_id(&self) -> u64 {
@@ -102,6 +150,17 @@ impl App {
         let removed = self.history.summary(room)?.map(|s| s.removed_through_seq).filter(|&r| r > 0);
         Ok((messages, more, removed))
     }
+}
+
+/// Why a search has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchFailure {
+    /// The query or an option is wrong (`invalid_query`).
+    #[error("{0}")]
+    Invalid(String),
+    /// The index cannot be read now (`search_unavailable`).
+    #[error("search is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// An HTTP error body with its status.
@@ -147,6 +206,11 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
             api::export(query, app).await
         });
     let status = warp::path!("api" / "status").and(warp::get()).and(with_app.clone()).and_then(api::status);
+    let search = warp::path!("api" / "search")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_app.clone())
+        .then(api::search);
     let messages = warp::path!("api" / "rooms" / String / "messages")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
@@ -168,6 +232,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .or(status)
         .unify()
         .or(export)
+        .unify()
+        .or(search)
         .unify()
         .recover(rejection)
         .unify()

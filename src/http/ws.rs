@@ -21,11 +21,12 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
 use super::upgrade::Socket;
-use super::App;
+use super::{App, SearchFailure};
 use crate::actor::room::RoomMsg;
 use crate::actor::{ChatError, Member, Outbound};
 use crate::auth::Identity;
 use crate::event::RoomId;
+use crate::projection::search::SearchParams;
 use crate::room::MemberId;
 use crate::wire::{error_frame, parse_client_frame, render, ClientFrame, ErrorCode, ServerFrame, WireMessage};
 
@@ -58,6 +59,18 @@ struct Connection {
 
 /// Why the write side stopped.
 struct Gone;
+
+/// What a client asks to change in a room.
+enum Change {
+    Post {
+        body: String,
+    },
+    /// An edit (`body` set) or deletion of message `seq`.
+    Amend {
+        seq: u64,
+        body: Option<String>,
+    },
+}
 
 /// Serves one upgraded connection until either side closes it. Holds its connection permit.
 pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: OwnedSemaphorePermit) {
@@ -152,6 +165,18 @@ impl Connection {
     async fn on_frame(&mut self, frame: ClientFrame) -> Result<(), Gone> {
         match frame {
             ClientFrame::Ping { id } => self.write(render(&ServerFrame::Pong { id: id.as_ref() })).await,
+            ClientFrame::Search { id, q, room, author, since, until, limit, cursor, sort } => {
+                let params = SearchParams { q, room, author, since, until, limit, cursor, sort };
+                match self.app.search(&self.identity, &params).await {
+                    Ok(results) => {
+                        self.write(render(&ServerFrame::SearchResults { id: id.as_ref(), results: &results })).await
+                    }
+                    Err(error @ SearchFailure::Invalid(_)) => {
+                        self.error(ErrorCode::InvalidQuery, &error.to_string(), None, None).await
+                    }
+                    Err(error) => self.error(ErrorCode::StorageUnavailable, &error.to_string(), None, None).await,
+                }
+            }
             ClientFrame::Join { room, since } => {
                 let Some(room) = self.room(&room).await? else { return Ok(()) };
                 if !self.identity.may_read(&room) {
@@ -184,7 +209,13 @@ impl Connection {
                     }
                 }
             }
-            ClientFrame::Send { room, body, client_id } => self.send(room, body, client_id).await,
+            ClientFrame::Send { room, body, client_id } => self.send(room, Change::Post { body }, client_id).await,
+            ClientFrame::Edit { room, seq, body, client_id } => {
+                self.send(room, Change::Amend { seq, body: Some(body) }, client_id).await
+            }
+            ClientFrame::Delete { room, seq, client_id } => {
+                self.send(room, Change::Amend { seq, body: None }, client_id).await
+            }
             ClientFrame::History { room, before, limit } => {
                 let Some(room) = self.room(&room).await? else { return Ok(()) };
                 if !self.identity.may_read(&room) {
@@ -214,18 +245,25 @@ impl Connection {
         }
     }
 
-    async fn send(&mut self, room: String, body: String, client_id: String) -> Result<(), Gone> {
+    /// Sends a change (a post, an edit, a deletion) to its room, which acknowledges it.
+    async fn send(&mut self, room: String, change: Change, client_id: String) -> Result<(), Gone> {
         let Some(room) = self.room(&room).await? else { return Ok(()) };
         let limits = &self.app.config.limits;
+        let body_len = match &change {
+            Change::Post { body } | Change::Amend { body: Some(body), .. } => body.len(),
+            Change::Amend { body: None, .. } => 0,
+        };
+        // An edit or deletion of another's message is for admins; the room checks authorship.
+        let allowed = match &change {
+            Change::Post { .. } => self.identity.may_write(&room),
+            Change::Amend { .. } => self.identity.admin || self.identity.may_write(&room),
+        };
         let refusal = if !self.joined.contains_key(&room) {
             Some((ErrorCode::NotJoined, "join the room before sending to it".to_owned()))
-        } else if !self.identity.may_write(&room) {
+        } else if !allowed {
             Some((ErrorCode::Forbidden, "you may not write to this room".to_owned()))
-        } else if body.len() > limits.body_bytes_max {
-            Some((
-                ErrorCode::BodyTooLarge,
-                format!("body is {} bytes; the limit is {}", body.len(), limits.body_bytes_max),
-            ))
+        } else if body_len > limits.body_bytes_max {
+            Some((ErrorCode::BodyTooLarge, format!("body is {body_len} bytes; the limit is {}", limits.body_bytes_max)))
         } else if client_id.is_empty() || client_id.len() > limits.client_id_bytes_max {
             Some((ErrorCode::InvalidClientId, format!("client_id must be 1 to {} bytes", limits.client_id_bytes_max)))
         } else {
@@ -235,7 +273,13 @@ impl Connection {
             return self.error(code, &text, Some(room.as_str()), Some(&client_id)).await;
         }
         let Some(joined) = self.joined.get(&room) else { return Ok(()) };
-        let post = RoomMsg::Post { member: self.id, author: self.identity.user.clone(), client_id, body };
+        let by = self.identity.user.clone();
+        let post = match change {
+            Change::Post { body } => RoomMsg::Post { member: self.id, author: by, client_id, body },
+            Change::Amend { seq, body } => {
+                RoomMsg::Amend { member: self.id, by, admin: self.identity.admin, client_id, seq, body }
+            }
+        };
         let Err(ractor::MessagingErr::SendErr(post)) = joined.actor.cast(post) else { return Ok(()) };
         // The room actor is gone; its successor takes the message. The queue of the old one
         // has ended, so the connection joins the new one as soon as it reads that.
@@ -246,7 +290,7 @@ impl Connection {
             }
             Err(error) => {
                 let client_id = match &post {
-                    RoomMsg::Post { client_id, .. } => client_id.as_str(),
+                    RoomMsg::Post { client_id, .. } | RoomMsg::Amend { client_id, .. } => client_id.as_str(),
                     _ => "",
                 };
                 self.error(error.code(), &error.to_string(), Some(room.as_str()), Some(client_id)).await

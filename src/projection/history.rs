@@ -10,6 +10,7 @@
 //! | `c` | checkpoint: last applied seq (u64 BE) |
 //! | `m` room-len room first-seq | a page: up to 64 [`StoredMessage`]s, ascending |
 //! | `r` room | a [`RoomSummary`] |
+//! | `a` room-len room seq | an [`Amendment`]: an edit or deletion, kept so that a client resuming from an older seq is told |
 //!
 //! A page's key is at most the seq of each of its messages, and every message of a page is
 //! below the next page's key. The state depends only on the events, not on how they were
@@ -20,7 +21,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Projection, ProjectionError};
-use crate::event::{Envelope, Event, MessagePosted, MessagesExpired, RoomId};
+use crate::event::{Envelope, Event, MessagePosted, RoomId};
+use crate::event::{MessageDeleted, MessageEdited, Removal};
 
 const TREE: &str = "proj.history";
 const CHECKPOINT_KEY: &[u8] = b"c";
@@ -39,6 +41,23 @@ pub struct StoredMessage {
     pub author: String,
     pub client_id: String,
     pub body: String,
+    /// When the text was last edited (None: never).
+    #[serde(default)]
+    pub edited_at_unix_ms: Option<u64>,
+}
+
+/// An edit or a deletion of one message, as a resuming client must be told of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amendment {
+    /// The seq of the edit or deletion event.
+    pub seq: u64,
+    pub at_unix_ms: u64,
+    /// The message changed.
+    pub target: u64,
+    /// Who changed it.
+    pub by: String,
+    /// The new text of an edit; `None` for a deletion.
+    pub body: Option<String>,
 }
 
 /// What the room list shows of a room.
@@ -122,6 +141,34 @@ impl History {
         Ok(out)
     }
 
+    /// One message by seq, if the room still has it.
+    pub fn get(&self, room: &RoomId, seq: u64) -> Result<Option<StoredMessage>, ProjectionError> {
+        Ok(self.page_holding(room, seq)?.and_then(|(_, page)| page.into_iter().find(|m| m.seq == seq)))
+    }
+
+    /// Edits and deletions of a room with a seq in `after < seq <= through`, oldest first.
+    pub fn amendments(&self, room: &RoomId, after: u64, through: u64) -> Result<Vec<Amendment>, ProjectionError> {
+        let Some(from) = after.checked_add(1) else { return Ok(Vec::new()) };
+        if from > through {
+            return Ok(Vec::new());
+        }
+        self.tree
+            .range(amendment_key(room, from)..=amendment_key(room, through))
+            .map(|item| decode_value(&item?.1))
+            .collect()
+    }
+
+    /// The page that holds `seq` if the room has it: the last page whose key is at or below it.
+    fn page_holding(&self, room: &RoomId, seq: u64) -> Result<Option<(Vec<u8>, Page)>, ProjectionError> {
+        match self.tree.range(page_key(room, 0)..=page_key(room, seq)).next_back() {
+            Some(item) => {
+                let (key, value) = item?;
+                Ok(Some((key.to_vec(), decode_value(&value)?)))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// A room's summary; `None` for a room that never had a message.
     pub fn summary(&self, room: &RoomId) -> Result<Option<RoomSummary>, ProjectionError> {
         self.tree.get(summary_key(room))?.map(|v| decode_value(&v)).transpose()
@@ -182,14 +229,18 @@ impl Projection for HistoryProjection {
         for envelope in batch {
             match &envelope.event {
                 Event::MessagePosted(posted) => self.posted(&mut write, envelope, posted)?,
-                Event::MessagesExpired(expired) => {
-                    // An expiry reads and rewrites pages, so it must see what this batch posted,
-                    // and what comes after it must see its removals: it is written on its own,
+                other => {
+                    // A removal reads and rewrites pages, so it must see what this batch posted,
+                    // and what comes after it must see its effect: it is written on its own,
                     // between what precedes and what follows it.
                     self.commit(std::mem::take(&mut write), envelope.seq - 1)?;
-                    let mut removal = Pending::default();
-                    self.expired(&mut removal, expired)?;
-                    self.commit(removal, envelope.seq)?;
+                    let mut change = Pending::default();
+                    match other.removal() {
+                        Some(Removal::Through { room, through_seq }) => self.expired(&mut change, room, through_seq)?,
+                        Some(Removal::Message { room, seq }) => self.amended(&mut change, envelope, room, seq)?,
+                        None => {}
+                    }
+                    self.commit(change, envelope.seq)?;
                 }
             }
         }
@@ -235,6 +286,7 @@ impl HistoryProjection {
             author: posted.author.clone(),
             client_id: posted.client_id.clone(),
             body: posted.body.clone(),
+            edited_at_unix_ms: None,
         };
         if !write.open_pages.contains_key(&posted.room) {
             let last = self.reader().last_page(&posted.room)?;
@@ -255,14 +307,59 @@ impl HistoryProjection {
         Ok(())
     }
 
-    fn expired(&self, write: &mut Pending, expired: &MessagesExpired) -> Result<(), ProjectionError> {
-        let room = &expired.room;
+    /// Applies an edit or a deletion (`envelope`) of message `seq`, and keeps the amendment.
+    fn amended(
+        &self,
+        write: &mut Pending,
+        envelope: &Envelope,
+        room: &RoomId,
+        seq: u64,
+    ) -> Result<(), ProjectionError> {
+        let (by, body) = match &envelope.event {
+            Event::MessageEdited(MessageEdited { edited_by, body, .. }) => (edited_by, Some(body)),
+            Event::MessageDeleted(MessageDeleted { deleted_by, .. }) => (deleted_by, None),
+            _ => return Ok(()),
+        };
+        let Some((key, mut page)) = self.reader().page_holding(room, seq)? else { return Ok(()) };
+        let Some(index) = page.iter().position(|m| m.seq == seq) else { return Ok(()) };
+        match body {
+            Some(body) => {
+                page[index].body = body.clone();
+                page[index].edited_at_unix_ms = Some(envelope.at_unix_ms);
+                write.batch.insert(key, encode_value(&page));
+            }
+            None => {
+                page.remove(index);
+                if page.is_empty() {
+                    write.batch.remove(key);
+                } else {
+                    write.batch.insert(key, encode_value(&page));
+                }
+                let summary = self.summary(write, room)?;
+                summary.message_count = summary.message_count.saturating_sub(1);
+            }
+        }
+        let amendment = Amendment {
+            seq: envelope.seq,
+            at_unix_ms: envelope.at_unix_ms,
+            target: seq,
+            by: by.clone(),
+            body: body.cloned(),
+        };
+        write.batch.insert(amendment_key(room, envelope.seq), encode_value(&amendment));
+        Ok(())
+    }
+
+    fn expired(&self, write: &mut Pending, room: &RoomId, through_seq: u64) -> Result<(), ProjectionError> {
         let mut removed = 0u64;
-        for item in self.tree.range(page_key(room, 0)..=page_key(room, expired.through_seq)) {
+        for item in self.tree.range(amendment_key(room, 0)..=amendment_key(room, through_seq)) {
+            write.batch.remove(item?.0);
+        }
+        for item in self.tree.range(page_key(room, 0)..=page_key(room, through_seq)) {
             let (key, value) = item?;
             let mut page: Page = decode_value(&value)?;
             let before = page.len();
-            page.retain(|m| m.seq > expired.through_seq);
+            page.retain(|m| m.seq > through_seq);
             removed += (before - page.len()) as u64;
             if page.is_empty() {
                 write.batch.remove(key);
@@ -273,7 +370,7 @@ impl HistoryProjection {
         }
         let summary = self.summary(write, room)?;
         summary.message_count = summary.message_count.saturating_sub(removed);
-        summary.removed_through_seq = summary.removed_through_seq.max(expired.through_seq);
+        summary.removed_through_seq = summary.removed_through_seq.max(through_seq);
         Ok(())
     }
 
@@ -300,6 +397,12 @@ fn page_key(room: &RoomId, seq: u64) -> Vec<u8> {
     key
 }
 
+fn amendment_key(room: &RoomId, seq: u64) -> Vec<u8> {
+    let mut key = page_key(room, seq);
+    key[0] = b'a';
+    key
+}
+
 fn summary_key(room: &RoomId) -> Vec<u8> {
     let mut key = vec![b'r'];
     key.extend_from_slice(room.as_str().as_bytes());
@@ -321,7 +424,7 @@ fn decode_value<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Project
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::StreamId;
+    use crate::event::{MessagesExpired, StreamId};
 
     fn room(name: &str) -> RoomId {
         RoomId::parse(name).expect("valid test room")

@@ -6,6 +6,7 @@
 //! [`rebuild`] drops a projection's state and replays the whole log into it.
 
 pub mod history;
+pub mod search;
 
 use std::time::Instant;
 
@@ -28,6 +29,9 @@ pub enum ProjectionError {
     /// Reading the log failed, or a record does not decode.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The search index failed.
+    #[error("search index: {0}")]
+    Index(#[from] tantivy::TantivyError),
     /// The background task running the projection panicked or was cancelled.
     #[error("projection task: {0}")]
     Task(String),
@@ -44,6 +48,19 @@ pub trait Projection: Send + 'static {
     fn apply(&mut self, batch: &[Envelope]) -> Result<(), ProjectionError>;
     /// Removes all state and the checkpoint.
     fn reset(&mut self) -> Result<(), ProjectionError>;
+    /// The seq through which reads see the state. A projection that makes its writes
+    /// visible in batches (the search index) trails its checkpoint; others equal it.
+    fn visible(&self) -> Result<u64, ProjectionError> {
+        self.checkpoint()
+    }
+    /// When writes applied but not yet visible are due to be made so, if any are pending.
+    fn flush_due(&self) -> Option<Instant> {
+        None
+    }
+    /// Makes every applied write durable and visible now.
+    fn flush(&mut self) -> Result<(), ProjectionError> {
+        Ok(())
+    }
 }
 
 /// Applies every event after the projection's checkpoint up to the log's current head.
@@ -76,6 +93,7 @@ pub fn rebuild<P: Projection>(
     let started = Instant::now();
     projection.reset()?;
     let applied = catch_up(log, projection, progress)?;
+    projection.flush()?;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     Ok((applied, applied as f64 / secs))
 }
@@ -97,8 +115,10 @@ impl Runner {
     ) -> Result<(Self, tokio::task::JoinHandle<()>), ProjectionError> {
         let name = projection.name();
         let (projection, start) = tokio::task::spawn_blocking(move || {
-            let result = catch_up(&log, &mut projection, |_| {}).and_then(|_| projection.checkpoint());
-            (projection, result.map(|checkpoint| (log, checkpoint)))
+            let result = catch_up(&log, &mut projection, |_| {})
+                .and_then(|_| projection.flush())
+                .and_then(|()| projection.visible());
+            (projection, result.map(|visible| (log, visible)))
         })
         .await
         .map_err(|e| ProjectionError::Task(e.to_string()))?;
@@ -113,7 +133,7 @@ impl Runner {
         self.name
     }
 
-    /// The seq of the last event applied.
+    /// The seq of the last event reads see.
     pub fn applied(&self) -> u64 {
         *self.applied.borrow()
     }
@@ -123,7 +143,7 @@ impl Runner {
         self.applied.has_changed().is_ok()
     }
 
-    /// Waits until the projection has applied `seq`; false if the runner has stopped first.
+    /// Waits until reads of the projection see `seq`; false if the runner has stopped first.
     pub async fn wait_applied(&self, seq: u64) -> bool {
         let mut applied = self.applied.clone();
         let reached = applied.wait_for(|&a| a >= seq).await.is_ok();
@@ -131,36 +151,68 @@ impl Runner {
     }
 }
 
-async fn follow<P: Projection>(log: EventLog, mut projection: P, applied: watch::Sender<u64>) {
+async fn follow<P: Projection>(log: EventLog, projection: P, applied: watch::Sender<u64>) {
     let name = projection.name();
     let mut head = log.watch_head();
+    let mut projection = Some(projection);
+    let mut position = *applied.borrow();
     loop {
         let target = *head.borrow_and_update();
-        if *applied.borrow() < target {
-            let log_for_task = log.clone();
-            let step = tokio::task::spawn_blocking(move || {
-                let result = catch_up(&log_for_task, &mut projection, |_| {}).and_then(|_| projection.checkpoint());
-                (projection, result)
-            })
-            .await;
-            match step {
-                Ok((returned, Ok(checkpoint))) => {
-                    projection = returned;
-                    applied.send_replace(checkpoint);
-                }
-                Ok((_, Err(error))) => {
-                    tracing::error!(projection = name, error = %error, "projection stopped: it cannot apply the log");
-                    return;
-                }
-                Err(error) => {
-                    tracing::error!(projection = name, error = %error, "projection task failed");
-                    return;
-                }
+        let due = projection.as_ref().and_then(|p| p.flush_due());
+        let step: Step = if position < target {
+            Step::CatchUp
+        } else {
+            tokio::select! {
+                changed = head.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => Step::Final, // the log closed: make pending writes durable, then stop
+                },
+                _ = sleep_until(due), if due.is_some() => Step::Flush,
             }
-            continue;
+        };
+        let Some(mut owned) = projection.take() else { return };
+        let log_for_task = log.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let result = match step {
+                Step::CatchUp => catch_up(&log_for_task, &mut owned, |_| {}).map(|_| ()),
+                Step::Flush | Step::Final => owned.flush(),
+            };
+            let result = result.and_then(|()| Ok((owned.checkpoint()?, owned.visible()?)));
+            (owned, result)
+        })
+        .await;
+        match outcome {
+            Ok((returned, Ok((checkpoint, visible)))) => {
+                position = checkpoint;
+                applied.send_replace(visible);
+                if matches!(step, Step::Final) {
+                    return;
+                }
+                projection = Some(returned);
+            }
+            Ok((_, Err(error))) => {
+                tracing::error!(projection = name, error = %error, "projection stopped: it cannot apply the log");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(projection = name, error = %error, "projection task failed");
+                return;
+            }
         }
-        if head.changed().await.is_err() {
-            return;
-        }
+    }
+}
+
+/// What the follower does next.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    CatchUp,
+    Flush,
+    Final,
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,0 +1,592 @@
+//! The search projection: a tantivy index of every message the rooms still hold.
+//!
+//! Fed from the log like every other projection. Its checkpoint (the last applied seq) is the
+//! payload of the tantivy commit that made those events durable, so after a crash the index
+//! re-applies exactly the events after its last commit: nothing missing, nothing twice.
+//! Commits are batched by time ([`SearchConfig::refresh`], the near-real-time delay) and by
+//! count, on the projection runner's blocking thread. A message is one document identified
+//! by its seq; every event that removes messages ([`Event::removal`]) deletes their documents,
+//! and an edit deletes the old text and adds the new.
+
+pub mod query;
+pub mod tokenizer;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
+};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{doc, DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+
+use super::{Projection, ProjectionError};
+use crate::config::SearchConfig;
+use crate::event::{Envelope, Event, Removal, RoomId};
+use query::{Item, QueryError};
+
+/// Bumped when the schema or the tokenizer changes: an index of another version is dropped
+/// and rebuilt from the log when it is opened.
+const SCHEMA_VERSION: u32 = 1;
+/// Most index terms one `prefix*` expands to.
+const PREFIX_EXPANSIONS_MAX: u32 = 200;
+/// Characters of text around the matches in a snippet.
+const SNIPPET_CHARS: usize = 160;
+
+#[derive(Debug, Clone, Copy)]
+struct Fields {
+    seq: Field,
+    room: Field,
+    author: Field,
+    at: Field,
+    body: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let number = NumericOptions::default().set_indexed().set_stored().set_fast();
+    let body = TextOptions::default().set_stored().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(tokenizer::NAME)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        seq: builder.add_u64_field("seq", number.clone()),
+        room: builder.add_text_field("room", STRING | STORED),
+        author: builder.add_text_field("author", STRING | STORED),
+        at: builder.add_u64_field("at", number),
+        body: builder.add_text_field("body", body),
+    };
+    (builder.build(), fields)
+}
+
+/// What a commit records.
+#[derive(Debug, Serialize, Deserialize)]
+struct Payload {
+    schema: u32,
+    seq: u64,
+}
+
+/// Read access to the index; cheap to clone.
+#[derive(Clone)]
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+}
+
+impl std::fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchIndex").finish_non_exhaustive()
+    }
+}
+
+/// The writing side, owned by the projection runner.
+pub struct SearchProjection {
+    read: SearchIndex,
+    writer: IndexWriter,
+    /// Seq of the last event applied to the writer.
+    applied: u64,
+    /// Seq of the last event committed: durable and searchable.
+    committed: u64,
+    pending: usize,
+    pending_since: Option<Instant>,
+    config: SearchConfig,
+}
+
+impl std::fmt::Debug for SearchProjection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchProjection")
+            .field("applied", &self.applied)
+            .field("committed", &self.committed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens (or creates) the index in `dir` for reading only, as `roomlog search` does next to a
+/// running server.
+pub fn open_reader(dir: &Path) -> Result<SearchIndex, ProjectionError> {
+    let index = Index::open_in_dir(dir)?;
+    reader_of(index)
+}
+
+/// Opens (or creates) the index in `dir`: the reading handle and the projection that writes
+/// it with `threads` indexing threads.
+pub fn open(
+    dir: &Path,
+    config: &SearchConfig,
+    threads: usize,
+) -> Result<(SearchIndex, SearchProjection), ProjectionError> {
+    std::fs::create_dir_all(dir).map_err(|e| ProjectionError::Task(format!("cannot create {}: {e}", dir.display())))?;
+    let (schema, _) = schema();
+    let mut index = if dir.join("meta.json").exists() { Some(Index::open_in_dir(dir)?) } else { None };
+    if let Some(existing) = &index {
+        let current = payload(existing)?.is_none_or(|p| p.schema == SCHEMA_VERSION) && existing.schema() == schema;
+        if !current {
+            tracing::warn!(dir = %dir.display(), "search index of another version: dropping it to rebuild from the log");
+            index = None;
+            std::fs::remove_dir_all(dir)
+                .and_then(|()| std::fs::create_dir_all(dir))
+                .map_err(|e| ProjectionError::Task(format!("cannot clear {}: {e}", dir.display())))?;
+        }
+    }
+    let index = match index {
+        Some(index) => index,
+        None => Index::create_in_dir(dir, schema)?,
+    };
+    let read = reader_of(index)?;
+    let writer = read.index.writer_with_num_threads(threads.max(1), config.writer_bytes.max(15 << 20))?;
+    let committed = payload(&read.index)?.map_or(0, |p| p.seq);
+    let projection = SearchProjection {
+        read: read.clone(),
+        writer,
+        applied: committed,
+        committed,
+        pending: 0,
+        pending_since: None,
+        config: config.clone(),
+    };
+    Ok((read, projection))
+}
+
+fn reader_of(index: Index) -> Result<SearchIndex, ProjectionError> {
+    index.tokenizers().register(tokenizer::NAME, tokenizer::analyzer());
+    let (_, fields) = schema();
+    let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+    Ok(SearchIndex { index, reader, fields })
+}
+
+fn payload(index: &Index) -> Result<Option<Payload>, ProjectionError> {
+    let metas = index.load_metas()?;
+    Ok(metas.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()))
+}
+
+impl Projection for SearchProjection {
+    fn name(&self) -> &'static str {
+        "search"
+    }
+
+    fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        Ok(self.applied)
+    }
+
+    fn visible(&self) -> Result<u64, ProjectionError> {
+        Ok(self.committed)
+    }
+
+    fn apply(&mut self, batch: &[Envelope]) -> Result<(), ProjectionError> {
+        let f = self.read.fields;
+        for envelope in batch {
+            // Removal first: an edit takes the old text out before the new one goes in.
+            match envelope.event.removal() {
+                Some(Removal::Message { seq, .. }) => {
+                    self.writer.delete_term(Term::from_field_u64(f.seq, seq));
+                }
+                Some(Removal::Through { room, through_seq }) => {
+                    let query = BooleanQuery::new(vec![
+                        (Occur::Must, Box::new(term_query(f.room, room.as_str())) as Box<dyn Query>),
+                        (Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Included(through_seq)))),
+                    ]);
+                    self.writer.delete_query(Box::new(query))?;
+                }
+                None => {}
+            }
+            match &envelope.event {
+                Event::MessagePosted(p) => {
+                    self.writer.add_document(doc!(
+                        f.seq => envelope.seq, f.room => p.room.as_str(), f.author => p.author.as_str(),
+                        f.at => envelope.at_unix_ms, f.body => p.body.as_str(),
+                    ))?;
+                }
+                Event::MessageEdited(e) => {
+                    self.writer.add_document(doc!(
+                        f.seq => e.seq, f.room => e.room.as_str(), f.author => e.author.as_str(),
+                        f.at => e.posted_at_unix_ms, f.body => e.body.as_str(),
+                    ))?;
+                }
+                Event::MessagesExpired(_) | Event::MessageDeleted(_) => {}
+            }
+        }
+        if let Some(last) = batch.last() {
+            self.applied = last.seq;
+            self.pending += batch.len();
+            self.pending_since.get_or_insert_with(Instant::now);
+        }
+        if self.pending >= self.config.commit_events_max {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), ProjectionError> {
+        self.writer.delete_all_documents()?;
+        self.applied = 0;
+        self.committed = u64::MAX; // forces the commit below even though applied is 0
+        self.flush()
+    }
+
+    fn flush_due(&self) -> Option<Instant> {
+        self.pending_since.map(|since| since + self.config.refresh)
+    }
+
+    fn flush(&mut self) -> Result<(), ProjectionError> {
+        if self.applied == self.committed {
+            return Ok(());
+        }
+        let payload = serde_json::to_string(&Payload { schema: SCHEMA_VERSION, seq: self.applied })
+            .map_err(|e| ProjectionError::Task(e.to_string()))?;
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        self.read.reader.reload()?;
+        self.committed = self.applied;
+        self.pending = 0;
+        self.pending_since = None;
+        Ok(())
+    }
+}
+
+impl SearchProjection {
+    /// Waits for the index's background merges to finish (for a rebuild that exits next).
+    pub fn finish(self) -> Result<(), ProjectionError> {
+        self.writer.wait_merging_threads()?;
+        Ok(())
+    }
+}
+
+/// How hits are ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sort {
+    /// Best match first (BM25); ties newest first.
+    #[default]
+    Relevance,
+    /// Newest first.
+    Time,
+}
+
+/// A search, checked. Built by [`SearchRequest::new`] from what a caller typed.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    items: Vec<Item>,
+    /// Only these rooms (already limited to what the caller may read); `None`: every room.
+    rooms: Option<Vec<RoomId>>,
+    author: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    limit: usize,
+    sort: Sort,
+    cursor: Option<Cursor>,
+}
+
+/// Where the next page starts. Time order continues below a seq, so new messages never shift
+/// a page; relevance order continues at an offset within the hits that existed at the first
+/// page (seq at most `through`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    Time { before_seq: u64 },
+    Relevance { offset: usize, through: u64 },
+}
+
+impl Cursor {
+    fn parse(text: &str) -> Result<Self, QueryError> {
+        let bad = || QueryError(format!("cursor {text:?} is not one this server gave"));
+        if let Some(seq) = text.strip_prefix('t') {
+            return Ok(Cursor::Time { before_seq: seq.parse().map_err(|_| bad())? });
+        }
+        let (offset, through) = text.strip_prefix('r').and_then(|r| r.split_once('.')).ok_or_else(bad)?;
+        Ok(Cursor::Relevance {
+            offset: offset.parse().map_err(|_| bad())?,
+            through: through.parse().map_err(|_| bad())?,
+        })
+    }
+
+    fn render(self) -> String {
+        match self {
+            Cursor::Time { before_seq } => format!("t{before_seq}"),
+            Cursor::Relevance { offset, through } => format!("r{offset}.{through}"),
+        }
+    }
+}
+
+/// The options of a search as a caller gives them (query string or WebSocket frame).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchParams {
+    /// The query text.
+    pub q: String,
+    /// One room, or several separated by commas.
+    pub room: Option<String>,
+    pub author: Option<String>,
+    /// Oldest message time: `7d` (ago), an RFC 3339 time, or Unix ms.
+    pub since: Option<String>,
+    /// Newest message time, same forms.
+    pub until: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+    pub sort: Option<Sort>,
+}
+
+impl SearchRequest {
+    /// Checks a caller's search. `readable` is the set of rooms the caller may read (`None`:
+    /// all); a named room outside it is refused, and with no room named the search covers
+    /// exactly the readable ones.
+    pub fn new(
+        params: &SearchParams,
+        readable: Option<Vec<RoomId>>,
+        limit_max: usize,
+        now: SystemTime,
+    ) -> Result<Self, QueryError> {
+        let items = query::parse(&params.q)?;
+        if !items.iter().any(|i| !i.exclude) {
+            return Err(QueryError("give at least one word or phrase to find (q=...)".into()));
+        }
+        let named = match params.room.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+            Some(list) => Some(
+                list.split(',')
+                    .map(|r| RoomId::parse(r.trim()).map_err(|e| QueryError(e.to_string())))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
+        let rooms = match (named, readable) {
+            (Some(named), Some(readable)) => {
+                if let Some(hidden) = named.iter().find(|r| !readable.contains(r)) {
+                    return Err(QueryError(format!("room {hidden} is not one you may read")));
+                }
+                Some(named)
+            }
+            (named, readable) => named.or(readable),
+        };
+        let since_ms = params.since.as_deref().map(|t| query::parse_time(t, now)).transpose()?;
+        let until_ms = params.until.as_deref().map(|t| query::parse_time(t, now)).transpose()?;
+        let limit = params.limit.unwrap_or(20);
+        if limit == 0 || limit > limit_max {
+            return Err(QueryError(format!("limit must be 1 to {limit_max}")));
+        }
+        let cursor = params.cursor.as_deref().map(Cursor::parse).transpose()?;
+        let sort = params.sort.unwrap_or_default();
+        match (sort, cursor) {
+            (Sort::Time, Some(Cursor::Relevance { .. })) | (Sort::Relevance, Some(Cursor::Time { .. })) => {
+                return Err(QueryError("the cursor belongs to a search with another sort".into()))
+            }
+            _ => {}
+        }
+        let author = params.author.clone().filter(|a| !a.is_empty());
+        Ok(Self { items, rooms, author, since_ms, until_ms, limit, sort, cursor })
+    }
+}
+
+/// One hit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    pub room: String,
+    pub seq: u64,
+    pub author: String,
+    pub at_unix_ms: u64,
+    /// The matching part of the text, HTML-escaped, with matches in `<b>…</b>`.
+    pub snippet: String,
+    /// BM25 score (0 when sorted by time).
+    pub score: f32,
+}
+
+/// A page of hits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hits {
+    /// How many messages match in all (not only this page).
+    pub total: usize,
+    pub hits: Vec<Hit>,
+    /// Give this as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// The index holds every event up to this seq.
+    pub indexed_through_seq: u64,
+}
+
+impl SearchIndex {
+    /// The seq of the last event searchable, from the last commit.
+    pub fn indexed_through(&self) -> Result<u64, ProjectionError> {
+        Ok(payload(&self.index)?.map_or(0, |p| p.seq))
+    }
+
+    /// Documents in the index as last reloaded.
+    pub fn documents(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// Reloads the reader (for a process other than the writer's, like `roomlog search`).
+    pub fn reload(&self) -> Result<(), ProjectionError> {
+        self.reader.reload().map_err(ProjectionError::from)
+    }
+
+    /// Bytes of the index's files on disk.
+    pub fn size_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0)
+    }
+
+    /// Runs a search. Blocking: call it off the async threads.
+    pub fn search(&self, request: &SearchRequest) -> Result<Hits, ProjectionError> {
+        let f = self.fields;
+        let searcher = self.reader.searcher();
+        let indexed_through_seq = self.indexed_through()?;
+        let mut analyzer = tokenizer::analyzer();
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let mut highlight: BTreeMap<String, f32> = BTreeMap::new();
+        for item in &request.items {
+            let mut tokens = Vec::new();
+            analyzer.token_stream(&item.text).process(&mut |t| tokens.push(t.text.clone()));
+            let Some(last) = tokens.last().cloned() else { continue };
+            let terms: Vec<Term> = tokens.iter().map(|t| Term::from_field_text(f.body, t)).collect();
+            let query: Box<dyn Query> = if item.prefix {
+                let mut query = PhrasePrefixQuery::new(terms);
+                query.set_max_expansions(PREFIX_EXPANSIONS_MAX);
+                if !item.exclude {
+                    self.expand_prefix(&searcher, &last, &mut highlight)?;
+                }
+                Box::new(query)
+            } else if terms.len() == 1 {
+                Box::new(TermQuery::new(terms[0].clone(), IndexRecordOption::WithFreqs))
+            } else {
+                Box::new(PhraseQuery::new(terms))
+            };
+            if !item.exclude {
+                let full = if item.prefix { &tokens[..tokens.len() - 1] } else { &tokens[..] };
+                highlight.extend(full.iter().map(|t| (t.clone(), 1.0)));
+            }
+            clauses.push((if item.exclude { Occur::MustNot } else { Occur::Must }, query));
+        }
+        if !clauses.iter().any(|(occur, _)| *occur == Occur::Must) {
+            // Every word was punctuation: nothing can match.
+            return Ok(Hits { total: 0, hits: Vec::new(), next_cursor: None, indexed_through_seq });
+        }
+        if let Some(rooms) = &request.rooms {
+            let terms = rooms.iter().map(|r| Term::from_field_text(f.room, r.as_str()));
+            clauses.push((Occur::Must, Box::new(TermSetQuery::new(terms))));
+        }
+        if let Some(author) = &request.author {
+            clauses.push((Occur::Must, Box::new(term_query(f.author, author))));
+        }
+        if request.since_ms.is_some() || request.until_ms.is_some() {
+            let from = request.since_ms.map_or(Bound::Unbounded, Bound::Included);
+            let to = request.until_ms.map_or(Bound::Unbounded, Bound::Included);
+            clauses.push((Occur::Must, Box::new(seq_range(f.at, from, to))));
+        }
+        let base = BooleanQuery::new(clauses);
+        let total = searcher.search(&base, &Count)?;
+        // The page, and for relevance order the window its cursor continues in.
+        let (page, window): (Vec<(f32, DocAddress)>, _) = match request.sort {
+            Sort::Time => {
+                let before = match request.cursor {
+                    Some(Cursor::Time { before_seq }) => before_seq,
+                    _ => u64::MAX,
+                };
+                let query = BooleanQuery::new(vec![
+                    (Occur::Must, Box::new(base.clone()) as Box<dyn Query>),
+                    (Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Excluded(before)))),
+                ]);
+                let collector = TopDocs::with_limit(request.limit + 1).order_by_fast_field::<u64>("seq", Order::Desc);
+                let docs = searcher.search(&query, &collector)?;
+                let page = docs.into_iter().map(|(_, address)| (0.0, address)).collect();
+                (page, None)
+            }
+            Sort::Relevance => {
+                let (offset, through) = match request.cursor {
+                    Some(Cursor::Relevance { offset, through }) => (offset, through),
+                    _ => (0, indexed_through_seq),
+                };
+                let query = BooleanQuery::new(vec![
+                    (Occur::Must, Box::new(base.clone()) as Box<dyn Query>),
+                    (Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Included(through)))),
+                ]);
+                let collector = TopDocs::with_limit(request.limit + 1).and_offset(offset).order_by_score();
+                let page = searcher.search(&query, &collector)?;
+                (page, Some((offset, through)))
+            }
+        };
+        let more = page.len() > request.limit;
+        let snippets = SnippetGenerator::new(highlight, tokenizer::analyzer(), f.body, SNIPPET_CHARS);
+        let mut hits = Vec::with_capacity(request.limit);
+        for (score, address) in page.into_iter().take(request.limit) {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            let text = |field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let number = |field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or_default();
+            let snippet = snippets.snippet_from_doc(&doc);
+            let snippet = if snippet.is_empty() { escape_start(&text(f.body)) } else { snippet.to_html() };
+            hits.push(Hit {
+                room: text(f.room),
+                seq: number(f.seq),
+                author: text(f.author),
+                at_unix_ms: number(f.at),
+                snippet,
+                score,
+            });
+        }
+        let next_cursor = match hits.last() {
+            Some(last) if more => Some(
+                match window {
+                    Some((offset, through)) => Cursor::Relevance { offset: offset + request.limit, through },
+                    None => Cursor::Time { before_seq: last.seq },
+                }
+                .render(),
+            ),
+            _ => None,
+        };
+        Ok(Hits { total, hits, next_cursor, indexed_through_seq })
+    }
+
+    /// Adds the index terms that start with `prefix` to the terms a snippet highlights.
+    fn expand_prefix(
+        &self,
+        searcher: &tantivy::Searcher,
+        prefix: &str,
+        highlight: &mut BTreeMap<String, f32>,
+    ) -> Result<(), ProjectionError> {
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(self.fields.body)?;
+            let mut stream = inverted
+                .terms()
+                .range()
+                .ge(prefix.as_bytes())
+                .into_stream()
+                .map_err(|e| ProjectionError::Task(format!("search terms: {e}")))?;
+            let mut taken = 0;
+            while stream.advance() && taken < PREFIX_EXPANSIONS_MAX {
+                let Ok(term) = std::str::from_utf8(stream.key()) else { continue };
+                if !term.starts_with(prefix) {
+                    break;
+                }
+                highlight.insert(term.to_owned(), 0.5);
+                taken += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn term_query(field: Field, text: &str) -> TermQuery {
+    TermQuery::new(Term::from_field_text(field, text), IndexRecordOption::Basic)
+}
+
+fn seq_range(field: Field, from: Bound<u64>, to: Bound<u64>) -> RangeQuery {
+    let term = |v| Term::from_field_u64(field, v);
+    let map = |b: Bound<u64>| match b {
+        Bound::Included(v) => Bound::Included(term(v)),
+        Bound::Excluded(v) => Bound::Excluded(term(v)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    RangeQuery::new(map(from), map(to))
+}
+
+/// The start of a text, HTML-escaped, for a hit whose match is not in its words (a prefix
+/// beyond the expansions highlighted).
+fn escape_start(text: &str) -> String {
+    let start: String = text.chars().take(SNIPPET_CHARS).collect();
+    start.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
