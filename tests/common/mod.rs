@@ -254,3 +254,32 @@ pub async fn whole_history(addr: SocketAddr, room: &str) -> Vec<Value> {
         }
     }
 }
+
+/// Waits until every projection, the search index included, has the whole log.
+pub async fn projections_caught_up(addr: SocketAddr) {
+    for _ in 0..3000 {
+        let (_, ready) = get(addr, "/readyz").await;
+        let projections = ready["projections"].as_object().expect("projections");
+        if projections.values().all(|p| p["lag_events"] == 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("projections never caught up");
+}
+
+/// Every hit of a search (`query`: the query string without `limit`/`cursor`), page by page
+/// through its cursors; returns the total the server reported and the hits in order.
+pub async fn search_all(addr: SocketAddr, query: &str) -> (u64, Vec<Value>) {
+    let mut hits = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = get(addr, &format!("/api/search?{query}&limit=100{cursor}")).await;
+        assert_eq!(status, 200, "search {query}: {page}");
+        hits.extend(page["hits"].as_array().expect("hits").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return (page["total"].as_u64().expect("total"), hits),
+        }
+    }
+}
