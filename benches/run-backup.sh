@@ -6,13 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${MESSAGES:-1000000} SECS=${SECS:-10}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-cargo build --release --locked --bin roomlog --bin roomlog-load
-bin=target/release
-wait_port() { for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+source benches/common.sh
 
 $bin/roomlog-load --fill "$MESSAGES" --data "$work/data" --room bulk --body-bytes 100
 echo "log on disk: $(du -sh "$work/data/db" | cut -f1)"

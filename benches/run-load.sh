@@ -8,16 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-100} SENDERS=${SENDERS:-5} RATE=${RATE:-2000} SECS=${SECS:-10} IDLE=${IDLE:-10000}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-cargo build --release --locked --bin roomlog --bin roomlog-load
-load=target/release/roomlog-load
-
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+source benches/common.sh
+load=$bin/roomlog-load
 
 echo "== roomlog"
 ROOMLOG_LOG=warn target/release/roomlog serve --data "$work/data" --listen 127.0.0.1:7700 & pids+=($!)

@@ -430,21 +430,30 @@ async fn status(config: &Config, addr: Option<std::net::SocketAddr>, json: bool)
 /// The human summary of `/api/status`.
 fn summary(s: &serde_json::Value) -> String {
     let uptime = humantime::format_duration(std::time::Duration::from_secs(s["uptime_seconds"].as_u64().unwrap_or(0)));
-    let history = &s["projections"]["history"];
     let mut out = format!(
-        "roomlog {} up {uptime} on {} (data {})\nready: {}\nlog: head seq {}, {:.1} MiB on disk\nhistory projection: applied {} (lag {} events{})\nrooms active: {}, connections open: {}\n",
+        "roomlog {} up {uptime} on {} (data {})\nready: {}\nlog: head seq {}, {:.1} MiB on disk\n",
         s["version"].as_str().unwrap_or("?"),
         s["listen"].as_str().unwrap_or("?"),
         s["data"].as_str().unwrap_or("?"),
         if s["ready"].as_bool().unwrap_or(false) { "yes" } else { "NO" },
         s["log"]["head_seq"],
         s["log"]["disk_bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0),
-        history["applied_seq"],
-        history["lag_events"],
-        if history["running"].as_bool().unwrap_or(false) { "" } else { ", STOPPED" },
+    );
+    for (name, p) in s["projections"].as_object().into_iter().flatten() {
+        out.push_str(&format!(
+            "{name} projection: applied {} (lag {} events{})\n",
+            p["applied_seq"],
+            p["lag_events"],
+            if p["running"].as_bool().unwrap_or(false) { "" } else { ", STOPPED" },
+        ));
+    }
+    out.push_str(&format!(
+        "search index: {} messages, {:.1} MiB on disk\nrooms active: {}, connections open: {}\n",
+        s["search"]["documents"],
+        s["search"]["disk_bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0),
         s["rooms_active"],
         s["connections_open"],
-    );
+    ));
     for reason in s["not_ready_because"].as_array().into_iter().flatten() {
         out.push_str(&format!("  not ready: {}\n", reason.as_str().unwrap_or("?")));
     }

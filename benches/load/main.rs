@@ -9,6 +9,9 @@
 //!
 //! Every loop is bounded: sending stops after `--secs`, draining after `--drain-secs`.
 
+#[path = "../corpus/mod.rs"]
+mod corpus;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,6 +68,10 @@ struct Args {
     /// The data folder `--fill` writes to.
     #[arg(long)]
     data: Option<std::path::PathBuf>,
+    /// What `--fill` writes: `filler` (numbered bodies of `--body-bytes`) or `zipf` (the
+    /// generated corpus of `benches/corpus`, realistic words for search, over 20 rooms).
+    #[arg(long, default_value = "filler")]
+    text: String,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +100,7 @@ struct Received {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let (Some(n), Some(data)) = (args.fill, &args.data) {
-        return fill(data, n, &args.room, args.body_bytes).await;
+        return fill(data, n, &args.room, args.body_bytes, &args.text).await;
     }
     if let Some(n) = args.idle {
         return idle(&args, n).await;
@@ -239,20 +246,35 @@ fn parse_body(body: &str, run_id: &str) -> Option<(usize, usize, u64)> {
 }
 
 /// Appends `n` messages to the log in `data`, in bursts the group commit can batch.
-async fn fill(data: &std::path::Path, n: u64, room: &str, body_bytes: usize) -> anyhow::Result<()> {
+async fn fill(data: &std::path::Path, n: u64, room: &str, body_bytes: usize, text: &str) -> anyhow::Result<()> {
     use roomlog::event::{Event, MessagePosted, RoomId};
     let log = roomlog::log::EventLog::open(&data.join("db"), &roomlog::log::LogConfig::default())?;
-    let room = RoomId::parse(room)?;
+    let zipf = match text {
+        "filler" => None,
+        "zipf" => Some((corpus::Corpus::new(), corpus::Rng::new(42))),
+        other => bail!("--text {other:?}: use filler or zipf"),
+    };
+    let mut zipf = zipf;
+    let rooms: Vec<RoomId> = match zipf {
+        Some(_) => (0..20).map(|i| RoomId::parse(&format!("{room}-{i}"))).collect::<Result<_, _>>()?,
+        None => vec![RoomId::parse(room)?],
+    };
     let started = Instant::now();
     let mut done = 0;
     while done < n {
         let burst = (n - done).min(20_000);
         let mut pending = Vec::with_capacity(burst as usize);
         for i in done..done + burst {
-            let mut body = format!("bulk message {i} ");
-            body.extend(std::iter::repeat_n('x', body_bytes.saturating_sub(body.len())));
+            let body = match &mut zipf {
+                Some((corpus, rng)) => corpus.message(rng),
+                None => {
+                    let mut body = format!("bulk message {i} ");
+                    body.extend(std::iter::repeat_n('x', body_bytes.saturating_sub(body.len())));
+                    body
+                }
+            };
             let event = Event::MessagePosted(MessagePosted {
-                room: room.clone(),
+                room: rooms[i as usize % rooms.len()].clone(),
                 author: format!("user{}", i % 100),
                 client_id: format!("f{i}"),
                 body,

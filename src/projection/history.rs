@@ -455,6 +455,46 @@ mod tests {
         }
     }
 
+    fn amended(seq: u64, room_name: &str, target: u64, edit: bool) -> Envelope {
+        let room = room(room_name);
+        let event = if edit {
+            Event::MessageEdited(MessageEdited {
+                room: room.clone(),
+                seq: target,
+                author: "ann".into(),
+                client_id: format!("c{target}"),
+                posted_at_unix_ms: 1_000 + target,
+                edited_by: "ann".into(),
+                body: format!("edited by {seq}"),
+            })
+        } else {
+            Event::MessageDeleted(MessageDeleted {
+                room: room.clone(),
+                seq: target,
+                deleted_by: "ann".into(),
+                reason: "deleted by its author".into(),
+            })
+        };
+        Envelope { seq, at_unix_ms: 1_000 + seq, stream: StreamId::room(&room), event }
+    }
+
+    #[test]
+    fn given_an_edit_and_a_deletion_then_history_reads_the_new_text_and_keeps_both_amendments() {
+        let (history, mut projection) = fresh();
+        let batch = vec![posted(1, "a", "x"), posted(2, "a", "y"), amended(3, "a", 1, true), amended(4, "a", 2, false)];
+        projection.apply(&batch).expect("apply");
+        let left = history.recent(&room("a"), 10).expect("recent");
+        assert_eq!(left.len(), 1);
+        assert_eq!((left[0].body.as_str(), left[0].edited_at_unix_ms), ("edited by 3", Some(1_003)));
+        assert_eq!(history.get(&room("a"), 2).expect("get"), None);
+        assert_eq!(history.summary(&room("a")).expect("summary").expect("room").message_count, 1);
+        let amendments = history.amendments(&room("a"), 0, u64::MAX).expect("amendments");
+        let targets: Vec<_> = amendments.iter().map(|a| (a.seq, a.target, a.body.is_some())).collect();
+        assert_eq!(targets, vec![(3, 1, true), (4, 2, false)]);
+        projection.apply(&[expired(5, "a", 4)]).expect("expire");
+        assert!(history.amendments(&room("a"), 0, u64::MAX).expect("amendments").is_empty(), "cut with them");
+    }
+
     fn fresh() -> (History, HistoryProjection) {
         let db = sled::Config::new().temporary(true).open().expect("temporary sled");
         open(&db).expect("open history")
@@ -509,16 +549,21 @@ mod tests {
         /// happened to batch them (live: a group commit at a time; rebuild: 4096 at a time).
         #[test]
         fn applying_in_one_batch_or_many_gives_the_same_state(
-            kinds in proptest::collection::vec((0u8..3, 0u8..20), 1..600),
+            kinds in proptest::collection::vec((0u8..3, 0u8..20, 0u64..1000), 1..600),
             chunk in 1usize..200,
         ) {
             let events: Vec<_> = kinds
                 .iter()
                 .enumerate()
-                .map(|(i, &(room_n, action))| {
+                .map(|(i, &(room_n, action, pick))| {
                     let seq = i as u64 + 1;
                     let name = ["a", "b", "c"][room_n as usize];
-                    if action == 0 { expired(seq, name, seq / 2) } else { posted(seq, name, &format!("c{seq}")) }
+                    // Edits and deletions aim at any earlier seq: some hit, some miss.
+                    match action {
+                        0 => expired(seq, name, seq / 2),
+                        1 | 2 if seq > 1 => amended(seq, name, 1 + pick % (seq - 1), action == 1),
+                        _ => posted(seq, name, &format!("c{seq}")),
+                    }
                 })
                 .collect();
             let (one, mut one_p) = fresh();

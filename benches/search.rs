@@ -1,0 +1,190 @@
+//! Search: indexing throughput, and query latency over 1,000,000 messages of a generated corpus
+//! with a realistic word distribution, side by side with SQLite FTS5 on the same corpus and the
+//! same queries, in the same run.
+//!
+//!   cargo bench --bench search                  # MESSAGES=1000000 QUERIES=2000
+//!
+//! Both engines answer the same thing: the top 20 by relevance (BM25 in both), a highlighted
+//! snippet for each, and the total number of matches.
+
+#[path = "corpus/mod.rs"]
+mod corpus;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use corpus::{Corpus, Rng};
+use hdrhistogram::Histogram;
+use roomlog::config::SearchConfig;
+use roomlog::event::{Envelope, Event, MessagePosted, RoomId, StreamId};
+use roomlog::projection::search::{self, SearchParams, SearchRequest};
+use roomlog::projection::Projection;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing useful to us.
+    let messages = env_or("MESSAGES", 1_000_000);
+    let queries = env_or("QUERIES", 2000);
+    let corpus = Corpus::new();
+    let rooms: Vec<RoomId> = (0..20).map(|i| RoomId::parse(&format!("room-{i}"))).collect::<Result<_, _>>()?;
+    let mut rng = Rng::new(42);
+    let bodies: Vec<String> = (0..messages).map(|_| corpus.message(&mut rng)).collect();
+    let raw_bytes: usize = bodies.iter().map(String::len).sum();
+    println!("corpus: {messages} messages, {:.1} MB of text", raw_bytes as f64 / 1e6);
+
+    let dir = tempfile::tempdir()?;
+    // Index: the projection as the server runs it (one indexing thread), in batches as the log
+    // gives them; one commit at the end, as a rebuild does.
+    let config = SearchConfig { commit_events_max: usize::MAX, ..SearchConfig::default() };
+    let (index, mut projection) = search::open(&dir.path().join("search"), &config, 1)?;
+    let started = Instant::now();
+    for (chunk_no, chunk) in bodies.chunks(4096).enumerate() {
+        let batch: Vec<Envelope> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                let seq = (chunk_no * 4096 + i + 1) as u64;
+                let room = &rooms[seq as usize % rooms.len()];
+                Envelope {
+                    seq,
+                    at_unix_ms: 1_790_000_000_000 + seq * 1000,
+                    stream: StreamId::room(room),
+                    event: Event::MessagePosted(MessagePosted {
+                        room: room.clone(),
+                        author: format!("user{}", seq % 500),
+                        client_id: format!("c{seq}"),
+                        body: body.clone(),
+                    }),
+                }
+            })
+            .collect();
+        projection.apply(&batch)?;
+    }
+    projection.flush()?;
+    projection.finish()?;
+    let tantivy_secs = started.elapsed().as_secs_f64();
+    let index_bytes = search::SearchIndex::size_bytes(&dir.path().join("search"));
+    println!(
+        "tantivy (roomlog's projection, 1 thread): indexed in {tantivy_secs:.1} s = {:.0} messages/s, {:.0} MB on disk",
+        messages as f64 / tantivy_secs,
+        index_bytes as f64 / 1e6
+    );
+    let index = {
+        drop(index);
+        search::open_reader(&dir.path().join("search"))?
+    };
+
+    let db_path = dir.path().join("fts.sqlite");
+    let db = rusqlite::Connection::open(&db_path)?;
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+         CREATE VIRTUAL TABLE m USING fts5(body, room UNINDEXED, author UNINDEXED, at UNINDEXED);",
+    )?;
+    let started = Instant::now();
+    {
+        let tx = db.unchecked_transaction()?;
+        let mut insert = tx.prepare("INSERT INTO m(rowid, body, room, author, at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+        for (i, body) in bodies.iter().enumerate() {
+            let seq = i as i64 + 1;
+            insert.execute(rusqlite::params![
+                seq,
+                body,
+                format!("room-{}", seq % 20),
+                format!("user{}", seq % 500),
+                seq
+            ])?;
+        }
+        drop(insert);
+        tx.commit()?;
+    }
+    let sqlite_secs = started.elapsed().as_secs_f64();
+    println!(
+        "SQLite FTS5 (unicode61): indexed in {sqlite_secs:.1} s = {:.0} messages/s, {:.0} MB on disk",
+        messages as f64 / sqlite_secs,
+        std::fs::metadata(&db_path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
+    );
+
+    // Queries: one word as people search (see Corpus::query_word), and two words that occur
+    // together in some message.
+    let mut rng = Rng::new(99);
+    let one: Vec<String> = (0..queries).map(|_| corpus.query_word(&mut rng).to_owned()).collect();
+    let two: Vec<String> = (0..queries)
+        .map(|_| loop {
+            let body = &bodies[rng.below(bodies.len())];
+            let words: Vec<&str> = body.split(' ').collect();
+            if words.len() >= 2 && body.is_ascii() {
+                let a = rng.below(words.len());
+                let b = (a + 1 + rng.below(words.len() - 1)) % words.len();
+                if words[a] != words[b] {
+                    break format!("{} {}", words[a], words[b]);
+                }
+            }
+        })
+        .collect();
+
+    let mut fts_top = db.prepare(
+        "SELECT rowid, room, author, at, snippet(m, 0, '<b>', '</b>', '…', 24) FROM m WHERE m MATCH ?1 ORDER BY rank LIMIT 20",
+    )?;
+    let mut fts_count = db.prepare("SELECT count(*) FROM m WHERE m MATCH ?1")?;
+    let now = SystemTime::now();
+    println!();
+    println!("| queries (top 20, snippets, total) | engine | p50 | p99 | mean | hits/query |");
+    println!("|---|---|---|---|---|---|");
+    for (label, set) in [("one word", &one), ("two words", &two)] {
+        let run_tantivy = |q: &str| -> anyhow::Result<usize> {
+            let params = SearchParams { q: q.to_owned(), limit: Some(20), ..SearchParams::default() };
+            let request = SearchRequest::new(&params, None, 20, now)?;
+            Ok(index.search(&request)?.total)
+        };
+        let mut run_sqlite = |q: &str| -> anyhow::Result<usize> {
+            let rows = fts_top.query_map([q], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, String>(4)?,
+                ))
+            })?;
+            let page = rows.collect::<Result<Vec<_>, _>>()?;
+            let total: i64 = fts_count.query_row([q], |row| row.get(0))?;
+            std::hint::black_box(page);
+            Ok(total as usize)
+        };
+        // Warm both (page cache, mmap) with the first 200 queries, then measure all.
+        for q in set.iter().take(200) {
+            run_tantivy(q)?;
+            run_sqlite(q)?;
+        }
+        let (mut t_hist, mut s_hist) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
+        let (mut t_hits, mut s_hits) = (0usize, 0usize);
+        for q in set.iter() {
+            let started = Instant::now();
+            t_hits += run_tantivy(q)?;
+            t_hist.record(started.elapsed().as_micros() as u64)?;
+            let started = Instant::now();
+            s_hits += run_sqlite(q)?;
+            s_hist.record(started.elapsed().as_micros() as u64)?;
+        }
+        if t_hits != s_hits {
+            println!("note: totals differ ({t_hits} vs {s_hits}); the tokenizers split some text differently");
+        }
+        for (engine, hist, hits) in [("roomlog (tantivy)", &t_hist, t_hits), ("SQLite FTS5", &s_hist, s_hits)] {
+            println!(
+                "| {label} | {engine} | {} | {} | {} | {:.0} |",
+                ms(hist.value_at_quantile(0.5)),
+                ms(hist.value_at_quantile(0.99)),
+                ms(hist.mean() as u64),
+                hits as f64 / set.len() as f64
+            );
+        }
+    }
+    let _ = Duration::ZERO;
+    Ok(())
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
