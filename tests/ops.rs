@@ -59,6 +59,9 @@ async fn metrics_parse_and_move_when_clients_chat() {
     }
     ann.send_text("{broken".into()).await;
     assert_eq!(ann.recv().await["code"], "malformed_json");
+    common::projections_caught_up(addr).await;
+    let (status, hits) = common::get(addr, "/api/search?q=m3").await;
+    assert_eq!((status, hits["total"].as_u64()), (200, Some(1)));
     let (after, types) = scrape(addr).await;
 
     let moved = |series: &str| value(&after, series) - value(&before, series);
@@ -81,6 +84,10 @@ async fn metrics_parse_and_move_when_clients_chat() {
         after.keys().filter(|k| k.contains("durable")).collect::<Vec<_>>()
     );
     assert!(after.contains_key("roomlog_projection_lag_events{projection=history}"));
+    assert_eq!(value(&after, "roomlog_projection_lag_events{projection=search}"), 0.0);
+    assert!(moved("roomlog_search_seconds_count{}") >= 1.0, "the search was timed");
+    assert_eq!(value(&after, "roomlog_search_index_documents{}"), 5.0, "five messages indexed");
+    assert!(value(&after, "roomlog_search_index_disk_bytes{}") > 0.0);
     assert_eq!(value(&after, "roomlog_ready{}"), 1.0);
     let used = value(&after, "roomlog_disk_used_ratio{}");
     assert!(used > 0.0 && used < 1.0, "disk used ratio {used}");
