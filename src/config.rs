@@ -30,9 +30,39 @@ pub struct Config {
     pub log: LogConfig,
     pub chat: ChatConfig,
     pub search: SearchConfig,
+    pub sessions: SessionsConfig,
     pub limits: Limits,
     pub logging: Logging,
     pub backup: BackupSchedule,
+}
+
+/// Session lifecycle. A session expires `expire_after` after it was created (or, with
+/// `sliding`, after its last touch) unless paid; an unpaid one is purged `purge_after` after it
+/// was created; a paid one is kept for good.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    #[serde(with = "humantime_serde")]
+    pub expire_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub purge_after: Duration,
+    /// Whether a touch moves the expiry to `expire_after` from the touch.
+    pub sliding: bool,
+    /// A session's actor stops after this long without a command; its due times are then kept
+    /// by the sessions projection's deadline index, and its actor comes back when needed.
+    #[serde(with = "humantime_serde")]
+    pub actor_idle_stop: Duration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            expire_after: Duration::from_secs(24 * 3600),
+            purge_after: Duration::from_secs(7 * 24 * 3600),
+            sliding: false,
+            actor_idle_stop: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The message search index (`<data>/search`).
@@ -90,6 +120,7 @@ impl Default for Config {
             log: LogConfig::default(),
             chat: ChatConfig::default(),
             search: SearchConfig::default(),
+            sessions: SessionsConfig::default(),
             limits: Limits::default(),
             logging: Logging { json: false, dir: None, keep_files: 14 },
             backup: BackupSchedule { every: None, dir: None, keep: 7 },

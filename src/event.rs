@@ -23,11 +23,66 @@ impl StreamId {
         Self(format!("room/{}", room.as_str()))
     }
 
+    /// The stream of one session.
+    pub fn session(id: &SessionId) -> Self {
+        Self(format!("session/{}", id.as_str()))
+    }
+
     /// The stream as stored.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
+
+/// A session's id: 32 lower-case hex digits (128 random bits), chosen by the server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// A new random id.
+    pub fn random() -> Self {
+        Self(format!("{:032x}", uuid::Uuid::new_v4().as_u128()))
+    }
+
+    /// Checks an id given by a caller.
+    pub fn parse(text: &str) -> Result<Self, InvalidSessionId> {
+        let valid = text.len() == 32 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if valid {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(InvalidSessionId(text.chars().take(40).collect()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for SessionId {
+    type Error = InvalidSessionId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<SessionId> for String {
+    fn from(value: SessionId) -> Self {
+        value.0
+    }
+}
+
+/// A session id that is not 32 lower-case hex digits.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid session id {0:?}: expected 32 lower-case hex digits")]
+pub struct InvalidSessionId(String);
 
 /// A room's name, checked: 1 to [`RoomId::LEN_MAX`] characters of `[A-Za-z0-9_.-]`.
 ///
@@ -108,6 +163,24 @@ pub enum Event {
     /// A message was deleted by its author or an admin.
     #[serde(rename = "MessageDeleted.1")]
     MessageDeleted(MessageDeleted),
+    /// A session was created, with its due times.
+    #[serde(rename = "SessionCreated.1")]
+    SessionCreated(SessionCreated),
+    /// A session was used; with sliding expiry, its expiry moved.
+    #[serde(rename = "SessionTouched.1")]
+    SessionTouched(SessionTouched),
+    /// A session was paid: it is kept for good.
+    #[serde(rename = "SessionPaid.1")]
+    SessionPaid(SessionPaid),
+    /// A session reached its expiry unpaid.
+    #[serde(rename = "SessionExpired.1")]
+    SessionExpired(SessionDue),
+    /// An unpaid session was purged, with everything it owns.
+    #[serde(rename = "SessionPurged.1")]
+    SessionPurged(SessionDue),
+    /// The app ended a session.
+    #[serde(rename = "SessionEnded.1")]
+    SessionEnded(SessionEnded),
 }
 
 /// Messages an event takes out of a room: the one mechanism by which every read model (the
@@ -128,6 +201,11 @@ impl Event {
             Event::MessagesExpired(e) => StreamId::room(&e.room),
             Event::MessageEdited(e) => StreamId::room(&e.room),
             Event::MessageDeleted(e) => StreamId::room(&e.room),
+            Event::SessionCreated(e) => StreamId::session(&e.id),
+            Event::SessionTouched(e) => StreamId::session(&e.id),
+            Event::SessionPaid(e) => StreamId::session(&e.id),
+            Event::SessionExpired(e) | Event::SessionPurged(e) => StreamId::session(&e.id),
+            Event::SessionEnded(e) => StreamId::session(&e.id),
         }
     }
 
@@ -139,6 +217,12 @@ impl Event {
             Event::MessagesExpired(e) => Some(Removal::Through { room: &e.room, through_seq: e.through_seq }),
             Event::MessageEdited(e) => Some(Removal::Message { room: &e.room, seq: e.seq }),
             Event::MessageDeleted(e) => Some(Removal::Message { room: &e.room, seq: e.seq }),
+            Event::SessionCreated(_)
+            | Event::SessionTouched(_)
+            | Event::SessionPaid(_)
+            | Event::SessionExpired(_)
+            | Event::SessionPurged(_)
+            | Event::SessionEnded(_) => None,
         }
     }
 
@@ -149,6 +233,12 @@ impl Event {
             Event::MessagesExpired(_) => "MessagesExpired.1",
             Event::MessageEdited(_) => "MessageEdited.1",
             Event::MessageDeleted(_) => "MessageDeleted.1",
+            Event::SessionCreated(_) => "SessionCreated.1",
+            Event::SessionTouched(_) => "SessionTouched.1",
+            Event::SessionPaid(_) => "SessionPaid.1",
+            Event::SessionExpired(_) => "SessionExpired.1",
+            Event::SessionPurged(_) => "SessionPurged.1",
+            Event::SessionEnded(_) => "SessionEnded.1",
         }
     }
 }
@@ -210,6 +300,57 @@ pub struct MessageDeleted {
     pub reason: String,
 }
 
+/// `SessionCreated` version 1. Times are ms since the Unix epoch, by the server's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCreated {
+    pub id: SessionId,
+    pub created_at_unix_ms: u64,
+    /// When it expires unless paid (moved by touches when `sliding`).
+    pub expires_at_unix_ms: u64,
+    /// When it is purged unless paid.
+    pub purge_at_unix_ms: u64,
+    /// Whether activity moves the expiry.
+    pub sliding: bool,
+}
+
+/// `SessionTouched` version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionTouched {
+    pub id: SessionId,
+    pub at_unix_ms: u64,
+    /// The expiry after this touch (unchanged unless sliding).
+    pub expires_at_unix_ms: u64,
+}
+
+/// `SessionPaid` version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPaid {
+    pub id: SessionId,
+    pub at_unix_ms: u64,
+}
+
+/// `SessionExpired` and `SessionPurged` version 1: a due time reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionDue {
+    pub id: SessionId,
+    /// When it was due; applied late (after a restart) it keeps its original due time.
+    pub due_at_unix_ms: u64,
+    /// When it was applied.
+    pub applied_at_unix_ms: u64,
+    /// Why, in words (DESIGN.md invariant 5).
+    pub reason: String,
+    /// The rule that made it due (`sessions.expire_after=24h`, `sessions.purge_after=7d`).
+    pub rule: String,
+}
+
+/// `SessionEnded` version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEnded {
+    pub id: SessionId,
+    pub at_unix_ms: u64,
+    pub reason: String,
+}
+
 /// Every event shape ever written, by stored tag. Reading goes through here so that an old
 /// shape can be upcast to the current one; see the module documentation.
 #[derive(Debug, Deserialize)]
@@ -222,6 +363,18 @@ enum StoredEvent {
     MessageEditedV1(MessageEdited),
     #[serde(rename = "MessageDeleted.1")]
     MessageDeletedV1(MessageDeleted),
+    #[serde(rename = "SessionCreated.1")]
+    SessionCreatedV1(SessionCreated),
+    #[serde(rename = "SessionTouched.1")]
+    SessionTouchedV1(SessionTouched),
+    #[serde(rename = "SessionPaid.1")]
+    SessionPaidV1(SessionPaid),
+    #[serde(rename = "SessionExpired.1")]
+    SessionExpiredV1(SessionDue),
+    #[serde(rename = "SessionPurged.1")]
+    SessionPurgedV1(SessionDue),
+    #[serde(rename = "SessionEnded.1")]
+    SessionEndedV1(SessionEnded),
 }
 
 impl From<StoredEvent> for Event {
@@ -231,6 +384,12 @@ impl From<StoredEvent> for Event {
             StoredEvent::MessagesExpiredV1(e) => Event::MessagesExpired(e),
             StoredEvent::MessageEditedV1(e) => Event::MessageEdited(e),
             StoredEvent::MessageDeletedV1(e) => Event::MessageDeleted(e),
+            StoredEvent::SessionCreatedV1(e) => Event::SessionCreated(e),
+            StoredEvent::SessionTouchedV1(e) => Event::SessionTouched(e),
+            StoredEvent::SessionPaidV1(e) => Event::SessionPaid(e),
+            StoredEvent::SessionExpiredV1(e) => Event::SessionExpired(e),
+            StoredEvent::SessionPurgedV1(e) => Event::SessionPurged(e),
+            StoredEvent::SessionEndedV1(e) => Event::SessionEnded(e),
         }
     }
 }

@@ -8,11 +8,14 @@
 //! - [`http`]: the warp facade — WebSocket connections, the JSON HTTP API, health.
 //! - [`wire`]: the WebSocket frames and their stable error codes.
 //! - [`auth`]: who a connection is and what it may do; the seam for authentication.
-//! - [`actor`]: ractor actors — a `RoomActor` per active room under a `RoomSupervisor`.
+//! - [`actor`]: ractor actors — a `RoomActor` per active room under a `RoomSupervisor`, a
+//!   `SessionActor` per live session under a `SessionSupervisor` that also sweeps due times.
 //! - [`room`]: what a room decides (ring, de-duplication, replay), as plain state.
 //! - [`log`]: the append-only event log in sled, with group commit.
 //! - [`event`]: the events, their versions and their encoding.
-//! - [`projection`]: folds over the log with checkpoints — chat history.
+//! - [`projection`]: folds over the log with checkpoints — chat history, message search,
+//!   sessions with their deadline index.
+//! - [`clock`]: wall-clock time for due times, injectable for tests.
 //! - [`config`]: configuration from defaults, a TOML file and the environment.
 //! - [`metrics`]: Prometheus metric names, rendered on `/metrics`.
 //! - [`recent_errors`]: the last warnings and errors, for `roomlog status`.
@@ -24,6 +27,7 @@
 pub mod actor;
 pub mod auth;
 pub mod backup;
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod http;

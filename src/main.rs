@@ -36,7 +36,7 @@ enum Command {
     },
     /// Drop a projection and rebuild it from the log. The server must be stopped.
     Rebuild {
-        /// The projection: `history`, `search`, or `all`.
+        /// The projection: `history`, `search`, `sessions`, or `all`.
         name: String,
     },
     /// Decode every record of the log and report the first that does not decode.
@@ -215,10 +215,11 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
 
 fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
     let names: &[&str] = match name {
-        "all" => &["history", "search"],
+        "all" => &["history", "search", "sessions"],
         "history" => &["history"],
         "search" => &["search"],
-        other => bail!("no projection named {other:?}; known: history, search, all"),
+        "sessions" => &["sessions"],
+        other => bail!("no projection named {other:?}; known: history, search, sessions, all"),
     };
     let log = open_log(config)?;
     for &name in names {
@@ -233,6 +234,10 @@ fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
         let (applied, rate) = match name {
             "history" => {
                 let (_, mut projection) = history::open(log.db())?;
+                projection::rebuild(&log, &mut projection, progress)?
+            }
+            "sessions" => {
+                let (_, mut projection) = roomlog::projection::sessions::open(log.db())?;
                 projection::rebuild(&log, &mut projection, progress)?
             }
             _ => {

@@ -36,6 +36,8 @@ pub const ROOM_RESTARTS_TOTAL: &str = "roomlog_room_restarts_total";
 pub const UPTIME_SECONDS: &str = "roomlog_uptime_seconds";
 pub const BACKUP_LAST_SUCCESS_SECONDS: &str = "roomlog_backup_last_success_timestamp_seconds";
 pub const BACKUP_FAILURES_TOTAL: &str = "roomlog_backup_failures_total";
+pub const SESSION_DUE_APPLIED_TOTAL: &str = "roomlog_session_due_applied_total";
+pub const SESSIONS: &str = "roomlog_sessions";
 pub const SEARCH_SECONDS: &str = "roomlog_search_seconds";
 pub const SEARCH_INDEX_DOCUMENTS: &str = "roomlog_search_index_documents";
 pub const SEARCH_INDEX_DISK_BYTES: &str = "roomlog_search_index_disk_bytes";
@@ -101,6 +103,8 @@ fn describe() {
         "Unix time of the last scheduled backup that succeeded"
     );
     describe_counter!(BACKUP_FAILURES_TOTAL, "scheduled backups that failed");
+    describe_counter!(SESSION_DUE_APPLIED_TOTAL, "session expiries and purges handed out by the sweeper");
+    describe_gauge!(SESSIONS, "sessions by state");
     describe_histogram!(SEARCH_SECONDS, Unit::Seconds, "message searches, query and snippets");
     describe_gauge!(SEARCH_INDEX_DOCUMENTS, "messages in the search index as last committed");
     describe_gauge!(SEARCH_INDEX_DISK_BYTES, Unit::Bytes, "bytes of the search index on disk");
@@ -108,9 +112,14 @@ fn describe() {
 
 /// Used fraction (0 to 1) of the filesystem holding `dir`; `None` if it cannot be read.
 pub fn disk_used_ratio(dir: &std::path::Path) -> Option<f64> {
+    // As `df` computes Use%: used / (used + available to us). Blocks reserved for root (or held
+    // back by a quota) count neither as used nor as available, so that a disk with a large
+    // reserve does not look fuller than it is.
     let total = fs2::total_space(dir).ok()?;
+    let free = fs2::free_space(dir).ok()?;
     let available = fs2::available_space(dir).ok()?;
-    (total > 0).then(|| 1.0 - available as f64 / total as f64)
+    let used = total.saturating_sub(free);
+    (used + available > 0).then(|| used as f64 / (used + available) as f64)
 }
 
 /// Bytes of the files under `dir` (not following links).

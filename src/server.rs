@@ -10,12 +10,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::actor::rooms::Rooms;
+use crate::actor::session::SessionContext;
+use crate::actor::sessions::SessionsHandle;
 use crate::actor::ChatContext;
 use crate::auth::{Authenticator, NameOnly};
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{routes, App};
 use crate::log::{EventLog, LogError};
-use crate::projection::{history, search, ProjectionError, Runner};
+use crate::projection::{history, search, sessions, ProjectionError, Runner};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,16 @@ impl Server {
         listener: TcpListener,
         auth: Arc<dyn Authenticator>,
     ) -> Result<Self, ServerError> {
+        Self::start_with_clock(config, listener, auth, Arc::new(SystemClock)).await
+    }
+
+    /// [`Self::start_with`] on another clock (for tests that move time forward).
+    pub async fn start_with_clock(
+        config: Config,
+        listener: TcpListener,
+        auth: Arc<dyn Authenticator>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ServerError> {
         let log_dir = config.log_dir();
         let log_config = config.log.clone();
         let log = tokio::task::spawn_blocking(move || EventLog::open(&log_dir, &log_config))
@@ -75,6 +88,11 @@ impl Server {
         let (search_runner, search_following) = Runner::start(log.clone(), search_projection)
             .await
             .map_err(|source| ServerError::Projection { name: "search", source })?;
+        let (sessions_read, sessions_projection) =
+            sessions::open(log.db()).map_err(|source| ServerError::Projection { name: "sessions", source })?;
+        let (sessions_runner, sessions_following) = Runner::start(log.clone(), sessions_projection)
+            .await
+            .map_err(|source| ServerError::Projection { name: "sessions", source })?;
         let ctx = ChatContext {
             log: log.clone(),
             history: history.clone(),
@@ -93,8 +111,27 @@ impl Server {
 
         let (stop, stopping) = watch::channel(false);
         let stopping_for_backups = stopping.clone();
-        let reads = crate::http::Reads { history, history_runner, search: search_index, search_runner };
-        let app = Arc::new(App::new(config, addr, log, reads, rooms, auth, stopping.clone()));
+        let session_ctx = SessionContext {
+            log: log.clone(),
+            sessions: sessions_read.clone(),
+            runner: sessions_runner.clone(),
+            config: config.sessions.clone(),
+            clock,
+        };
+        let sessions = SessionsHandle::start(session_ctx, stopping.clone())
+            .await
+            .map_err(|e| ServerError::Actors(e.to_string()))?;
+        let parts = crate::http::Parts {
+            history,
+            history_runner,
+            search: search_index,
+            search_runner,
+            sessions_read,
+            sessions_runner,
+            rooms,
+            sessions,
+        };
+        let app = Arc::new(App::new(config, addr, log, parts, auth, stopping.clone()));
         // Metrics: install the recorder before anything counts, and keep its histograms rolling.
         if let Some(handle) = crate::metrics::handle() {
             let mut stopped = stopping.clone();
@@ -121,7 +158,13 @@ impl Server {
             tokio::spawn(backup_schedule(app.clone(), every, stopping_for_backups));
         }
         tracing::info!(%addr, data = %app.config.data.display(), head_seq = app.log.head(), "roomlog listening");
-        Ok(Self { addr, app, stop, serving, projections: vec![history_following, search_following] })
+        Ok(Self {
+            addr,
+            app,
+            stop,
+            serving,
+            projections: vec![history_following, search_following, sessions_following],
+        })
     }
 
     /// The address the server listens on.
@@ -160,6 +203,7 @@ impl Server {
             tracing::warn!(grace = %humantime::format_duration(grace), "connections still open after the grace period");
         }
         self.app.rooms.stop().await;
+        self.app.sessions.stop().await;
         self.app.log.close().await;
         for projection in self.projections {
             let _ = projection.await;

@@ -88,6 +88,7 @@ async fn metrics_parse_and_move_when_clients_chat() {
     assert!(moved("roomlog_search_seconds_count{}") >= 1.0, "the search was timed");
     assert_eq!(value(&after, "roomlog_search_index_documents{}"), 5.0, "five messages indexed");
     assert!(value(&after, "roomlog_search_index_disk_bytes{}") > 0.0);
+    assert_eq!(value(&after, "roomlog_sessions{state=active}"), 0.0, "sessions by state are exported");
     assert_eq!(value(&after, "roomlog_ready{}"), 1.0);
     let used = value(&after, "roomlog_disk_used_ratio{}");
     assert!(used > 0.0 && used < 1.0, "disk used ratio {used}");

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use roomlog::event::{decode, encode, Envelope, Event, MessagePosted, MessagesExpired, RoomId, StreamId};
-use roomlog::event::{MessageDeleted, MessageEdited};
+use roomlog::event::{MessageDeleted, MessageEdited, SessionCreated, SessionDue, SessionEnded, SessionId};
+use roomlog::event::{SessionPaid, SessionTouched};
 use roomlog::projection::history::{Amendment, StoredMessage};
 use roomlog::projection::search::{Hit, Hits};
 use roomlog::wire::amendment_frame;
@@ -27,6 +28,10 @@ fn event_samples() -> BTreeMap<&'static str, Envelope> {
     let room = RoomId::parse("lobby").expect("room");
     let envelope =
         |seq, event| Envelope { seq, at_unix_ms: 1_795_000_000_000 + seq, stream: StreamId::room(&room), event };
+    let session = SessionId::parse("0123456789abcdef0123456789abcdef").expect("session id");
+    const T: u64 = 1_795_000_000_000;
+    let session_envelope =
+        |seq, event| Envelope { seq, at_unix_ms: T + seq, stream: StreamId::session(&session), event };
     BTreeMap::from([
         (
             "MessagePosted.1",
@@ -75,6 +80,71 @@ fn event_samples() -> BTreeMap<&'static str, Envelope> {
                     seq: 1,
                     deleted_by: "ann".into(),
                     reason: "deleted by its author".into(),
+                }),
+            ),
+        ),
+        (
+            "SessionCreated.1",
+            session_envelope(
+                5,
+                Event::SessionCreated(SessionCreated {
+                    id: session.clone(),
+                    created_at_unix_ms: T,
+                    expires_at_unix_ms: T + 86_400_000,
+                    purge_at_unix_ms: T + 7 * 86_400_000,
+                    sliding: false,
+                }),
+            ),
+        ),
+        (
+            "SessionTouched.1",
+            session_envelope(
+                6,
+                Event::SessionTouched(SessionTouched {
+                    id: session.clone(),
+                    at_unix_ms: T + 1000,
+                    expires_at_unix_ms: T + 86_400_000,
+                }),
+            ),
+        ),
+        (
+            "SessionPaid.1",
+            session_envelope(7, Event::SessionPaid(SessionPaid { id: session.clone(), at_unix_ms: T + 2000 })),
+        ),
+        (
+            "SessionExpired.1",
+            session_envelope(
+                8,
+                Event::SessionExpired(SessionDue {
+                    id: session.clone(),
+                    due_at_unix_ms: T + 86_400_000,
+                    applied_at_unix_ms: T + 86_400_010,
+                    reason: "unpaid at its expiry".into(),
+                    rule: "sessions.expire_after=1day".into(),
+                }),
+            ),
+        ),
+        (
+            "SessionPurged.1",
+            session_envelope(
+                9,
+                Event::SessionPurged(SessionDue {
+                    id: session.clone(),
+                    due_at_unix_ms: T + 7 * 86_400_000,
+                    applied_at_unix_ms: T + 7 * 86_400_000 + 10,
+                    reason: "unpaid at its purge age".into(),
+                    rule: "sessions.purge_after=7days".into(),
+                }),
+            ),
+        ),
+        (
+            "SessionEnded.1",
+            session_envelope(
+                10,
+                Event::SessionEnded(SessionEnded {
+                    id: session.clone(),
+                    at_unix_ms: T + 3000,
+                    reason: "ended by the app".into(),
                 }),
             ),
         ),

@@ -3,6 +3,8 @@
 
 pub mod room;
 pub mod rooms;
+pub mod session;
+pub mod sessions;
 
 use std::sync::Arc;
 

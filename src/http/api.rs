@@ -180,6 +180,11 @@ async fn refresh_gauges(app: &App) -> (u64, usize, u64, Vec<String>) {
         metrics::gauge!(crate::metrics::PROJECTION_LAG_EVENTS, "projection" => runner.name()).set(lag as f64);
     }
     metrics::gauge!(crate::metrics::SEARCH_INDEX_DOCUMENTS).set(app.search.documents() as f64);
+    if let Ok(counts) = app.sessions_read.counts() {
+        for (state, count) in counts {
+            metrics::gauge!(crate::metrics::SESSIONS, "state" => state.as_str()).set(count as f64);
+        }
+    }
     metrics::gauge!(crate::metrics::SEARCH_INDEX_DISK_BYTES).set(search_disk as f64);
     metrics::gauge!(crate::metrics::ROOMS_ACTIVE).set(rooms as f64);
     metrics::gauge!(crate::metrics::LOG_DISK_BYTES).set(disk as f64);

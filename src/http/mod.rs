@@ -3,6 +3,7 @@
 //! Errors over HTTP are `{"error": {"code": "...", "message": "..."}}` with a stable code.
 
 pub mod api;
+pub mod sessions;
 pub mod upgrade;
 pub mod ws;
 
@@ -17,12 +18,14 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::actor::rooms::Rooms;
+use crate::actor::sessions::SessionsHandle;
 use crate::auth::{Authenticator, Credentials};
 use crate::config::Config;
 use crate::event::RoomId;
 use crate::log::EventLog;
 use crate::projection::history::{History, StoredMessage};
 use crate::projection::search::SearchIndex;
+use crate::projection::sessions::Sessions;
 use crate::projection::Runner;
 
 /// Longest a history read waits for the projection to catch up with the log head; past it,
@@ -38,6 +41,9 @@ pub struct App {
     pub history_runner: Runner,
     pub search: SearchIndex,
     pub search_runner: Runner,
+    pub sessions_read: Sessions,
+    pub sessions_runner: Runner,
+    pub sessions: SessionsHandle,
     pub rooms: Rooms,
     pub auth: Arc<dyn Authenticator>,
     /// One permit per open WebSocket: bounds connections, and lets shutdown wait for them.
@@ -50,13 +56,17 @@ pub struct App {
     next_member: AtomicU64,
 }
 
-/// The projections' read sides and their runners.
+/// The projections' read sides with their runners, and the actors' handles.
 #[derive(Debug)]
-pub struct Reads {
+pub struct Parts {
     pub history: History,
     pub history_runner: Runner,
     pub search: SearchIndex,
     pub search_runner: Runner,
+    pub sessions_read: Sessions,
+    pub sessions_runner: Runner,
+    pub rooms: Rooms,
+    pub sessions: SessionsHandle,
 }
 
 impl App {
@@ -64,13 +74,13 @@ impl App {
         config: Config,
         listen: std::net::SocketAddr,
         log: EventLog,
-        reads: Reads,
-        rooms: Rooms,
+        parts: Parts,
         auth: Arc<dyn Authenticator>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let connections = Arc::new(Semaphore::new(config.limits.connections_max));
-        let Reads { history, history_runner, search, search_runner } = reads;
+        let Parts { history, history_runner, search, search_runner, sessions_read, sessions_runner, rooms, sessions } =
+            parts;
         Self {
             config,
             log,
@@ -78,6 +88,9 @@ impl App {
             history_runner,
             search,
             search_runner,
+            sessions_read,
+            sessions_runner,
+            sessions,
             rooms,
             auth,
             connections,
@@ -89,8 +102,8 @@ impl App {
     }
 
     /// Every projection's runner, for readiness and lag.
-    pub fn runners(&self) -> [&Runner; 2] {
-        [&self.history_runner, &self.search_runner]
+    pub fn runners(&self) -> [&Runner; 3] {
+        [&self.history_runner, &self.search_runner, &self.sessions_runner]
     }
 
     /// The rooms `identity` may read, for a search: `None` when it may read every room.
@@ -121,6 +134,11 @@ impl App {
             .map_err(|e| SearchFailure::Unavailable(e.to_string()));
         metrics::histogram!(crate::metrics::SEARCH_SECONDS).record(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Now, by the sessions' clock.
+    pub fn sessions_clock_now(&self) -> u64 {
+        self.sessions.now_ms()
     }
 
     pub fn next_member_id(&self) -> u64 {
@@ -219,7 +237,9 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
             app.history_barrier().await;
             api::messages(room, query, app)
         });
-    ws.or(healthz)
+    ws.or(sessions::routes(app.clone()))
+        .unify()
+        .or(healthz)
         .unify()
         .or(readyz)
         .unify()

@@ -229,7 +229,7 @@ impl Projection for HistoryProjection {
         for envelope in batch {
             match &envelope.event {
                 Event::MessagePosted(posted) => self.posted(&mut write, envelope, posted)?,
-                other => {
+                other if other.removal().is_some() => {
                     // A removal reads and rewrites pages, so it must see what this batch posted,
                     // and what comes after it must see its effect: it is written on its own,
                     // between what precedes and what follows it.
@@ -242,6 +242,7 @@ impl Projection for HistoryProjection {
                     }
                     self.commit(change, envelope.seq)?;
                 }
+                _ => {} // not about messages
             }
         }
         match batch.last() {

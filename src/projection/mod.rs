@@ -7,6 +7,7 @@
 
 pub mod history;
 pub mod search;
+pub mod sessions;
 
 use std::time::Instant;
 

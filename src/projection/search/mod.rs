@@ -209,7 +209,7 @@ impl Projection for SearchProjection {
                         f.at => e.posted_at_unix_ms, f.body => e.body.as_str(),
                     ))?;
                 }
-                Event::MessagesExpired(_) | Event::MessageDeleted(_) => {}
+                _ => {}
             }
         }
         if let Some(last) = batch.last() {

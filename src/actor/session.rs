@@ -1,0 +1,261 @@
+//! `SessionActor`: one per live session. It serialises the session's commands (touch, pay,
+//! end), holds the timer of its next due time, and appends the events; the sessions projection
+//! keeps the deadline index that the supervisor's sweeper uses when no actor runs.
+//!
+//! A session is live while it is active; once it expires, is paid, ends or is purged, its actor
+//! stops. An active session's actor also stops after `sessions.actor_idle_stop` without a
+//! command, and comes back when one arrives or a due time needs it.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::config::SessionsConfig;
+use crate::event::{Event, SessionDue, SessionEnded, SessionId, SessionPaid, SessionTouched};
+use crate::log::EventLog;
+use crate::projection::sessions::{Due, Session, SessionState, Sessions};
+use crate::projection::Runner;
+
+/// What every session actor needs, shared.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    pub log: EventLog,
+    pub sessions: Sessions,
+    pub runner: Runner,
+    pub config: SessionsConfig,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl SessionContext {
+    /// Waits until the projection has everything durable now, so reads see every command
+    /// acknowledged before.
+    pub async fn caught_up(&self) {
+        self.runner.wait_applied(self.log.head()).await;
+    }
+}
+
+/// Why a session command was refused; each has a stable code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    #[error("no session {0}")]
+    NotFound(String),
+    /// The session is not in a state that allows the command.
+    #[error("session {id} is {state}: it cannot be {verb}")]
+    Conflict { id: String, state: &'static str, verb: &'static str },
+    #[error("the session could not be stored: {0}")]
+    Storage(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl SessionError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionError::NotFound(_) => "not_found",
+            SessionError::Conflict { .. } => "session_conflict",
+            SessionError::Storage(_) => "storage_unavailable",
+            SessionError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// A command from the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Touch,
+    Pay,
+    End,
+}
+
+/// Messages a session actor handles.
+#[derive(Debug)]
+pub enum SessionMsg {
+    Command {
+        command: Command,
+        reply: RpcReplyPort<Result<Session, SessionError>>,
+    },
+    /// A due time (`at`) of kind `due` may have come: apply it if the session still has it.
+    Due {
+        due: Due,
+        at: u64,
+        reply: Option<RpcReplyPort<()>>,
+    },
+    IdleCheck,
+}
+
+/// The actor.
+#[derive(Debug)]
+pub struct SessionActor;
+
+/// The actor's state.
+#[derive(Debug)]
+pub struct SessionActorState {
+    session: Session,
+    ctx: SessionContext,
+    timer: Option<JoinHandle<()>>,
+    last_active: tokio::time::Instant,
+}
+
+impl Drop for SessionActorState {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionActorState;
+    type Arguments = (SessionId, SessionContext);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        (id, ctx): (SessionId, SessionContext),
+    ) -> Result<SessionActorState, ActorProcessingErr> {
+        ctx.caught_up().await;
+        let session = ctx.sessions.get(&id)?.ok_or_else(|| SessionError::NotFound(id.to_string()))?;
+        let check_every = (ctx.config.actor_idle_stop / 2).max(std::time::Duration::from_millis(10));
+        myself.send_interval(check_every, || SessionMsg::IdleCheck);
+        let mut state = SessionActorState { session, ctx, timer: None, last_active: tokio::time::Instant::now() };
+        state.arm(&myself);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        s: &mut SessionActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Command { command, reply } => {
+                s.last_active = tokio::time::Instant::now();
+                let result = s.command(command).await;
+                let _ = reply.send(result);
+            }
+            SessionMsg::Due { due, at, reply } => {
+                s.due(due, at).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+            SessionMsg::IdleCheck => {
+                if s.last_active.elapsed() >= s.ctx.config.actor_idle_stop {
+                    myself.stop(Some("idle".into()));
+                    return Ok(());
+                }
+            }
+        }
+        if s.session.state == SessionState::Active {
+            s.arm(&myself);
+        } else {
+            myself.stop(Some("no longer live".into()));
+        }
+        Ok(())
+    }
+}
+
+impl SessionActorState {
+    /// Sets the timer for the session's next due time.
+    fn arm(&mut self, myself: &ActorRef<SessionMsg>) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+        let Some(&(at, due)) = self.session.deadlines().iter().min_by_key(|(at, _)| *at) else { return };
+        let sleep = self.ctx.clock.sleep_until(at);
+        let myself = myself.clone();
+        self.timer = Some(tokio::spawn(async move {
+            sleep.await;
+            let _ = myself.cast(SessionMsg::Due { due, at, reply: None });
+        }));
+    }
+
+    async fn command(&mut self, command: Command) -> Result<Session, SessionError> {
+        let now = self.ctx.clock.now_ms();
+        let id = self.session.id.clone();
+        let refuse =
+            |state: SessionState, verb| Err(SessionError::Conflict { id: id.to_string(), state: state.as_str(), verb });
+        let event = match (command, self.session.state) {
+            (Command::Touch, SessionState::Active) => {
+                let expires = if self.session.sliding {
+                    now + self.ctx.config.expire_after.as_millis() as u64
+                } else {
+                    self.session.expires_at_unix_ms
+                };
+                Event::SessionTouched(SessionTouched { id: id.clone(), at_unix_ms: now, expires_at_unix_ms: expires })
+            }
+            (Command::Touch, state) => return refuse(state, "touched"),
+            (Command::Pay, SessionState::Paid) => return Ok(self.session.clone()), // paying twice is paying
+            (Command::Pay, SessionState::Purged) => return refuse(SessionState::Purged, "paid"),
+            (Command::Pay, _) => Event::SessionPaid(SessionPaid { id: id.clone(), at_unix_ms: now }),
+            (Command::End, SessionState::Active | SessionState::Expired) => {
+                Event::SessionEnded(SessionEnded { id: id.clone(), at_unix_ms: now, reason: "ended by the app".into() })
+            }
+            (Command::End, state) => return refuse(state, "ended"),
+        };
+        self.append(event).await?;
+        Ok(self.session.clone())
+    }
+
+    /// Applies a due time if the session still has it and it has come.
+    async fn due(&mut self, due: Due, at: u64) {
+        let now = self.ctx.clock.now_ms();
+        if now < at || !self.session.deadlines().contains(&(at, due)) {
+            return; // moved by a touch, or the session changed meanwhile
+        }
+        let (after, rule) = match due {
+            Due::Expire => (self.ctx.config.expire_after, "sessions.expire_after"),
+            Due::Purge => (self.ctx.config.purge_after, "sessions.purge_after"),
+        };
+        let rule = format!("{rule}={}", humantime::format_duration(after));
+        let id = self.session.id.clone();
+        let event = match due {
+            Due::Expire => Event::SessionExpired(SessionDue {
+                id,
+                due_at_unix_ms: at,
+                applied_at_unix_ms: now,
+                reason: "unpaid at its expiry".into(),
+                rule,
+            }),
+            Due::Purge => Event::SessionPurged(SessionDue {
+                id,
+                due_at_unix_ms: at,
+                applied_at_unix_ms: now,
+                reason: "unpaid at its purge age".into(),
+                rule,
+            }),
+        };
+        if let Err(error) = self.append(event).await {
+            tracing::warn!(session = %self.session.id, error = %error, "due time not applied; the sweeper retries");
+        }
+    }
+
+    /// Appends an event of this session and applies it to the actor's own copy.
+    async fn append(&mut self, event: Event) -> Result<(), SessionError> {
+        let envelope = self.ctx.log.append(event).await.map_err(|e| match e.as_ref() {
+            crate::log::LogError::Closed => SessionError::ShuttingDown,
+            other => SessionError::Storage(other.to_string()),
+        })?;
+        let s = &mut self.session;
+        match envelope.event {
+            Event::SessionTouched(e) => {
+                s.expires_at_unix_ms = e.expires_at_unix_ms;
+                s.last_touched_at_unix_ms = e.at_unix_ms;
+            }
+            Event::SessionPaid(e) => (s.state, s.changed_at_unix_ms) = (SessionState::Paid, Some(e.at_unix_ms)),
+            Event::SessionEnded(e) => (s.state, s.changed_at_unix_ms) = (SessionState::Ended, Some(e.at_unix_ms)),
+            Event::SessionExpired(e) => {
+                (s.state, s.changed_at_unix_ms) = (SessionState::Expired, Some(e.applied_at_unix_ms))
+            }
+            Event::SessionPurged(e) => {
+                (s.state, s.changed_at_unix_ms) = (SessionState::Purged, Some(e.applied_at_unix_ms))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

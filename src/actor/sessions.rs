@@ -1,0 +1,263 @@
+//! `SessionSupervisor`: creates sessions, finds or starts the actor of a session, and runs the
+//! sweeper that applies due times from the projection's deadline index, for sessions whose
+//! actor is not running and after a restart (overdue ones at once, with their original due
+//! time recorded in the event).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::watch;
+
+use super::session::{Command, SessionActor, SessionContext, SessionError, SessionMsg};
+use crate::event::{Event, SessionCreated, SessionId};
+use crate::projection::sessions::Session;
+
+/// Due times the sweeper hands out per round.
+const SWEEP_BATCH_MAX: usize = 10_000;
+/// Session actors the sweeper waits on at once.
+const SWEEP_CONCURRENCY: usize = 1024;
+
+/// Messages the supervisor handles.
+#[derive(Debug)]
+pub enum SessionsMsg {
+    Get { id: SessionId, reply: RpcReplyPort<Result<ActorRef<SessionMsg>, SessionError>> },
+    Count { reply: RpcReplyPort<usize> },
+}
+
+#[derive(Debug)]
+pub struct SessionSupervisor;
+
+#[derive(Debug)]
+pub struct SessionSupervisorState {
+    ctx: SessionContext,
+    actors: HashMap<SessionId, ActorRef<SessionMsg>>,
+    by_actor: HashMap<ActorId, SessionId>,
+}
+
+impl Actor for SessionSupervisor {
+    type Msg = SessionsMsg;
+    type State = SessionSupervisorState;
+    type Arguments = SessionContext;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionsMsg>,
+        ctx: SessionContext,
+    ) -> Result<SessionSupervisorState, ActorProcessingErr> {
+        Ok(SessionSupervisorState { ctx, actors: HashMap::new(), by_actor: HashMap::new() })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionsMsg>,
+        msg: SessionsMsg,
+        s: &mut SessionSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionsMsg::Get { id, reply } => {
+                let result = match s.actors.get(&id) {
+                    Some(actor) => Ok(actor.clone()),
+                    None => s.start(&myself, id).await,
+                };
+                let _ = reply.send(result);
+            }
+            SessionsMsg::Count { reply } => {
+                let _ = reply.send(s.actors.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<SessionsMsg>,
+        event: SupervisionEvent,
+        s: &mut SessionSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                if let Some(id) = s.forget(&cell) {
+                    // Its state is in the projection; the next command or due time restarts it.
+                    tracing::warn!(session = %id, error = %error, "session actor failed");
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                s.forget(&cell);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl SessionSupervisorState {
+    fn forget(&mut self, cell: &ActorCell) -> Option<SessionId> {
+        let id = self.by_actor.remove(&cell.get_id())?;
+        if self.actors.get(&id).is_some_and(|a| a.get_id() == cell.get_id()) {
+            self.actors.remove(&id);
+        }
+        Some(id)
+    }
+
+    async fn start(
+        &mut self,
+        myself: &ActorRef<SessionsMsg>,
+        id: SessionId,
+    ) -> Result<ActorRef<SessionMsg>, SessionError> {
+        if self.ctx.sessions.get(&id).map_err(|e| SessionError::Storage(e.to_string()))?.is_none() {
+            self.ctx.caught_up().await;
+        }
+        match self.ctx.sessions.get(&id) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(SessionError::NotFound(id.to_string())),
+            Err(e) => return Err(SessionError::Storage(e.to_string())),
+        }
+        let (actor, _) = Actor::spawn_linked(None, SessionActor, (id.clone(), self.ctx.clone()), myself.get_cell())
+            .await
+            .map_err(|e| SessionError::Storage(e.to_string()))?;
+        self.by_actor.insert(actor.get_id(), id.clone());
+        self.actors.insert(id, actor.clone());
+        Ok(actor)
+    }
+}
+
+/// A handle to the sessions, used by the HTTP API.
+#[derive(Debug, Clone)]
+pub struct SessionsHandle {
+    supervisor: ActorRef<SessionsMsg>,
+    ctx: SessionContext,
+}
+
+impl SessionsHandle {
+    /// Starts the supervisor and its sweeper; the sweeper stops when `stopping` turns true.
+    pub async fn start(ctx: SessionContext, stopping: watch::Receiver<bool>) -> Result<Self, ActorProcessingErr> {
+        let (supervisor, _) = Actor::spawn(None, SessionSupervisor, ctx.clone()).await?;
+        let handle = Self { supervisor, ctx };
+        tokio::spawn(handle.clone().sweep(stopping));
+        Ok(handle)
+    }
+
+    /// Creates a session; it is live (its actor holds its timer) until it expires or is paid.
+    pub async fn create(&self, sliding: Option<bool>) -> Result<Session, SessionError> {
+        let now = self.ctx.clock.now_ms();
+        let config = &self.ctx.config;
+        let id = SessionId::random();
+        let created = SessionCreated {
+            id: id.clone(),
+            created_at_unix_ms: now,
+            expires_at_unix_ms: now + config.expire_after.as_millis() as u64,
+            purge_at_unix_ms: now + config.purge_after.as_millis() as u64,
+            sliding: sliding.unwrap_or(config.sliding),
+        };
+        self.ctx.log.append(Event::SessionCreated(created)).await.map_err(|e| SessionError::Storage(e.to_string()))?;
+        // Starting the actor waits for the projection, so the session is readable on return.
+        self.actor(&id).await?;
+        self.get(&id).await?.ok_or_else(|| SessionError::NotFound(id.to_string()))
+    }
+
+    /// A session as the projection has it, after every acknowledged command.
+    pub async fn get(&self, id: &SessionId) -> Result<Option<Session>, SessionError> {
+        self.ctx.caught_up().await;
+        self.ctx.sessions.get(id).map_err(|e| SessionError::Storage(e.to_string()))
+    }
+
+    /// Runs a command through the session's actor.
+    pub async fn command(&self, id: &SessionId, command: Command) -> Result<Session, SessionError> {
+        for _ in 0..3 {
+            let actor = self.actor(id).await?;
+            match actor.call(|reply| SessionMsg::Command { command, reply }, None).await {
+                Ok(ractor::rpc::CallResult::Success(result)) => return result,
+                _ => continue, // the actor stopped as we asked (idle, or no longer live): ask again
+            }
+        }
+        Err(SessionError::Storage("the session's actor keeps stopping".into()))
+    }
+
+    /// Now, by the sessions' clock.
+    pub fn now_ms(&self) -> u64 {
+        self.ctx.clock.now_ms()
+    }
+
+    /// Waits until the sessions projection has everything acknowledged.
+    pub async fn caught_up(&self) {
+        self.ctx.caught_up().await;
+    }
+
+    /// How many session actors run.
+    pub async fn live_actors(&self) -> usize {
+        match self.supervisor.call(|reply| SessionsMsg::Count { reply }, None).await {
+            Ok(ractor::rpc::CallResult::Success(n)) => n,
+            _ => 0,
+        }
+    }
+
+    /// Stops every session actor and the supervisor.
+    pub async fn stop(&self) {
+        self.supervisor.drain_children_and_wait(Some(Duration::from_secs(5))).await;
+        let _ = self.supervisor.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+    }
+
+    async fn actor(&self, id: &SessionId) -> Result<ActorRef<SessionMsg>, SessionError> {
+        let id = id.clone();
+        match self.supervisor.call(|reply| SessionsMsg::Get { id, reply }, None).await {
+            Ok(ractor::rpc::CallResult::Success(result)) => result,
+            _ => Err(SessionError::ShuttingDown),
+        }
+    }
+
+    /// Applies due times from the deadline index: sleeps until the earliest, hands each due
+    /// one to its session's actor (started if needed), waits for the projection to apply what
+    /// they appended, and goes again.
+    async fn sweep(self, mut stopping: watch::Receiver<bool>) {
+        loop {
+            self.ctx.caught_up().await;
+            let now = self.ctx.clock.now_ms();
+            let due = match self.ctx.sessions.due(now, SWEEP_BATCH_MAX) {
+                Ok(due) => due,
+                Err(error) => {
+                    tracing::error!(error = %error, "session sweeper cannot read the deadline index");
+                    Vec::new()
+                }
+            };
+            if due.is_empty() {
+                let next = self.ctx.sessions.next_due().ok().flatten();
+                // Wake at the next due time, or within a second to notice new ones.
+                let wake = next.unwrap_or(u64::MAX).min(now.saturating_add(1000));
+                tokio::select! {
+                    _ = self.ctx.clock.sleep_until(wake) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
+                continue;
+            }
+            let applied = due.len();
+            let mut waiting = FuturesUnordered::new();
+            for (at, kind, id) in due {
+                if *stopping.borrow() {
+                    return;
+                }
+                let this = self.clone();
+                waiting.push(async move {
+                    let actor = this.actor(&id).await.ok()?;
+                    actor.call(|reply| SessionMsg::Due { due: kind, at, reply: Some(reply) }, None).await.ok()
+                });
+                if waiting.len() >= SWEEP_CONCURRENCY {
+                    waiting.next().await;
+                }
+            }
+            while waiting.next().await.is_some() {}
+            metrics::counter!(crate::metrics::SESSION_DUE_APPLIED_TOTAL).increment(applied as u64);
+            // The same entries are still due until the projection applies their events: wait.
+            self.ctx.caught_up().await;
+            if self.ctx.sessions.due(now, 1).map(|d| d.len()).unwrap_or(0) > 0 {
+                // Some could not be applied (a failing log): do not spin on them.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `/api/sessions`: create, read (with what happened to it, and why), touch, pay, end, list, and
+//! the figures an operator asks for.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::{Filter, Reply};
+
+use super::{error_reply, App};
+use crate::actor::session::{Command, SessionError};
+use crate::event::{Envelope, SessionId, StreamId};
+use crate::projection::sessions::{Session, SessionState};
+
+/// Most sessions one list page returns.
+pub const LIST_LIMIT_MAX: usize = 1000;
+/// Most events of one session shown.
+const EVENTS_MAX: usize = 1000;
+
+fn session_error(error: &SessionError) -> warp::reply::Response {
+    let status = match error {
+        SessionError::NotFound(_) => StatusCode::NOT_FOUND,
+        SessionError::Conflict { .. } => StatusCode::CONFLICT,
+        SessionError::Storage(_) | SessionError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error_reply(status, error.code(), &error.to_string())
+}
+
+fn bad_id(error: &crate::event::InvalidSessionId) -> warp::reply::Response {
+    error_reply(StatusCode::BAD_REQUEST, "invalid_session_id", &error.to_string())
+}
+
+#[derive(Serialize)]
+struct EventView<'a> {
+    seq: u64,
+    at_unix_ms: u64,
+    event: &'a crate::event::Event,
+}
+
+/// All session routes.
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let with_app = warp::any().map(move || app.clone());
+    let create = warp::path!("api" / "sessions")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::bytes())
+        .and(with_app.clone())
+        .then(|body: warp::hyper::body::Bytes, app: Arc<App>| async move { create(&body, &app).await });
+    let stats = warp::path!("api" / "sessions" / "stats")
+        .and(warp::get())
+        .and(with_app.clone())
+        .then(|app: Arc<App>| async move { stats(&app).await });
+    let get = warp::path!("api" / "sessions" / String)
+        .and(warp::get())
+        .and(with_app.clone())
+        .then(|id: String, app: Arc<App>| async move { get(&id, &app).await });
+    let act = warp::path!("api" / "sessions" / String / String)
+        .and(warp::post())
+        .and(with_app.clone())
+        .then(|id: String, verb: String, app: Arc<App>| async move { act(&id, &verb, &app).await });
+    let list = warp::path!("api" / "sessions")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_app)
+        .then(|query: HashMap<String, String>, app: Arc<App>| async move { list(&query, &app).await });
+    create.or(stats).unify().or(get).unify().or(act).unify().or(list).unify()
+}
+
+async fn create(body: &[u8], app: &App) -> warp::reply::Response {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Create {
+        sliding: Option<bool>,
+    }
+    let request: Create = if body.iter().all(u8::is_ascii_whitespace) {
+        Create::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(request) => request,
+            Err(e) => {
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    &format!("expected {{\"sliding\": bool}}: {e}"),
+                )
+            }
+        }
+    };
+    match app.sessions.create(request.sliding).await {
+        Ok(session) => warp::reply::with_status(warp::reply::json(&session), StatusCode::CREATED).into_response(),
+        Err(error) => session_error(&error),
+    }
+}
+
+async fn get(id: &str, app: &App) -> warp::reply::Response {
+    let id = match SessionId::parse(id) {
+        Ok(id) => id,
+        Err(error) => return bad_id(&error),
+    };
+    let session = match app.sessions.get(&id).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return session_error(&SessionError::NotFound(id.to_string())),
+        Err(error) => return session_error(&error),
+    };
+    let events: Vec<Envelope> = app.log.read_stream(&StreamId::session(&id), 0, EVENTS_MAX).unwrap_or_default();
+    let events: Vec<EventView> =
+        events.iter().map(|e| EventView { seq: e.seq, at_unix_ms: e.at_unix_ms, event: &e.event }).collect();
+    warp::reply::json(&serde_json::json!({ "session": session, "events": events })).into_response()
+}
+
+async fn act(id: &str, verb: &str, app: &App) -> warp::reply::Response {
+    let id = match SessionId::parse(id) {
+        Ok(id) => id,
+        Err(error) => return bad_id(&error),
+    };
+    let command = match verb {
+        "touch" => Command::Touch,
+        "pay" => Command::Pay,
+        "end" => Command::End,
+        _ => return error_reply(StatusCode::NOT_FOUND, "not_found", "no such route: use touch, pay or end"),
+    };
+    match app.sessions.command(&id, command).await {
+        Ok(session) => warp::reply::json(&session).into_response(),
+        Err(error) => session_error(&error),
+    }
+}
+
+async fn list(query: &HashMap<String, String>, app: &App) -> warp::reply::Response {
+    let bad = |text: String| error_reply(StatusCode::BAD_REQUEST, "invalid_query", &text);
+    let state = match query.get("state").map(|s| SessionState::parse(s).ok_or(s)) {
+        None => None,
+        Some(Ok(state)) => Some(state),
+        Some(Err(s)) => return bad(format!("state {s:?}: use active, expired, paid, ended or purged")),
+    };
+    let now = app.sessions_clock_now();
+    let created_before = match query.get("older_than").map(|t| humantime::parse_duration(t)) {
+        None => None,
+        Some(Ok(age)) => Some(now.saturating_sub(age.as_millis() as u64)),
+        Some(Err(e)) => return bad(format!("older_than: {e} (use 7d, 12h)")),
+    };
+    let after = match query.get("after").map(|a| SessionId::parse(a)) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(e)) => return bad(e.to_string()),
+    };
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(l)) if (1..=LIST_LIMIT_MAX).contains(&l) => l,
+        _ => return bad(format!("limit must be 1 to {LIST_LIMIT_MAX}")),
+    };
+    app.sessions.caught_up().await;
+    match app.sessions_read.list(state, created_before, after.as_ref(), limit) {
+        Ok(sessions) => {
+            let next: Option<&Session> = (sessions.len() == limit).then(|| sessions.last()).flatten();
+            let body = serde_json::json!({ "sessions": sessions, "next_after": next.map(|s| s.id.as_str()) });
+            warp::reply::json(&body).into_response()
+        }
+        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
+    }
+}
+
+async fn stats(app: &App) -> warp::reply::Response {
+    app.sessions.caught_up().await;
+    let now = app.sessions_clock_now();
+    let counts = app.sessions_read.counts();
+    let overdue = app.sessions_read.overdue_purges(now);
+    match (counts, overdue) {
+        (Ok(counts), Ok(overdue)) => {
+            let by_state: serde_json::Map<String, serde_json::Value> =
+                SessionState::ALL.iter().map(|s| (s.as_str().to_owned(), counts[s].into())).collect();
+            let body = serde_json::json!({
+                "total": counts.values().sum::<u64>(),
+                "by_state": by_state,
+                "unpaid_older_than_purge_age": overdue,
+            });
+            warp::reply::json(&body).into_response()
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string())
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The sessions projection: each session's state, a deadline index of due expiries and
+//! purges, and counts by state, in one sled tree written atomically with the checkpoint.
+//!
+//! | key | value |
+//! |---|---|
+//! | `c` | checkpoint: last applied seq (u64 BE) |
+//! | `s` id | a [`Session`] |
+//! | `d` due-ms (u64 BE) kind id | nothing: a due time (`e` expiry, `p` purge) |
+//! | `n` state | count of sessions in that state (u64 BE) |
+//!
+//! The deadline index is what makes a due time happen on time when no session actor runs, and
+//! after a restart: the sweeper reads its first entries.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Projection, ProjectionError};
+use crate::event::{Envelope, Event, SessionId};
+
+const TREE: &str = "proj.sessions";
+const CHECKPOINT_KEY: &[u8] = b"c";
+
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Created, not yet expired, paid or ended.
+    Active,
+    /// Reached its expiry unpaid; purged later unless paid.
+    Expired,
+    /// Paid: kept for good.
+    Paid,
+    /// Ended by the app; purged later unless paid.
+    Ended,
+    /// Purged with everything it owned; only its record remains.
+    Purged,
+}
+
+impl SessionState {
+    pub const ALL: [SessionState; 5] =
+        [SessionState::Active, SessionState::Expired, SessionState::Paid, SessionState::Ended, SessionState::Purged];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Active => "active",
+            SessionState::Expired => "expired",
+            SessionState::Paid => "paid",
+            SessionState::Ended => "ended",
+            SessionState::Purged => "purged",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// The state's key byte in the counts: distinct for each state.
+    fn byte(self) -> u8 {
+        match self {
+            SessionState::Active => b'a',
+            SessionState::Expired => b'x',
+            SessionState::Paid => b'p',
+            SessionState::Ended => b'e',
+            SessionState::Purged => b'g',
+        }
+    }
+}
+
+/// What is due for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Due {
+    Expire,
+    Purge,
+}
+
+impl Due {
+    fn byte(self) -> u8 {
+        match self {
+            Due::Expire => b'e',
+            Due::Purge => b'p',
+        }
+    }
+}
+
+/// A session as the projection keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: SessionId,
+    pub state: SessionState,
+    pub sliding: bool,
+    pub created_at_unix_ms: u64,
+    pub expires_at_unix_ms: u64,
+    pub purge_at_unix_ms: u64,
+    pub last_touched_at_unix_ms: u64,
+    /// When it changed state last (paid, expired, ended, purged), if it did.
+    pub changed_at_unix_ms: Option<u64>,
+}
+
+impl Session {
+    /// The due times still ahead of it.
+    pub fn deadlines(&self) -> Vec<(u64, Due)> {
+        match self.state {
+            SessionState::Active => vec![(self.expires_at_unix_ms, Due::Expire), (self.purge_at_unix_ms, Due::Purge)],
+            SessionState::Expired | SessionState::Ended => vec![(self.purge_at_unix_ms, Due::Purge)],
+            SessionState::Paid | SessionState::Purged => Vec::new(),
+        }
+    }
+}
+
+/// Read access; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    tree: sled::Tree,
+}
+
+/// The writing side, owned by the projection runner.
+#[derive(Debug)]
+pub struct SessionsProjection {
+    tree: sled::Tree,
+}
+
+/// Opens the sessions tree in `db`.
+pub fn open(db: &sled::Db) -> Result<(Sessions, SessionsProjection), ProjectionError> {
+    let tree = db.open_tree(TREE)?;
+    Ok((Sessions { tree: tree.clone() }, SessionsProjection { tree }))
+}
+
+fn session_key(id: &SessionId) -> Vec<u8> {
+    let mut key = vec![b's'];
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+fn deadline_key(at: u64, due: Due, id: &SessionId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(42);
+    key.push(b'd');
+    key.extend_from_slice(&at.to_be_bytes());
+    key.push(due.byte());
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+fn count_key(state: SessionState) -> [u8; 2] {
+    [b'n', state.byte()]
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ProjectionError> {
+    rmp_serde::from_slice(bytes).map_err(|e| ProjectionError::Task(format!("session value does not decode: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).expect("session values are plain structs and always encode")
+}
+
+fn u64_of(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+impl Sessions {
+    pub fn get(&self, id: &SessionId) -> Result<Option<Session>, ProjectionError> {
+        self.tree.get(session_key(id))?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        Ok(self.tree.get(CHECKPOINT_KEY)?.map_or(0, |v| u64_of(&v)))
+    }
+
+    /// Up to `limit` due times at or before `now`, earliest first.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, Due, SessionId)>, ProjectionError> {
+        let end = {
+            let mut key = vec![b'd'];
+            key.extend_from_slice(&now_ms.to_be_bytes());
+            key.push(0xff);
+            key
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(b"d".to_vec()..end).take(limit) {
+            out.push(parse_deadline(&item?.0)?);
+        }
+        Ok(out)
+    }
+
+    /// The earliest due time, if any.
+    pub fn next_due(&self) -> Result<Option<u64>, ProjectionError> {
+        match self.tree.scan_prefix(b"d").next() {
+            Some(item) => Ok(Some(parse_deadline(&item?.0)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sessions by state.
+    pub fn counts(&self) -> Result<HashMap<SessionState, u64>, ProjectionError> {
+        let mut counts = HashMap::new();
+        for state in SessionState::ALL {
+            counts.insert(state, self.tree.get(count_key(state))?.map_or(0, |v| u64_of(&v)));
+        }
+        Ok(counts)
+    }
+
+    /// Unpaid sessions whose purge is due (older than the purge age) and not yet purged.
+    pub fn overdue_purges(&self, now_ms: u64) -> Result<u64, ProjectionError> {
+        Ok(self.due(now_ms, usize::MAX)?.iter().filter(|(_, due, _)| *due == Due::Purge).count() as u64)
+    }
+
+    /// Up to `limit` sessions after `after` (by id), in `state` if given, created before
+    /// `created_before_ms` if given.
+    pub fn list(
+        &self,
+        state: Option<SessionState>,
+        created_before_ms: Option<u64>,
+        after: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<Vec<Session>, ProjectionError> {
+        let start = match after {
+            Some(id) => {
+                let mut key = session_key(id);
+                key.push(0);
+                key
+            }
+            None => vec![b's'],
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..vec![b't']) {
+            let session: Session = decode(&item?.1)?;
+            let wanted = state.is_none_or(|s| s == session.state)
+                && created_before_ms.is_none_or(|t| session.created_at_unix_ms < t);
+            if wanted {
+                out.push(session);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn parse_deadline(key: &[u8]) -> Result<(u64, Due, SessionId), ProjectionError> {
+    let bad = || ProjectionError::Task("malformed session deadline key".into());
+    let at = u64_of(key.get(1..9).ok_or_else(bad)?);
+    let due = match key.get(9) {
+        Some(b'e') => Due::Expire,
+        Some(b'p') => Due::Purge,
+        _ => return Err(bad()),
+    };
+    let id = std::str::from_utf8(key.get(10..).ok_or_else(bad)?).map_err(|_| bad())?;
+    Ok((at, due, SessionId::parse(id).map_err(|_| bad())?))
+}
+
+impl Projection for SessionsProjection {
+    fn name(&self) -> &'static str {
+        "sessions"
+    }
+
+    fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        self.reader().checkpoint()
+    }
+
+    fn apply(&mut self, batch: &[Envelope]) -> Result<(), ProjectionError> {
+        let reader = self.reader();
+        let mut changed: HashMap<SessionId, (Option<Session>, Session)> = HashMap::new();
+        for envelope in batch {
+            let (id, change): (&SessionId, &dyn Fn(&mut Session)) = match &envelope.event {
+                Event::SessionCreated(e) => {
+                    let created = Session {
+                        id: e.id.clone(),
+                        state: SessionState::Active,
+                        sliding: e.sliding,
+                        created_at_unix_ms: e.created_at_unix_ms,
+                        expires_at_unix_ms: e.expires_at_unix_ms,
+                        purge_at_unix_ms: e.purge_at_unix_ms,
+                        last_touched_at_unix_ms: e.created_at_unix_ms,
+                        changed_at_unix_ms: None,
+                    };
+                    let before = match changed.remove(&e.id) {
+                        Some((before, _)) => before,
+                        None => reader.get(&e.id)?,
+                    };
+                    changed.insert(e.id.clone(), (before, created));
+                    continue;
+                }
+                Event::SessionTouched(e) => (&e.id, &|s: &mut Session| {
+                    if s.state == SessionState::Active {
+                        s.expires_at_unix_ms = e.expires_at_unix_ms;
+                        s.last_touched_at_unix_ms = e.at_unix_ms;
+                    }
+                }),
+                Event::SessionPaid(e) => (&e.id, &|s: &mut Session| {
+                    if s.state != SessionState::Purged {
+                        s.state = SessionState::Paid;
+                        s.changed_at_unix_ms = Some(e.at_unix_ms);
+                    }
+                }),
+                Event::SessionExpired(e) => (&e.id, &|s: &mut Session| {
+                    if s.state == SessionState::Active {
+                        s.state = SessionState::Expired;
+                        s.changed_at_unix_ms = Some(e.applied_at_unix_ms);
+                    }
+                }),
+                Event::SessionPurged(e) => (&e.id, &|s: &mut Session| {
+                    if s.state != SessionState::Paid {
+                        s.state = SessionState::Purged;
+                        s.changed_at_unix_ms = Some(e.applied_at_unix_ms);
+                    }
+                }),
+                Event::SessionEnded(e) => (&e.id, &|s: &mut Session| {
+                    if matches!(s.state, SessionState::Active | SessionState::Expired) {
+                        s.state = SessionState::Ended;
+                        s.changed_at_unix_ms = Some(e.at_unix_ms);
+                    }
+                }),
+                _ => continue,
+            };
+            if !changed.contains_key(id) {
+                let Some(current) = reader.get(id)? else { continue }; // an event for no session: nothing to change
+                changed.insert(id.clone(), (Some(current.clone()), current));
+            }
+            if let Some((_, session)) = changed.get_mut(id) {
+                change(session);
+            }
+        }
+        let mut write = sled::Batch::default();
+        let mut counts: HashMap<SessionState, i64> = HashMap::new();
+        for (id, (before, after)) in &changed {
+            if let Some(before) = before {
+                for (at, due) in before.deadlines() {
+                    write.remove(deadline_key(at, due, id));
+                }
+                *counts.entry(before.state).or_default() -= 1;
+            }
+            for (at, due) in after.deadlines() {
+                write.insert(deadline_key(at, due, id), &[]);
+            }
+            *counts.entry(after.state).or_default() += 1;
+            write.insert(session_key(id), encode(after));
+        }
+        let stored = reader.counts()?;
+        for (state, delta) in counts {
+            let now = (stored.get(&state).copied().unwrap_or(0) as i64 + delta).max(0) as u64;
+            write.insert(&count_key(state), &now.to_be_bytes());
+        }
+        if let Some(last) = batch.last() {
+            write.insert(CHECKPOINT_KEY, &last.seq.to_be_bytes());
+        }
+        self.tree.apply_batch(write)?;
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), ProjectionError> {
+        self.tree.clear()?;
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+impl SessionsProjection {
+    fn reader(&self) -> Sessions {
+        Sessions { tree: self.tree.clone() }
+    }
+}
