@@ -203,6 +203,8 @@ pub struct Limits {
     /// Used fraction of the data folder's filesystem above which the server reports itself not
     /// ready (`/readyz`, `roomlog status`): the design's "danger" threshold.
     pub disk_danger_ratio: f64,
+    /// Largest file upload, in bytes; streamed, never held in memory.
+    pub upload_bytes_max: u64,
     /// How long a graceful shutdown waits for connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -220,6 +222,7 @@ impl Default for Limits {
             rooms_per_connection_max: 64,
             outbound_queue_max: 4096,
             disk_danger_ratio: 0.85,
+            upload_bytes_max: 1 << 30,
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -274,6 +277,11 @@ impl Config {
     /// The folder of the log's sled database.
     pub fn log_dir(&self) -> PathBuf {
         self.data.join("db")
+    }
+
+    /// The file store's folder.
+    pub fn blob_dir(&self) -> PathBuf {
+        self.data.join("blobs")
     }
 
     /// The folder of the message search index (tantivy).

@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::blob::{ContentHash, FileKey};
+
 /// Where an event belongs: the entity whose history it is part of.
 ///
 /// The stream lets one entity's events be read (or purged) without scanning the log.
@@ -26,6 +28,11 @@ impl StreamId {
     /// The stream of one session.
     pub fn session(id: &SessionId) -> Self {
         Self(format!("session/{}", id.as_str()))
+    }
+
+    /// The stream of one file key.
+    pub fn file(key: &FileKey) -> Self {
+        Self(format!("file/{}", key.as_str()))
     }
 
     /// The stream as stored.
@@ -181,6 +188,12 @@ pub enum Event {
     /// The app ended a session.
     #[serde(rename = "SessionEnded.1")]
     SessionEnded(SessionEnded),
+    /// A key now names stored content (a new upload, or a copy of another key's content).
+    #[serde(rename = "FileStored.1")]
+    FileStored(FileStored),
+    /// A key was deleted.
+    #[serde(rename = "FileDeleted.1")]
+    FileDeleted(FileDeleted),
 }
 
 /// Messages an event takes out of a room: the one mechanism by which every read model (the
@@ -206,6 +219,8 @@ impl Event {
             Event::SessionPaid(e) => StreamId::session(&e.id),
             Event::SessionExpired(e) | Event::SessionPurged(e) => StreamId::session(&e.id),
             Event::SessionEnded(e) => StreamId::session(&e.id),
+            Event::FileStored(e) => StreamId::file(&e.key),
+            Event::FileDeleted(e) => StreamId::file(&e.key),
         }
     }
 
@@ -222,7 +237,9 @@ impl Event {
             | Event::SessionPaid(_)
             | Event::SessionExpired(_)
             | Event::SessionPurged(_)
-            | Event::SessionEnded(_) => None,
+            | Event::SessionEnded(_)
+            | Event::FileStored(_)
+            | Event::FileDeleted(_) => None,
         }
     }
 
@@ -239,6 +256,8 @@ impl Event {
             Event::SessionExpired(_) => "SessionExpired.1",
             Event::SessionPurged(_) => "SessionPurged.1",
             Event::SessionEnded(_) => "SessionEnded.1",
+            Event::FileStored(_) => "FileStored.1",
+            Event::FileDeleted(_) => "FileDeleted.1",
         }
     }
 }
@@ -351,6 +370,26 @@ pub struct SessionEnded {
     pub reason: String,
 }
 
+/// `FileStored` version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStored {
+    pub key: FileKey,
+    pub hash: ContentHash,
+    pub size: u64,
+    pub content_type: String,
+    /// The session that owns the key: purged with it.
+    pub owner: Option<SessionId>,
+}
+
+/// `FileDeleted` version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDeleted {
+    pub key: FileKey,
+    pub hash: ContentHash,
+    /// Why, in words (`deleted by the app`, a lifecycle rule's expiry).
+    pub reason: String,
+}
+
 /// Every event shape ever written, by stored tag. Reading goes through here so that an old
 /// shape can be upcast to the current one; see the module documentation.
 #[derive(Debug, Deserialize)]
@@ -375,6 +414,10 @@ enum StoredEvent {
     SessionPurgedV1(SessionDue),
     #[serde(rename = "SessionEnded.1")]
     SessionEndedV1(SessionEnded),
+    #[serde(rename = "FileStored.1")]
+    FileStoredV1(FileStored),
+    #[serde(rename = "FileDeleted.1")]
+    FileDeletedV1(FileDeleted),
 }
 
 impl From<StoredEvent> for Event {
@@ -390,6 +433,8 @@ impl From<StoredEvent> for Event {
             StoredEvent::SessionExpiredV1(e) => Event::SessionExpired(e),
             StoredEvent::SessionPurgedV1(e) => Event::SessionPurged(e),
             StoredEvent::SessionEndedV1(e) => Event::SessionEnded(e),
+            StoredEvent::FileStoredV1(e) => Event::FileStored(e),
+            StoredEvent::FileDeletedV1(e) => Event::FileDeleted(e),
         }
     }
 }

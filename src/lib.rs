@@ -27,6 +27,7 @@
 pub mod actor;
 pub mod auth;
 pub mod backup;
+pub mod blob;
 pub mod clock;
 pub mod config;
 pub mod event;

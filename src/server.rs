@@ -14,11 +14,13 @@ use crate::actor::session::SessionContext;
 use crate::actor::sessions::SessionsHandle;
 use crate::actor::ChatContext;
 use crate::auth::{Authenticator, NameOnly};
+use crate::blob::service::FileService;
+use crate::blob::BlobStore;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{routes, App};
 use crate::log::{EventLog, LogError};
-use crate::projection::{history, search, sessions, ProjectionError, Runner};
+use crate::projection::{files, history, search, sessions, ProjectionError, Runner};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +95,18 @@ impl Server {
         let (sessions_runner, sessions_following) = Runner::start(log.clone(), sessions_projection)
             .await
             .map_err(|source| ServerError::Projection { name: "sessions", source })?;
+        let (files_read, files_projection) =
+            files::open(log.db()).map_err(|source| ServerError::Projection { name: "files", source })?;
+        let (files_runner, files_following) = Runner::start(log.clone(), files_projection)
+            .await
+            .map_err(|source| ServerError::Projection { name: "files", source })?;
+        let blob_dir = config.blob_dir();
+        let store = BlobStore::open(&blob_dir).map_err(|source| ServerError::Io {
+            what: format!("opening the file store in {}", blob_dir.display()),
+            source,
+        })?;
+        let file_service =
+            FileService::new(store, files_read, files_runner.clone(), sessions_read.clone(), log.clone());
         let ctx = ChatContext {
             log: log.clone(),
             history: history.clone(),
@@ -130,6 +144,8 @@ impl Server {
             sessions_runner,
             rooms,
             sessions,
+            files: file_service.clone(),
+            files_runner,
         };
         let app = Arc::new(App::new(config, addr, log, parts, auth, stopping.clone()));
         // Metrics: install the recorder before anything counts, and keep its histograms rolling.
@@ -154,6 +170,7 @@ impl Server {
                 })
                 .run(),
         );
+        tokio::spawn(file_service.reap(stopping_for_backups.clone()));
         if let Some(every) = app.config.backup.every {
             tokio::spawn(backup_schedule(app.clone(), every, stopping_for_backups));
         }
@@ -163,7 +180,7 @@ impl Server {
             app,
             stop,
             serving,
-            projections: vec![history_following, search_following, sessions_following],
+            projections: vec![history_following, search_following, sessions_following, files_following],
         })
     }
 

@@ -3,6 +3,7 @@
 //! Errors over HTTP are `{"error": {"code": "...", "message": "..."}}` with a stable code.
 
 pub mod api;
+pub mod files;
 pub mod sessions;
 pub mod upgrade;
 pub mod ws;
@@ -20,6 +21,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::actor::rooms::Rooms;
 use crate::actor::sessions::SessionsHandle;
 use crate::auth::{Authenticator, Credentials};
+use crate::blob::service::FileService;
 use crate::config::Config;
 use crate::event::RoomId;
 use crate::log::EventLog;
@@ -44,6 +46,8 @@ pub struct App {
     pub sessions_read: Sessions,
     pub sessions_runner: Runner,
     pub sessions: SessionsHandle,
+    pub files: FileService,
+    pub files_runner: Runner,
     pub rooms: Rooms,
     pub auth: Arc<dyn Authenticator>,
     /// One permit per open WebSocket: bounds connections, and lets shutdown wait for them.
@@ -67,6 +71,8 @@ pub struct Parts {
     pub sessions_runner: Runner,
     pub rooms: Rooms,
     pub sessions: SessionsHandle,
+    pub files: FileService,
+    pub files_runner: Runner,
 }
 
 impl App {
@@ -79,8 +85,18 @@ impl App {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let connections = Arc::new(Semaphore::new(config.limits.connections_max));
-        let Parts { history, history_runner, search, search_runner, sessions_read, sessions_runner, rooms, sessions } =
-            parts;
+        let Parts {
+            history,
+            history_runner,
+            search,
+            search_runner,
+            sessions_read,
+            sessions_runner,
+            rooms,
+            sessions,
+            files,
+            files_runner,
+        } = parts;
         Self {
             config,
             log,
@@ -91,6 +107,8 @@ impl App {
             sessions_read,
             sessions_runner,
             sessions,
+            files,
+            files_runner,
             rooms,
             auth,
             connections,
@@ -102,8 +120,8 @@ impl App {
     }
 
     /// Every projection's runner, for readiness and lag.
-    pub fn runners(&self) -> [&Runner; 3] {
-        [&self.history_runner, &self.search_runner, &self.sessions_runner]
+    pub fn runners(&self) -> [&Runner; 4] {
+        [&self.history_runner, &self.search_runner, &self.sessions_runner, &self.files_runner]
     }
 
     /// The rooms `identity` may read, for a search: `None` when it may read every room.
@@ -181,6 +199,24 @@ pub enum SearchFailure {
     Unavailable(String),
 }
 
+/// A refused request, small enough to pass around before it becomes a reply.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, code, message: message.into() }
+    }
+
+    pub fn reply(&self) -> warp::reply::Response {
+        error_reply(self.status, self.code, &self.message)
+    }
+}
+
 /// An HTTP error body with its status.
 pub fn error_reply(status: StatusCode, code: &str, message: &str) -> warp::reply::Response {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
@@ -238,6 +274,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
             api::messages(room, query, app)
         });
     ws.or(sessions::routes(app.clone()))
+        .unify()
+        .or(files::routes(app.clone()))
         .unify()
         .or(healthz)
         .unify()

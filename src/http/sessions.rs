@@ -15,6 +15,8 @@ use crate::projection::sessions::{Session, SessionState};
 
 /// Most sessions one list page returns.
 pub const LIST_LIMIT_MAX: usize = 1000;
+/// Largest body of a create request.
+const CREATE_BODY_MAX: usize = 4096;
 /// Most events of one session shown.
 const EVENTS_MAX: usize = 1000;
 
@@ -41,12 +43,27 @@ struct EventView<'a> {
 /// All session routes.
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let with_app = warp::any().map(move || app.clone());
-    let create = warp::path!("api" / "sessions")
-        .and(warp::post())
-        .and(warp::body::content_length_limit(4096))
-        .and(warp::body::bytes())
-        .and(with_app.clone())
-        .then(|body: warp::hyper::body::Bytes, app: Arc<App>| async move { create(&body, &app).await });
+    let create =
+        warp::path!("api" / "sessions").and(warp::post()).and(warp::body::stream()).and(with_app.clone()).then(
+            |body, app: Arc<App>| async move {
+                // Read at most CREATE_BODY_MAX bytes; no Content-Length (curl -X POST) is an empty body.
+                let mut body = Box::pin(body);
+                let mut bytes = Vec::new();
+                while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+                    let Ok(mut chunk) = chunk else { break };
+                    while bytes::Buf::has_remaining(&chunk) {
+                        let part = bytes::Buf::chunk(&chunk);
+                        bytes.extend_from_slice(part);
+                        let n = part.len();
+                        bytes::Buf::advance(&mut chunk, n);
+                    }
+                    if bytes.len() > CREATE_BODY_MAX {
+                        return error_reply(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the body is over 4 KiB");
+                    }
+                }
+                create(&bytes, &app).await
+            },
+        );
     let stats = warp::path!("api" / "sessions" / "stats")
         .and(warp::get())
         .and(with_app.clone())

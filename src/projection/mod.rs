@@ -5,6 +5,7 @@
 //! skips one (DESIGN.md, "Projections"). A [`Runner`] follows the log head and feeds it;
 //! [`rebuild`] drops a projection's state and replays the whole log into it.
 
+pub mod files;
 pub mod history;
 pub mod search;
 pub mod sessions;

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use tantivy::collector::sort_key::{SortBySimilarityScore, SortByStaticFastValue};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery};
 use tantivy::schema::{
@@ -505,8 +506,12 @@ impl SearchIndex {
                     (Occur::Must, Box::new(base.clone()) as Box<dyn Query>),
                     (Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Included(through)))),
                 ]);
-                let collector = TopDocs::with_limit(request.limit + 1).and_offset(offset).order_by_score();
-                let page = searcher.search(&query, &collector)?;
+                // Ties (equal scores) newest first, so that the order does not depend on how
+                // the index happens to be split into segments.
+                let key = (SortBySimilarityScore, (SortByStaticFastValue::<u64>::for_field("seq"), Order::Desc));
+                let collector = TopDocs::with_limit(request.limit + 1).and_offset(offset).order_by(key);
+                let docs = searcher.search(&query, &collector)?;
+                let page = docs.into_iter().map(|((score, _), address)| (score, address)).collect();
                 (page, Some((offset, through)))
             }
         };

@@ -1,0 +1,178 @@
+//! The file store as the app uses it: keys over content, each change an event, and the reaper
+//! that deletes content no key references any more.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Buf;
+use futures_util::Stream;
+use tokio::sync::{watch, Mutex};
+
+use super::{BlobError, BlobStore, ContentHash, FileKey};
+use crate::event::{Event, FileDeleted, FileStored, SessionId};
+use crate::log::EventLog;
+use crate::projection::files::{FileEntry, Files};
+use crate::projection::sessions::{SessionState, Sessions};
+use crate::projection::Runner;
+
+/// Why a file operation was refused; each has a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("no file {0}")]
+    NotFound(String),
+    #[error("no live session {0} to own the file")]
+    NoSession(String),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("the file store cannot record this now: {0}")]
+    Storage(String),
+}
+
+impl FileError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            FileError::NotFound(_) => "not_found",
+            FileError::NoSession(_) => "no_session",
+            FileError::Blob(e) => e.code(),
+            FileError::Storage(_) => "storage_unavailable",
+        }
+    }
+}
+
+/// Keys and content together; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct FileService {
+    pub store: BlobStore,
+    pub files: Files,
+    runner: Runner,
+    sessions: Sessions,
+    log: EventLog,
+    /// Held while content is committed under a key, and while the reaper deletes content, so
+    /// that the reaper never deletes content an upload has just been given.
+    commit: Arc<Mutex<()>>,
+}
+
+impl FileService {
+    pub fn new(store: BlobStore, files: Files, runner: Runner, sessions: Sessions, log: EventLog) -> Self {
+        Self { store, files, runner, sessions, log, commit: Arc::new(Mutex::new(())) }
+    }
+
+    async fn caught_up(&self) {
+        self.runner.wait_applied(self.log.head()).await;
+    }
+
+    /// A key's entry, after every acknowledged change.
+    pub async fn get(&self, key: &FileKey) -> Result<Option<FileEntry>, FileError> {
+        self.caught_up().await;
+        self.files.get(key).map_err(|e| FileError::Storage(e.to_string()))
+    }
+
+    /// Streams an upload under `key` (replacing what the key named).
+    pub async fn put<S, B, E>(
+        &self,
+        key: FileKey,
+        body: S,
+        limit: u64,
+        expected_hash: Option<&str>,
+        content_type: String,
+        owner: Option<SessionId>,
+    ) -> Result<FileEntry, FileError>
+    where
+        S: Stream<Item = Result<B, E>> + Unpin,
+        B: Buf,
+        E: std::fmt::Display,
+    {
+        if let Some(owner) = &owner {
+            self.live_session(owner).await?;
+        }
+        let stored = self.store.write(body, limit, expected_hash).await?;
+        let event = Event::FileStored(FileStored {
+            key: key.clone(),
+            hash: stored.hash,
+            size: stored.size,
+            content_type,
+            owner,
+        });
+        self.commit(key, event).await
+    }
+
+    /// Points `to` at the content of `from`: no bytes move.
+    pub async fn copy(&self, from: &FileKey, to: FileKey, owner: Option<SessionId>) -> Result<FileEntry, FileError> {
+        if let Some(owner) = &owner {
+            self.live_session(owner).await?;
+        }
+        let source = self.get(from).await?.ok_or_else(|| FileError::NotFound(from.to_string()))?;
+        let event = Event::FileStored(FileStored {
+            key: to.clone(),
+            hash: source.hash,
+            size: source.size,
+            content_type: source.content_type,
+            owner,
+        });
+        self.commit(to, event).await
+    }
+
+    /// Deletes a key; its content goes once no key references it.
+    pub async fn delete(&self, key: &FileKey, reason: &str) -> Result<FileEntry, FileError> {
+        let entry = self.get(key).await?.ok_or_else(|| FileError::NotFound(key.to_string()))?;
+        let event =
+            Event::FileDeleted(FileDeleted { key: key.clone(), hash: entry.hash.clone(), reason: reason.into() });
+        self.log.append(event).await.map_err(|e| FileError::Storage(e.to_string()))?;
+        Ok(entry)
+    }
+
+    async fn live_session(&self, id: &SessionId) -> Result<(), FileError> {
+        self.runner.wait_applied(self.log.head()).await;
+        match self.sessions.get(id) {
+            Ok(Some(s)) if s.state != SessionState::Purged => Ok(()),
+            Ok(_) => Err(FileError::NoSession(id.to_string())),
+            Err(e) => Err(FileError::Storage(e.to_string())),
+        }
+    }
+
+    async fn commit(&self, key: FileKey, event: Event) -> Result<FileEntry, FileError> {
+        let _held = self.commit.lock().await;
+        if let Event::FileStored(stored) = &event {
+            // The content may have been reaped between the write and now: it is complete in
+            // the store, or the upload must be retried.
+            if !tokio::fs::try_exists(self.store.path(&stored.hash)).await.unwrap_or(false) {
+                return Err(FileError::Storage("the content was removed meanwhile; upload again".into()));
+            }
+        }
+        let envelope = self.log.append(event).await.map_err(|e| FileError::Storage(e.to_string()))?;
+        self.runner.wait_applied(envelope.seq).await;
+        self.files.get(&key).map_err(|e| FileError::Storage(e.to_string()))?.ok_or(FileError::NotFound(key.to_string()))
+    }
+
+    /// Deletes content no key references, every second until `stopping`.
+    pub async fn reap(self, mut stopping: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            if let Err(error) = self.reap_once().await {
+                tracing::warn!(error = %error, "file reaper failed; retrying");
+            }
+        }
+    }
+
+    /// One pass of the reaper; returns the content deleted.
+    pub async fn reap_once(&self) -> Result<Vec<ContentHash>, FileError> {
+        self.caught_up().await;
+        let candidates = self.files.unreferenced(1000).map_err(|e| FileError::Storage(e.to_string()))?;
+        let mut reaped = Vec::new();
+        for hash in candidates {
+            let _held = self.commit.lock().await;
+            self.caught_up().await;
+            if self.files.references(&hash).map_err(|e| FileError::Storage(e.to_string()))? > 0 {
+                continue; // referenced again
+            }
+            self.store.remove(&hash).await.map_err(|e| FileError::Storage(e.to_string()))?;
+            self.files.reaped(&hash).map_err(|e| FileError::Storage(e.to_string()))?;
+            tracing::debug!(%hash, "unreferenced content deleted");
+            reaped.push(hash);
+        }
+        Ok(reaped)
+    }
+}

@@ -1,0 +1,280 @@
+//! `/api/files/{key}`: streaming upload (PUT) and download (GET, with `Range`), copy, delete,
+//! and listing by prefix. Content is addressed by blake3, which is also the `ETag`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use warp::http::{HeaderMap, StatusCode};
+use warp::{Filter, Reply};
+
+use super::{error_reply, App, Refusal};
+use crate::blob::service::FileError;
+use crate::blob::FileKey;
+use crate::event::SessionId;
+
+/// Most keys one list page returns.
+pub const LIST_LIMIT_MAX: usize = 1000;
+
+fn file_error(error: &FileError) -> warp::reply::Response {
+    let status = match error {
+        FileError::NotFound(_) => StatusCode::NOT_FOUND,
+        FileError::NoSession(_) => StatusCode::CONFLICT,
+        FileError::Blob(crate::blob::BlobError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+        FileError::Blob(crate::blob::BlobError::HashMismatch { .. } | crate::blob::BlobError::Cut(_)) => {
+            StatusCode::BAD_REQUEST
+        }
+        FileError::Blob(crate::blob::BlobError::Io(_)) | FileError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error_reply(status, error.code(), &error.to_string())
+}
+
+fn key_of(tail: &str) -> Result<FileKey, Refusal> {
+    let decoded = percent_decode(tail);
+    FileKey::parse(&decoded).map_err(|e| Refusal::bad_request("invalid_key", e.to_string()))
+}
+
+/// Decodes `%XX` escapes (a key never needs them, but a client may send them; `%2e%2e` must
+/// not slip past the key check).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn owner_of(query: &HashMap<String, String>) -> Result<Option<SessionId>, Refusal> {
+    query
+        .get("session")
+        .map(|s| SessionId::parse(s))
+        .transpose()
+        .map_err(|e| Refusal::bad_request("invalid_session_id", e.to_string()))
+}
+
+/// All file routes.
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let with_app = warp::any().map(move || app.clone());
+    let files = warp::path("api").and(warp::path("files"));
+    let list = files
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_app.clone())
+        .then(|query, app: Arc<App>| async move { list(&query, &app).await });
+    let put = files
+        .and(warp::path::tail())
+        .and(warp::put())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(with_app.clone())
+        .then(|tail: warp::path::Tail, query: HashMap<String, String>, headers: HeaderMap, body, app: Arc<App>| async move {
+            let key = match key_of(tail.as_str()) {
+                Ok(key) => key,
+                Err(refusal) => return refusal.reply(),
+            };
+            let owner = match owner_of(&query) {
+                Ok(owner) => owner,
+                Err(refusal) => return refusal.reply(),
+            };
+            let content_type = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .chars()
+                .take(200)
+                .collect();
+            let expected = headers.get("x-content-blake3").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let limit = app.config.limits.upload_bytes_max;
+            let body = Box::pin(body);
+            match app.files.put(key, body, limit, expected.as_deref(), content_type, owner).await {
+                Ok(entry) => warp::reply::with_status(warp::reply::json(&entry), StatusCode::CREATED).into_response(),
+                Err(error) => file_error(&error),
+            }
+        });
+    let get =
+        files.and(warp::path::tail()).and(warp::get()).and(warp::header::headers_cloned()).and(with_app.clone()).then(
+            |tail: warp::path::Tail, headers: HeaderMap, app: Arc<App>| async move {
+                match key_of(tail.as_str()) {
+                    Ok(key) => download(&key, &headers, &app).await,
+                    Err(refusal) => refusal.reply(),
+                }
+            },
+        );
+    let delete = files.and(warp::path::tail()).and(warp::delete()).and(with_app.clone()).then(
+        |tail: warp::path::Tail, app: Arc<App>| async move {
+            let key = match key_of(tail.as_str()) {
+                Ok(key) => key,
+                Err(refusal) => return refusal.reply(),
+            };
+            match app.files.delete(&key, "deleted by the app").await {
+                Ok(entry) => warp::reply::json(&serde_json::json!({ "deleted": entry })).into_response(),
+                Err(error) => file_error(&error),
+            }
+        },
+    );
+    let copy = files
+        .and(warp::path::tail())
+        .and(warp::post())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_app)
+        .then(|tail: warp::path::Tail, query: HashMap<String, String>, app: Arc<App>| async move {
+            let from = match key_of(tail.as_str()) {
+                Ok(key) => key,
+                Err(refusal) => return refusal.reply(),
+            };
+            let Some(to) = query.get("copy_to") else {
+                return error_reply(StatusCode::BAD_REQUEST, "invalid_query", "POST a key with ?copy_to=OTHER_KEY");
+            };
+            let to = match FileKey::parse(to) {
+                Ok(to) => to,
+                Err(e) => return error_reply(StatusCode::BAD_REQUEST, "invalid_key", &e.to_string()),
+            };
+            let owner = match owner_of(&query) {
+                Ok(owner) => owner,
+                Err(refusal) => return refusal.reply(),
+            };
+            match app.files.copy(&from, to, owner).await {
+                Ok(entry) => warp::reply::with_status(warp::reply::json(&entry), StatusCode::CREATED).into_response(),
+                Err(error) => file_error(&error),
+            }
+        });
+    list.or(put).unify().or(get).unify().or(delete).unify().or(copy).unify()
+}
+
+async fn list(query: &HashMap<String, String>, app: &App) -> warp::reply::Response {
+    let prefix = query.get("prefix").map(String::as_str).unwrap_or("");
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(l)) if (1..=LIST_LIMIT_MAX).contains(&l) => l,
+        _ => {
+            return error_reply(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                &format!("limit must be 1 to {LIST_LIMIT_MAX}"),
+            )
+        }
+    };
+    let _ = app.files.get(&FileKey::parse("x").expect("valid")).await; // read after every acknowledged change
+    match app.files.files.list(prefix, query.get("after").map(String::as_str), limit) {
+        Ok(entries) => {
+            let next = (entries.len() == limit).then(|| entries.last().map(|e| e.key.to_string())).flatten();
+            warp::reply::json(&serde_json::json!({ "files": entries, "next_after": next })).into_response()
+        }
+        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
+    }
+}
+
+/// A byte range of a file of `size` bytes, from a `Range` header: `bytes=a-b`, `bytes=a-`
+/// or `bytes=-n`. `Err` for a header that is malformed or asks for bytes the file lacks.
+fn parse_range(header: &str, size: u64) -> Result<(u64, u64), String> {
+    let spec = header.strip_prefix("bytes=").ok_or("Range must start with bytes=")?;
+    if spec.contains(',') {
+        return Err("only one range per request is served".into());
+    }
+    let (from, to) = spec.split_once('-').ok_or("a range is FIRST-LAST, FIRST- or -SUFFIX")?;
+    let number = |s: &str| s.trim().parse::<u64>().map_err(|_| format!("{s:?} is not a byte position"));
+    let (start, end) = match (from.trim().is_empty(), to.trim().is_empty()) {
+        (true, false) => {
+            let suffix = number(to)?.min(size);
+            (size - suffix, size.saturating_sub(1))
+        }
+        (false, true) => (number(from)?, size.saturating_sub(1)),
+        (false, false) => (number(from)?, number(to)?.min(size.saturating_sub(1))),
+        (true, true) => return Err("a range needs a position".into()),
+    };
+    if size == 0 || start > end || start >= size {
+        return Err(format!("bytes {spec} are outside a file of {size} bytes"));
+    }
+    Ok((start, end))
+}
+
+async fn download(key: &FileKey, headers: &HeaderMap, app: &App) -> warp::reply::Response {
+    let entry = match app.files.get(key).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return file_error(&FileError::NotFound(key.to_string())),
+        Err(error) => return file_error(&error),
+    };
+    let etag = format!("\"{}\"", entry.hash);
+    if headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        let mut reply = warp::reply::Response::new(Default::default());
+        *reply.status_mut() = StatusCode::NOT_MODIFIED;
+        reply.headers_mut().insert("etag", etag.parse().expect("hex is a valid header"));
+        return reply;
+    }
+    let range = match headers.get("range").map(|v| v.to_str().unwrap_or("")) {
+        None => None,
+        Some(header) => match parse_range(header, entry.size) {
+            Ok(range) => Some(range),
+            Err(text) => {
+                let mut reply = error_reply(StatusCode::RANGE_NOT_SATISFIABLE, "invalid_range", &text);
+                reply.headers_mut().insert("content-range", format!("bytes */{}", entry.size).parse().expect("ascii"));
+                return reply;
+            }
+        },
+    };
+    let (start, end) = range.unwrap_or((0, entry.size.saturating_sub(1)));
+    let length = if entry.size == 0 { 0 } else { end - start + 1 };
+    let mut file = match tokio::fs::File::open(app.files.store.path(&entry.hash)).await {
+        Ok(file) => file,
+        Err(e) => {
+            return error_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                &format!("content unreadable: {e}"),
+            )
+        }
+    };
+    if start > 0 {
+        if let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await {
+            return error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &e.to_string());
+        }
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(length), 64 * 1024);
+    let mut reply = warp::reply::stream(stream).into_response();
+    let h = reply.headers_mut();
+    let header = |v: String| v.parse().expect("ascii header value");
+    h.insert("content-type", entry.content_type.parse().unwrap_or_else(|_| header("application/octet-stream".into())));
+    h.insert("content-length", header(length.to_string()));
+    h.insert("etag", header(etag));
+    h.insert("accept-ranges", header("bytes".into()));
+    if range.is_some() {
+        h.insert("content-range", header(format!("bytes {start}-{end}/{}", entry.size)));
+        *reply.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-9", 100), Ok((0, 9)));
+        assert_eq!(parse_range("bytes=90-", 100), Ok((90, 99)));
+        assert_eq!(parse_range("bytes=-10", 100), Ok((90, 99)));
+        assert_eq!(parse_range("bytes=95-200", 100), Ok((95, 99)));
+        for bad in ["bytes=100-", "bytes=5-2", "items=0-1", "bytes=0-1,3-4", "bytes=-", "bytes=a-b"] {
+            assert!(parse_range(bad, 100).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn escaped_dots_do_not_slip_past_the_key_check() {
+        assert!(key_of("a/%2e%2e/b").is_err());
+        assert!(key_of("tts/%41.mp3").is_ok());
+    }
+}

@@ -1,0 +1,265 @@
+//! The files projection: key → stored content, reference counts per content hash, keys by
+//! owner session, and content that no key references any more (for the reaper). One sled tree,
+//! written atomically with the checkpoint.
+//!
+//! | key | value |
+//! |---|---|
+//! | `c` | checkpoint (u64 BE) |
+//! | `k` key | a [`FileEntry`] |
+//! | `r` hash | keys referencing the content (u64 BE) |
+//! | `o` session `/` key | nothing: the session owns the key |
+//! | `u` hash | nothing: no key references the content; the reaper deletes it |
+//!
+//! A purged session takes its keys with it: `SessionPurged` removes every key it owns, through
+//! the same path as `FileDeleted`.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Projection, ProjectionError};
+use crate::blob::{ContentHash, FileKey};
+use crate::event::{Envelope, Event, SessionId};
+
+const TREE: &str = "proj.files";
+const CHECKPOINT_KEY: &[u8] = b"c";
+
+/// A key as the store serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub key: FileKey,
+    pub hash: ContentHash,
+    pub size: u64,
+    pub content_type: String,
+    pub owner: Option<SessionId>,
+    pub stored_at_unix_ms: u64,
+}
+
+/// Read access; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Files {
+    tree: sled::Tree,
+}
+
+/// The writing side.
+#[derive(Debug)]
+pub struct FilesProjection {
+    tree: sled::Tree,
+}
+
+pub fn open(db: &sled::Db) -> Result<(Files, FilesProjection), ProjectionError> {
+    let tree = db.open_tree(TREE)?;
+    Ok((Files { tree: tree.clone() }, FilesProjection { tree }))
+}
+
+fn prefixed(prefix: u8, text: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + text.len());
+    key.push(prefix);
+    key.extend_from_slice(text.as_bytes());
+    key
+}
+
+fn owner_key(owner: &SessionId, key: &FileKey) -> Vec<u8> {
+    prefixed(b'o', &format!("{}/{}", owner.as_str(), key.as_str()))
+}
+
+fn decode(bytes: &[u8]) -> Result<FileEntry, ProjectionError> {
+    rmp_serde::from_slice(bytes).map_err(|e| ProjectionError::Task(format!("file entry does not decode: {e}")))
+}
+
+fn u64_of(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+impl Files {
+    pub fn get(&self, key: &FileKey) -> Result<Option<FileEntry>, ProjectionError> {
+        self.tree.get(prefixed(b'k', key.as_str()))?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        Ok(self.tree.get(CHECKPOINT_KEY)?.map_or(0, |v| u64_of(&v)))
+    }
+
+    /// Keys referencing the content.
+    pub fn references(&self, hash: &ContentHash) -> Result<u64, ProjectionError> {
+        Ok(self.tree.get(prefixed(b'r', hash.as_str()))?.map_or(0, |v| u64_of(&v)))
+    }
+
+    /// Up to `limit` keys starting with `prefix`, after `after`, in key order.
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<FileEntry>, ProjectionError> {
+        let start = match after {
+            Some(after) if after >= prefix => {
+                let mut key = prefixed(b'k', after);
+                key.push(0);
+                key
+            }
+            _ => prefixed(b'k', prefix),
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefixed(b'k', prefix)) {
+                break;
+            }
+            out.push(decode(&value)?);
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Content that no key references: the reaper's work.
+    pub fn unreferenced(&self, limit: usize) -> Result<Vec<ContentHash>, ProjectionError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(b"u").take(limit) {
+            let (key, _) = item?;
+            if let Some(hash) = std::str::from_utf8(&key[1..]).ok().and_then(ContentHash::parse) {
+                out.push(hash);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The reaper deleted the content: forget it (unless a key references it again).
+    pub fn reaped(&self, hash: &ContentHash) -> Result<(), ProjectionError> {
+        self.tree.remove(prefixed(b'u', hash.as_str()))?;
+        Ok(())
+    }
+}
+
+/// Changes of one batch, read once and written together.
+#[derive(Default)]
+struct Pending {
+    entries: HashMap<FileKey, Option<FileEntry>>,
+    refs: HashMap<ContentHash, u64>,
+    owned: HashMap<Vec<u8>, bool>,
+}
+
+impl Projection for FilesProjection {
+    fn name(&self) -> &'static str {
+        "files"
+    }
+
+    fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        self.reader().checkpoint()
+    }
+
+    fn apply(&mut self, batch: &[Envelope]) -> Result<(), ProjectionError> {
+        let mut p = Pending::default();
+        for envelope in batch {
+            match &envelope.event {
+                Event::FileStored(e) => {
+                    self.unset(&mut p, &e.key)?;
+                    let entry = FileEntry {
+                        key: e.key.clone(),
+                        hash: e.hash.clone(),
+                        size: e.size,
+                        content_type: e.content_type.clone(),
+                        owner: e.owner.clone(),
+                        stored_at_unix_ms: envelope.at_unix_ms,
+                    };
+                    *self.refs(&mut p, &e.hash)? += 1;
+                    if let Some(owner) = &e.owner {
+                        p.owned.insert(owner_key(owner, &e.key), true);
+                    }
+                    p.entries.insert(e.key.clone(), Some(entry));
+                }
+                Event::FileDeleted(e) => self.unset(&mut p, &e.key)?,
+                Event::SessionPurged(e) => {
+                    // Everything the session owns goes with it.
+                    let mut owned: Vec<FileKey> = Vec::new();
+                    let prefix = prefixed(b'o', &format!("{}/", e.id.as_str()));
+                    for item in self.tree.scan_prefix(&prefix) {
+                        let (key, _) = item?;
+                        if p.owned.get(key.as_ref()) == Some(&false) {
+                            continue;
+                        }
+                        if let Ok(file) = FileKey::parse(&String::from_utf8_lossy(&key[prefix.len()..])) {
+                            owned.push(file);
+                        }
+                    }
+                    let pending: Vec<FileKey> = p
+                        .owned
+                        .iter()
+                        .filter(|(k, &v)| v && k.starts_with(&prefix))
+                        .filter_map(|(k, _)| FileKey::parse(&String::from_utf8_lossy(&k[prefix.len()..])).ok())
+                        .collect();
+                    owned.extend(pending);
+                    owned.sort();
+                    owned.dedup();
+                    for key in owned {
+                        self.unset(&mut p, &key)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut write = sled::Batch::default();
+        for (key, entry) in &p.entries {
+            match entry {
+                Some(entry) => {
+                    write.insert(prefixed(b'k', key.as_str()), rmp_serde::to_vec(entry).expect("plain struct"))
+                }
+                None => write.remove(prefixed(b'k', key.as_str())),
+            }
+        }
+        for (hash, refs) in &p.refs {
+            if *refs == 0 {
+                write.remove(prefixed(b'r', hash.as_str()));
+                write.insert(prefixed(b'u', hash.as_str()), &[]);
+            } else {
+                write.insert(prefixed(b'r', hash.as_str()), &refs.to_be_bytes());
+                write.remove(prefixed(b'u', hash.as_str()));
+            }
+        }
+        for (key, present) in p.owned {
+            if present {
+                write.insert(key, &[]);
+            } else {
+                write.remove(key);
+            }
+        }
+        if let Some(last) = batch.last() {
+            write.insert(CHECKPOINT_KEY, &last.seq.to_be_bytes());
+        }
+        self.tree.apply_batch(write)?;
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), ProjectionError> {
+        self.tree.clear()?;
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+impl FilesProjection {
+    fn reader(&self) -> Files {
+        Files { tree: self.tree.clone() }
+    }
+
+    fn refs<'a>(&self, p: &'a mut Pending, hash: &ContentHash) -> Result<&'a mut u64, ProjectionError> {
+        if !p.refs.contains_key(hash) {
+            let stored = self.reader().references(hash)?;
+            p.refs.insert(hash.clone(), stored);
+        }
+        Ok(p.refs.get_mut(hash).expect("inserted just above"))
+    }
+
+    /// Removes a key, if present, releasing its content and its owner's claim.
+    fn unset(&self, p: &mut Pending, key: &FileKey) -> Result<(), ProjectionError> {
+        let current = match p.entries.get(key) {
+            Some(entry) => entry.clone(),
+            None => self.reader().get(key)?,
+        };
+        let Some(current) = current else { return Ok(()) };
+        let refs = self.refs(p, &current.hash)?;
+        *refs = refs.saturating_sub(1);
+        if let Some(owner) = &current.owner {
+            p.owned.insert(owner_key(owner, key), false);
+        }
+        p.entries.insert(key.clone(), None);
+        Ok(())
+    }
+}
