@@ -36,7 +36,7 @@ enum Command {
     },
     /// Drop a projection and rebuild it from the log. The server must be stopped.
     Rebuild {
-        /// The projection: `history`, `search`, `sessions`, or `all`.
+        /// The projection: `history`, `search`, `sessions`, `files`, or `all`.
         name: String,
     },
     /// Decode every record of the log and report the first that does not decode.
@@ -215,11 +215,12 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
 
 fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
     let names: &[&str] = match name {
-        "all" => &["history", "search", "sessions"],
+        "all" => &["history", "search", "sessions", "files"],
         "history" => &["history"],
         "search" => &["search"],
         "sessions" => &["sessions"],
-        other => bail!("no projection named {other:?}; known: history, search, sessions, all"),
+        "files" => &["files"],
+        other => bail!("no projection named {other:?}; known: history, search, sessions, files, all"),
     };
     let log = open_log(config)?;
     for &name in names {
@@ -238,6 +239,10 @@ fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
             }
             "sessions" => {
                 let (_, mut projection) = roomlog::projection::sessions::open(log.db())?;
+                projection::rebuild(&log, &mut projection, progress)?
+            }
+            "files" => {
+                let (_, mut projection) = roomlog::projection::files::open(log.db())?;
                 projection::rebuild(&log, &mut projection, progress)?
             }
             _ => {

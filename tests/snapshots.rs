@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use roomlog::blob::{ContentHash, FileKey};
 use roomlog::event::{decode, encode, Envelope, Event, MessagePosted, MessagesExpired, RoomId, StreamId};
+use roomlog::event::{FileDeleted, FileStored, SessionPaid, SessionTouched};
 use roomlog::event::{MessageDeleted, MessageEdited, SessionCreated, SessionDue, SessionEnded, SessionId};
-use roomlog::event::{SessionPaid, SessionTouched};
 use roomlog::projection::history::{Amendment, StoredMessage};
 use roomlog::projection::search::{Hit, Hits};
 use roomlog::wire::amendment_frame;
@@ -30,6 +31,9 @@ fn event_samples() -> BTreeMap<&'static str, Envelope> {
         |seq, event| Envelope { seq, at_unix_ms: 1_795_000_000_000 + seq, stream: StreamId::room(&room), event };
     let session = SessionId::parse("0123456789abcdef0123456789abcdef").expect("session id");
     const T: u64 = 1_795_000_000_000;
+    let key = FileKey::parse("temp_audio/a.mp3").expect("key");
+    let hash = ContentHash::parse(&"ab".repeat(32)).expect("hash");
+    let file_envelope = |seq, event| Envelope { seq, at_unix_ms: T + seq, stream: StreamId::file(&key), event };
     let session_envelope =
         |seq, event| Envelope { seq, at_unix_ms: T + seq, stream: StreamId::session(&session), event };
     BTreeMap::from([
@@ -145,6 +149,30 @@ fn event_samples() -> BTreeMap<&'static str, Envelope> {
                     id: session.clone(),
                     at_unix_ms: T + 3000,
                     reason: "ended by the app".into(),
+                }),
+            ),
+        ),
+        (
+            "FileStored.1",
+            file_envelope(
+                11,
+                Event::FileStored(FileStored {
+                    key: key.clone(),
+                    hash: hash.clone(),
+                    size: 48_213,
+                    content_type: "audio/mpeg".into(),
+                    owner: Some(session.clone()),
+                }),
+            ),
+        ),
+        (
+            "FileDeleted.1",
+            file_envelope(
+                12,
+                Event::FileDeleted(FileDeleted {
+                    key: key.clone(),
+                    hash: hash.clone(),
+                    reason: "deleted by the app".into(),
                 }),
             ),
         ),

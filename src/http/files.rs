@@ -64,7 +64,8 @@ fn owner_of(query: &HashMap<String, String>) -> Result<Option<SessionId>, Refusa
 }
 
 /// All file routes.
-pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+/// Boxed: the route types are deep enough otherwise to overflow the compiler's recursion limit.
+pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let with_app = warp::any().map(move || app.clone());
     let files = warp::path("api").and(warp::path("files"));
     let list = files
@@ -151,7 +152,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
                 Err(error) => file_error(&error),
             }
         });
-    list.or(put).unify().or(get).unify().or(delete).unify().or(copy).unify()
+    list.or(put).unify().or(get).unify().or(delete).unify().or(copy).unify().boxed()
 }
 
 async fn list(query: &HashMap<String, String>, app: &App) -> warp::reply::Response {

@@ -41,7 +41,8 @@ struct EventView<'a> {
 }
 
 /// All session routes.
-pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+/// Boxed: the route types are deep enough otherwise to overflow the compiler's recursion limit.
+pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let with_app = warp::any().map(move || app.clone());
     let create =
         warp::path!("api" / "sessions").and(warp::post()).and(warp::body::stream()).and(with_app.clone()).then(
@@ -81,7 +82,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .and(warp::query::<HashMap<String, String>>())
         .and(with_app)
         .then(|query: HashMap<String, String>, app: Arc<App>| async move { list(&query, &app).await });
-    create.or(stats).unify().or(get).unify().or(act).unify().or(list).unify()
+    create.or(stats).unify().or(get).unify().or(act).unify().or(list).unify().boxed()
 }
 
 async fn create(body: &[u8], app: &App) -> warp::reply::Response {

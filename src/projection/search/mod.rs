@@ -480,7 +480,10 @@ impl SearchIndex {
             clauses.push((Occur::Must, Box::new(seq_range(f.at, from, to))));
         }
         let base = BooleanQuery::new(clauses);
-        let total = searcher.search(&base, &Count)?;
+        // On a first page the page's query matches exactly what the base query does, so one
+        // pass counts and ranks; later pages count the base query on its own.
+        let first_page = request.cursor.is_none();
+        let mut total = if first_page { 0 } else { searcher.search(&base, &Count)? };
         // The page, and for relevance order the window its cursor continues in.
         let (page, window): (Vec<(f32, DocAddress)>, _) = match request.sort {
             Sort::Time => {
@@ -493,7 +496,13 @@ impl SearchIndex {
                     (Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Excluded(before)))),
                 ]);
                 let collector = TopDocs::with_limit(request.limit + 1).order_by_fast_field::<u64>("seq", Order::Desc);
-                let docs = searcher.search(&query, &collector)?;
+                let docs = if first_page {
+                    let (count, docs) = searcher.search(&query, &(Count, collector))?;
+                    total = count;
+                    docs
+                } else {
+                    searcher.search(&query, &collector)?
+                };
                 let page = docs.into_iter().map(|(_, address)| (0.0, address)).collect();
                 (page, None)
             }
@@ -510,7 +519,13 @@ impl SearchIndex {
                 // the index happens to be split into segments.
                 let key = (SortBySimilarityScore, (SortByStaticFastValue::<u64>::for_field("seq"), Order::Desc));
                 let collector = TopDocs::with_limit(request.limit + 1).and_offset(offset).order_by(key);
-                let docs = searcher.search(&query, &collector)?;
+                let docs = if first_page {
+                    let (count, docs) = searcher.search(&query, &(Count, collector))?;
+                    total = count;
+                    docs
+                } else {
+                    searcher.search(&query, &collector)?
+                };
                 let page = docs.into_iter().map(|((score, _), address)| (score, address)).collect();
                 (page, Some((offset, through)))
             }
