@@ -1,5 +1,5 @@
-//! roomlog: durable real-time chat rooms (and, as the issues land, sessions, file storage and
-//! a janitor) in one binary, event-sourced over one append-only log.
+//! roomlog: durable real-time chat rooms with search, sessions and file storage (and, as the
+//! issues land, a janitor) in one binary, event-sourced over one append-only log.
 //!
 //! # Layout
 //!
@@ -16,6 +16,7 @@
 //! - [`projection`]: folds over the log with checkpoints — chat history, message search,
 //!   sessions with their deadline index.
 //! - [`clock`]: wall-clock time for due times, injectable for tests.
+//! - [`blob`]: the content-addressed file store and the file service over it.
 //! - [`config`]: configuration from defaults, a TOML file and the environment.
 //! - [`metrics`]: Prometheus metric names, rendered on `/metrics`.
 //! - [`recent_errors`]: the last warnings and errors, for `roomlog status`.

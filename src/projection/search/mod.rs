@@ -496,13 +496,7 @@ impl SearchIndex {
                     (Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Excluded(before)))),
                 ]);
                 let collector = TopDocs::with_limit(request.limit + 1).order_by_fast_field::<u64>("seq", Order::Desc);
-                let docs = if first_page {
-                    let (count, docs) = searcher.search(&query, &(Count, collector))?;
-                    total = count;
-                    docs
-                } else {
-                    searcher.search(&query, &collector)?
-                };
+                let docs = counted(&searcher, &query, collector, first_page.then_some(&mut total))?;
                 let page = docs.into_iter().map(|(_, address)| (0.0, address)).collect();
                 (page, None)
             }
@@ -519,13 +513,7 @@ impl SearchIndex {
                 // the index happens to be split into segments.
                 let key = (SortBySimilarityScore, (SortByStaticFastValue::<u64>::for_field("seq"), Order::Desc));
                 let collector = TopDocs::with_limit(request.limit + 1).and_offset(offset).order_by(key);
-                let docs = if first_page {
-                    let (count, docs) = searcher.search(&query, &(Count, collector))?;
-                    total = count;
-                    docs
-                } else {
-                    searcher.search(&query, &collector)?
-                };
+                let docs = counted(&searcher, &query, collector, first_page.then_some(&mut total))?;
                 let page = docs.into_iter().map(|((score, _), address)| (score, address)).collect();
                 (page, Some((offset, through)))
             }
@@ -587,6 +575,23 @@ impl SearchIndex {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs `collector`; with `count`, also counts the matches in the same pass.
+fn counted<C: tantivy::collector::Collector>(
+    searcher: &tantivy::Searcher,
+    query: &dyn Query,
+    collector: C,
+    count: Option<&mut usize>,
+) -> tantivy::Result<C::Fruit> {
+    match count {
+        Some(total) => {
+            let (n, fruit) = searcher.search(query, &(Count, collector))?;
+            *total = n;
+            Ok(fruit)
+        }
+        None => searcher.search(query, &collector),
     }
 }
 
