@@ -31,9 +31,20 @@ pub struct Config {
     pub chat: ChatConfig,
     pub search: SearchConfig,
     pub sessions: SessionsConfig,
+    pub files: FilesConfig,
     pub limits: Limits,
     pub logging: Logging,
     pub backup: BackupSchedule,
+}
+
+/// The file store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Lifecycle rules in the JSON shape of an S3 bucket lifecycle configuration. A relative
+    /// path is read from the config file's folder. Checked at start-up: a bad rule stops the
+    /// server with the rule and the field named.
+    pub lifecycle: Option<PathBuf>,
 }
 
 /// Session lifecycle. A session expires `expire_after` after it was created (or, with
@@ -121,6 +132,7 @@ impl Default for Config {
             chat: ChatConfig::default(),
             search: SearchConfig::default(),
             sessions: SessionsConfig::default(),
+            files: FilesConfig::default(),
             limits: Limits::default(),
             logging: Logging { json: false, dir: None, keep_files: 14 },
             backup: BackupSchedule { every: None, dir: None, keep: 7 },
@@ -244,6 +256,11 @@ impl Config {
             .merge(Env::prefixed("ROOMLOG_").ignore(NOT_CONFIG_KEYS).split("__"))
             .extract()
             .map_err(|e| ConfigError(Box::new(e)))?;
+        if let (Some(rules), Some(folder)) = (&config.files.lifecycle, file.and_then(Path::parent)) {
+            if rules.is_relative() {
+                config.files.lifecycle = Some(folder.join(rules));
+            }
+        }
         config.normalise();
         Ok(config)
     }
@@ -277,6 +294,19 @@ impl Config {
     /// The folder of the log's sled database.
     pub fn log_dir(&self) -> PathBuf {
         self.data.join("db")
+    }
+
+    /// The lifecycle rules in force: none when `files.lifecycle` is unset.
+    pub fn lifecycle_rules(&self) -> Result<crate::blob::lifecycle::Rules, crate::blob::lifecycle::RulesError> {
+        use crate::blob::lifecycle::{Rules, RulesError};
+        match &self.files.lifecycle {
+            None => Ok(Rules::default()),
+            Some(path) => {
+                let json = std::fs::read_to_string(path)
+                    .map_err(|e| RulesError(format!("cannot read {}: {e}", path.display())))?;
+                Rules::parse(&json).map_err(|e| RulesError(format!("{}: {}", path.display(), e.0)))
+            }
+        }
     }
 
     /// The file store's folder.

@@ -31,6 +31,8 @@ pub enum ServerError {
     Projection { name: &'static str, source: ProjectionError },
     #[error("starting the actors: {0}")]
     Actors(String),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -69,6 +71,8 @@ impl Server {
         auth: Arc<dyn Authenticator>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServerError> {
+        // Checked before anything opens: a bad rule stops start-up with nothing held.
+        let lifecycle = config.lifecycle_rules().map_err(|e| ServerError::Config(e.to_string()))?;
         let log_dir = config.log_dir();
         let log_config = config.log.clone();
         let log = tokio::task::spawn_blocking(move || EventLog::open(&log_dir, &log_config))
@@ -106,7 +110,8 @@ impl Server {
             source,
         })?;
         let file_service =
-            FileService::new(store, files_read, files_runner.clone(), sessions_read.clone(), log.clone());
+            FileService::new(store, files_read, files_runner.clone(), sessions_read.clone(), log.clone())
+                .with_lifecycle(lifecycle);
         let ctx = ChatContext {
             log: log.clone(),
             history: history.clone(),

@@ -194,3 +194,55 @@ async fn a_purged_session_takes_its_keys_and_their_files_with_it() {
     assert_eq!(response.status().as_u16(), 409, "a purged session owns nothing new");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_lifecycle_policy_is_applied_to_plans_and_a_bad_one_stops_start_up() {
+    use roomlog::clock::{Clock, SystemClock};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = r#"{"Rules": [
+      {"ID": "DeleteTempFiles", "Status": "Enabled", "Filter": {"Prefix": "temp_"}, "Expiration": {"Days": 7}},
+      {"ID": "ExpireTts", "Status": "Enabled", "Filter": {"Prefix": "tts/"}, "Expiration": {"Days": 30}},
+      {"ID": "TransitionToIA", "Status": "Enabled", "Filter": {"Prefix": "permanent/"},
+       "Transitions": [{"Days": 30, "StorageClass": "STANDARD_IA"}, {"Days": 90, "StorageClass": "GLACIER"}]}
+    ]}"#;
+    std::fs::write(dir.path().join("lifecycle.json"), policy).expect("policy");
+    let mut config = config(&dir.path().join("data"));
+    config.files.lifecycle = Some(dir.path().join("lifecycle.json"));
+    std::fs::create_dir_all(&config.data).expect("data");
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let server = Server::start_with_clock(config.clone(), listener, Arc::new(NameOnly), Arc::new(clock.clone()))
+        .await
+        .expect("starts with the example policy");
+    for key in ["temp_photos/a.jpg", "tts/b.mp3", "permanent/photos/c.jpg", "other/d"] {
+        assert_eq!(put(&server, key, key.as_bytes().to_vec()).await.0, 201);
+    }
+    let (_, plan) = get(server.addr(), "/api/lifecycle/plan").await;
+    assert_eq!(plan["plan"].as_array().expect("plan").len(), 0, "nothing is due on day 0: {plan}");
+    clock.advance(Duration::from_secs(45 * 24 * 3600));
+    let (_, plan) = get(server.addr(), "/api/lifecycle/plan").await;
+    let planned: Vec<(String, String)> = plan["plan"]
+        .as_array()
+        .expect("plan")
+        .iter()
+        .map(|p| (p["key"].as_str().expect("key").to_owned(), p["rule"].as_str().expect("rule").to_owned()))
+        .collect();
+    assert_eq!(
+        planned,
+        [
+            ("permanent/photos/c.jpg".to_owned(), "TransitionToIA".to_owned()),
+            ("temp_photos/a.jpg".to_owned(), "DeleteTempFiles".to_owned()),
+            ("tts/b.mp3".to_owned(), "ExpireTts".to_owned()),
+        ]
+    );
+    server.shutdown().await;
+
+    std::fs::write(
+        dir.path().join("lifecycle.json"),
+        r#"{"Rules":[{"ID":"X","Status":"Enabled","Expiration":{"Days":0}}]}"#,
+    )
+    .expect("bad policy");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let error = Server::start(config, listener).await.expect_err("a bad policy stops start-up").to_string();
+    assert!(error.contains(r#"rule 1 ("X"), Expiration.Days: 0"#), "{error}");
+}

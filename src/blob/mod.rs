@@ -7,6 +7,7 @@
 //! reference counts are events and a projection (`projection::files`); content that no key
 //! references any more is deleted by the reaper.
 
+pub mod lifecycle;
 pub mod service;
 
 use std::path::{Path, PathBuf};

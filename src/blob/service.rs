@@ -47,6 +47,8 @@ pub struct FileService {
     runner: Runner,
     sessions: Sessions,
     log: EventLog,
+    /// The lifecycle rules in force.
+    pub lifecycle: Arc<super::lifecycle::Rules>,
     /// Held while content is committed under a key, and while the reaper deletes content, so
     /// that the reaper never deletes content an upload has just been given.
     commit: Arc<Mutex<()>>,
@@ -54,7 +56,28 @@ pub struct FileService {
 
 impl FileService {
     pub fn new(store: BlobStore, files: Files, runner: Runner, sessions: Sessions, log: EventLog) -> Self {
-        Self { store, files, runner, sessions, log, commit: Arc::new(Mutex::new(())) }
+        Self { store, files, runner, sessions, log, lifecycle: Arc::default(), commit: Arc::new(Mutex::new(())) }
+    }
+
+    /// With these lifecycle rules.
+    pub fn with_lifecycle(mut self, rules: super::lifecycle::Rules) -> Self {
+        self.lifecycle = Arc::new(rules);
+        self
+    }
+
+    /// What each lifecycle rule would do now (the janitor's dry run for files), over every key.
+    pub async fn lifecycle_plan(&self, now_ms: u64) -> Result<Vec<super::lifecycle::Planned>, FileError> {
+        self.caught_up().await;
+        let mut plan = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.files.list("", after.as_deref(), 1000).map_err(|e| FileError::Storage(e.to_string()))?;
+            plan.extend(self.lifecycle.plan(&page, now_ms));
+            match page.last() {
+                Some(last) if page.len() == 1000 => after = Some(last.key.to_string()),
+                _ => return Ok(plan),
+            }
+        }
     }
 
     async fn caught_up(&self) {

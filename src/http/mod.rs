@@ -260,6 +260,17 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
             api::export(query, app).await
         });
     let status = warp::path!("api" / "status").and(warp::get()).and(with_app.clone()).and_then(api::status);
+    let lifecycle = warp::path!("api" / "lifecycle" / "plan").and(warp::get()).and(with_app.clone()).then(
+        |app: Arc<App>| async move {
+            match app.files.lifecycle_plan(app.sessions_clock_now()).await {
+                Ok(plan) => {
+                    let bytes: u64 = plan.iter().map(|p| p.bytes).sum();
+                    warp::reply::json(&serde_json::json!({ "plan": plan, "bytes": bytes })).into_response()
+                }
+                Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, error.code(), &error.to_string()),
+            }
+        },
+    );
     let search = warp::path!("api" / "search")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
@@ -292,6 +303,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .or(export)
         .unify()
         .or(search)
+        .unify()
+        .or(lifecycle)
         .unify()
         .recover(rejection)
         .unify()
