@@ -17,12 +17,12 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::tree::{self, u64_of, CHECKPOINT_KEY};
 use super::{Projection, ProjectionError};
 use crate::blob::{ContentHash, FileKey};
 use crate::event::{Envelope, Event, SessionId};
 
 const TREE: &str = "proj.files";
-const CHECKPOINT_KEY: &[u8] = b"c";
 
 /// A key as the store serves it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,17 +67,13 @@ fn decode(bytes: &[u8]) -> Result<FileEntry, ProjectionError> {
     rmp_serde::from_slice(bytes).map_err(|e| ProjectionError::Task(format!("file entry does not decode: {e}")))
 }
 
-fn u64_of(bytes: &[u8]) -> u64 {
-    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
-}
-
 impl Files {
     pub fn get(&self, key: &FileKey) -> Result<Option<FileEntry>, ProjectionError> {
         self.tree.get(prefixed(b'k', key.as_str()))?.map(|v| decode(&v)).transpose()
     }
 
     pub fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        Ok(self.tree.get(CHECKPOINT_KEY)?.map_or(0, |v| u64_of(&v)))
+        tree::checkpoint(&self.tree)
     }
 
     /// Keys referencing the content.
@@ -228,9 +224,7 @@ impl Projection for FilesProjection {
     }
 
     fn reset(&mut self) -> Result<(), ProjectionError> {
-        self.tree.clear()?;
-        self.tree.flush()?;
-        Ok(())
+        tree::reset(&self.tree)
     }
 }
 

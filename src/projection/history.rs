@@ -20,12 +20,12 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::tree::{self, CHECKPOINT_KEY};
 use super::{Projection, ProjectionError};
 use crate::event::{Envelope, Event, MessagePosted, RoomId};
 use crate::event::{MessageDeleted, MessageEdited, Removal};
 
 const TREE: &str = "proj.history";
-const CHECKPOINT_KEY: &[u8] = b"c";
 /// Messages per page: large enough to amortise sled's per-key cost, small enough that
 /// appending to a page at low traffic rewrites only a few KiB.
 pub const PAGE_MESSAGES_MAX: usize = 64;
@@ -190,7 +190,7 @@ impl History {
 
     /// The seq of the last event applied.
     pub fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        Ok(self.tree.get(CHECKPOINT_KEY)?.map_or(0, |v| seq_of(&v)))
+        tree::checkpoint(&self.tree)
     }
 
     /// Every entry of the tree except the checkpoint, for comparing a rebuilt projection with
@@ -252,9 +252,7 @@ impl Projection for HistoryProjection {
     }
 
     fn reset(&mut self) -> Result<(), ProjectionError> {
-        self.tree.clear()?;
-        self.tree.flush()?;
-        Ok(())
+        tree::reset(&self.tree)
     }
 }
 
@@ -408,10 +406,6 @@ fn summary_key(room: &RoomId) -> Vec<u8> {
     let mut key = vec![b'r'];
     key.extend_from_slice(room.as_str().as_bytes());
     key
-}
-
-fn seq_of(bytes: &[u8]) -> u64 {
-    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
 fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {

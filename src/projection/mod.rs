@@ -17,6 +17,31 @@ use tokio::sync::watch;
 use crate::event::Envelope;
 use crate::log::{EventLog, LogError};
 
+/// What the projections kept in one sled tree share: the checkpoint under key `c`, stored as a
+/// big-endian u64 in the same batch as the state, and how a tree is reset.
+pub(crate) mod tree {
+    use super::ProjectionError;
+
+    pub const CHECKPOINT_KEY: &[u8] = b"c";
+
+    /// A big-endian u64 value (0 if malformed).
+    pub fn u64_of(bytes: &[u8]) -> u64 {
+        bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+    }
+
+    /// The checkpoint stored in `tree` (0 before the first batch).
+    pub fn checkpoint(tree: &sled::Tree) -> Result<u64, ProjectionError> {
+        Ok(tree.get(CHECKPOINT_KEY)?.map_or(0, |v| u64_of(&v)))
+    }
+
+    /// Removes all state and the checkpoint, durably.
+    pub fn reset(tree: &sled::Tree) -> Result<(), ProjectionError> {
+        tree.clear()?;
+        tree.flush()?;
+        Ok(())
+    }
+}
+
 /// Events read from the log and applied in one atomic write. Large enough to amortise sled's
 /// per-batch cost during a rebuild; small enough that one batch stays a few MiB.
 pub const APPLY_BATCH_MAX: usize = 4096;

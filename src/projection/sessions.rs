@@ -15,11 +15,11 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::tree::{self, u64_of, CHECKPOINT_KEY};
 use super::{Projection, ProjectionError};
 use crate::event::{Envelope, Event, SessionId};
 
 const TREE: &str = "proj.sessions";
-const CHECKPOINT_KEY: &[u8] = b"c";
 
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -154,17 +154,13 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(value).expect("session values are plain structs and always encode")
 }
 
-fn u64_of(bytes: &[u8]) -> u64 {
-    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
-}
-
 impl Sessions {
     pub fn get(&self, id: &SessionId) -> Result<Option<Session>, ProjectionError> {
         self.tree.get(session_key(id))?.map(|v| decode(&v)).transpose()
     }
 
     pub fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        Ok(self.tree.get(CHECKPOINT_KEY)?.map_or(0, |v| u64_of(&v)))
+        tree::checkpoint(&self.tree)
     }
 
     /// Up to `limit` due times at or before `now`, earliest first.
@@ -349,9 +345,7 @@ impl Projection for SessionsProjection {
     }
 
     fn reset(&mut self) -> Result<(), ProjectionError> {
-        self.tree.clear()?;
-        self.tree.flush()?;
-        Ok(())
+        tree::reset(&self.tree)
     }
 }
 
