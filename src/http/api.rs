@@ -157,8 +157,17 @@ fn projections(app: &App, head: u64) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
+/// What `refresh_gauges` measured, for `/api/status` to show without measuring again.
+struct Gauges {
+    head: u64,
+    rooms: usize,
+    log_disk: u64,
+    search_disk: u64,
+    not_ready_because: Vec<String>,
+}
+
 /// Updates the gauges that are read at scrape time rather than kept up to date.
-async fn refresh_gauges(app: &App) -> (u64, usize, u64, Vec<String>) {
+async fn refresh_gauges(app: &App) -> Gauges {
     let head = app.log.head();
     let rooms = app.rooms.active().await;
     let log_dir = app.config.log_dir();
@@ -189,7 +198,7 @@ async fn refresh_gauges(app: &App) -> (u64, usize, u64, Vec<String>) {
     metrics::gauge!(crate::metrics::ROOMS_ACTIVE).set(rooms as f64);
     metrics::gauge!(crate::metrics::LOG_DISK_BYTES).set(disk as f64);
     metrics::gauge!(crate::metrics::UPTIME_SECONDS).set(app.started.elapsed().as_secs_f64());
-    (head, rooms, disk, reasons)
+    Gauges { head, rooms, log_disk: disk, search_disk, not_ready_because: reasons }
 }
 
 /// `GET /metrics`: the Prometheus text format.
@@ -209,7 +218,7 @@ pub async fn metrics(app: Arc<App>) -> Result<warp::reply::Response, std::conver
 
 /// `GET /api/status`: what `roomlog status` prints.
 pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert::Infallible> {
-    let (head, rooms, disk, reasons) = refresh_gauges(&app).await;
+    let Gauges { head, rooms, log_disk, search_disk, not_ready_because: reasons } = refresh_gauges(&app).await;
     let body = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": app.started.elapsed().as_secs(),
@@ -217,9 +226,9 @@ pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert
         "data": app.config.data.display().to_string(),
         "ready": reasons.is_empty(),
         "not_ready_because": reasons,
-        "log": { "head_seq": head, "disk_bytes": disk },
+        "log": { "head_seq": head, "disk_bytes": log_disk },
         "projections": projections(&app, head),
-        "search": { "documents": app.search.documents(), "disk_bytes": crate::projection::search::SearchIndex::size_bytes(&app.config.search_dir()) },
+        "search": { "documents": app.search.documents(), "disk_bytes": search_disk },
         "rooms_active": rooms,
         "connections_open": app.config.limits.connections_max - app.connections.available_permits(),
         "recent_errors": crate::recent_errors::snapshot(),

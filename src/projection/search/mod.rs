@@ -14,6 +14,8 @@ pub mod tokenizer;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -79,6 +81,10 @@ pub struct SearchIndex {
     index: Index,
     reader: IndexReader,
     fields: Fields,
+    /// Seq of the last event committed and reloaded into `reader`: what searches see. Set from
+    /// the commit payload when opened, then by the projection after each commit, so a search
+    /// does not read `meta.json` to learn it.
+    searchable: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -91,10 +97,8 @@ impl std::fmt::Debug for SearchIndex {
 pub struct SearchProjection {
     read: SearchIndex,
     writer: IndexWriter,
-    /// Seq of the last event applied to the writer.
+    /// Seq of the last event applied to the writer (the committed one is `read.searchable`).
     applied: u64,
-    /// Seq of the last event committed: durable and searchable.
-    committed: u64,
     pending: usize,
     pending_since: Option<Instant>,
     config: SearchConfig,
@@ -104,7 +108,7 @@ impl std::fmt::Debug for SearchProjection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SearchProjection")
             .field("applied", &self.applied)
-            .field("committed", &self.committed)
+            .field("committed", &self.read.searchable.load(Ordering::Acquire))
             .finish_non_exhaustive()
     }
 }
@@ -142,12 +146,11 @@ pub fn open(
     };
     let read = reader_of(index)?;
     let writer = read.index.writer_with_num_threads(threads.max(1), config.writer_bytes.max(15 << 20))?;
-    let committed = payload(&read.index)?.map_or(0, |p| p.seq);
+    let committed = read.searchable.load(Ordering::Acquire);
     let projection = SearchProjection {
         read: read.clone(),
         writer,
         applied: committed,
-        committed,
         pending: 0,
         pending_since: None,
         config: config.clone(),
@@ -159,7 +162,8 @@ fn reader_of(index: Index) -> Result<SearchIndex, ProjectionError> {
     index.tokenizers().register(tokenizer::NAME, tokenizer::analyzer());
     let (_, fields) = schema();
     let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-    Ok(SearchIndex { index, reader, fields })
+    let searchable = Arc::new(AtomicU64::new(payload(&index)?.map_or(0, |p| p.seq)));
+    Ok(SearchIndex { index, reader, fields, searchable })
 }
 
 fn payload(index: &Index) -> Result<Option<Payload>, ProjectionError> {
@@ -177,7 +181,7 @@ impl Projection for SearchProjection {
     }
 
     fn visible(&self) -> Result<u64, ProjectionError> {
-        Ok(self.committed)
+        Ok(self.read.indexed_through())
     }
 
     fn apply(&mut self, batch: &[Envelope]) -> Result<(), ProjectionError> {
@@ -227,8 +231,7 @@ impl Projection for SearchProjection {
     fn reset(&mut self) -> Result<(), ProjectionError> {
         self.writer.delete_all_documents()?;
         self.applied = 0;
-        self.committed = u64::MAX; // forces the commit below even though applied is 0
-        self.flush()
+        self.commit()
     }
 
     fn flush_due(&self) -> Option<Instant> {
@@ -236,23 +239,28 @@ impl Projection for SearchProjection {
     }
 
     fn flush(&mut self) -> Result<(), ProjectionError> {
-        if self.applied == self.committed {
+        if self.applied == self.read.indexed_through() {
             return Ok(());
         }
+        self.commit()
+    }
+}
+
+impl SearchProjection {
+    /// Commits everything applied, with the applied seq as the payload, and makes it searchable.
+    fn commit(&mut self) -> Result<(), ProjectionError> {
         let payload = serde_json::to_string(&Payload { schema: SCHEMA_VERSION, seq: self.applied })
             .map_err(|e| ProjectionError::Task(e.to_string()))?;
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
         self.read.reader.reload()?;
-        self.committed = self.applied;
+        self.read.searchable.store(self.applied, Ordering::Release);
         self.pending = 0;
         self.pending_since = None;
         Ok(())
     }
-}
 
-impl SearchProjection {
     /// Waits for the index's background merges to finish (for a rebuild that exits next).
     pub fn finish(self) -> Result<(), ProjectionError> {
         self.writer.wait_merging_threads()?;
@@ -411,18 +419,13 @@ pub struct Hits {
 
 impl SearchIndex {
     /// The seq of the last event searchable, from the last commit.
-    pub fn indexed_through(&self) -> Result<u64, ProjectionError> {
-        Ok(payload(&self.index)?.map_or(0, |p| p.seq))
+    pub fn indexed_through(&self) -> u64 {
+        self.searchable.load(Ordering::Acquire)
     }
 
     /// Documents in the index as last reloaded.
     pub fn documents(&self) -> u64 {
         self.reader.searcher().num_docs()
-    }
-
-    /// Reloads the reader (for a process other than the writer's, like `roomlog search`).
-    pub fn reload(&self) -> Result<(), ProjectionError> {
-        self.reader.reload().map_err(ProjectionError::from)
     }
 
     /// Bytes of the index's files on disk.
@@ -436,7 +439,7 @@ impl SearchIndex {
     pub fn search(&self, request: &SearchRequest) -> Result<Hits, ProjectionError> {
         let f = self.fields;
         let searcher = self.reader.searcher();
-        let indexed_through_seq = self.indexed_through()?;
+        let indexed_through_seq = self.indexed_through();
         let mut analyzer = tokenizer::analyzer();
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let mut highlight: BTreeMap<String, f32> = BTreeMap::new();
