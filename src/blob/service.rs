@@ -80,7 +80,8 @@ impl FileService {
         }
     }
 
-    async fn caught_up(&self) {
+    /// Waits until the files projection has every acknowledged change.
+    pub async fn caught_up(&self) {
         self.runner.wait_applied(self.log.head()).await;
     }
 

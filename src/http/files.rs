@@ -30,29 +30,9 @@ fn file_error(error: &FileError) -> warp::reply::Response {
 }
 
 fn key_of(tail: &str) -> Result<FileKey, Refusal> {
-    let decoded = percent_decode(tail);
+    // A key never needs escapes, but a client may send them: `%2e%2e` must not slip past the check.
+    let decoded = percent_encoding::percent_decode_str(tail).decode_utf8_lossy();
     FileKey::parse(&decoded).map_err(|e| Refusal::bad_request("invalid_key", e.to_string()))
-}
-
-/// Decodes `%XX` escapes (a key never needs them, but a client may send them; `%2e%2e` must
-/// not slip past the key check).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn owner_of(query: &HashMap<String, String>) -> Result<Option<SessionId>, Refusal> {
@@ -168,7 +148,7 @@ async fn list(query: &HashMap<String, String>, app: &App) -> warp::reply::Respon
             )
         }
     };
-    let _ = app.files.get(&FileKey::parse("x").expect("valid")).await; // read after every acknowledged change
+    app.files.caught_up().await;
     match app.files.files.list(prefix, query.get("after").map(String::as_str), limit) {
         Ok(entries) => {
             let next = (entries.len() == limit).then(|| entries.last().map(|e| e.key.to_string())).flatten();
