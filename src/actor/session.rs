@@ -240,22 +240,7 @@ impl SessionActorState {
             crate::log::LogError::Closed => SessionError::ShuttingDown,
             other => SessionError::Storage(other.to_string()),
         })?;
-        let s = &mut self.session;
-        match envelope.event {
-            Event::SessionTouched(e) => {
-                s.expires_at_unix_ms = e.expires_at_unix_ms;
-                s.last_touched_at_unix_ms = e.at_unix_ms;
-            }
-            Event::SessionPaid(e) => (s.state, s.changed_at_unix_ms) = (SessionState::Paid, Some(e.at_unix_ms)),
-            Event::SessionEnded(e) => (s.state, s.changed_at_unix_ms) = (SessionState::Ended, Some(e.at_unix_ms)),
-            Event::SessionExpired(e) => {
-                (s.state, s.changed_at_unix_ms) = (SessionState::Expired, Some(e.applied_at_unix_ms))
-            }
-            Event::SessionPurged(e) => {
-                (s.state, s.changed_at_unix_ms) = (SessionState::Purged, Some(e.applied_at_unix_ms))
-            }
-            _ => {}
-        }
+        self.session.apply(&envelope.event);
         Ok(())
     }
 }

@@ -106,9 +106,7 @@ impl SessionSupervisorState {
         myself: &ActorRef<SessionsMsg>,
         id: SessionId,
     ) -> Result<ActorRef<SessionMsg>, SessionError> {
-        if self.ctx.sessions.get(&id).map_err(|e| SessionError::Storage(e.to_string()))?.is_none() {
-            self.ctx.caught_up().await;
-        }
+        self.ctx.caught_up().await;
         match self.ctx.sessions.get(&id) {
             Ok(Some(_)) => {}
             Ok(None) => return Err(SessionError::NotFound(id.to_string())),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tree::{self, u64_of, CHECKPOINT_KEY};
 use super::{Projection, ProjectionError};
-use crate::event::{Envelope, Event, SessionId};
+use crate::event::{Envelope, Event, SessionCreated, SessionId};
 
 const TREE: &str = "proj.sessions";
 
@@ -99,6 +99,56 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session as its creation event makes it.
+    pub fn created(e: &SessionCreated) -> Self {
+        Self {
+            id: e.id.clone(),
+            state: SessionState::Active,
+            sliding: e.sliding,
+            created_at_unix_ms: e.created_at_unix_ms,
+            expires_at_unix_ms: e.expires_at_unix_ms,
+            purge_at_unix_ms: e.purge_at_unix_ms,
+            last_touched_at_unix_ms: e.created_at_unix_ms,
+            changed_at_unix_ms: None,
+        }
+    }
+
+    /// The session an event changes, for every session event but its creation.
+    pub fn changed_by(event: &Event) -> Option<&SessionId> {
+        match event {
+            Event::SessionTouched(e) => Some(&e.id),
+            Event::SessionPaid(e) => Some(&e.id),
+            Event::SessionExpired(e) | Event::SessionPurged(e) => Some(&e.id),
+            Event::SessionEnded(e) => Some(&e.id),
+            _ => None,
+        }
+    }
+
+    /// Applies an event of this session: the one place where a session's state moves, used by
+    /// the projection and by the session's actor for its own copy. A move the state does not
+    /// allow (an expiry after payment) changes nothing.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::SessionTouched(e) if self.state == SessionState::Active => {
+                self.expires_at_unix_ms = e.expires_at_unix_ms;
+                self.last_touched_at_unix_ms = e.at_unix_ms;
+            }
+            Event::SessionPaid(e) if self.state != SessionState::Purged => {
+                (self.state, self.changed_at_unix_ms) = (SessionState::Paid, Some(e.at_unix_ms));
+            }
+            Event::SessionExpired(e) if self.state == SessionState::Active => {
+                (self.state, self.changed_at_unix_ms) = (SessionState::Expired, Some(e.applied_at_unix_ms));
+            }
+            Event::SessionPurged(e) if self.state != SessionState::Paid => {
+                (self.state, self.changed_at_unix_ms) = (SessionState::Purged, Some(e.applied_at_unix_ms));
+            }
+            Event::SessionEnded(e) if matches!(self.state, SessionState::Active | SessionState::Expired) => {
+                (self.state, self.changed_at_unix_ms) = (SessionState::Ended, Some(e.at_unix_ms));
+            }
+            _ => {}
+        }
+    }
+
     /// The due times still ahead of it.
     pub fn deadlines(&self) -> Vec<(u64, Due)> {
         match self.state {
@@ -258,63 +308,21 @@ impl Projection for SessionsProjection {
         let reader = self.reader();
         let mut changed: HashMap<SessionId, (Option<Session>, Session)> = HashMap::new();
         for envelope in batch {
-            let (id, change): (&SessionId, &dyn Fn(&mut Session)) = match &envelope.event {
-                Event::SessionCreated(e) => {
-                    let created = Session {
-                        id: e.id.clone(),
-                        state: SessionState::Active,
-                        sliding: e.sliding,
-                        created_at_unix_ms: e.created_at_unix_ms,
-                        expires_at_unix_ms: e.expires_at_unix_ms,
-                        purge_at_unix_ms: e.purge_at_unix_ms,
-                        last_touched_at_unix_ms: e.created_at_unix_ms,
-                        changed_at_unix_ms: None,
-                    };
-                    let before = match changed.remove(&e.id) {
-                        Some((before, _)) => before,
-                        None => reader.get(&e.id)?,
-                    };
-                    changed.insert(e.id.clone(), (before, created));
-                    continue;
-                }
-                Event::SessionTouched(e) => (&e.id, &|s: &mut Session| {
-                    if s.state == SessionState::Active {
-                        s.expires_at_unix_ms = e.expires_at_unix_ms;
-                        s.last_touched_at_unix_ms = e.at_unix_ms;
-                    }
-                }),
-                Event::SessionPaid(e) => (&e.id, &|s: &mut Session| {
-                    if s.state != SessionState::Purged {
-                        s.state = SessionState::Paid;
-                        s.changed_at_unix_ms = Some(e.at_unix_ms);
-                    }
-                }),
-                Event::SessionExpired(e) => (&e.id, &|s: &mut Session| {
-                    if s.state == SessionState::Active {
-                        s.state = SessionState::Expired;
-                        s.changed_at_unix_ms = Some(e.applied_at_unix_ms);
-                    }
-                }),
-                Event::SessionPurged(e) => (&e.id, &|s: &mut Session| {
-                    if s.state != SessionState::Paid {
-                        s.state = SessionState::Purged;
-                        s.changed_at_unix_ms = Some(e.applied_at_unix_ms);
-                    }
-                }),
-                Event::SessionEnded(e) => (&e.id, &|s: &mut Session| {
-                    if matches!(s.state, SessionState::Active | SessionState::Expired) {
-                        s.state = SessionState::Ended;
-                        s.changed_at_unix_ms = Some(e.at_unix_ms);
-                    }
-                }),
-                _ => continue,
-            };
+            if let Event::SessionCreated(e) = &envelope.event {
+                let before = match changed.remove(&e.id) {
+                    Some((before, _)) => before,
+                    None => reader.get(&e.id)?,
+                };
+                changed.insert(e.id.clone(), (before, Session::created(e)));
+                continue;
+            }
+            let Some(id) = Session::changed_by(&envelope.event) else { continue };
             if !changed.contains_key(id) {
                 let Some(current) = reader.get(id)? else { continue }; // an event for no session: nothing to change
                 changed.insert(id.clone(), (Some(current.clone()), current));
             }
             if let Some((_, session)) = changed.get_mut(id) {
-                change(session);
+                session.apply(&envelope.event);
             }
         }
         let mut write = sled::Batch::default();
