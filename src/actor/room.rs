@@ -338,19 +338,21 @@ impl RoomActorState {
                 self.ctx.history.get(&room, seq)?.map(|m| (m.author, m.client_id, m.at_unix_ms))
             }
         };
-        let refusal = match &target {
-            _ if self.deleting.contains(&seq) => Some((ErrorCode::NotFound, "this message is being deleted")),
-            None => Some((ErrorCode::NotFound, "no such message in this room (deleted, removed, or never posted)")),
-            Some((author, ..)) if !admin && *author != by => {
-                Some((ErrorCode::Forbidden, "only its author or an admin may change a message"))
+        let checked = match target {
+            _ if self.deleting.contains(&seq) => Err((ErrorCode::NotFound, "this message is being deleted")),
+            None => Err((ErrorCode::NotFound, "no such message in this room (deleted, removed, or never posted)")),
+            Some((author, ..)) if !admin && author != by => {
+                Err((ErrorCode::Forbidden, "only its author or an admin may change a message"))
             }
-            Some(_) => None,
+            Some(found) => Ok(found),
         };
-        let Some((author, message_client_id, posted_at_unix_ms)) = target.filter(|_| refusal.is_none()) else {
-            let (code, text) = refusal.unwrap_or((ErrorCode::NotFound, "no such message"));
-            let frame = error_frame(code, text, Some(room.as_str()), Some(&client_id));
-            self.send_to(member, Outbound { seq: None, frame: frame.into() });
-            return Ok(());
+        let (author, message_client_id, posted_at_unix_ms) = match checked {
+            Ok(found) => found,
+            Err((code, text)) => {
+                let frame = error_frame(code, text, Some(room.as_str()), Some(&client_id));
+                self.send_to(member, Outbound { seq: None, frame: frame.into() });
+                return Ok(());
+            }
         };
         let event = match body {
             Some(body) => Event::MessageEdited(MessageEdited {
@@ -368,18 +370,16 @@ impl RoomActorState {
                 Event::MessageDeleted(MessageDeleted { room, seq, deleted_by: by, reason: reason.into() })
             }
         };
-        let waiter = Waiter::Amend { member, client_id };
         match self.ctx.log.submit(event).await {
             Ok(pending) => {
+                let waiter = Waiter::Amend { member, client_id };
                 if self.forwarder.send((waiter, pending, Instant::now())).await.is_err() {
                     return Err("acknowledgement forwarder stopped".into());
                 }
             }
             Err(error) => {
                 self.deleting.remove(&seq);
-                if let Waiter::Amend { member, client_id } = waiter {
-                    self.amendment_committed(member, &client_id, Err(Arc::new(error)));
-                }
+                self.amendment_committed(member, &client_id, Err(Arc::new(error)));
             }
         }
         Ok(())
@@ -402,37 +402,20 @@ impl RoomActorState {
                 return;
             }
         };
-        let (amendment, edited) = match &envelope.event {
-            Event::MessageEdited(e) => {
-                let amendment = Amendment {
-                    seq: envelope.seq,
-                    at_unix_ms: envelope.at_unix_ms,
-                    target: e.seq,
-                    by: e.edited_by.clone(),
-                    body: Some(e.body.clone()),
-                };
-                let edited = StoredMessage {
-                    seq: e.seq,
-                    at_unix_ms: e.posted_at_unix_ms,
-                    author: e.author.clone(),
-                    client_id: e.client_id.clone(),
-                    body: e.body.clone(),
-                    edited_at_unix_ms: Some(envelope.at_unix_ms),
-                };
-                (amendment, Some(edited))
+        let Some(amendment) = Amendment::of(&envelope) else { return };
+        let edited = match &envelope.event {
+            Event::MessageEdited(e) => Some(StoredMessage {
+                seq: e.seq,
+                at_unix_ms: e.posted_at_unix_ms,
+                author: e.author.clone(),
+                client_id: e.client_id.clone(),
+                body: e.body.clone(),
+                edited_at_unix_ms: Some(envelope.at_unix_ms),
+            }),
+            _ => {
+                self.deleting.remove(&amendment.target);
+                None
             }
-            Event::MessageDeleted(e) => {
-                self.deleting.remove(&e.seq);
-                let amendment = Amendment {
-                    seq: envelope.seq,
-                    at_unix_ms: envelope.at_unix_ms,
-                    target: e.seq,
-                    by: e.deleted_by.clone(),
-                    body: None,
-                };
-                (amendment, None)
-            }
-            _ => return,
         };
         let notice = self.state.amended(&amendment, edited.as_ref());
         self.ack(member, client_id, envelope.seq);

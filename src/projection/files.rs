@@ -13,7 +13,7 @@
 //! A purged session takes its keys with it: `SessionPurged` removes every key it owns, through
 //! the same path as `FileDeleted`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -163,29 +163,24 @@ impl Projection for FilesProjection {
                 }
                 Event::FileDeleted(e) => self.unset(&mut p, &e.key)?,
                 Event::SessionPurged(e) => {
-                    // Everything the session owns goes with it.
-                    let mut owned: Vec<FileKey> = Vec::new();
+                    // Everything the session owns goes with it: its keys as stored, updated by
+                    // what this batch already stored or released.
                     let prefix = prefixed(b'o', &format!("{}/", e.id.as_str()));
+                    let mut owned: BTreeSet<Vec<u8>> = BTreeSet::new();
                     for item in self.tree.scan_prefix(&prefix) {
-                        let (key, _) = item?;
-                        if p.owned.get(key.as_ref()) == Some(&false) {
-                            continue;
-                        }
-                        if let Ok(file) = FileKey::parse(&String::from_utf8_lossy(&key[prefix.len()..])) {
-                            owned.push(file);
+                        owned.insert(item?.0.to_vec());
+                    }
+                    for (key, &present) in p.owned.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+                        if present {
+                            owned.insert(key.clone());
+                        } else {
+                            owned.remove(key);
                         }
                     }
-                    let pending: Vec<FileKey> = p
-                        .owned
-                        .iter()
-                        .filter(|(k, &v)| v && k.starts_with(&prefix))
-                        .filter_map(|(k, _)| FileKey::parse(&String::from_utf8_lossy(&k[prefix.len()..])).ok())
-                        .collect();
-                    owned.extend(pending);
-                    owned.sort();
-                    owned.dedup();
                     for key in owned {
-                        self.unset(&mut p, &key)?;
+                        if let Ok(file) = FileKey::parse(&String::from_utf8_lossy(&key[prefix.len()..])) {
+                            self.unset(&mut p, &file)?;
+                        }
                     }
                 }
                 _ => {}

@@ -60,6 +60,18 @@ pub struct Amendment {
     pub body: Option<String>,
 }
 
+impl Amendment {
+    /// The amendment an edit or deletion event makes; `None` for other events.
+    pub fn of(envelope: &Envelope) -> Option<Self> {
+        let (target, by, body) = match &envelope.event {
+            Event::MessageEdited(MessageEdited { seq, edited_by, body, .. }) => (*seq, edited_by, Some(body)),
+            Event::MessageDeleted(MessageDeleted { seq, deleted_by, .. }) => (*seq, deleted_by, None),
+            _ => return None,
+        };
+        Some(Self { seq: envelope.seq, at_unix_ms: envelope.at_unix_ms, target, by: by.clone(), body: body.cloned() })
+    }
+}
+
 /// What the room list shows of a room.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomSummary {
@@ -314,14 +326,10 @@ impl HistoryProjection {
         room: &RoomId,
         seq: u64,
     ) -> Result<(), ProjectionError> {
-        let (by, body) = match &envelope.event {
-            Event::MessageEdited(MessageEdited { edited_by, body, .. }) => (edited_by, Some(body)),
-            Event::MessageDeleted(MessageDeleted { deleted_by, .. }) => (deleted_by, None),
-            _ => return Ok(()),
-        };
+        let Some(amendment) = Amendment::of(envelope) else { return Ok(()) };
         let Some((key, mut page)) = self.reader().page_holding(room, seq)? else { return Ok(()) };
         let Some(index) = page.iter().position(|m| m.seq == seq) else { return Ok(()) };
-        match body {
+        match &amendment.body {
             Some(body) => {
                 page[index].body = body.clone();
                 page[index].edited_at_unix_ms = Some(envelope.at_unix_ms);
@@ -338,13 +346,6 @@ impl HistoryProjection {
                 summary.message_count = summary.message_count.saturating_sub(1);
             }
         }
-        let amendment = Amendment {
-            seq: envelope.seq,
-            at_unix_ms: envelope.at_unix_ms,
-            target: seq,
-            by: by.clone(),
-            body: body.cloned(),
-        };
         write.batch.insert(amendment_key(room, envelope.seq), encode_value(&amendment));
         Ok(())
     }
