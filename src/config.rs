@@ -16,7 +16,7 @@ use crate::log::LogConfig;
 
 /// `ROOMLOG_*` variables that are not configuration keys: the tracing filter
 /// (`ROOMLOG_LOG`) and the config file's path (`ROOMLOG_CONFIG`).
-const NOT_CONFIG_KEYS: &[&str] = &["log", "config"];
+const NOT_CONFIG_KEYS: &[&str] = &["log", "config", "fault_pause"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,13 +38,40 @@ pub struct Config {
 }
 
 /// The file store.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FilesConfig {
     /// Lifecycle rules in the JSON shape of an S3 bucket lifecycle configuration. A relative
     /// path is read from the config file's folder. Checked at start-up: a bad rule stops the
     /// server with the rule and the field named.
     pub lifecycle: Option<PathBuf>,
+    /// The cold tier: a folder, e.g. on a cheaper disk, for content that lifecycle rules move to
+    /// `STANDARD_IA`, `GLACIER` and the other cold classes. A relative path is read from the
+    /// config file's folder. Unset: no cold tier, and transitions to it are skipped (and said so).
+    pub cold_dir: Option<PathBuf>,
+    /// Keys a paid session's `temp_` files move to: each entry maps a key prefix to the prefix
+    /// that replaces it (`temp_` → `permanent/` turns `temp_photos/x.jpg` into
+    /// `permanent/photos/x.jpg`). The first matching entry applies. The move renames keys; no
+    /// bytes move.
+    pub on_pay: Vec<PrefixMove>,
+}
+
+/// One entry of `files.on_pay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixMove {
+    pub from: String,
+    pub to: String,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            lifecycle: None,
+            cold_dir: None,
+            on_pay: vec![PrefixMove { from: "temp_".into(), to: "permanent/".into() }],
+        }
+    }
 }
 
 /// Session lifecycle. A session expires `expire_after` after it was created (or, with
@@ -256,9 +283,11 @@ impl Config {
             .merge(Env::prefixed("ROOMLOG_").ignore(NOT_CONFIG_KEYS).split("__"))
             .extract()
             .map_err(|e| ConfigError(Box::new(e)))?;
-        if let (Some(rules), Some(folder)) = (&config.files.lifecycle, file.and_then(Path::parent)) {
-            if rules.is_relative() {
-                config.files.lifecycle = Some(folder.join(rules));
+        if let Some(folder) = file.and_then(Path::parent) {
+            for path in [&mut config.files.lifecycle, &mut config.files.cold_dir].into_iter().flatten() {
+                if path.is_relative() {
+                    *path = folder.join(&*path);
+                }
             }
         }
         config.normalise();

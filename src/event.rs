@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::blob::{ContentHash, FileKey};
+use crate::blob::{ContentHash, FileKey, Tier};
 
 /// Where an event belongs: the entity whose history it is part of.
 ///
@@ -33,6 +33,11 @@ impl StreamId {
     /// The stream of one file key.
     pub fn file(key: &FileKey) -> Self {
         Self(format!("file/{}", key.as_str()))
+    }
+
+    /// The stream of one piece of stored content.
+    pub fn content(hash: &ContentHash) -> Self {
+        Self(format!("content/{}", hash.as_str()))
     }
 
     /// The stream as stored.
@@ -194,6 +199,12 @@ pub enum Event {
     /// A key was deleted.
     #[serde(rename = "FileDeleted.1")]
     FileDeleted(FileDeleted),
+    /// Content moved to another tier (a lifecycle transition, or an operator's request).
+    #[serde(rename = "ContentMoved.1")]
+    ContentMoved(ContentMoved),
+    /// Content whose bytes no longer matched its hash was moved aside by a scrub.
+    #[serde(rename = "ContentQuarantined.1")]
+    ContentQuarantined(ContentQuarantined),
 }
 
 /// Messages an event takes out of a room: the one mechanism by which every read model (the
@@ -221,6 +232,8 @@ impl Event {
             Event::SessionEnded(e) => StreamId::session(&e.id),
             Event::FileStored(e) => StreamId::file(&e.key),
             Event::FileDeleted(e) => StreamId::file(&e.key),
+            Event::ContentMoved(e) => StreamId::content(&e.hash),
+            Event::ContentQuarantined(e) => StreamId::content(&e.hash),
         }
     }
 
@@ -239,7 +252,9 @@ impl Event {
             | Event::SessionPurged(_)
             | Event::SessionEnded(_)
             | Event::FileStored(_)
-            | Event::FileDeleted(_) => None,
+            | Event::FileDeleted(_)
+            | Event::ContentMoved(_)
+            | Event::ContentQuarantined(_) => None,
         }
     }
 
@@ -258,6 +273,8 @@ impl Event {
             Event::SessionEnded(_) => "SessionEnded.1",
             Event::FileStored(_) => "FileStored.1",
             Event::FileDeleted(_) => "FileDeleted.1",
+            Event::ContentMoved(_) => "ContentMoved.1",
+            Event::ContentQuarantined(_) => "ContentQuarantined.1",
         }
     }
 }
@@ -390,6 +407,29 @@ pub struct FileDeleted {
     pub reason: String,
 }
 
+/// `ContentMoved` version 1: every key naming the content now reads it from `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentMoved {
+    pub hash: ContentHash,
+    pub size: u64,
+    pub from: Tier,
+    pub to: Tier,
+    /// Why (`lifecycle rule TransitionToIA: GLACIER after 90 days`, `moved by an operator`).
+    pub reason: String,
+}
+
+/// `ContentQuarantined` version 1: the content's bytes no longer hashed to its name; the file
+/// was moved aside and the keys naming it cannot be read until it is uploaded again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentQuarantined {
+    pub hash: ContentHash,
+    pub tier: Tier,
+    /// The blake3 of the bytes found.
+    pub found: String,
+    /// Where the damaged file was moved.
+    pub quarantined_to: String,
+}
+
 /// Every event shape ever written, by stored tag. Reading goes through here so that an old
 /// shape can be upcast to the current one; see the module documentation.
 #[derive(Debug, Deserialize)]
@@ -418,6 +458,10 @@ enum StoredEvent {
     FileStoredV1(FileStored),
     #[serde(rename = "FileDeleted.1")]
     FileDeletedV1(FileDeleted),
+    #[serde(rename = "ContentMoved.1")]
+    ContentMovedV1(ContentMoved),
+    #[serde(rename = "ContentQuarantined.1")]
+    ContentQuarantinedV1(ContentQuarantined),
 }
 
 impl From<StoredEvent> for Event {
@@ -435,6 +479,8 @@ impl From<StoredEvent> for Event {
             StoredEvent::SessionEndedV1(e) => Event::SessionEnded(e),
             StoredEvent::FileStoredV1(e) => Event::FileStored(e),
             StoredEvent::FileDeletedV1(e) => Event::FileDeleted(e),
+            StoredEvent::ContentMovedV1(e) => Event::ContentMoved(e),
+            StoredEvent::ContentQuarantinedV1(e) => Event::ContentQuarantined(e),
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod blob;
 pub mod clock;
 pub mod config;
 pub mod event;
+pub mod fault;
 pub mod http;
 pub mod log;
 pub mod metrics;

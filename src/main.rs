@@ -98,6 +98,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running server to re-hash every stored file: damaged ones are quarantined and
+    /// reported, and content no key references (orphans) is listed. Exits 2 if any was damaged.
+    Scrub {
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running server how it is. Exits 1 when it cannot be reached, 2 when not ready.
     Status {
         /// The server's address; default: the one it wrote to `<data>/roomlog.addr`, else `listen`.
@@ -190,6 +198,32 @@ async fn main() -> anyhow::Result<()> {
                 sort: Some(sort),
             };
             search_command(&config, &params, json)
+        }
+        Command::Scrub { addr, json } => {
+            let report = ask_server(&config, addr, reqwest::Method::POST, "/api/scrub").await?;
+            let damaged = report["damaged"].as_array().map_or(0, Vec::len);
+            if json {
+                println!("{report}");
+            } else {
+                println!(
+                    "scrubbed {} files ({:.1} MiB) in {:.1} s: {} damaged, {} orphans",
+                    report["files"],
+                    report["bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0),
+                    report["seconds"].as_f64().unwrap_or(0.0),
+                    damaged,
+                    report["orphans"].as_array().map_or(0, Vec::len),
+                );
+                for d in report["damaged"].as_array().into_iter().flatten() {
+                    println!(
+                        "  damaged {} ({} tier): bytes hash to {}; moved to {}",
+                        d["hash"], d["tier"], d["found"], d["quarantined_to"]
+                    );
+                }
+                for o in report["orphans"].as_array().into_iter().flatten() {
+                    println!("  orphan {} ({} tier, {} bytes): no key references it", o["hash"], o["tier"], o["bytes"]);
+                }
+            }
+            std::process::exit(if damaged > 0 { 2 } else { 0 });
         }
         Command::Status { addr, json } => {
             let code = status(&config, addr, json).await;
@@ -394,6 +428,33 @@ async fn backup(
         size as f64 / 1e6 / secs,
     );
     Ok(())
+}
+
+/// Sends one request to the running server and returns its JSON answer; an error answer is an
+/// error naming its code.
+async fn ask_server(
+    config: &Config,
+    addr: Option<std::net::SocketAddr>,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let addr = addr.or_else(|| config.recorded_addr()).unwrap_or(config.listen);
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3600)).build()?;
+    let response = client
+        .request(method, format!("http://{addr}{path}"))
+        .send()
+        .await
+        .with_context(|| format!("nothing answers on {addr}: is roomlog running? (--addr to name it)"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.with_context(|| format!("{path}: not a JSON answer"))?;
+    if !status.is_success() {
+        bail!(
+            "{path}: {status}: {} ({})",
+            body["error"]["message"].as_str().unwrap_or(""),
+            body["error"]["code"].as_str().unwrap_or("")
+        );
+    }
+    Ok(body)
 }
 
 /// Prints the server's status; returns the exit code: 0 ready, 1 unreachable, 2 not ready.

@@ -41,6 +41,9 @@ pub const SESSIONS: &str = "roomlog_sessions";
 pub const SEARCH_SECONDS: &str = "roomlog_search_seconds";
 pub const SEARCH_INDEX_DOCUMENTS: &str = "roomlog_search_index_documents";
 pub const SEARCH_INDEX_DISK_BYTES: &str = "roomlog_search_index_disk_bytes";
+pub const FILE_TIER_MOVES_TOTAL: &str = "roomlog_file_tier_moves_total";
+pub const FILES: &str = "roomlog_files";
+pub const FILE_BYTES: &str = "roomlog_file_bytes";
 
 /// How often the exporter's histograms are rolled over when nothing scrapes.
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -108,6 +111,9 @@ fn describe() {
     describe_histogram!(SEARCH_SECONDS, Unit::Seconds, "message searches, query and snippets");
     describe_gauge!(SEARCH_INDEX_DOCUMENTS, "messages in the search index as last committed");
     describe_gauge!(SEARCH_INDEX_DISK_BYTES, Unit::Bytes, "bytes of the search index on disk");
+    describe_counter!(FILE_TIER_MOVES_TOTAL, "content moved between tiers, by target tier");
+    describe_gauge!(FILES, "content files stored, by tier");
+    describe_gauge!(FILE_BYTES, Unit::Bytes, "bytes of content stored, by tier");
 }
 
 /// Used fraction (0 to 1) of the filesystem holding `dir`; `None` if it cannot be read.

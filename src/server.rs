@@ -15,7 +15,7 @@ use crate::actor::sessions::SessionsHandle;
 use crate::actor::ChatContext;
 use crate::auth::{Authenticator, NameOnly};
 use crate::blob::service::FileService;
-use crate::blob::BlobStore;
+use crate::blob::{BlobStore, Tier};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{routes, App};
@@ -105,13 +105,19 @@ impl Server {
             .await
             .map_err(|source| ServerError::Projection { name: "files", source })?;
         let blob_dir = config.blob_dir();
-        let store = BlobStore::open(&blob_dir).map_err(|source| ServerError::Io {
+        let store = BlobStore::open(&blob_dir, config.files.cold_dir.as_deref()).map_err(|source| ServerError::Io {
             what: format!("opening the file store in {}", blob_dir.display()),
             source,
         })?;
+        if !store.has_cold() && lifecycle.rules.iter().any(|r| r.transitions.iter().any(|t| t.2 == Tier::Cold)) {
+            tracing::warn!("lifecycle rules move content to a cold tier but files.cold_dir is not set; those transitions are skipped");
+        }
         let file_service =
             FileService::new(store, files_read, files_runner.clone(), sessions_read.clone(), log.clone())
                 .with_lifecycle(lifecycle);
+        file_service
+            .settle()
+            .map_err(|source| ServerError::Io { what: "settling tier moves cut off by a crash".into(), source })?;
         let ctx = ChatContext {
             log: log.clone(),
             history: history.clone(),

@@ -34,6 +34,19 @@ async fn put(server: &Server, key: &str, body: Vec<u8>) -> (u16, Value) {
     (response.status().as_u16(), response.json().await.expect("json"))
 }
 
+/// A new session's id.
+async fn create_session(server: &Server) -> String {
+    let session: Value = reqwest::Client::new()
+        .post(url(server, "/api/sessions"))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    session["id"].as_str().expect("id").to_owned()
+}
+
 /// Content files on disk.
 fn contents(dir: &std::path::Path) -> usize {
     walk(&dir.join("blobs/hot"))
@@ -165,9 +178,7 @@ async fn a_purged_session_takes_its_keys_and_their_files_with_it() {
     let clock = ManualClock::new(1_800_000_000_000);
     let server = start(dir.path(), &clock).await;
     let client = reqwest::Client::new();
-    let session: Value =
-        client.post(url(&server, "/api/sessions")).send().await.expect("create").json().await.expect("json");
-    let id = session["id"].as_str().expect("id").to_owned();
+    let id = create_session(&server).await;
     let own = |key: &str| url(&server, &format!("/api/files/{key}?session={id}"));
     for (key, body) in [("temp_photos/1.jpg", vec![1u8; 5000]), ("temp_audio/1.mp3", vec![2u8; 7000])] {
         let response = client.put(own(key)).body(body).send().await.expect("put");
@@ -302,5 +313,89 @@ async fn a_100_mb_upload_and_download_stream_with_bounded_memory() {
     let grew_mib = peak.saturating_sub(before) / 1024;
     eprintln!("100 MiB up and down: resident memory grew by at most {grew_mib} MiB");
     assert!(grew_mib < 40, "memory grew by {grew_mib} MiB: the file was held in memory");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paying_a_session_moves_its_temp_keys_to_permanent_ones_that_outlive_the_purge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_800_000_000_000);
+    let server = start(dir.path(), &clock).await;
+    let client = reqwest::Client::new();
+    let id = create_session(&server).await;
+    let photo = vec![9u8; 4096];
+    let response =
+        client.put(url(&server, &format!("/api/files/temp_photos/x.jpg?session={id}"))).body(photo.clone()).send();
+    assert_eq!(response.await.expect("put").status().as_u16(), 201);
+
+    let paid: Value = client
+        .post(url(&server, &format!("/api/sessions/{id}/pay")))
+        .send()
+        .await
+        .expect("pay")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(paid["state"], "paid", "{paid}");
+    assert_eq!(paid["files_moved"], serde_json::json!(["permanent/photos/x.jpg"]));
+    let (status, _) = get(server.addr(), "/api/files/temp_photos/x.jpg").await;
+    assert_eq!(status, 404, "the temp_ key is gone");
+    assert_eq!(contents(dir.path()), 1, "a rename moves no bytes");
+
+    // Past the purge age, the paid session and its permanent file are still there.
+    clock.advance(Duration::from_secs(8 * 24 * 3600));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, s) = get(server.addr(), &format!("/api/sessions/{id}")).await;
+    assert_eq!(s["session"]["state"], "paid");
+    let deleted = s["events"].as_array().expect("events").iter().any(|e| e["event"].get("SessionPurged.1").is_some());
+    assert!(!deleted, "a paid session is never purged: {s}");
+    let kept = reqwest::get(url(&server, "/api/files/permanent/photos/x.jpg")).await.expect("get");
+    assert!(kept.bytes().await.expect("body").as_ref() == &photo[..]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrub_quarantines_damaged_content_and_lists_orphans() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &ManualClock::new(1_800_000_000_000)).await;
+    let good = vec![1u8; 3000];
+    let damaged = vec![2u8; 3000];
+    put(&server, "tts/good.mp3", good.clone()).await;
+    let (_, entry) = put(&server, "tts/bad.mp3", damaged.clone()).await;
+    let hash = entry["hash"].as_str().expect("hash").to_owned();
+    // A disk error flips bytes in one file; a crashed tool leaves a file no key names.
+    let path = dir.path().join("blobs/hot").join(&hash[..2]).join(&hash);
+    std::fs::write(&path, vec![3u8; 3000]).expect("damage");
+    let orphan = vec![4u8; 1000];
+    let orphan_hash = blake3::hash(&orphan).to_hex().to_string();
+    let orphan_dir = dir.path().join("blobs/hot").join(&orphan_hash[..2]);
+    std::fs::create_dir_all(&orphan_dir).expect("fan");
+    std::fs::write(orphan_dir.join(&orphan_hash), &orphan).expect("orphan");
+
+    let report: Value = reqwest::Client::new()
+        .post(url(&server, "/api/scrub"))
+        .send()
+        .await
+        .expect("scrub")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(report["files"], 3, "{report}");
+    let damaged_list = report["damaged"].as_array().expect("damaged");
+    assert_eq!(damaged_list.len(), 1, "{report}");
+    assert_eq!(damaged_list[0]["hash"], hash);
+    assert_eq!(damaged_list[0]["found"], blake3::hash(&[3u8; 3000]).to_hex().to_string());
+    assert!(!path.exists(), "the damaged file left the store");
+    assert!(dir.path().join("blobs/quarantine").join(format!("{hash}.hot")).exists());
+    assert_eq!(report["orphans"], serde_json::json!([{ "hash": orphan_hash, "tier": "hot", "bytes": 1000 }]));
+
+    let (status, body) = get(server.addr(), "/api/files/tts/bad.mp3").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (500, Some("content_missing")), "{body}");
+    let fine = reqwest::get(url(&server, "/api/files/tts/good.mp3")).await.expect("get").bytes().await.expect("body");
+    assert!(fine.as_ref() == &good[..], "the other content is untouched");
+    // Uploading the same bytes again heals the key.
+    put(&server, "tts/again.mp3", damaged.clone()).await;
+    let healed = reqwest::get(url(&server, "/api/files/tts/bad.mp3")).await.expect("get").bytes().await.expect("body");
+    assert!(healed.as_ref() == &damaged[..]);
     server.shutdown().await;
 }

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use roomlog::blob::{ContentHash, FileKey};
+use roomlog::blob::{ContentHash, FileKey, Tier};
 use roomlog::event::{decode, encode, Envelope, Event, MessagePosted, MessagesExpired, RoomId, StreamId};
-use roomlog::event::{FileDeleted, FileStored, SessionPaid, SessionTouched};
+use roomlog::event::{ContentMoved, ContentQuarantined, FileDeleted, FileStored, SessionPaid, SessionTouched};
 use roomlog::event::{MessageDeleted, MessageEdited, SessionCreated, SessionDue, SessionEnded, SessionId};
 use roomlog::projection::history::{Amendment, StoredMessage};
 use roomlog::projection::search::{Hit, Hits};
@@ -36,6 +36,7 @@ fn event_samples() -> BTreeMap<&'static str, Envelope> {
     let file_envelope = |seq, event| Envelope { seq, at_unix_ms: T + seq, stream: StreamId::file(&key), event };
     let session_envelope =
         |seq, event| Envelope { seq, at_unix_ms: T + seq, stream: StreamId::session(&session), event };
+    let content_envelope = |seq, event| Envelope { seq, at_unix_ms: T + seq, stream: StreamId::content(&hash), event };
     BTreeMap::from([
         (
             "MessagePosted.1",
@@ -173,6 +174,31 @@ fn event_samples() -> BTreeMap<&'static str, Envelope> {
                     key: key.clone(),
                     hash: hash.clone(),
                     reason: "deleted by the app".into(),
+                }),
+            ),
+        ),
+        (
+            "ContentMoved.1",
+            content_envelope(
+                13,
+                Event::ContentMoved(ContentMoved {
+                    hash: hash.clone(),
+                    size: 48_213,
+                    from: Tier::Hot,
+                    to: Tier::Cold,
+                    reason: "lifecycle rule TransitionToIA: STANDARD_IA after 30 days".into(),
+                }),
+            ),
+        ),
+        (
+            "ContentQuarantined.1",
+            content_envelope(
+                14,
+                Event::ContentQuarantined(ContentQuarantined {
+                    hash: hash.clone(),
+                    tier: Tier::Hot,
+                    found: "0".repeat(64),
+                    quarantined_to: format!("/var/lib/roomlog/blobs/quarantine/{hash}.hot"),
                 }),
             ),
         ),

@@ -12,13 +12,7 @@ use crate::projection::files::FileEntry;
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
 
-/// Where content lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Tier {
-    Hot,
-    Cold,
-}
+pub use super::Tier;
 
 /// The tier of an S3 storage class, if it is one roomlog knows.
 pub fn tier_of(storage_class: &str) -> Option<Tier> {

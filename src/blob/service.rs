@@ -8,8 +8,9 @@ use bytes::Buf;
 use futures_util::Stream;
 use tokio::sync::{watch, Mutex};
 
-use super::{BlobError, BlobStore, ContentHash, FileKey};
-use crate::event::{Event, FileDeleted, FileStored, SessionId};
+use super::{BlobError, BlobStore, ContentHash, FileKey, Tier};
+use crate::config::PrefixMove;
+use crate::event::{ContentMoved, ContentQuarantined, Event, FileDeleted, FileStored, SessionId};
 use crate::log::EventLog;
 use crate::projection::files::{FileEntry, Files};
 use crate::projection::sessions::{SessionState, Sessions};
@@ -26,6 +27,8 @@ pub enum FileError {
     Blob(#[from] BlobError),
     #[error("the file store cannot record this now: {0}")]
     Storage(String),
+    #[error("the content of {0} is missing from the store (quarantined by a scrub?); upload it again")]
+    ContentMissing(String),
 }
 
 impl FileError {
@@ -35,8 +38,34 @@ impl FileError {
             FileError::NoSession(_) => "no_session",
             FileError::Blob(e) => e.code(),
             FileError::Storage(_) => "storage_unavailable",
+            FileError::ContentMissing(_) => "content_missing",
         }
     }
+}
+
+fn storage(error: impl std::fmt::Display) -> FileError {
+    FileError::Storage(error.to_string())
+}
+
+/// Content on disk that no key references.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Orphan {
+    pub hash: ContentHash,
+    pub tier: Tier,
+    pub bytes: u64,
+}
+
+/// What a scrub found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScrubReport {
+    /// Content files re-hashed, and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Files whose bytes no longer matched their name, now in quarantine.
+    pub damaged: Vec<super::Damaged>,
+    /// Content no key references (the janitor deletes it).
+    pub orphans: Vec<Orphan>,
 }
 
 /// Keys and content together; cheap to clone.
@@ -78,6 +107,116 @@ impl FileService {
                 _ => return Ok(plan),
             }
         }
+    }
+
+    /// Where a key's content can be read now: its recorded tier first.
+    pub async fn content_path(&self, entry: &FileEntry) -> Result<(Tier, std::path::PathBuf), FileError> {
+        let recorded = self.files.tier(&entry.hash).map_err(storage)?;
+        self.store.locate(&entry.hash, recorded).await.ok_or_else(|| FileError::ContentMissing(entry.key.to_string()))
+    }
+
+    /// Moves content to another tier: copy and check (no lock held), then, with uploads'
+    /// commits held off, record the move and remove the source. Content no key references any
+    /// more by then is not moved. Returns whether it moved.
+    pub async fn move_content(&self, hash: &ContentHash, to: Tier, reason: String) -> Result<bool, FileError> {
+        self.caught_up().await;
+        let from = self.files.tier(hash).map_err(storage)?;
+        if from == to || self.files.references(hash).map_err(storage)? == 0 {
+            return Ok(false);
+        }
+        let size = self.store.copy_to_tier(hash, to).await?;
+        let _held = self.commit.lock().await;
+        self.caught_up().await;
+        if self.files.references(hash).map_err(storage)? == 0 {
+            self.store.drop_from_tier(hash, to).await.map_err(BlobError::Io)?;
+            return Ok(false);
+        }
+        let event = Event::ContentMoved(ContentMoved { hash: hash.clone(), size, from, to, reason });
+        let envelope = match self.log.append(event).await {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                let _ = self.store.drop_from_tier(hash, to).await;
+                return Err(FileError::Storage(e.to_string()));
+            }
+        };
+        self.runner.wait_applied(envelope.seq).await;
+        crate::fault::pause("tier-move:recorded").await;
+        self.store.drop_from_tier(hash, from).await.map_err(BlobError::Io)?;
+        metrics::counter!(crate::metrics::FILE_TIER_MOVES_TOTAL, "to" => to.as_str()).increment(1);
+        Ok(true)
+    }
+
+    /// Removes the extra copy a crash during a tier move left behind (run at start-up).
+    pub fn settle(&self) -> std::io::Result<Vec<(ContentHash, Tier)>> {
+        self.store.settle(|hash| self.files.tier(hash).map_err(|e| std::io::Error::other(e.to_string())))
+    }
+
+    /// Re-hashes every content file; damaged ones are quarantined and recorded as events.
+    pub async fn scrub(&self) -> Result<ScrubReport, FileError> {
+        let store = self.store.clone();
+        let started = std::time::Instant::now();
+        let (files, bytes, damaged) =
+            tokio::task::spawn_blocking(move || store.scrub()).await.map_err(storage)?.map_err(BlobError::Io)?;
+        for d in &damaged {
+            let event = Event::ContentQuarantined(ContentQuarantined {
+                hash: d.hash.clone(),
+                tier: d.tier,
+                found: d.found.clone(),
+                quarantined_to: d.quarantined_to.display().to_string(),
+            });
+            self.log.append(event).await.map_err(storage)?;
+        }
+        let orphans = self.orphans(Duration::ZERO).await?;
+        Ok(ScrubReport { files, bytes, seconds: started.elapsed().as_secs_f64(), damaged, orphans })
+    }
+
+    /// Content files on disk that no key references, last written more than `min_age` ago
+    /// (younger ones may be uploads not yet committed).
+    pub async fn orphans(&self, min_age: Duration) -> Result<Vec<Orphan>, FileError> {
+        self.caught_up().await;
+        let store = self.store.clone();
+        let contents =
+            tokio::task::spawn_blocking(move || store.contents()).await.map_err(storage)?.map_err(BlobError::Io)?;
+        let mut out = Vec::new();
+        for (hash, tier, bytes) in contents {
+            if self.files.references(&hash).map_err(storage)? > 0 {
+                continue;
+            }
+            let path = self.store.path_in(tier, &hash).unwrap_or_default();
+            let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|age| age >= min_age) {
+                out.push(Orphan { hash, tier, bytes });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes an orphan, unless a key references it by the time the commit lock is held.
+    pub async fn delete_orphan(&self, orphan: &Orphan) -> Result<bool, FileError> {
+        let _held = self.commit.lock().await;
+        self.caught_up().await;
+        if self.files.references(&orphan.hash).map_err(storage)? > 0 {
+            return Ok(false);
+        }
+        self.store.drop_from_tier(&orphan.hash, orphan.tier).await.map_err(BlobError::Io)?;
+        Ok(true)
+    }
+
+    /// Renames a paid session's keys by `moves` (`temp_` → `permanent/`): a copy then a delete
+    /// naming the reason, no bytes moved. Keys already moved are not there any more, so running
+    /// it again (after a crash half way) finishes the work. Returns the new keys.
+    pub async fn move_paid(&self, owner: &SessionId, moves: &[PrefixMove]) -> Result<Vec<FileKey>, FileError> {
+        self.caught_up().await;
+        let mut moved = Vec::new();
+        for key in self.files.owned(owner).map_err(storage)? {
+            let Some(rule) = moves.iter().find(|m| key.as_str().starts_with(&m.from)) else { continue };
+            let renamed = format!("{}{}", rule.to, &key.as_str()[rule.from.len()..]);
+            let to = FileKey::parse(&renamed).map_err(|e| FileError::Storage(e.to_string()))?;
+            self.copy(&key, to.clone(), Some(owner.clone())).await?;
+            self.delete(&key, &format!("session {owner} paid: moved to {to} (files.on_pay)")).await?;
+            moved.push(to);
+        }
+        Ok(moved)
     }
 
     /// Waits until the files projection has every acknowledged change.
@@ -159,7 +298,7 @@ impl FileService {
         if let Event::FileStored(stored) = &event {
             // The content may have been reaped between the write and now: it is complete in
             // the store, or the upload must be retried.
-            if !tokio::fs::try_exists(self.store.path(&stored.hash)).await.unwrap_or(false) {
+            if self.store.locate(&stored.hash, Tier::Hot).await.is_none() {
                 return Err(FileError::Storage("the content was removed meanwhile; upload again".into()));
             }
         }

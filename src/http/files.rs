@@ -10,7 +10,7 @@ use warp::{Filter, Reply};
 
 use super::{error_reply, App, Refusal};
 use crate::blob::service::FileError;
-use crate::blob::FileKey;
+use crate::blob::{FileKey, Tier};
 use crate::event::SessionId;
 
 /// Most keys one list page returns.
@@ -24,6 +24,8 @@ fn file_error(error: &FileError) -> warp::reply::Response {
         FileError::Blob(crate::blob::BlobError::HashMismatch { .. } | crate::blob::BlobError::Cut(_)) => {
             StatusCode::BAD_REQUEST
         }
+        FileError::Blob(crate::blob::BlobError::NoTier(_)) => StatusCode::CONFLICT,
+        FileError::ContentMissing(_) => StatusCode::INTERNAL_SERVER_ERROR,
         FileError::Blob(crate::blob::BlobError::Io(_)) | FileError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error_reply(status, error.code(), &error.to_string())
@@ -116,8 +118,15 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
                 Ok(key) => key,
                 Err(refusal) => return refusal.reply(),
             };
+            if let Some(tier) = query.get("tier") {
+                return move_tier(&from, tier, &app).await;
+            }
             let Some(to) = query.get("copy_to") else {
-                return error_reply(StatusCode::BAD_REQUEST, "invalid_query", "POST a key with ?copy_to=OTHER_KEY");
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    "POST a key with ?copy_to=OTHER_KEY, or ?tier=hot|cold to move its content",
+                );
             };
             let to = match FileKey::parse(to) {
                 Ok(to) => to,
@@ -133,6 +142,39 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
             }
         });
     list.or(put).unify().or(get).unify().or(delete).unify().or(copy).unify().boxed()
+}
+
+/// Moves a key's content (and so every key sharing it) to a tier, as an operator asks.
+async fn move_tier(key: &FileKey, tier: &str, app: &App) -> warp::reply::Response {
+    let Some(tier) = Tier::parse(tier) else {
+        return error_reply(StatusCode::BAD_REQUEST, "invalid_query", "tier must be hot or cold");
+    };
+    let entry = match app.files.get(key).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return file_error(&FileError::NotFound(key.to_string())),
+        Err(error) => return file_error(&error),
+    };
+    match app.files.move_content(&entry.hash, tier, format!("moved to {} by an operator", tier.as_str())).await {
+        Ok(moved) => warp::reply::json(&serde_json::json!({
+            "key": key, "hash": entry.hash, "tier": tier, "moved": moved,
+        }))
+        .into_response(),
+        Err(error) => file_error(&error),
+    }
+}
+
+/// `POST /api/scrub`: re-hash every content file, quarantine damaged ones, list orphans.
+pub fn scrub_route(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    warp::path!("api" / "scrub")
+        .and(warp::post())
+        .and(warp::any().map(move || app.clone()))
+        .then(|app: Arc<App>| async move {
+            match app.files.scrub().await {
+                Ok(report) => warp::reply::json(&report).into_response(),
+                Err(error) => file_error(&error),
+            }
+        })
+        .boxed()
 }
 
 async fn list(query: &HashMap<String, String>, app: &App) -> warp::reply::Response {
@@ -208,7 +250,11 @@ async fn download(key: &FileKey, headers: &HeaderMap, app: &App) -> warp::reply:
     };
     let (start, end) = range.unwrap_or((0, entry.size.saturating_sub(1)));
     let length = if entry.size == 0 { 0 } else { end - start + 1 };
-    let mut file = match tokio::fs::File::open(app.files.store.path(&entry.hash)).await {
+    let (tier, path) = match app.files.content_path(&entry).await {
+        Ok(found) => found,
+        Err(error) => return file_error(&error),
+    };
+    let mut file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
         Err(e) => {
             return error_reply(
@@ -231,6 +277,7 @@ async fn download(key: &FileKey, headers: &HeaderMap, app: &App) -> warp::reply:
     h.insert("content-length", header(length.to_string()));
     h.insert("etag", header(etag));
     h.insert("accept-ranges", header("bytes".into()));
+    h.insert("x-roomlog-tier", header(tier.as_str().into()));
     if range.is_some() {
         h.insert("content-range", header(format!("bytes {start}-{end}/{}", entry.size)));
         *reply.status_mut() = StatusCode::PARTIAL_CONTENT;

@@ -288,6 +288,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .unify()
         .or(files::routes(app.clone()))
         .unify()
+        .or(files::scrub_route(app.clone()))
+        .unify()
         .or(healthz)
         .unify()
         .or(readyz)

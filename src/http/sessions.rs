@@ -138,10 +138,26 @@ async fn act(id: &str, verb: &str, app: &App) -> warp::reply::Response {
         "end" => Command::End,
         _ => return error_reply(StatusCode::NOT_FOUND, "not_found", "no such route: use touch, pay or end"),
     };
-    match app.sessions.command(&id, command).await {
-        Ok(session) => warp::reply::json(&session).into_response(),
-        Err(error) => session_error(&error),
+    let paying = matches!(command, Command::Pay);
+    let session = match app.sessions.command(&id, command).await {
+        Ok(session) => session,
+        Err(error) => return session_error(&error),
+    };
+    if !paying {
+        return warp::reply::json(&session).into_response();
     }
+    // A paid session's temp_ keys become permanent ones. Should this fail half way, the
+    // janitor's next run finishes it; the payment itself is recorded already.
+    let moved = match app.files.move_paid(&id, &app.config.files.on_pay).await {
+        Ok(moved) => moved,
+        Err(error) => {
+            tracing::warn!(session = %id, error = %error, "moving a paid session's files failed; the janitor retries");
+            Vec::new()
+        }
+    };
+    let mut answer = serde_json::to_value(&session).unwrap_or_default();
+    answer["files_moved"] = serde_json::json!(moved);
+    warp::reply::json(&answer).into_response()
 }
 
 async fn list(query: &HashMap<String, String>, app: &App) -> warp::reply::Response {

@@ -9,6 +9,7 @@
 //! | `r` hash | keys referencing the content (u64 BE) |
 //! | `o` session `/` key | nothing: the session owns the key |
 //! | `u` hash | nothing: no key references the content; the reaper deletes it |
+//! | `t` hash | the content's tier when it is not hot (`cold`) |
 //!
 //! A purged session takes its keys with it: `SessionPurged` removes every key it owns, through
 //! the same path as `FileDeleted`.
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tree::{self, u64_of, CHECKPOINT_KEY};
 use super::{Projection, ProjectionError};
-use crate::blob::{ContentHash, FileKey};
+use crate::blob::{ContentHash, FileKey, Tier};
 use crate::event::{Envelope, Event, SessionId};
 
 const TREE: &str = "proj.files";
@@ -105,6 +106,19 @@ impl Files {
         Ok(out)
     }
 
+    /// The keys a session owns, in key order.
+    pub fn owned(&self, owner: &SessionId) -> Result<Vec<FileKey>, ProjectionError> {
+        let prefix = prefixed(b'o', &format!("{}/", owner.as_str()));
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            if let Ok(file) = FileKey::parse(&String::from_utf8_lossy(&key[prefix.len()..])) {
+                out.push(file);
+            }
+        }
+        Ok(out)
+    }
+
     /// Content that no key references: the reaper's work.
     pub fn unreferenced(&self, limit: usize) -> Result<Vec<ContentHash>, ProjectionError> {
         let mut out = Vec::new();
@@ -119,8 +133,19 @@ impl Files {
 
     /// The reaper deleted the content: forget it (unless a key references it again).
     pub fn reaped(&self, hash: &ContentHash) -> Result<(), ProjectionError> {
-        self.tree.remove(prefixed(b'u', hash.as_str()))?;
+        let mut write = sled::Batch::default();
+        write.remove(prefixed(b'u', hash.as_str()));
+        write.remove(prefixed(b't', hash.as_str()));
+        self.tree.apply_batch(write)?;
         Ok(())
+    }
+
+    /// The tier the log records for the content: hot unless it was moved.
+    pub fn tier(&self, hash: &ContentHash) -> Result<Tier, ProjectionError> {
+        Ok(match self.tree.get(prefixed(b't', hash.as_str()))? {
+            Some(v) if v.as_ref() == b"cold" => Tier::Cold,
+            _ => Tier::Hot,
+        })
     }
 }
 
@@ -130,6 +155,7 @@ struct Pending {
     entries: HashMap<FileKey, Option<FileEntry>>,
     refs: HashMap<ContentHash, u64>,
     owned: HashMap<Vec<u8>, bool>,
+    tiers: HashMap<ContentHash, Tier>,
 }
 
 impl Projection for FilesProjection {
@@ -162,6 +188,9 @@ impl Projection for FilesProjection {
                     p.entries.insert(e.key.clone(), Some(entry));
                 }
                 Event::FileDeleted(e) => self.unset(&mut p, &e.key)?,
+                Event::ContentMoved(e) => {
+                    p.tiers.insert(e.hash.clone(), e.to);
+                }
                 Event::SessionPurged(e) => {
                     // Everything the session owns goes with it: its keys as stored, updated by
                     // what this batch already stored or released.
@@ -209,6 +238,12 @@ impl Projection for FilesProjection {
                 write.insert(key, &[]);
             } else {
                 write.remove(key);
+            }
+        }
+        for (hash, tier) in p.tiers {
+            match tier {
+                Tier::Hot => write.remove(prefixed(b't', hash.as_str())),
+                Tier::Cold => write.insert(prefixed(b't', hash.as_str()), Tier::Cold.as_str().as_bytes()),
             }
         }
         if let Some(last) = batch.last() {

@@ -213,14 +213,20 @@ impl Drop for Binary {
 
 /// Starts the binary on `data` and waits for the address it writes.
 pub fn spawn(data: &Path) -> Binary {
+    spawn_with(data, &[], Stdio::inherit())
+}
+
+/// [`spawn`] with more environment, and stderr where the caller wants it.
+pub fn spawn_with(data: &Path, env: &[(&str, &str)], stderr: Stdio) -> Binary {
     let addr_file = data.join("roomlog.addr");
     let _ = std::fs::remove_file(&addr_file);
     let child = Command::new(env!("CARGO_BIN_EXE_roomlog"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .env("ROOMLOG_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn();
     let mut binary =
         Binary { child: child.expect("the roomlog binary starts"), addr: SocketAddr::from(([127, 0, 0, 1], 0)) };
