@@ -32,6 +32,7 @@ pub struct Config {
     pub search: SearchConfig,
     pub sessions: SessionsConfig,
     pub files: FilesConfig,
+    pub janitor: JanitorConfig,
     pub limits: Limits,
     pub logging: Logging,
     pub backup: BackupSchedule,
@@ -54,6 +55,41 @@ pub struct FilesConfig {
     /// `permanent/photos/x.jpg`). The first matching entry applies. The move renames keys; no
     /// bytes move.
     pub on_pay: Vec<PrefixMove>,
+}
+
+/// The janitor: when it runs, and what it may delete beyond the lifecycle rules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JanitorConfig {
+    /// Run every this long (`6h`), counted from start-up. Ignored when `at` is set.
+    #[serde(with = "humantime_serde")]
+    pub every: Option<Duration>,
+    /// Run once a day at this UTC time (`02:00`).
+    pub at: Option<String>,
+    /// Content no key references is deleted once its file is older than this (younger ones
+    /// may be uploads being committed).
+    #[serde(with = "humantime_serde")]
+    pub orphan_min_age: Duration,
+}
+
+impl Default for JanitorConfig {
+    fn default() -> Self {
+        Self { every: Some(Duration::from_secs(6 * 3600)), at: None, orphan_min_age: Duration::from_secs(3600) }
+    }
+}
+
+impl JanitorConfig {
+    /// `at` as seconds after midnight UTC, checked.
+    pub fn at_seconds(&self) -> Result<Option<u64>, String> {
+        let Some(at) = &self.at else { return Ok(None) };
+        let bad = || format!("janitor.at {at:?}: use HH:MM, 24-hour UTC (\"02:00\")");
+        let (h, m) = at.split_once(':').ok_or_else(bad)?;
+        let (h, m) = (h.parse::<u64>().map_err(|_| bad())?, m.parse::<u64>().map_err(|_| bad())?);
+        if h > 23 || m > 59 {
+            return Err(bad());
+        }
+        Ok(Some(h * 3600 + m * 60))
+    }
 }
 
 /// One entry of `files.on_pay`.
@@ -90,6 +126,16 @@ pub struct SessionsConfig {
     /// by the sessions projection's deadline index, and its actor comes back when needed.
     #[serde(with = "humantime_serde")]
     pub actor_idle_stop: Duration,
+}
+
+impl SessionsConfig {
+    /// The configured age after which `due` comes.
+    pub fn age_of(&self, due: crate::projection::sessions::Due) -> Duration {
+        match due {
+            crate::projection::sessions::Due::Expire => self.expire_after,
+            crate::projection::sessions::Due::Purge => self.purge_after,
+        }
+    }
 }
 
 impl Default for SessionsConfig {
@@ -160,6 +206,7 @@ impl Default for Config {
             search: SearchConfig::default(),
             sessions: SessionsConfig::default(),
             files: FilesConfig::default(),
+            janitor: JanitorConfig::default(),
             limits: Limits::default(),
             logging: Logging { json: false, dir: None, keep_files: 14 },
             backup: BackupSchedule { every: None, dir: None, keep: 7 },

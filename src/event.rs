@@ -40,6 +40,11 @@ impl StreamId {
         Self(format!("content/{}", hash.as_str()))
     }
 
+    /// The stream of the janitor's runs.
+    pub fn janitor() -> Self {
+        Self("janitor".into())
+    }
+
     /// The stream as stored.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -205,6 +210,9 @@ pub enum Event {
     /// Content whose bytes no longer matched its hash was moved aside by a scrub.
     #[serde(rename = "ContentQuarantined.1")]
     ContentQuarantined(ContentQuarantined),
+    /// A janitor run ended: what it removed per rule, or why it failed.
+    #[serde(rename = "JanitorRan.1")]
+    JanitorRan(JanitorRan),
 }
 
 /// Messages an event takes out of a room: the one mechanism by which every read model (the
@@ -234,6 +242,7 @@ impl Event {
             Event::FileDeleted(e) => StreamId::file(&e.key),
             Event::ContentMoved(e) => StreamId::content(&e.hash),
             Event::ContentQuarantined(e) => StreamId::content(&e.hash),
+            Event::JanitorRan(_) => StreamId::janitor(),
         }
     }
 
@@ -254,7 +263,8 @@ impl Event {
             | Event::FileStored(_)
             | Event::FileDeleted(_)
             | Event::ContentMoved(_)
-            | Event::ContentQuarantined(_) => None,
+            | Event::ContentQuarantined(_)
+            | Event::JanitorRan(_) => None,
         }
     }
 
@@ -275,6 +285,7 @@ impl Event {
             Event::FileDeleted(_) => "FileDeleted.1",
             Event::ContentMoved(_) => "ContentMoved.1",
             Event::ContentQuarantined(_) => "ContentQuarantined.1",
+            Event::JanitorRan(_) => "JanitorRan.1",
         }
     }
 }
@@ -430,6 +441,34 @@ pub struct ContentQuarantined {
     pub quarantined_to: String,
 }
 
+/// `JanitorRan` version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JanitorRan {
+    /// Numbers runs from 1, in the order they ended.
+    pub run: u64,
+    /// `schedule`, `manual`, or `disk_critical`.
+    pub trigger: String,
+    pub started_at_unix_ms: u64,
+    pub finished_at_unix_ms: u64,
+    /// `succeeded` or `failed`.
+    pub outcome: String,
+    /// Why it failed; the next run does the rest of the work.
+    pub error: Option<String>,
+    /// What each rule removed or moved before the run ended.
+    pub rules: Vec<RuleTally>,
+}
+
+/// What one rule did in a janitor run, or would do in a plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleTally {
+    /// The rule: a lifecycle rule's ID, `sessions.purge_after`, `orphans`, `files.on_pay`.
+    pub rule: String,
+    /// Items removed (or moved, or renamed).
+    pub items: u64,
+    /// Their bytes (a file key's size; a purged session counts 0 here, its keys count apart).
+    pub bytes: u64,
+}
+
 /// Every event shape ever written, by stored tag. Reading goes through here so that an old
 /// shape can be upcast to the current one; see the module documentation.
 #[derive(Debug, Deserialize)]
@@ -462,6 +501,8 @@ enum StoredEvent {
     ContentMovedV1(ContentMoved),
     #[serde(rename = "ContentQuarantined.1")]
     ContentQuarantinedV1(ContentQuarantined),
+    #[serde(rename = "JanitorRan.1")]
+    JanitorRanV1(JanitorRan),
 }
 
 impl From<StoredEvent> for Event {
@@ -481,6 +522,7 @@ impl From<StoredEvent> for Event {
             StoredEvent::FileDeletedV1(e) => Event::FileDeleted(e),
             StoredEvent::ContentMovedV1(e) => Event::ContentMoved(e),
             StoredEvent::ContentQuarantinedV1(e) => Event::ContentQuarantined(e),
+            StoredEvent::JanitorRanV1(e) => Event::JanitorRan(e),
         }
     }
 }

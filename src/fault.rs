@@ -5,6 +5,9 @@
 //! Points: `tier-move:copying` (half way through copying content to another tier),
 //! `tier-move:copied` (the copy is complete and checked, nothing recorded yet),
 //! `tier-move:recorded` (the move is in the log, the source copy not yet removed).
+//!
+//! [`fail_once`] is the in-process counterpart: a test arms a point and the code there returns
+//! an error once (`janitor:item`, before the janitor applies an item).
 
 /// The environment variable naming the point to stop at.
 pub const ENV: &str = "ROOMLOG_FAULT_PAUSE";
@@ -14,5 +17,35 @@ pub async fn pause(point: &str) {
     if std::env::var(ENV).is_ok_and(|p| p == point) {
         eprintln!("roomlog fault: paused at {point}");
         std::future::pending::<()>().await;
+    }
+}
+
+static ARMED: std::sync::Mutex<Option<(String, u64)>> = std::sync::Mutex::new(None);
+
+/// A failure injected at a point, once, by a test in this process.
+#[derive(Debug, thiserror::Error)]
+#[error("injected failure at {0}")]
+pub struct Injected(String);
+
+/// Makes the `(after + 1)`-th pass through `point` fail, once (tests in this process only).
+pub fn fail_once(point: &str, after: u64) {
+    if let Ok(mut armed) = ARMED.lock() {
+        *armed = Some((point.to_owned(), after));
+    }
+}
+
+/// Fails here if a test armed this point and its count is reached.
+pub fn fail(point: &str) -> Result<(), Injected> {
+    let Ok(mut armed) = ARMED.lock() else { return Ok(()) };
+    match armed.as_mut() {
+        Some((p, 0)) if p == point => {
+            *armed = None;
+            Err(Injected(point.to_owned()))
+        }
+        Some((p, n)) if p == point => {
+            *n -= 1;
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }

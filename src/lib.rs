@@ -34,6 +34,7 @@ pub mod config;
 pub mod event;
 pub mod fault;
 pub mod http;
+pub mod janitor;
 pub mod log;
 pub mod metrics;
 pub mod projection;

@@ -98,6 +98,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The janitor of the running server: `plan` (what a run would remove now, per rule, and the
+    /// bytes it would free; nothing is deleted), `run` (now), `runs` (the last ones).
+    Janitor {
+        #[command(subcommand)]
+        action: JanitorAction,
+        #[arg(long, global = true)]
+        addr: Option<std::net::SocketAddr>,
+        /// Print the server's JSON answer.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Ask the running server to re-hash every stored file: damaged ones are quarantined and
     /// reported, and content no key references (orphans) is listed. Exits 2 if any was damaged.
     Scrub {
@@ -114,6 +125,19 @@ enum Command {
         /// Print the server's JSON answer instead of a summary.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum JanitorAction {
+    /// What a run would do now, without doing it.
+    Plan,
+    /// Run now (after a run under way, if any). Exits 2 if the run failed.
+    Run,
+    /// The last runs, newest first.
+    Runs {
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
     },
 }
 
@@ -199,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
             };
             search_command(&config, &params, json)
         }
+        Command::Janitor { action, addr, json } => janitor_command(&config, action, addr, json).await,
         Command::Scrub { addr, json } => {
             let report = ask_server(&config, addr, reqwest::Method::POST, "/api/scrub").await?;
             let damaged = report["damaged"].as_array().map_or(0, Vec::len);
@@ -430,6 +455,81 @@ async fn backup(
     Ok(())
 }
 
+/// One line per rule of a plan or a run: items and bytes.
+fn print_rules(rules: &serde_json::Value) {
+    for rule in rules.as_array().into_iter().flatten() {
+        println!(
+            "  {:<28} {:>8} items {:>12.1} MiB",
+            rule["rule"].as_str().unwrap_or("?"),
+            rule["items"],
+            rule["bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0)
+        );
+    }
+}
+
+async fn janitor_command(
+    config: &Config,
+    action: JanitorAction,
+    addr: Option<std::net::SocketAddr>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (method, path) = match &action {
+        JanitorAction::Plan => (reqwest::Method::GET, "/api/janitor/plan".to_owned()),
+        JanitorAction::Run => (reqwest::Method::POST, "/api/janitor/run".to_owned()),
+        JanitorAction::Runs { limit } => (reqwest::Method::GET, format!("/api/janitor/runs?limit={limit}")),
+    };
+    let answer = match ask_server(config, addr, method, &path).await {
+        Ok(answer) => answer,
+        // A failed run answers 500 with its record: show it.
+        Err(error) if matches!(action, JanitorAction::Run) => bail!("janitor run: {error:#}"),
+        Err(error) => return Err(error),
+    };
+    if json {
+        println!("{answer}");
+        return Ok(());
+    }
+    match action {
+        JanitorAction::Plan => {
+            let items = answer["items"].as_array().map_or(0, Vec::len);
+            println!("janitor plan: {items} items (nothing deleted; `roomlog janitor run` applies it)");
+            print_rules(&answer["rules"]);
+            for item in answer["items"].as_array().into_iter().flatten().take(50) {
+                println!(
+                    "    {} {} ({}, {} bytes)",
+                    item["action"].as_str().unwrap_or(""),
+                    item["target"].as_str().unwrap_or(""),
+                    item["rule"].as_str().unwrap_or(""),
+                    item["bytes"]
+                );
+            }
+            if items > 50 {
+                println!("    ... and {} more (--json for all)", items - 50);
+            }
+        }
+        JanitorAction::Run => {
+            println!("janitor run {}: {}", answer["run"], answer["outcome"].as_str().unwrap_or("?"));
+            print_rules(&answer["rules"]);
+        }
+        JanitorAction::Runs { .. } => {
+            for run in answer["runs"].as_array().into_iter().flatten() {
+                let seconds = (run["finished_at_unix_ms"].as_u64().unwrap_or(0))
+                    .saturating_sub(run["started_at_unix_ms"].as_u64().unwrap_or(0))
+                    as f64
+                    / 1000.0;
+                println!(
+                    "run {} ({}): {} in {seconds:.1} s{}",
+                    run["run"],
+                    run["trigger"].as_str().unwrap_or("?"),
+                    run["outcome"].as_str().unwrap_or("?"),
+                    run["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+                );
+                print_rules(&run["rules"]);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Sends one request to the running server and returns its JSON answer; an error answer is an
 /// error naming its code.
 async fn ask_server(
@@ -448,11 +548,10 @@ async fn ask_server(
     let status = response.status();
     let body: serde_json::Value = response.json().await.with_context(|| format!("{path}: not a JSON answer"))?;
     if !status.is_success() {
-        bail!(
-            "{path}: {status}: {} ({})",
-            body["error"]["message"].as_str().unwrap_or(""),
-            body["error"]["code"].as_str().unwrap_or("")
-        );
+        match body["error"]["message"].as_str() {
+            Some(message) => bail!("{path}: {status}: {message} ({})", body["error"]["code"].as_str().unwrap_or("")),
+            None => bail!("{path}: {status}: {body}"),
+        }
     }
     Ok(body)
 }

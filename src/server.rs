@@ -19,6 +19,7 @@ use crate::blob::{BlobStore, Tier};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{routes, App};
+use crate::janitor::{JanitorContext, JanitorHandle};
 use crate::log::{EventLog, LogError};
 use crate::projection::{files, history, search, sessions, ProjectionError, Runner};
 
@@ -141,9 +142,21 @@ impl Server {
             sessions: sessions_read.clone(),
             runner: sessions_runner.clone(),
             config: config.sessions.clone(),
-            clock,
+            clock: clock.clone(),
         };
         let sessions = SessionsHandle::start(session_ctx, stopping.clone())
+            .await
+            .map_err(|e| ServerError::Actors(e.to_string()))?;
+        config.janitor.at_seconds().map_err(ServerError::Config)?;
+        let janitor_ctx = JanitorContext {
+            log: log.clone(),
+            files: file_service.clone(),
+            sessions: sessions.clone(),
+            clock,
+            config: config.janitor.clone(),
+            on_pay: config.files.on_pay.clone(),
+        };
+        let janitor = JanitorHandle::start(janitor_ctx, stopping.clone())
             .await
             .map_err(|e| ServerError::Actors(e.to_string()))?;
         let parts = crate::http::Parts {
@@ -157,6 +170,7 @@ impl Server {
             sessions,
             files: file_service.clone(),
             files_runner,
+            janitor,
         };
         let app = Arc::new(App::new(config, addr, log, parts, auth, stopping.clone()));
         // Metrics: install the recorder before anything counts, and keep its histograms rolling.
@@ -205,6 +219,16 @@ impl Server {
         &self.app.rooms
     }
 
+    /// The sessions, for tests and benchmarks in the same process.
+    pub fn sessions(&self) -> &SessionsHandle {
+        &self.app.sessions
+    }
+
+    /// The janitor, for tests in the same process.
+    pub fn janitor(&self) -> &JanitorHandle {
+        &self.app.janitor
+    }
+
     /// The event log.
     pub fn log(&self) -> &EventLog {
         &self.app.log
@@ -231,6 +255,7 @@ impl Server {
             tracing::warn!(grace = %humantime::format_duration(grace), "connections still open after the grace period");
         }
         self.app.rooms.stop().await;
+        self.app.janitor.stop().await;
         self.app.sessions.stop().await;
         self.app.log.close().await;
         for projection in self.projections {

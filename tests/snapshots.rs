@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use roomlog::blob::{ContentHash, FileKey, Tier};
 use roomlog::event::{decode, encode, Envelope, Event, MessagePosted, MessagesExpired, RoomId, StreamId};
 use roomlog::event::{ContentMoved, ContentQuarantined, FileDeleted, FileStored, SessionPaid, SessionTouched};
+use roomlog::event::{JanitorRan, RuleTally};
 use roomlog::event::{MessageDeleted, MessageEdited, SessionCreated, SessionDue, SessionEnded, SessionId};
 use roomlog::projection::history::{Amendment, StoredMessage};
 use roomlog::projection::search::{Hit, Hits};
@@ -201,6 +202,23 @@ fn event_samples() -> BTreeMap<&'static str, Envelope> {
                     quarantined_to: format!("/var/lib/roomlog/blobs/quarantine/{hash}.hot"),
                 }),
             ),
+        ),
+        (
+            "JanitorRan.1",
+            Envelope {
+                seq: 15,
+                at_unix_ms: T + 15,
+                stream: StreamId::janitor(),
+                event: Event::JanitorRan(JanitorRan {
+                    run: 3,
+                    trigger: "schedule".into(),
+                    started_at_unix_ms: T + 10,
+                    finished_at_unix_ms: T + 14,
+                    outcome: "failed".into(),
+                    error: Some("expire tts/a.mp3 (ExpireTts): file store I/O: disk full".into()),
+                    rules: vec![RuleTally { rule: "DeleteTempFiles".into(), items: 2, bytes: 96_000 }],
+                }),
+            },
         ),
     ])
 }

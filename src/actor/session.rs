@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::config::SessionsConfig;
-use crate::event::{Event, SessionDue, SessionEnded, SessionId, SessionPaid, SessionTouched};
+use crate::event::{Event, SessionEnded, SessionId, SessionPaid, SessionTouched};
 use crate::log::EventLog;
 use crate::projection::sessions::{Due, Session, SessionState, Sessions};
 use crate::projection::Runner;
@@ -204,31 +204,7 @@ impl SessionActorState {
     /// Applies a due time if the session still has it and it has come.
     async fn due(&mut self, due: Due, at: u64) {
         let now = self.ctx.clock.now_ms();
-        if now < at || !self.session.deadlines().contains(&(at, due)) {
-            return; // moved by a touch, or the session changed meanwhile
-        }
-        let (after, rule) = match due {
-            Due::Expire => (self.ctx.config.expire_after, "sessions.expire_after"),
-            Due::Purge => (self.ctx.config.purge_after, "sessions.purge_after"),
-        };
-        let rule = format!("{rule}={}", humantime::format_duration(after));
-        let id = self.session.id.clone();
-        let event = match due {
-            Due::Expire => Event::SessionExpired(SessionDue {
-                id,
-                due_at_unix_ms: at,
-                applied_at_unix_ms: now,
-                reason: "unpaid at its expiry".into(),
-                rule,
-            }),
-            Due::Purge => Event::SessionPurged(SessionDue {
-                id,
-                due_at_unix_ms: at,
-                applied_at_unix_ms: now,
-                reason: "unpaid at its purge age".into(),
-                rule,
-            }),
-        };
+        let Some(event) = self.session.due_event(due, at, now, self.ctx.config.age_of(due)) else { return };
         if let Err(error) = self.append(event).await {
             tracing::warn!(session = %self.session.id, error = %error, "due time not applied; the sweeper retries");
         }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::session::{Command, SessionActor, SessionContext, SessionError, SessionMsg};
 use crate::event::{Event, SessionCreated, SessionId};
-use crate::projection::sessions::Session;
+use crate::projection::sessions::{Due, Session};
 
 /// Due times the sweeper hands out per round.
 const SWEEP_BATCH_MAX: usize = 10_000;
@@ -22,8 +22,19 @@ const SWEEP_CONCURRENCY: usize = 1024;
 /// Messages the supervisor handles.
 #[derive(Debug)]
 pub enum SessionsMsg {
-    Get { id: SessionId, reply: RpcReplyPort<Result<ActorRef<SessionMsg>, SessionError>> },
-    Count { reply: RpcReplyPort<usize> },
+    Get {
+        id: SessionId,
+        reply: RpcReplyPort<Result<ActorRef<SessionMsg>, SessionError>>,
+    },
+    Count {
+        reply: RpcReplyPort<usize>,
+    },
+    /// Applies due times: those of sessions without a running actor here, in one batch of
+    /// appends; those with one are handed back, for their actor.
+    ApplyDue {
+        due: Vec<(u64, Due, SessionId)>,
+        reply: RpcReplyPort<Vec<(u64, Due, ActorRef<SessionMsg>)>>,
+    },
 }
 
 #[derive(Debug)]
@@ -66,6 +77,9 @@ impl Actor for SessionSupervisor {
             SessionsMsg::Count { reply } => {
                 let _ = reply.send(s.actors.len());
             }
+            SessionsMsg::ApplyDue { due, reply } => {
+                let _ = reply.send(s.apply_due(due).await);
+            }
         }
         Ok(())
     }
@@ -93,6 +107,46 @@ impl Actor for SessionSupervisor {
 }
 
 impl SessionSupervisorState {
+    /// A session without an actor can only get one through this supervisor, which handles one
+    /// message at a time: while it appends the due events of such sessions, and until they are
+    /// durable and applied, no command can reach them. So a due time is applied here exactly
+    /// as the session's actor would, without starting 100,000 actors when 100,000 fall due.
+    async fn apply_due(&mut self, due: Vec<(u64, Due, SessionId)>) -> Vec<(u64, Due, ActorRef<SessionMsg>)> {
+        self.ctx.caught_up().await;
+        let now = self.ctx.clock.now_ms();
+        let mut live = Vec::new();
+        let mut pending = Vec::new();
+        for (at, kind, id) in due {
+            if let Some(actor) = self.actors.get(&id) {
+                live.push((at, kind, actor.clone()));
+                continue;
+            }
+            let session = match self.ctx.sessions.get(&id) {
+                Ok(Some(session)) => session,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(session = %id, error = %error, "due time not applied; the sweeper retries");
+                    continue;
+                }
+            };
+            let Some(event) = session.due_event(kind, at, now, self.ctx.config.age_of(kind)) else { continue };
+            match self.ctx.log.submit(event).await {
+                Ok(append) => pending.push(append),
+                Err(error) => {
+                    tracing::warn!(error = %error, "due times not applied; the sweeper retries");
+                    break;
+                }
+            }
+        }
+        for append in pending {
+            if let Err(error) = append.durable().await {
+                tracing::warn!(error = %error, "a due time was not applied; the sweeper retries");
+            }
+        }
+        self.ctx.caught_up().await;
+        live
+    }
+
     fn forget(&mut self, cell: &ActorCell) -> Option<SessionId> {
         let id = self.by_actor.remove(&cell.get_id())?;
         if self.actors.get(&id).is_some_and(|a| a.get_id() == cell.get_id()) {
@@ -205,6 +259,44 @@ impl SessionsHandle {
         }
     }
 
+    /// The purges due at `now` (at most `limit`): the janitor's view of the sessions it owes a
+    /// purge. The sweeper applies them within a second of their time; a list that is not empty
+    /// means it fell behind or the server was down.
+    pub fn purges_due(&self, now: u64, limit: usize) -> Result<Vec<(u64, SessionId)>, SessionError> {
+        let due = self.ctx.sessions.due(now, limit).map_err(|e| SessionError::Storage(e.to_string()))?;
+        Ok(due.into_iter().filter(|(_, kind, _)| *kind == Due::Purge).map(|(at, _, id)| (at, id)).collect())
+    }
+
+    /// Applies one session's purge due at `at` through its actor, as the sweeper does.
+    pub async fn apply_purge(&self, id: &SessionId, at: u64) -> Result<(), SessionError> {
+        let actor = self.actor(id).await?;
+        match actor.call(|reply| SessionMsg::Due { due: Due::Purge, at, reply: Some(reply) }, None).await {
+            Ok(ractor::rpc::CallResult::Success(())) => {
+                self.ctx.caught_up().await;
+                Ok(())
+            }
+            _ => Err(SessionError::Storage(format!("session {id} did not apply its purge"))),
+        }
+    }
+
+    /// Hands due times to running sessions' actors, many at once; false if stopping.
+    async fn hand_out(&self, due: Vec<(u64, Due, ActorRef<SessionMsg>)>, stopping: &watch::Receiver<bool>) -> bool {
+        let mut waiting = FuturesUnordered::new();
+        for (at, kind, actor) in due {
+            if *stopping.borrow() {
+                return false;
+            }
+            waiting.push(async move {
+                actor.call(|reply| SessionMsg::Due { due: kind, at, reply: Some(reply) }, None).await.ok()
+            });
+            if waiting.len() >= SWEEP_CONCURRENCY {
+                waiting.next().await;
+            }
+        }
+        while waiting.next().await.is_some() {}
+        true
+    }
+
     /// Applies due times from the deadline index: sleeps until the earliest, hands each due
     /// one to its session's actor (started if needed), waits for the projection to apply what
     /// they appended, and goes again.
@@ -231,21 +323,13 @@ impl SessionsHandle {
                 continue;
             }
             let applied = due.len();
-            let mut waiting = FuturesUnordered::new();
-            for (at, kind, id) in due {
-                if *stopping.borrow() {
-                    return;
-                }
-                let this = self.clone();
-                waiting.push(async move {
-                    let actor = this.actor(&id).await.ok()?;
-                    actor.call(|reply| SessionMsg::Due { due: kind, at, reply: Some(reply) }, None).await.ok()
-                });
-                if waiting.len() >= SWEEP_CONCURRENCY {
-                    waiting.next().await;
-                }
+            let live = match self.supervisor.call(|reply| SessionsMsg::ApplyDue { due, reply }, None).await {
+                Ok(ractor::rpc::CallResult::Success(live)) => live,
+                _ => return, // the supervisor stopped: shutting down
+            };
+            if !self.hand_out(live, &stopping).await {
+                return;
             }
-            while waiting.next().await.is_some() {}
             metrics::counter!(crate::metrics::SESSION_DUE_APPLIED_TOTAL).increment(applied as u64);
             // The same entries are still due until the projection applies their events: wait.
             self.ctx.caught_up().await;

@@ -74,7 +74,8 @@ pub struct FileService {
     pub store: BlobStore,
     pub files: Files,
     runner: Runner,
-    sessions: Sessions,
+    /// The sessions' read side (owners must be live).
+    pub sessions: Sessions,
     log: EventLog,
     /// The lifecycle rules in force.
     pub lifecycle: Arc<super::lifecycle::Rules>,
@@ -171,7 +172,8 @@ impl FileService {
     }
 
     /// Content files on disk that no key references, last written more than `min_age` ago
-    /// (younger ones may be uploads not yet committed).
+    /// (younger ones may be uploads not yet committed), and that the reaper is not about to
+    /// delete anyway (those went with a key's deletion, which names its reason).
     pub async fn orphans(&self, min_age: Duration) -> Result<Vec<Orphan>, FileError> {
         self.caught_up().await;
         let store = self.store.clone();
@@ -179,7 +181,7 @@ impl FileService {
             tokio::task::spawn_blocking(move || store.contents()).await.map_err(storage)?.map_err(BlobError::Io)?;
         let mut out = Vec::new();
         for (hash, tier, bytes) in contents {
-            if self.files.references(&hash).map_err(storage)? > 0 {
+            if self.files.references(&hash).map_err(storage)? > 0 || self.files.reaping(&hash).map_err(storage)? {
                 continue;
             }
             let path = self.store.path_in(tier, &hash).unwrap_or_default();
@@ -212,8 +214,13 @@ impl FileService {
             let Some(rule) = moves.iter().find(|m| key.as_str().starts_with(&m.from)) else { continue };
             let renamed = format!("{}{}", rule.to, &key.as_str()[rule.from.len()..]);
             let to = FileKey::parse(&renamed).map_err(|e| FileError::Storage(e.to_string()))?;
-            self.copy(&key, to.clone(), Some(owner.clone())).await?;
-            self.delete(&key, &format!("session {owner} paid: moved to {to} (files.on_pay)")).await?;
+            self.rename(
+                &key,
+                to.clone(),
+                Some(owner.clone()),
+                &format!("session {owner} paid: moved to {to} (files.on_pay)"),
+            )
+            .await?;
             moved.push(to);
         }
         Ok(moved)
@@ -273,6 +280,19 @@ impl FileService {
             owner,
         });
         self.commit(to, event).await
+    }
+
+    /// Renames a key: a copy, then the old key's deletion naming `reason`. No bytes move.
+    pub async fn rename(
+        &self,
+        from: &FileKey,
+        to: FileKey,
+        owner: Option<SessionId>,
+        reason: &str,
+    ) -> Result<FileEntry, FileError> {
+        let entry = self.copy(from, to, owner).await?;
+        self.delete(from, reason).await?;
+        Ok(entry)
     }
 
     /// Deletes a key; its content goes once no key references it.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod files;
+pub mod janitor;
 pub mod sessions;
 pub mod upgrade;
 pub mod ws;
@@ -39,16 +40,8 @@ pub const READ_BARRIER_MAX: std::time::Duration = std::time::Duration::from_secs
 pub struct App {
     pub config: Config,
     pub log: EventLog,
-    pub history: History,
-    pub history_runner: Runner,
-    pub search: SearchIndex,
-    pub search_runner: Runner,
-    pub sessions_read: Sessions,
-    pub sessions_runner: Runner,
-    pub sessions: SessionsHandle,
-    pub files: FileService,
-    pub files_runner: Runner,
-    pub rooms: Rooms,
+    /// The projections and actors; their fields read as the app's own (`app.history`).
+    pub parts: Parts,
     pub auth: Arc<dyn Authenticator>,
     /// One permit per open WebSocket: bounds connections, and lets shutdown wait for them.
     pub connections: Arc<Semaphore>,
@@ -73,6 +66,14 @@ pub struct Parts {
     pub sessions: SessionsHandle,
     pub files: FileService,
     pub files_runner: Runner,
+    pub janitor: crate::janitor::JanitorHandle,
+}
+
+impl std::ops::Deref for App {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.parts
+    }
 }
 
 impl App {
@@ -85,31 +86,10 @@ impl App {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let connections = Arc::new(Semaphore::new(config.limits.connections_max));
-        let Parts {
-            history,
-            history_runner,
-            search,
-            search_runner,
-            sessions_read,
-            sessions_runner,
-            rooms,
-            sessions,
-            files,
-            files_runner,
-        } = parts;
         Self {
             config,
             log,
-            history,
-            history_runner,
-            search,
-            search_runner,
-            sessions_read,
-            sessions_runner,
-            sessions,
-            files,
-            files_runner,
-            rooms,
+            parts,
             auth,
             connections,
             shutdown,
@@ -290,6 +270,9 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .unify()
         .or(files::scrub_route(app.clone()))
         .unify()
+        .or(janitor::routes(app.clone()))
+        .unify()
+        .boxed()
         .or(healthz)
         .unify()
         .or(readyz)

@@ -131,6 +131,11 @@ impl Files {
         Ok(out)
     }
 
+    /// Whether the content waits for the reaper (a key naming it was deleted).
+    pub fn reaping(&self, hash: &ContentHash) -> Result<bool, ProjectionError> {
+        Ok(self.tree.contains_key(prefixed(b'u', hash.as_str()))?)
+    }
+
     /// The reaper deleted the content: forget it (unless a key references it again).
     pub fn reaped(&self, hash: &ContentHash) -> Result<(), ProjectionError> {
         let mut write = sled::Batch::default();

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tree::{self, u64_of, CHECKPOINT_KEY};
 use super::{Projection, ProjectionError};
-use crate::event::{Envelope, Event, SessionCreated, SessionId};
+use crate::event::{Envelope, Event, SessionCreated, SessionDue, SessionId};
 
 const TREE: &str = "proj.sessions";
 
@@ -156,6 +156,36 @@ impl Session {
             SessionState::Expired | SessionState::Ended => vec![(self.purge_at_unix_ms, Due::Purge)],
             SessionState::Paid | SessionState::Purged => Vec::new(),
         }
+    }
+
+    /// The event that applies the due time `(at, due)` at `now`, if the session still has it
+    /// and it has come. `after` is the configured age that made it due, named in the event.
+    pub fn due_event(&self, due: Due, at: u64, now: u64, after: std::time::Duration) -> Option<Event> {
+        if now < at || !self.deadlines().contains(&(at, due)) {
+            return None; // moved by a touch, or the session changed meanwhile
+        }
+        let rule = match due {
+            Due::Expire => "sessions.expire_after",
+            Due::Purge => "sessions.purge_after",
+        };
+        let rule = format!("{rule}={}", humantime::format_duration(after));
+        let id = self.id.clone();
+        Some(match due {
+            Due::Expire => Event::SessionExpired(SessionDue {
+                id,
+                due_at_unix_ms: at,
+                applied_at_unix_ms: now,
+                reason: "unpaid at its expiry".into(),
+                rule,
+            }),
+            Due::Purge => Event::SessionPurged(SessionDue {
+                id,
+                due_at_unix_ms: at,
+                applied_at_unix_ms: now,
+                reason: "unpaid at its purge age".into(),
+                rule,
+            }),
+        })
     }
 }
 

@@ -1,0 +1,474 @@
+//! The janitor: one actor that applies every clean-up rule, on a schedule (`janitor.every` or
+//! `janitor.at`) or when asked, and never two runs at once (the actor takes one message at a
+//! time). A plan is what a run would do now; a run computes the same plan and applies it,
+//! item by item, so that the dry run lists exactly what the run removes. Each run ends in a
+//! `JanitorRan` event with what each rule removed, or the error that stopped it; the next run
+//! finds what is left and does it.
+//!
+//! What it applies, in order:
+//! - `sessions.purge_after`: unpaid sessions whose purge is due (the sweeper applies them within
+//!   a second of their time; the janitor catches what a stopped server left);
+//! - `files.on_pay`: a paid session's `temp_` keys still to be renamed (a crash half way);
+//! - each lifecycle rule: keys to expire, then content to move to the cold tier (content moves
+//!   only once every key naming it is due to move);
+//! - `orphans`: content files no key references, older than `janitor.orphan_min_age`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::actor::sessions::SessionsHandle;
+use crate::blob::lifecycle::Action;
+use crate::blob::service::{FileError, FileService, Orphan};
+use crate::blob::{ContentHash, FileKey, Tier};
+use crate::clock::Clock;
+use crate::config::{JanitorConfig, PrefixMove};
+use crate::event::{Event, JanitorRan, RuleTally, SessionId, StreamId};
+use crate::log::EventLog;
+use crate::projection::sessions::SessionState;
+
+/// Keys and sessions read per page while planning.
+const PAGE: usize = 1000;
+/// Most session purges one run applies (the rest wait for the next run).
+const PURGES_MAX: usize = 100_000;
+
+/// Why a plan or a run could not be made.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JanitorError {
+    #[error("the janitor cannot read what to do: {0}")]
+    Read(String),
+    #[error("the janitor is stopping")]
+    Stopped,
+}
+
+impl From<FileError> for JanitorError {
+    fn from(error: FileError) -> Self {
+        JanitorError::Read(error.to_string())
+    }
+}
+
+/// One thing a run would do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanItem {
+    /// The rule that asks for it.
+    pub rule: String,
+    /// `purge_session`, `rename`, `expire`, `move_to_cold` or `delete_orphan`.
+    pub action: &'static str,
+    /// The session id, key (`from -> to` for a rename) or content hash.
+    pub target: String,
+    /// The key's size, or the content's; 0 for a session (its keys count under their rules).
+    pub bytes: u64,
+    #[serde(skip)]
+    op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Purge { id: SessionId, at: u64 },
+    Rename { owner: SessionId, from: FileKey, to: FileKey },
+    Expire { key: FileKey },
+    Move { hash: ContentHash, reason: String },
+    Orphan(Orphan),
+}
+
+/// What a run would do now, item by item and per rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub at_unix_ms: u64,
+    pub rules: Vec<RuleTally>,
+    pub items: Vec<PlanItem>,
+}
+
+fn tally(items: &[PlanItem]) -> Vec<RuleTally> {
+    let mut rules: Vec<RuleTally> = Vec::new();
+    for item in items {
+        match rules.iter_mut().find(|r| r.rule == item.rule) {
+            Some(rule) => {
+                rule.items += 1;
+                rule.bytes += item.bytes;
+            }
+            None => rules.push(RuleTally { rule: item.rule.clone(), items: 1, bytes: item.bytes }),
+        }
+    }
+    rules
+}
+
+/// What the janitor works with.
+#[derive(Debug, Clone)]
+pub struct JanitorContext {
+    pub log: EventLog,
+    pub files: FileService,
+    pub sessions: SessionsHandle,
+    pub clock: Arc<dyn Clock>,
+    pub config: JanitorConfig,
+    pub on_pay: Vec<PrefixMove>,
+}
+
+impl JanitorContext {
+    /// What a run would do now.
+    pub async fn plan(&self) -> Result<Plan, JanitorError> {
+        let now = self.clock.now_ms();
+        let read = |e: &dyn std::fmt::Display| JanitorError::Read(e.to_string());
+        let mut items = Vec::new();
+        for (at, id) in self.sessions.purges_due(now, PURGES_MAX).map_err(|e| read(&e))? {
+            items.push(PlanItem {
+                rule: "sessions.purge_after".into(),
+                action: "purge_session",
+                target: id.to_string(),
+                bytes: 0,
+                op: Op::Purge { id, at },
+            });
+        }
+        self.plan_renames(&mut items).await?;
+        self.plan_lifecycle(now, &mut items).await?;
+        for orphan in self.files.orphans(self.config.orphan_min_age).await? {
+            items.push(PlanItem {
+                rule: "orphans".into(),
+                action: "delete_orphan",
+                target: orphan.hash.to_string(),
+                bytes: orphan.bytes,
+                op: Op::Orphan(orphan),
+            });
+        }
+        Ok(Plan { at_unix_ms: now, rules: tally(&items), items })
+    }
+
+    /// Paid sessions' keys that `files.on_pay` still has to rename.
+    async fn plan_renames(&self, items: &mut Vec<PlanItem>) -> Result<(), JanitorError> {
+        if self.on_pay.is_empty() {
+            return Ok(());
+        }
+        self.files.caught_up().await;
+        let sessions = &self.files.sessions;
+        let mut after: Option<SessionId> = None;
+        loop {
+            let page = sessions
+                .list(Some(SessionState::Paid), None, after.as_ref(), PAGE)
+                .map_err(|e| JanitorError::Read(e.to_string()))?;
+            for session in &page {
+                let owned = self.files.files.owned(&session.id).map_err(|e| JanitorError::Read(e.to_string()))?;
+                for key in owned {
+                    let Some(rule) = self.on_pay.iter().find(|m| key.as_str().starts_with(&m.from)) else { continue };
+                    let Ok(to) = FileKey::parse(&format!("{}{}", rule.to, &key.as_str()[rule.from.len()..])) else {
+                        continue;
+                    };
+                    let bytes = self.files.files.get(&key).ok().flatten().map_or(0, |e| e.size);
+                    items.push(PlanItem {
+                        rule: "files.on_pay".into(),
+                        action: "rename",
+                        target: format!("{key} -> {to}"),
+                        bytes,
+                        op: Op::Rename { owner: session.id.clone(), from: key, to },
+                    });
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = Some(last.id.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Keys the lifecycle rules expire, and content they move to the cold tier.
+    async fn plan_lifecycle(&self, now: u64, items: &mut Vec<PlanItem>) -> Result<(), JanitorError> {
+        if self.files.lifecycle.rules.is_empty() {
+            return Ok(());
+        }
+        // Per content: whether every key that stays wants it cold, and the rule that says so.
+        struct Want {
+            cold: bool,
+            rule: Option<(String, String)>,
+            bytes: u64,
+        }
+        let mut wants: HashMap<ContentHash, Want> = HashMap::new();
+        let mut after: Option<String> = None;
+        self.files.caught_up().await;
+        loop {
+            let page =
+                self.files.files.list("", after.as_deref(), PAGE).map_err(|e| JanitorError::Read(e.to_string()))?;
+            let planned: HashMap<String, _> =
+                self.files.lifecycle.plan(&page, now).into_iter().map(|p| (p.key.clone(), p)).collect();
+            for entry in &page {
+                let want =
+                    wants.entry(entry.hash.clone()).or_insert(Want { cold: true, rule: None, bytes: entry.size });
+                match planned.get(entry.key.as_str()) {
+                    Some(p) if p.action == Action::Expire => items.push(PlanItem {
+                        rule: p.rule.clone(),
+                        action: "expire",
+                        target: entry.key.to_string(),
+                        bytes: entry.size,
+                        op: Op::Expire { key: entry.key.clone() },
+                    }),
+                    Some(p) => match &p.action {
+                        Action::Transition { tier: Tier::Cold, storage_class } => {
+                            want.rule.get_or_insert((p.rule.clone(), storage_class.clone()));
+                        }
+                        _ => want.cold = false,
+                    },
+                    None => want.cold = false,
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = Some(last.key.to_string()),
+                _ => break,
+            }
+        }
+        if !self.files.store.has_cold() {
+            return Ok(()); // said at start-up: transitions to a cold tier are skipped
+        }
+        let mut moves: Vec<(ContentHash, Want)> =
+            wants.into_iter().filter(|(_, w)| w.cold && w.rule.is_some()).collect();
+        moves.sort_by(|a, b| a.0.cmp(&b.0));
+        for (hash, want) in moves {
+            if self.files.files.tier(&hash).map_err(|e| JanitorError::Read(e.to_string()))? == Tier::Cold {
+                continue;
+            }
+            let (rule, class) = want.rule.unwrap_or_default();
+            items.push(PlanItem {
+                rule: rule.clone(),
+                action: "move_to_cold",
+                target: hash.to_string(),
+                bytes: want.bytes,
+                op: Op::Move { hash, reason: format!("lifecycle rule {rule}: {class}") },
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies one item; `Ok(false)` if there was nothing left to do (done meanwhile).
+    async fn apply(&self, item: &PlanItem) -> Result<bool, String> {
+        crate::fault::fail("janitor:item").map_err(|e| e.to_string())?;
+        match &item.op {
+            Op::Purge { id, at } => self.sessions.apply_purge(id, *at).await.map(|()| true).map_err(|e| e.to_string()),
+            Op::Rename { owner, from, to } => {
+                let reason = format!("session {owner} paid: moved to {to} (files.on_pay)");
+                match self.files.rename(from, to.clone(), Some(owner.clone()), &reason).await {
+                    Err(FileError::NotFound(_)) => Ok(false),
+                    other => other.map(|_| true).map_err(|e| e.to_string()),
+                }
+            }
+            Op::Expire { key } => {
+                let reason = format!("lifecycle rule {}: expired", item.rule);
+                match self.files.delete(key, &reason).await {
+                    Err(FileError::NotFound(_)) => Ok(false),
+                    other => other.map(|_| true).map_err(|e| e.to_string()),
+                }
+            }
+            Op::Move { hash, reason } => {
+                self.files.move_content(hash, Tier::Cold, reason.clone()).await.map_err(|e| e.to_string())
+            }
+            Op::Orphan(orphan) => self.files.delete_orphan(orphan).await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Messages the janitor takes, one at a time.
+#[derive(Debug)]
+pub enum JanitorMsg {
+    Run { trigger: String, reply: Option<RpcReplyPort<Result<JanitorRan, JanitorError>>> },
+    Plan { reply: RpcReplyPort<Result<Plan, JanitorError>> },
+}
+
+#[derive(Debug)]
+pub struct Janitor;
+
+#[derive(Debug)]
+pub struct JanitorState {
+    ctx: JanitorContext,
+    runs: u64,
+}
+
+impl Actor for Janitor {
+    type Msg = JanitorMsg;
+    type State = JanitorState;
+    type Arguments = JanitorContext;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<JanitorMsg>,
+        ctx: JanitorContext,
+    ) -> Result<JanitorState, ActorProcessingErr> {
+        let runs = ctx.log.read_stream(&StreamId::janitor(), 0, usize::MAX)?.len() as u64;
+        Ok(JanitorState { ctx, runs })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<JanitorMsg>,
+        msg: JanitorMsg,
+        s: &mut JanitorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            JanitorMsg::Plan { reply } => {
+                let _ = reply.send(s.ctx.plan().await);
+            }
+            JanitorMsg::Run { trigger, reply } => {
+                let result = s.run(trigger).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl JanitorState {
+    async fn run(&mut self, trigger: String) -> Result<JanitorRan, JanitorError> {
+        let started_at = self.ctx.clock.now_ms();
+        let started = Instant::now();
+        let mut done: Vec<PlanItem> = Vec::new();
+        let error = match self.ctx.plan().await {
+            Err(error) => Some(error.to_string()),
+            Ok(plan) => {
+                let mut error = None;
+                for item in plan.items {
+                    match self.ctx.apply(&item).await {
+                        Ok(true) => done.push(item),
+                        Ok(false) => {}
+                        Err(e) => {
+                            error = Some(format!("{} {} ({}): {e}", item.action, item.target, item.rule));
+                            break;
+                        }
+                    }
+                }
+                error
+            }
+        };
+        self.runs += 1;
+        let outcome = if error.is_none() { "succeeded" } else { "failed" };
+        let ran = JanitorRan {
+            run: self.runs,
+            trigger,
+            started_at_unix_ms: started_at,
+            finished_at_unix_ms: self.ctx.clock.now_ms(),
+            outcome: outcome.into(),
+            error,
+            rules: tally(&done),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        metrics::counter!(crate::metrics::JANITOR_RUNS_TOTAL, "outcome" => outcome).increment(1);
+        metrics::histogram!(crate::metrics::JANITOR_RUN_SECONDS).record(seconds);
+        let freed: u64 =
+            done.iter().filter(|i| i.action != "move_to_cold" && i.action != "rename").map(|i| i.bytes).sum();
+        metrics::counter!(crate::metrics::JANITOR_FREED_BYTES_TOTAL).increment(freed);
+        match &ran.error {
+            None => {
+                tracing::info!(run = ran.run, trigger = %ran.trigger, items = done.len(), seconds, "janitor run succeeded")
+            }
+            Some(e) => {
+                tracing::error!(run = ran.run, trigger = %ran.trigger, error = %e, "janitor run failed; the next run retries")
+            }
+        }
+        self.ctx.log.append(Event::JanitorRan(ran.clone())).await.map_err(|e| JanitorError::Read(e.to_string()))?;
+        Ok(ran)
+    }
+}
+
+/// The janitor as the rest of the server uses it; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JanitorHandle {
+    actor: ActorRef<JanitorMsg>,
+    log: EventLog,
+}
+
+impl JanitorHandle {
+    /// Starts the janitor and its schedule; the schedule stops when `stopping` turns true.
+    pub async fn start(ctx: JanitorContext, stopping: watch::Receiver<bool>) -> Result<Self, ActorProcessingErr> {
+        let (clock, config, log) = (ctx.clock.clone(), ctx.config.clone(), ctx.log.clone());
+        let (actor, _) = Actor::spawn(None, Janitor, ctx).await?;
+        let handle = Self { actor, log };
+        tokio::spawn(handle.clone().schedule(clock, config, stopping));
+        Ok(handle)
+    }
+
+    /// Runs now (after any run under way) and answers with the run's record.
+    pub async fn run(&self, trigger: &str) -> Result<JanitorRan, JanitorError> {
+        let trigger = trigger.to_owned();
+        match self.actor.call(|reply| JanitorMsg::Run { trigger, reply: Some(reply) }, None).await {
+            Ok(ractor::rpc::CallResult::Success(result)) => result,
+            _ => Err(JanitorError::Stopped),
+        }
+    }
+
+    /// What a run would do now.
+    pub async fn plan(&self) -> Result<Plan, JanitorError> {
+        match self.actor.call(|reply| JanitorMsg::Plan { reply }, None).await {
+            Ok(ractor::rpc::CallResult::Success(result)) => result,
+            _ => Err(JanitorError::Stopped),
+        }
+    }
+
+    /// The last `limit` runs, newest first.
+    pub fn runs(&self, limit: usize) -> Result<Vec<(u64, JanitorRan)>, JanitorError> {
+        let all =
+            self.log.read_stream(&StreamId::janitor(), 0, usize::MAX).map_err(|e| JanitorError::Read(e.to_string()))?;
+        Ok(all
+            .into_iter()
+            .rev()
+            .filter_map(|e| match e.event {
+                Event::JanitorRan(ran) => Some((e.seq, ran)),
+                _ => None,
+            })
+            .take(limit)
+            .collect())
+    }
+
+    /// Stops the actor.
+    pub async fn stop(&self) {
+        let _ = self.actor.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(30))).await;
+    }
+
+    /// Runs at each slot of the schedule; a run still going when a slot comes is waited for.
+    async fn schedule(self, clock: Arc<dyn Clock>, config: JanitorConfig, mut stopping: watch::Receiver<bool>) {
+        let at = match config.at_seconds() {
+            Ok(at) => at,
+            Err(error) => {
+                tracing::error!(%error, "janitor schedule not started");
+                return;
+            }
+        };
+        loop {
+            let now = clock.now_ms();
+            let next = match (at, config.every) {
+                (Some(at), _) => next_daily(now, at),
+                (None, Some(every)) => now.saturating_add(every.as_millis() as u64),
+                (None, None) => return,
+            };
+            tokio::select! {
+                _ = clock.sleep_until(next) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            let _ = self.run("schedule").await;
+        }
+    }
+}
+
+/// The next time (Unix ms) after `now` that is `at` seconds past midnight UTC.
+fn next_daily(now_ms: u64, at_seconds: u64) -> u64 {
+    const DAY: u64 = 24 * 3600 * 1000;
+    let today = now_ms - now_ms % DAY + at_seconds * 1000;
+    if today > now_ms {
+        today
+    } else {
+        today + DAY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daily_slot_is_the_next_one_after_now() {
+        let midnight = 1_800_000_000_000 - 1_800_000_000_000 % 86_400_000;
+        let two = 2 * 3600;
+        assert_eq!(next_daily(midnight, two), midnight + two * 1000);
+        assert_eq!(next_daily(midnight + two * 1000, two), midnight + 86_400_000 + two * 1000);
+        assert_eq!(next_daily(midnight + 3 * 3600 * 1000, two), midnight + 86_400_000 + two * 1000);
+    }
+}
