@@ -33,6 +33,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub files: FilesConfig,
     pub janitor: JanitorConfig,
+    /// Disk thresholds: warning, critical (the janitor runs now), danger (uploads refused).
+    pub disk: crate::disk::DiskConfig,
     pub limits: Limits,
     pub logging: Logging,
     pub backup: BackupSchedule,
@@ -207,6 +209,7 @@ impl Default for Config {
             sessions: SessionsConfig::default(),
             files: FilesConfig::default(),
             janitor: JanitorConfig::default(),
+            disk: crate::disk::DiskConfig::default(),
             limits: Limits::default(),
             logging: Logging { json: false, dir: None, keep_files: 14 },
             backup: BackupSchedule { every: None, dir: None, keep: 7 },
@@ -286,9 +289,6 @@ pub struct Limits {
     /// Frames queued for one connection per joined room; a client that falls this far behind
     /// is disconnected (close code 4008) and may resume from its last seq.
     pub outbound_queue_max: usize,
-    /// Used fraction of the data folder's filesystem above which the server reports itself not
-    /// ready (`/readyz`, `roomlog status`): the design's "danger" threshold.
-    pub disk_danger_ratio: f64,
     /// Largest file upload, in bytes; streamed, never held in memory.
     pub upload_bytes_max: u64,
     /// How long a graceful shutdown waits for connections to close.
@@ -307,7 +307,6 @@ impl Default for Limits {
             connections_max: 20_000,
             rooms_per_connection_max: 64,
             outbound_queue_max: 4096,
-            disk_danger_ratio: 0.85,
             upload_bytes_max: 1 << 30,
             shutdown_grace: Duration::from_secs(5),
         }

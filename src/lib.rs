@@ -31,6 +31,7 @@ pub mod backup;
 pub mod blob;
 pub mod clock;
 pub mod config;
+pub mod disk;
 pub mod event;
 pub mod fault;
 pub mod http;

@@ -109,6 +109,14 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// What the running server stores and where: bytes on disk per part, files by prefix and
+    /// tier, messages per room, sessions by state, and the disk state (`GET /api/storage`).
+    Stats {
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running server to re-hash every stored file: damaged ones are quarantined and
     /// reported, and content no key references (orphans) is listed. Exits 2 if any was damaged.
     Scrub {
@@ -224,6 +232,32 @@ async fn main() -> anyhow::Result<()> {
             search_command(&config, &params, json)
         }
         Command::Janitor { action, addr, json } => janitor_command(&config, action, addr, json).await,
+        Command::Stats { addr, json } => {
+            let storage = ask_server(&config, addr, reqwest::Method::GET, "/api/storage").await?;
+            if json {
+                println!("{storage}");
+                return Ok(());
+            }
+            let mib = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) / (1024.0 * 1024.0);
+            println!(
+                "disk: {} ({:.0}% used)",
+                storage["disk_state"].as_str().unwrap_or("?"),
+                storage["disk_used_ratio"].as_f64().unwrap_or(0.0) * 100.0
+            );
+            for (part, bytes) in storage["on_disk"].as_object().into_iter().flatten() {
+                println!("  {part:<14} {:>10.1} MiB", mib(bytes));
+            }
+            println!("files by prefix/tier:");
+            for (prefix, total) in storage["keys"].as_object().into_iter().flatten() {
+                println!("  {prefix:<24} {:>8} keys {:>10.1} MiB", total["keys"], mib(&total["bytes"]));
+            }
+            println!("messages per room:");
+            for (room, n) in storage["messages"].as_object().into_iter().flatten() {
+                println!("  {room:<24} {n:>10}");
+            }
+            println!("sessions: {}", storage["sessions"]);
+            Ok(())
+        }
         Command::Scrub { addr, json } => {
             let report = ask_server(&config, addr, reqwest::Method::POST, "/api/scrub").await?;
             let damaged = report["damaged"].as_array().map_or(0, Vec::len);

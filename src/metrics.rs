@@ -29,6 +29,7 @@ pub const LOG_EVENTS_TOTAL: &str = "roomlog_log_events_total";
 pub const LOG_HEAD_SEQ: &str = "roomlog_log_head_seq";
 pub const LOG_DISK_BYTES: &str = "roomlog_log_disk_bytes";
 pub const DISK_USED_RATIO: &str = "roomlog_disk_used_ratio";
+pub const DISK_STATE: &str = "roomlog_disk_state";
 pub const READY: &str = "roomlog_ready";
 pub const PROJECTION_LAG_EVENTS: &str = "roomlog_projection_lag_events";
 pub const ROOMS_ACTIVE: &str = "roomlog_rooms_active";
@@ -46,6 +47,8 @@ pub const JANITOR_RUN_SECONDS: &str = "roomlog_janitor_run_seconds";
 pub const JANITOR_FREED_BYTES_TOTAL: &str = "roomlog_janitor_freed_bytes_total";
 pub const FILE_TIER_MOVES_TOTAL: &str = "roomlog_file_tier_moves_total";
 pub const FILES: &str = "roomlog_files";
+pub const FILE_UPLOADS_TOTAL: &str = "roomlog_file_uploads_total";
+pub const FILE_UPLOAD_BYTES_TOTAL: &str = "roomlog_file_upload_bytes_total";
 pub const FILE_BYTES: &str = "roomlog_file_bytes";
 
 /// How often the exporter's histograms are rolled over when nothing scrapes.
@@ -97,7 +100,8 @@ fn describe() {
     describe_counter!(LOG_EVENTS_TOTAL, "events appended to the log by this process");
     describe_gauge!(LOG_HEAD_SEQ, "seq of the newest durable event");
     describe_gauge!(LOG_DISK_BYTES, Unit::Bytes, "bytes of the log database on disk");
-    describe_gauge!(DISK_USED_RATIO, "used fraction of the filesystem holding the data folder");
+    describe_gauge!(DISK_USED_RATIO, "used fraction of the filesystem holding a folder (data, cold)");
+    describe_gauge!(DISK_STATE, "disk threshold state: 0 healthy, 1 warning, 2 critical, 3 danger");
     describe_gauge!(READY, "1 when /readyz would answer ready, else 0");
     describe_gauge!(PROJECTION_LAG_EVENTS, "events between the log head and what a projection applied");
     describe_gauge!(ROOMS_ACTIVE, "room actors running");
@@ -119,6 +123,8 @@ fn describe() {
     describe_counter!(JANITOR_FREED_BYTES_TOTAL, Unit::Bytes, "bytes of keys, content and orphans the janitor removed");
     describe_counter!(FILE_TIER_MOVES_TOTAL, "content moved between tiers, by target tier");
     describe_gauge!(FILES, "content files stored, by tier");
+    describe_counter!(FILE_UPLOADS_TOTAL, "uploads stored under a key");
+    describe_counter!(FILE_UPLOAD_BYTES_TOTAL, Unit::Bytes, "bytes of uploads stored under a key");
     describe_gauge!(FILE_BYTES, Unit::Bytes, "bytes of content stored, by tier");
 }
 

@@ -18,6 +18,7 @@ use crate::blob::service::FileService;
 use crate::blob::{BlobStore, Tier};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::disk::Disk;
 use crate::http::{routes, App};
 use crate::janitor::{JanitorContext, JanitorHandle};
 use crate::log::{EventLog, LogError};
@@ -159,6 +160,11 @@ impl Server {
         let janitor = JanitorHandle::start(janitor_ctx, stopping.clone())
             .await
             .map_err(|e| ServerError::Actors(e.to_string()))?;
+        let mut watched = vec![("data", config.data.clone())];
+        watched.extend(config.files.cold_dir.clone().map(|cold| ("cold", cold)));
+        let disk = Disk::new(watched, config.disk.clone());
+        disk.measure();
+        tokio::spawn(disk.clone().watch(janitor.clone(), stopping.clone()));
         let parts = crate::http::Parts {
             history,
             history_runner,
@@ -171,6 +177,7 @@ impl Server {
             files: file_service.clone(),
             files_runner,
             janitor,
+            disk,
         };
         let app = Arc::new(App::new(config, addr, log, parts, auth, stopping.clone()));
         // Metrics: install the recorder before anything counts, and keep its histograms rolling.

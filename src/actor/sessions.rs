@@ -323,6 +323,7 @@ impl SessionsHandle {
                 continue;
             }
             let applied = due.len();
+            let first = due.first().cloned();
             let live = match self.supervisor.call(|reply| SessionsMsg::ApplyDue { due, reply }, None).await {
                 Ok(ractor::rpc::CallResult::Success(live)) => live,
                 _ => return, // the supervisor stopped: shutting down
@@ -332,9 +333,11 @@ impl SessionsHandle {
             }
             metrics::counter!(crate::metrics::SESSION_DUE_APPLIED_TOTAL).increment(applied as u64);
             // The same entries are still due until the projection applies their events: wait.
+            // More may be due than one round takes; but if the round's first is still there,
+            // it could not be applied (a failing log): do not spin on it.
             self.ctx.caught_up().await;
-            if self.ctx.sessions.due(now, 1).map(|d| d.len()).unwrap_or(0) > 0 {
-                // Some could not be applied (a failing log): do not spin on them.
+            let stuck = self.ctx.sessions.due(now, 1).ok().and_then(|d| d.into_iter().next()) == first;
+            if stuck {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = stopping.wait_for(|stop| *stop) => return,

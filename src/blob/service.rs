@@ -256,6 +256,8 @@ impl FileService {
             self.live_session(owner).await?;
         }
         let stored = self.store.write(body, limit, expected_hash).await?;
+        metrics::counter!(crate::metrics::FILE_UPLOADS_TOTAL).increment(1);
+        metrics::counter!(crate::metrics::FILE_UPLOAD_BYTES_TOTAL).increment(stored.size);
         let event = Event::FileStored(FileStored {
             key: key.clone(),
             hash: stored.hash,

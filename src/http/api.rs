@@ -99,7 +99,7 @@ pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> 
 
 /// Why the server is not ready, if it is not: a stopped projection, a disk in danger, or a
 /// shutdown under way. A projection a few group commits behind is normal under load.
-pub fn not_ready_reasons(app: &App, disk_used: Option<f64>) -> Vec<String> {
+pub fn not_ready_reasons(app: &App, disk: crate::disk::DiskState) -> Vec<String> {
     let mut reasons = Vec::new();
     for runner in app.runners() {
         if !runner.is_running() {
@@ -109,11 +109,11 @@ pub fn not_ready_reasons(app: &App, disk_used: Option<f64>) -> Vec<String> {
             ));
         }
     }
-    if let Some(used) = disk_used.filter(|&u| u > app.config.limits.disk_danger_ratio) {
+    if disk == crate::disk::DiskState::Danger {
         reasons.push(format!(
-            "the data folder's disk is {:.0}% full, above the danger threshold of {:.0}%",
-            used * 100.0,
-            app.config.limits.disk_danger_ratio * 100.0
+            "the disk is {:.0}% full, above the danger threshold of {:.0}%: uploads are refused",
+            app.disk.used().unwrap_or(1.0) * 100.0,
+            app.disk.config.danger * 100.0
         ));
     }
     if *app.shutdown.borrow() {
@@ -125,14 +125,16 @@ pub fn not_ready_reasons(app: &App, disk_used: Option<f64>) -> Vec<String> {
 /// `GET /readyz`: 200 when ready, else 503 with what is wrong.
 pub async fn readyz(app: Arc<App>) -> Result<warp::reply::Response, std::convert::Infallible> {
     let head = app.log.head();
-    let log_dir = app.config.log_dir();
-    let disk_used = tokio::task::spawn_blocking(move || crate::metrics::disk_used_ratio(&log_dir)).await.ok().flatten();
-    let reasons = not_ready_reasons(&app, disk_used);
+    let disk = app.disk.clone();
+    let state = tokio::task::spawn_blocking(move || disk.measure()).await.unwrap_or(crate::disk::DiskState::Danger);
+    let disk_used = app.disk.used();
+    let reasons = not_ready_reasons(&app, state);
     let body = serde_json::json!({
         "ready": reasons.is_empty(),
         "not_ready_because": reasons,
         "log_head_seq": head,
         "disk_used_ratio": disk_used,
+        "disk_state": state,
         "projections": projections(&app, head),
         "shutting_down": *app.shutdown.borrow(),
     });
@@ -172,16 +174,26 @@ async fn refresh_gauges(app: &App) -> Gauges {
     let rooms = app.rooms.active().await;
     let log_dir = app.config.log_dir();
     let search_dir = app.config.search_dir();
-    let (disk, used, search_disk) = tokio::task::spawn_blocking(move || {
+    let watched = app.disk.clone();
+    let store = app.files.store.clone();
+    let (disk, state, search_disk) = tokio::task::spawn_blocking(move || {
         let search_disk = crate::projection::search::SearchIndex::size_bytes(&search_dir);
-        (crate::metrics::disk_bytes(&log_dir), crate::metrics::disk_used_ratio(&log_dir), search_disk)
+        // Content files by tier, counted on disk (a directory walk per scrape).
+        if let Ok(contents) = store.contents() {
+            for tier in [crate::blob::Tier::Hot, crate::blob::Tier::Cold] {
+                let (files, bytes) = contents
+                    .iter()
+                    .filter(|(_, t, _)| *t == tier)
+                    .fold((0u64, 0u64), |(n, b), (_, _, size)| (n + 1, b + size));
+                metrics::gauge!(crate::metrics::FILES, "tier" => tier.as_str()).set(files as f64);
+                metrics::gauge!(crate::metrics::FILE_BYTES, "tier" => tier.as_str()).set(bytes as f64);
+            }
+        }
+        (crate::metrics::disk_bytes(&log_dir), watched.measure(), search_disk)
     })
     .await
-    .unwrap_or((0, None, 0));
-    if let Some(used) = used {
-        metrics::gauge!(crate::metrics::DISK_USED_RATIO).set(used);
-    }
-    let reasons = not_ready_reasons(app, used);
+    .unwrap_or((0, crate::disk::DiskState::Danger, 0));
+    let reasons = not_ready_reasons(app, state);
     metrics::gauge!(crate::metrics::READY).set(if reasons.is_empty() { 1.0 } else { 0.0 });
     metrics::gauge!(crate::metrics::LOG_HEAD_SEQ).set(head as f64);
     for runner in app.runners() {

@@ -80,6 +80,14 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
                 .take(200)
                 .collect();
             let expected = headers.get("x-content-blake3").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            if app.disk.state() == crate::disk::DiskState::Danger {
+                let text = format!(
+                    "the disk is {:.0}% full, above the danger threshold of {:.0}%: uploads are refused until space is freed",
+                    app.disk.used().unwrap_or(1.0) * 100.0,
+                    app.disk.config.danger * 100.0
+                );
+                return error_reply(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", &text);
+            }
             let limit = app.config.limits.upload_bytes_max;
             let body = Box::pin(body);
             match app.files.put(key, body, limit, expected.as_deref(), content_type, owner).await {

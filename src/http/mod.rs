@@ -6,6 +6,7 @@ pub mod api;
 pub mod files;
 pub mod janitor;
 pub mod sessions;
+pub mod storage;
 pub mod upgrade;
 pub mod ws;
 
@@ -67,6 +68,7 @@ pub struct Parts {
     pub files: FileService,
     pub files_runner: Runner,
     pub janitor: crate::janitor::JanitorHandle,
+    pub disk: crate::disk::Disk,
 }
 
 impl std::ops::Deref for App {
@@ -271,6 +273,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .or(files::scrub_route(app.clone()))
         .unify()
         .or(janitor::routes(app.clone()))
+        .unify()
+        .or(storage::routes(app.clone()))
         .unify()
         .boxed()
         .or(healthz)

@@ -1,0 +1,108 @@
+//! `GET /api/storage`: what is stored and where, measured when asked: bytes on disk of the log,
+//! the search index and each tier of the file store (the files' real sizes), messages per room,
+//! keys and bytes by key prefix and tier, sessions by state, and the disk state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::{Filter, Reply};
+
+use super::{error_reply, App};
+use crate::blob::Tier;
+
+/// Keys and bytes under one prefix (the key's first segment) in one tier.
+#[derive(Debug, Default, Serialize)]
+struct PrefixTotal {
+    keys: u64,
+    bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Storage {
+    disk_state: crate::disk::DiskState,
+    disk_used_ratio: Option<f64>,
+    thresholds: crate::disk::DiskConfig,
+    /// Bytes of the files each part is made of, as on disk now.
+    on_disk: BTreeMap<&'static str, u64>,
+    /// Content files (each stored once per hash) per tier: count and bytes.
+    content: BTreeMap<&'static str, PrefixTotal>,
+    /// Keys per `prefix/tier`; a key's bytes count once per key, even when content is shared.
+    keys: BTreeMap<String, PrefixTotal>,
+    messages: BTreeMap<String, u64>,
+    sessions: BTreeMap<&'static str, u64>,
+}
+
+async fn measure(app: &App) -> Result<Storage, String> {
+    app.files.caught_up().await;
+    let (config, store) = (app.config.clone(), app.files.store.clone());
+    let (on_disk, contents) = tokio::task::spawn_blocking(move || {
+        let mut on_disk = BTreeMap::new();
+        on_disk.insert("log", crate::metrics::disk_bytes(&config.log_dir()));
+        on_disk.insert("search_index", crate::metrics::disk_bytes(&config.search_dir()));
+        on_disk.insert("quarantine", crate::metrics::disk_bytes(&config.blob_dir().join("quarantine")));
+        let contents = store.contents();
+        (on_disk, contents)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut on_disk = on_disk;
+    let mut content: BTreeMap<&'static str, PrefixTotal> = BTreeMap::new();
+    for (_, tier, bytes) in contents.map_err(|e| e.to_string())? {
+        let total = content.entry(tier.as_str()).or_default();
+        total.keys += 1;
+        total.bytes += bytes;
+    }
+    on_disk.insert("files_hot", content.get("hot").map_or(0, |t| t.bytes));
+    on_disk.insert("files_cold", content.get("cold").map_or(0, |t| t.bytes));
+    let mut keys: BTreeMap<String, PrefixTotal> = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = app.files.files.list("", after.as_deref(), 1000).map_err(|e| e.to_string())?;
+        for entry in &page {
+            let tier = app.files.files.tier(&entry.hash).unwrap_or(Tier::Hot);
+            let prefix = entry.key.as_str().split('/').next().unwrap_or("");
+            let total = keys.entry(format!("{prefix}/{}", tier.as_str())).or_default();
+            total.keys += 1;
+            total.bytes += entry.size;
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => after = Some(last.key.to_string()),
+            _ => break,
+        }
+    }
+    let messages = app
+        .history
+        .rooms()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(room, summary)| (room.as_str().to_owned(), summary.message_count))
+        .collect();
+    let sessions =
+        app.sessions_read.counts().map_err(|e| e.to_string())?.into_iter().map(|(s, n)| (s.as_str(), n)).collect();
+    Ok(Storage {
+        disk_state: app.disk.state(),
+        disk_used_ratio: app.disk.used(),
+        thresholds: app.disk.config.clone(),
+        on_disk,
+        content,
+        keys,
+        messages,
+        sessions,
+    })
+}
+
+/// The route.
+pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    warp::path!("api" / "storage")
+        .and(warp::get())
+        .and(warp::any().map(move || app.clone()))
+        .then(|app: Arc<App>| async move {
+            match measure(&app).await {
+                Ok(storage) => warp::reply::json(&storage).into_response(),
+                Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error),
+            }
+        })
+        .boxed()
+}
