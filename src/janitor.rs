@@ -150,12 +150,7 @@ impl JanitorContext {
                 .list(Some(SessionState::Paid), None, after.as_ref(), PAGE)
                 .map_err(|e| JanitorError::Read(e.to_string()))?;
             for session in &page {
-                let owned = self.files.files.owned(&session.id).map_err(|e| JanitorError::Read(e.to_string()))?;
-                for key in owned {
-                    let Some(rule) = self.on_pay.iter().find(|m| key.as_str().starts_with(&m.from)) else { continue };
-                    let Ok(to) = FileKey::parse(&format!("{}{}", rule.to, &key.as_str()[rule.from.len()..])) else {
-                        continue;
-                    };
+                for (key, to) in self.files.paid_renames(&session.id, &self.on_pay)? {
                     let bytes = self.files.files.get(&key).ok().flatten().map_or(0, |e| e.size);
                     items.push(PlanItem {
                         rule: "files.on_pay".into(),
@@ -244,13 +239,10 @@ impl JanitorContext {
         crate::fault::fail("janitor:item").map_err(|e| e.to_string())?;
         match &item.op {
             Op::Purge { id, at } => self.sessions.apply_purge(id, *at).await.map(|()| true).map_err(|e| e.to_string()),
-            Op::Rename { owner, from, to } => {
-                let reason = format!("session {owner} paid: moved to {to} (files.on_pay)");
-                match self.files.rename(from, to.clone(), Some(owner.clone()), &reason).await {
-                    Err(FileError::NotFound(_)) => Ok(false),
-                    other => other.map(|_| true).map_err(|e| e.to_string()),
-                }
-            }
+            Op::Rename { owner, from, to } => match self.files.rename_paid(owner, from, to.clone()).await {
+                Err(FileError::NotFound(_)) => Ok(false),
+                other => other.map(|_| true).map_err(|e| e.to_string()),
+            },
             Op::Expire { key } => {
                 let reason = format!("lifecycle rule {}: expired", item.rule);
                 match self.files.delete(key, &reason).await {

@@ -210,17 +210,8 @@ impl FileService {
     pub async fn move_paid(&self, owner: &SessionId, moves: &[PrefixMove]) -> Result<Vec<FileKey>, FileError> {
         self.caught_up().await;
         let mut moved = Vec::new();
-        for key in self.files.owned(owner).map_err(storage)? {
-            let Some(rule) = moves.iter().find(|m| key.as_str().starts_with(&m.from)) else { continue };
-            let renamed = format!("{}{}", rule.to, &key.as_str()[rule.from.len()..]);
-            let to = FileKey::parse(&renamed).map_err(|e| FileError::Storage(e.to_string()))?;
-            self.rename(
-                &key,
-                to.clone(),
-                Some(owner.clone()),
-                &format!("session {owner} paid: moved to {to} (files.on_pay)"),
-            )
-            .await?;
+        for (from, to) in self.paid_renames(owner, moves)? {
+            self.rename_paid(owner, &from, to.clone()).await?;
             moved.push(to);
         }
         Ok(moved)
@@ -282,6 +273,25 @@ impl FileService {
             owner,
         });
         self.commit(to, event).await
+    }
+
+    /// The renames `moves` asks of a paid session's keys: (key, new key). A key the mapping
+    /// would make invalid is left as it is.
+    pub fn paid_renames(&self, owner: &SessionId, moves: &[PrefixMove]) -> Result<Vec<(FileKey, FileKey)>, FileError> {
+        let mut out = Vec::new();
+        for key in self.files.owned(owner).map_err(storage)? {
+            let Some(rule) = moves.iter().find(|m| key.as_str().starts_with(&m.from)) else { continue };
+            if let Ok(to) = FileKey::parse(&format!("{}{}", rule.to, &key.as_str()[rule.from.len()..])) {
+                out.push((key, to));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One rename of [`Self::paid_renames`], with its reason.
+    pub async fn rename_paid(&self, owner: &SessionId, from: &FileKey, to: FileKey) -> Result<FileEntry, FileError> {
+        let reason = format!("session {owner} paid: moved to {to} (files.on_pay)");
+        self.rename(from, to, Some(owner.clone()), &reason).await
     }
 
     /// Renames a key: a copy, then the old key's deletion naming `reason`. No bytes move.
