@@ -24,14 +24,7 @@ fn url(server: &Server, path: &str) -> String {
 }
 
 async fn put(server: &Server, key: &str, body: Vec<u8>) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .put(url(server, &format!("/api/files/{key}")))
-        .header("content-type", "audio/mpeg")
-        .body(body)
-        .send()
-        .await
-        .expect("put");
-    (response.status().as_u16(), response.json().await.expect("json"))
+    common::put_file(server.addr(), key, body, "audio/mpeg").await
 }
 
 /// A new session's id.

@@ -39,13 +39,8 @@ async fn start(dir: &std::path::Path, clock: &ManualClock) -> Server {
 }
 
 async fn put(server: &Server, key: &str, body: Vec<u8>) {
-    let response = reqwest::Client::new()
-        .put(format!("http://{}/api/files/{key}", server.addr()))
-        .body(body)
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(response.status().as_u16(), 201);
+    let (status, answer) = common::put_file(server.addr(), key, body, "application/octet-stream").await;
+    assert_eq!(status, 201, "{answer}");
 }
 
 async fn run(server: &Server) -> (u16, Value) {

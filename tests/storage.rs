@@ -19,13 +19,7 @@ async fn start(dir: &std::path::Path, clock: &ManualClock) -> Server {
 }
 
 async fn put(server: &Server, key: &str, body: Vec<u8>) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .put(format!("http://{}/api/files/{key}", server.addr()))
-        .body(body)
-        .send()
-        .await
-        .expect("put");
-    (response.status().as_u16(), response.json().await.expect("json"))
+    common::put_file(server.addr(), key, body, "application/octet-stream").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

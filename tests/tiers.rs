@@ -26,10 +26,9 @@ fn tmp_files(tier: &Path) -> usize {
 }
 
 async fn put(addr: std::net::SocketAddr, key: &str, body: Vec<u8>) -> serde_json::Value {
-    let response =
-        reqwest::Client::new().put(format!("http://{addr}/api/files/{key}")).body(body).send().await.expect("put");
-    assert_eq!(response.status().as_u16(), 201);
-    response.json().await.expect("json")
+    let (status, answer) = common::put_file(addr, key, body, "image/jpeg").await;
+    assert_eq!(status, 201, "{answer}");
+    answer
 }
 
 /// The key's bytes and the tier they were read from.

@@ -317,7 +317,7 @@ impl FileService {
     }
 
     async fn live_session(&self, id: &SessionId) -> Result<(), FileError> {
-        self.runner.wait_applied(self.log.head()).await;
+        self.caught_up().await;
         match self.sessions.get(id) {
             Ok(Some(s)) if s.state != SessionState::Purged => Ok(()),
             Ok(_) => Err(FileError::NoSession(id.to_string())),

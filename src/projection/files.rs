@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::tree::{self, u64_of, CHECKPOINT_KEY};
+use super::tree::{self, u64_of};
 use super::{Projection, ProjectionError};
 use crate::blob::{ContentHash, FileKey, Tier};
 use crate::event::{Envelope, Event, SessionId};
@@ -251,11 +251,7 @@ impl Projection for FilesProjection {
                 Tier::Cold => write.insert(prefixed(b't', hash.as_str()), Tier::Cold.as_str().as_bytes()),
             }
         }
-        if let Some(last) = batch.last() {
-            write.insert(CHECKPOINT_KEY, &last.seq.to_be_bytes());
-        }
-        self.tree.apply_batch(write)?;
-        Ok(())
+        tree::commit(&self.tree, write, batch)
     }
 
     fn reset(&mut self) -> Result<(), ProjectionError> {

@@ -34,6 +34,20 @@ pub(crate) mod tree {
         Ok(tree.get(CHECKPOINT_KEY)?.map_or(0, |v| u64_of(&v)))
     }
 
+    /// Writes a batch's changes together with its checkpoint (the seq of its last event), in
+    /// one atomic sled batch: a projection's state and checkpoint never disagree.
+    pub fn commit(
+        tree: &sled::Tree,
+        mut write: sled::Batch,
+        batch: &[crate::event::Envelope],
+    ) -> Result<(), ProjectionError> {
+        if let Some(last) = batch.last() {
+            write.insert(CHECKPOINT_KEY, &last.seq.to_be_bytes());
+        }
+        tree.apply_batch(write)?;
+        Ok(())
+    }
+
     /// Removes all state and the checkpoint, durably.
     pub fn reset(tree: &sled::Tree) -> Result<(), ProjectionError> {
         tree.clear()?;

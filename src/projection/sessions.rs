@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::tree::{self, u64_of, CHECKPOINT_KEY};
+use super::tree::{self, u64_of};
 use super::{Projection, ProjectionError};
 use crate::event::{Envelope, Event, SessionCreated, SessionDue, SessionId};
 
@@ -375,11 +375,7 @@ impl Projection for SessionsProjection {
             let now = (stored.get(&state).copied().unwrap_or(0) as i64 + delta).max(0) as u64;
             write.insert(&count_key(state), &now.to_be_bytes());
         }
-        if let Some(last) = batch.last() {
-            write.insert(CHECKPOINT_KEY, &last.seq.to_be_bytes());
-        }
-        self.tree.apply_batch(write)?;
-        Ok(())
+        tree::commit(&self.tree, write, batch)
     }
 
     fn reset(&mut self) -> Result<(), ProjectionError> {

@@ -197,6 +197,18 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
     (status, response.json().await.expect("json body"))
 }
 
+/// Uploads `body` under the file key `key`: the status and the JSON answer.
+pub async fn put_file(addr: SocketAddr, key: &str, body: Vec<u8>, content_type: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .put(format!("http://{addr}/api/files/{key}"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("put");
+    (response.status().as_u16(), response.json().await.expect("json"))
+}
+
 /// The real `roomlog` binary serving a data folder on a loopback port.
 pub struct Binary {
     pub child: Child,
