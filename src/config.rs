@@ -33,6 +33,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub files: FilesConfig,
     pub janitor: JanitorConfig,
+    /// Room history retention, applied by the janitor. The default keeps everything.
+    pub retention: RetentionConfig,
     /// Disk thresholds: warning, critical (the janitor runs now), danger (uploads refused).
     pub disk: crate::disk::DiskConfig,
     pub limits: Limits,
@@ -91,6 +93,42 @@ impl JanitorConfig {
             return Err(bad());
         }
         Ok(Some(h * 3600 + m * 60))
+    }
+}
+
+/// Room history retention: `default` for every room that `rooms` does not name.
+///
+/// ```toml
+/// [retention.default]
+/// max_age = "90days"
+/// [retention.rooms.lobby]
+/// max_messages = 10000
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub default: RoomRetention,
+    /// Per room name, in place of `default` (not merged with it).
+    pub rooms: std::collections::BTreeMap<String, RoomRetention>,
+}
+
+/// What one room keeps: at most `max_messages` messages, and only messages younger than
+/// `max_age`; a message goes when either says so. Neither set: everything is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomRetention {
+    pub max_messages: Option<u64>,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+impl RetentionConfig {
+    /// The rule for `room` and its name in config (`retention.rooms.lobby`, `retention.default`).
+    pub fn for_room(&self, room: &str) -> (String, &RoomRetention) {
+        match self.rooms.get(room) {
+            Some(rule) => (format!("retention.rooms.{room}"), rule),
+            None => ("retention.default".into(), &self.default),
+        }
     }
 }
 
@@ -209,6 +247,7 @@ impl Default for Config {
             sessions: SessionsConfig::default(),
             files: FilesConfig::default(),
             janitor: JanitorConfig::default(),
+            retention: RetentionConfig::default(),
             disk: crate::disk::DiskConfig::default(),
             limits: Limits::default(),
             logging: Logging { json: false, dir: None, keep_files: 14 },

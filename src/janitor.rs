@@ -11,7 +11,10 @@
 //! - `files.on_pay`: a paid session's `temp_` keys still to be renamed (a crash half way);
 //! - each lifecycle rule: keys to expire, then content to move to the cold tier (content moves
 //!   only once every key naming it is due to move);
-//! - `orphans`: content files no key references, older than `janitor.orphan_min_age`.
+//! - `orphans`: content files no key references, older than `janitor.orphan_min_age`;
+//! - room retention (`retention.default`, `retention.rooms.<room>`): one `MessagesExpired` per
+//!   room cutting its oldest messages, which history and search remove alike (the single
+//!   removal mechanism).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,10 +29,12 @@ use crate::blob::lifecycle::Action;
 use crate::blob::service::{FileError, FileService, Orphan};
 use crate::blob::{ContentHash, FileKey, Tier};
 use crate::clock::Clock;
-use crate::config::{JanitorConfig, PrefixMove};
-use crate::event::{Event, JanitorRan, RuleTally, SessionId, StreamId};
+use crate::config::{JanitorConfig, PrefixMove, RetentionConfig, RoomRetention};
+use crate::event::{Event, JanitorRan, MessagesExpired, RoomId, RuleTally, SessionId, StreamId};
 use crate::log::EventLog;
+use crate::projection::history::History;
 use crate::projection::sessions::SessionState;
+use crate::projection::Runner;
 
 /// Keys and sessions read per page while planning.
 const PAGE: usize = 1000;
@@ -56,11 +61,16 @@ impl From<FileError> for JanitorError {
 pub struct PlanItem {
     /// The rule that asks for it.
     pub rule: String,
-    /// `purge_session`, `rename`, `expire`, `move_to_cold` or `delete_orphan`.
+    /// `purge_session`, `rename`, `expire`, `move_to_cold`, `delete_orphan` or
+    /// `expire_messages`.
     pub action: &'static str,
-    /// The session id, key (`from -> to` for a rename) or content hash.
+    /// The session id, key (`from -> to` for a rename), content hash, or room (`lobby through
+    /// seq 812`).
     pub target: String,
-    /// The key's size, or the content's; 0 for a session (its keys count under their rules).
+    /// What it stands for: 1, or the messages a retention cut removes.
+    pub count: u64,
+    /// The key's size, or the content's; 0 for a session (its keys count under their rules);
+    /// the messages' stored text (author, client id and body) for a retention cut.
     pub bytes: u64,
     #[serde(skip)]
     op: Op,
@@ -73,6 +83,7 @@ enum Op {
     Expire { key: FileKey },
     Move { hash: ContentHash, reason: String },
     Orphan(Orphan),
+    ExpireMessages { room: RoomId, through_seq: u64, policy: String },
 }
 
 /// What a run would do now, item by item and per rule.
@@ -88,10 +99,10 @@ fn tally(items: &[PlanItem]) -> Vec<RuleTally> {
     for item in items {
         match rules.iter_mut().find(|r| r.rule == item.rule) {
             Some(rule) => {
-                rule.items += 1;
+                rule.items += item.count;
                 rule.bytes += item.bytes;
             }
-            None => rules.push(RuleTally { rule: item.rule.clone(), items: 1, bytes: item.bytes }),
+            None => rules.push(RuleTally { rule: item.rule.clone(), items: item.count, bytes: item.bytes }),
         }
     }
     rules
@@ -106,6 +117,9 @@ pub struct JanitorContext {
     pub clock: Arc<dyn Clock>,
     pub config: JanitorConfig,
     pub on_pay: Vec<PrefixMove>,
+    pub history: History,
+    pub history_runner: Runner,
+    pub retention: RetentionConfig,
 }
 
 impl JanitorContext {
@@ -119,6 +133,7 @@ impl JanitorContext {
                 rule: "sessions.purge_after".into(),
                 action: "purge_session",
                 target: id.to_string(),
+                count: 1,
                 bytes: 0,
                 op: Op::Purge { id, at },
             });
@@ -130,10 +145,12 @@ impl JanitorContext {
                 rule: "orphans".into(),
                 action: "delete_orphan",
                 target: orphan.hash.to_string(),
+                count: 1,
                 bytes: orphan.bytes,
                 op: Op::Orphan(orphan),
             });
         }
+        self.plan_retention(now, &mut items).await?;
         Ok(Plan { at_unix_ms: now, rules: tally(&items), items })
     }
 
@@ -156,6 +173,7 @@ impl JanitorContext {
                         rule: "files.on_pay".into(),
                         action: "rename",
                         target: format!("{key} -> {to}"),
+                        count: 1,
                         bytes,
                         op: Op::Rename { owner: session.id.clone(), from: key, to },
                     });
@@ -195,6 +213,7 @@ impl JanitorContext {
                         rule: p.rule.clone(),
                         action: "expire",
                         target: entry.key.to_string(),
+                        count: 1,
                         bytes: entry.size,
                         op: Op::Expire { key: entry.key.clone() },
                     }),
@@ -227,8 +246,65 @@ impl JanitorContext {
                 rule: rule.clone(),
                 action: "move_to_cold",
                 target: hash.to_string(),
+                count: 1,
                 bytes: want.bytes,
                 op: Op::Move { hash, reason: format!("lifecycle rule {rule}: {class}") },
+            });
+        }
+        Ok(())
+    }
+
+    /// Per room whose rule asks for it, the cut that removes its oldest messages: those beyond
+    /// `max_messages`, and those older than `max_age`.
+    async fn plan_retention(&self, now: u64, items: &mut Vec<PlanItem>) -> Result<(), JanitorError> {
+        let read = |e: &dyn std::fmt::Display| JanitorError::Read(e.to_string());
+        let unlimited = RoomRetention::default();
+        if self.retention.default == unlimited && self.retention.rooms.values().all(|r| *r == unlimited) {
+            return Ok(());
+        }
+        self.history_runner.wait_applied(self.log.head()).await;
+        for (room, summary) in self.history.rooms().map_err(|e| read(&e))? {
+            let (rule, retention) = self.retention.for_room(room.as_str());
+            let excess = retention.max_messages.map_or(0, |max| summary.message_count.saturating_sub(max));
+            let older_than = retention.max_age.map(|age| now.saturating_sub(age.as_millis() as u64));
+            if excess == 0 && older_than.is_none() {
+                continue;
+            }
+            // Walk from the oldest kept message while either rule still wants it gone.
+            let (mut count, mut bytes, mut through, mut by_age) = (0u64, 0u64, 0u64, false);
+            let mut after = summary.removed_through_seq;
+            'pages: loop {
+                let page = self.history.after(&room, after, PAGE).map_err(|e| read(&e))?;
+                for message in &page {
+                    let old = older_than.is_some_and(|cutoff| message.at_unix_ms < cutoff);
+                    if count >= excess && !old {
+                        break 'pages;
+                    }
+                    by_age |= count >= excess;
+                    count += 1;
+                    bytes += message.stored_bytes();
+                    through = message.seq;
+                }
+                match page.last() {
+                    Some(last) if page.len() == PAGE => after = last.seq,
+                    _ => break,
+                }
+            }
+            if count == 0 {
+                continue;
+            }
+            let why = match (by_age, retention.max_age) {
+                (true, Some(age)) => format!("max_age {}", humantime::format_duration(age)),
+                _ => format!("max_messages {}", retention.max_messages.unwrap_or_default()),
+            };
+            let rule = format!("{rule}.{}", why.split(' ').next().unwrap_or_default());
+            items.push(PlanItem {
+                rule: rule.clone(),
+                action: "expire_messages",
+                target: format!("{room} through seq {through}"),
+                count,
+                bytes,
+                op: Op::ExpireMessages { room, through_seq: through, policy: format!("{rule}: {why}") },
             });
         }
         Ok(())
@@ -254,6 +330,21 @@ impl JanitorContext {
                 self.files.move_content(hash, Tier::Cold, reason.clone()).await.map_err(|e| e.to_string())
             }
             Op::Orphan(orphan) => self.files.delete_orphan(orphan).await.map_err(|e| e.to_string()),
+            Op::ExpireMessages { room, through_seq, policy } => {
+                let removed =
+                    self.history.summary(room).map_err(|e| e.to_string())?.map_or(0, |s| s.removed_through_seq);
+                if removed >= *through_seq {
+                    return Ok(false);
+                }
+                let event = Event::MessagesExpired(MessagesExpired {
+                    room: room.clone(),
+                    through_seq: *through_seq,
+                    policy: policy.clone(),
+                });
+                let appended = self.log.append(event).await.map_err(|e| e.to_string())?;
+                self.history_runner.wait_applied(appended.seq).await;
+                Ok(true)
+            }
         }
     }
 }

@@ -204,11 +204,14 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let until = roomlog::backup::Until { seq: until_seq, at_unix_ms };
-            let restored = roomlog::backup::restore(&files, &config.log_dir(), &config.data, until)?;
+            let store = roomlog::blob::BlobStore::at(&config.blob_dir(), config.files.cold_dir.as_deref());
+            let restored = roomlog::backup::restore(&files, &config.log_dir(), &store, &config.data, until)?;
             println!(
-                "restored {} events (through seq {}) into {}",
+                "restored {} events (through seq {}) and {} content files ({:.1} MiB) into {}",
                 restored.events,
                 restored.last_seq,
+                restored.content_files,
+                restored.content_bytes as f64 / (1024.0 * 1024.0),
                 config.data.display()
             );
             rebuild(&config, "all")
@@ -417,6 +420,7 @@ async fn backup(
         None => (0, None),
     };
     let config_toml = toml::to_string_pretty(&config)?;
+    let store = roomlog::blob::BlobStore::at(&config.blob_dir(), config.files.cold_dir.as_deref());
     let addr = addr.or_else(|| config.recorded_addr());
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
     let live_head = match addr {
@@ -439,7 +443,7 @@ async fn backup(
             let paced_from = Instant::now();
             let mut fetched = 0u64;
             tokio::task::spawn_blocking(move || {
-                roomlog::backup::write_archive(&target, after_seq, head, base, &config_toml, |after| {
+                roomlog::backup::write_archive(&target, after_seq, head, base, &config_toml, &store, |after| {
                     if max_events_per_sec > 0 {
                         // Sleep until the events fetched so far fit the pace.
                         let due = std::time::Duration::from_secs_f64(fetched as f64 / max_events_per_sec as f64);
@@ -466,26 +470,32 @@ async fn backup(
         None => {
             let log = open_log(&config)?;
             let head = log.head();
-            let manifest = roomlog::backup::write_archive(&out, after_seq, head, base, &config_toml, |after| {
-                Ok(log.read_raw(after + 1, 4096)?)
-            })?;
+            let manifest =
+                roomlog::backup::write_archive(&out, after_seq, head, base, &config_toml, &store, |after| {
+                    Ok(log.read_raw(after + 1, 4096)?)
+                })?;
             log.close().await;
             manifest
         }
     };
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let content = manifest.parts.iter().filter(|p| p.path.starts_with("content/")).count();
     println!(
-        "backup {}: {} backup through seq {}, {} events, {:.1} MiB in {:.2} s ({:.0} events/s, {:.1} MB/s)",
+        "backup {}: {} backup through seq {}, {} events, {} content files, {:.1} MiB in {:.2} s ({:.0} events/s, {:.1} MB/s)",
         out.display(),
         if manifest.base.is_some() { "incremental" } else { "full" },
         manifest.through_seq,
         manifest.events,
+        content,
         size as f64 / (1024.0 * 1024.0),
         secs,
         manifest.events as f64 / secs,
         size as f64 / 1e6 / secs,
     );
+    for skipped in &manifest.content_skipped {
+        eprintln!("content {} is not in the archive: {}", skipped.hash, skipped.why);
+    }
     Ok(())
 }
 

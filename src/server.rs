@@ -156,6 +156,9 @@ impl Server {
             clock,
             config: config.janitor.clone(),
             on_pay: config.files.on_pay.clone(),
+            history: history.clone(),
+            history_runner: history_runner.clone(),
+            retention: config.retention.clone(),
         };
         let janitor = JanitorHandle::start(janitor_ctx, stopping.clone())
             .await
@@ -284,9 +287,10 @@ async fn backup_schedule(app: Arc<App>, every: std::time::Duration, mut stopping
             _ = ticks.tick() => {}
             _ = stopping.wait_for(|stop| *stop) => return,
         }
-        let (log, dir, keep, config_toml) = (app.log.clone(), dir.clone(), app.config.backup.keep, config_toml.clone());
+        let (log, store, dir, keep) = (app.log.clone(), app.files.store.clone(), dir.clone(), app.config.backup.keep);
+        let config_toml = config_toml.clone();
         let result =
-            tokio::task::spawn_blocking(move || crate::backup::scheduled(&log, &dir, keep, &config_toml)).await;
+            tokio::task::spawn_blocking(move || crate::backup::scheduled(&log, &store, &dir, keep, &config_toml)).await;
         match result {
             Ok(Ok((archive, manifest))) => {
                 let now =

@@ -47,12 +47,15 @@ async fn rebuilding_history_from_the_log_gives_the_live_state() {
         policy: "test".into(),
     });
     let cut = server.log().append(expired).await.expect("append expiry");
-    for _ in 0..1000 {
+    // Bounded wait (30 s: a loaded CI machine once took longer than the 5 s this used to allow,
+    // and the test then failed on the count below rather than here).
+    for _ in 0..6000 {
         if server.history().checkpoint().expect("checkpoint") >= cut.seq {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert_eq!(server.history().checkpoint().expect("checkpoint"), cut.seq, "history applied the expiry");
     assert_eq!(server.log().head(), sent + 1, "every send and the expiry are in the log");
     let live = server.history().dump().expect("dump live");
     let mut kept = 0;

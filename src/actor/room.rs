@@ -195,7 +195,9 @@ impl RoomActorState {
             .map_or(0, |s| s.removed_through_seq);
         let (replay, removed_through_seq) = match since {
             None => {
-                let recent = self.state.recent(self.ctx.chat.recent_count);
+                // Memory may still hold messages a retention cut removed since it was filled.
+                let mut recent = self.state.recent(self.ctx.chat.recent_count);
+                recent.retain(|m| m.seq > removed);
                 let told = removed > 0 && recent.len() < self.ctx.chat.recent_count;
                 (recent, told.then_some(removed))
             }

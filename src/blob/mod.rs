@@ -194,6 +194,21 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Passes writes through to a file and a hasher alike.
+struct HashingWriter<'a>(&'a mut blake3::Hasher, &'a mut std::fs::File);
+
+impl std::io::Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.1.write(buf)?;
+        self.0.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.1.flush()
+    }
+}
+
 /// The blake3 of a file's bytes, read in full.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
     let mut hasher = blake3::Hasher::new();
@@ -226,6 +241,62 @@ impl BlobStore {
             clear_dir(&cold.join("tmp"))?;
         }
         Ok(store)
+    }
+
+    /// The store's paths under `root`, touching nothing on disk: for a reader beside the
+    /// running server (a backup), which must not clear the server's `tmp/`.
+    pub fn at(root: &Path, cold: Option<&Path>) -> Self {
+        Self {
+            hot: root.join("hot"),
+            cold: cold.map(Path::to_path_buf),
+            tmp: root.join("tmp"),
+            quarantine: root.join("quarantine"),
+        }
+    }
+
+    /// [`BlobStore::locate`] for blocking code, hot tier first.
+    pub fn find(&self, hash: &ContentHash) -> Option<(Tier, PathBuf)> {
+        [Tier::Hot, Tier::Cold]
+            .into_iter()
+            .filter_map(|tier| self.path_in(tier, hash).map(|path| (tier, path)))
+            .find(|(_, path)| path.is_file())
+    }
+
+    /// Writes content read from `input` into `tier` (blocking: a restore): through the tier's
+    /// `tmp/`, hashed on the way and refused unless it is `hash`, fsynced, renamed into place.
+    /// Returns the bytes written.
+    pub fn install(
+        &self,
+        tier: Tier,
+        hash: &ContentHash,
+        input: &mut (impl std::io::Read + ?Sized),
+    ) -> Result<u64, BlobError> {
+        let (root, target) = match (self.tier_dir(tier), self.path_in(tier, hash)) {
+            (Some(root), Some(target)) => (root.to_path_buf(), target),
+            _ => return Err(BlobError::NoTier(tier)),
+        };
+        let tmp_dir = if tier == Tier::Hot { self.tmp.clone() } else { root.join("tmp") };
+        std::fs::create_dir_all(&tmp_dir)?;
+        let tmp = tmp_dir.join(format!("{:032x}", uuid::Uuid::new_v4().as_u128()));
+        let result = (|| {
+            let mut output = std::fs::File::create(&tmp)?;
+            let mut hasher = blake3::Hasher::new();
+            let size = std::io::copy(input, &mut HashingWriter(&mut hasher, &mut output))?;
+            output.sync_all()?;
+            let actual = hasher.finalize().to_hex().to_string();
+            if actual != hash.as_str() {
+                return Err(BlobError::HashMismatch { expected: hash.to_string(), actual });
+            }
+            let dir = target.parent().ok_or(BlobError::NoTier(tier))?;
+            std::fs::create_dir_all(dir)?;
+            std::fs::rename(&tmp, &target)?;
+            sync_dir(dir)?;
+            Ok(size)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// Whether a cold tier is configured.

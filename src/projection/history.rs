@@ -46,6 +46,13 @@ pub struct StoredMessage {
     pub edited_at_unix_ms: Option<u64>,
 }
 
+impl StoredMessage {
+    /// The text it stores (author, client id and body), as retention and storage count it.
+    pub fn stored_bytes(&self) -> u64 {
+        (self.author.len() + self.client_id.len() + self.body.len()) as u64
+    }
+}
+
 /// An edit or a deletion of one message, as a resuming client must be told of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Amendment {
