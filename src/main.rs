@@ -41,6 +41,13 @@ enum Command {
     },
     /// Decode every record of the log and report the first that does not decode.
     Check,
+    /// Rewrite the log without the events that retention cuts and key deletions superseded,
+    /// into a fresh database swapped in atomically; prints the bytes on disk before and after.
+    /// The server must be stopped.
+    Compact {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the configuration in force, as TOML.
     Config,
     /// Back up the log (up to its head now) into one archive, from the running server if one
@@ -167,6 +174,28 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { listen } => serve(config, listen).await,
         Command::Rebuild { name } => rebuild(&config, &name),
+        Command::Compact { json } => {
+            let started = Instant::now();
+            let done = roomlog::log::compact::compact(&config.log_dir(), config.log.cache_bytes_max)
+                .with_context(|| format!("compacting {} (is a server running on it?)", config.log_dir().display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&done)?);
+            } else {
+                let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+                println!(
+                    "compacted {}: {} records kept of {} ({} message and {} file events dropped); {:.1} MiB on disk before, {:.1} MiB after, in {:.1} s",
+                    config.log_dir().display(),
+                    done.records_after,
+                    done.records_before,
+                    done.dropped_message_events,
+                    done.dropped_file_events,
+                    mib(done.bytes_before),
+                    mib(done.bytes_after),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(())
+        }
         Command::Check => {
             let log = open_log(&config)?;
             let count = log.verify()?;
@@ -299,6 +328,17 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
         config.listen = listen;
     }
     std::fs::create_dir_all(&config.data).with_context(|| format!("creating data folder {}", config.data.display()))?;
+    if config.log.compact_at_start && config.log_dir().exists() {
+        let done = roomlog::log::compact::compact(&config.log_dir(), config.log.cache_bytes_max)
+            .context("compacting the log at start-up (log.compact_at_start)")?;
+        tracing::info!(
+            records_before = done.records_before,
+            records_after = done.records_after,
+            bytes_before = done.bytes_before,
+            bytes_after = done.bytes_after,
+            "log compacted at start-up"
+        );
+    }
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let server = Server::start(config, listener).await?;

@@ -8,6 +8,7 @@
 //! Durability: [`EventLog::append`] answers only after the record is written, sled has flushed,
 //! and the `db` file has been fsynced (DESIGN.md invariant 1, "acknowledged means durable").
 
+pub mod compact;
 mod store;
 mod writer;
 
@@ -32,11 +33,13 @@ pub struct LogConfig {
     pub queue_max: usize,
     /// Bytes of sled's page cache.
     pub cache_bytes_max: u64,
+    /// Compact the log (see `roomlog compact`) each time the server starts, before it serves.
+    pub compact_at_start: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { batch_max: 4096, queue_max: 65_536, cache_bytes_max: 256 * 1024 * 1024 }
+        Self { batch_max: 4096, queue_max: 65_536, cache_bytes_max: 256 * 1024 * 1024, compact_at_start: false }
     }
 }
 
@@ -50,6 +53,8 @@ pub enum LogError {
     /// The fsync that makes a flush durable failed.
     #[error("log fsync: {0}")]
     Sync(#[from] std::io::Error),
+    #[error("compacting the log: {what}: {source}")]
+    Compact { what: String, source: std::io::Error },
     /// A stored record does not decode (HTTP 500, code `corrupt_record`).
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -83,6 +88,8 @@ impl EventLog {
     /// The newest record is decoded before anything is served: a damaged tail stops start-up
     /// with an error naming its seq.
     pub fn open(dir: &Path, config: &LogConfig) -> Result<Self, LogError> {
+        compact::recover(dir)
+            .map_err(|source| LogError::Compact { what: "settling an earlier compaction".into(), source })?;
         let store = Store::open(dir, config.cache_bytes_max)?;
         let last = store.last()?;
         let next_seq = store.next_seq_floor()?.max(last.as_ref().map_or(1, |e| e.seq + 1));

@@ -10,13 +10,13 @@ use super::LogError;
 use crate::event::{decode, encode, Envelope, StreamId};
 
 /// Tree of log records: key = seq as big-endian u64 (so byte order is seq order).
-const LOG_TREE: &str = "log";
+pub(super) const LOG_TREE: &str = "log";
 /// Stream index: one entry per stream per group commit. Its key is the stream's length
 /// (1 byte), the stream, and the first seq of that stream in the group; its value is the
 /// group's seqs of that stream. One entry per group instead of one per event keeps sled's
 /// per-key cost off the append path. The same tree holds [`INDEXED_KEY`] (the last seq
 /// indexed, with the next seq to assign), written in the same batch as the entries.
-const STREAM_TREE: &str = "log.streams";
+pub(super) const STREAM_TREE: &str = "log.streams";
 /// Key of the stream index's checkpoint: last indexed seq and next seq, 16 bytes. Its first
 /// byte (0xff) is above every stream-length byte, so it never falls inside a stream's range.
 const INDEXED_KEY: &[u8] = b"\xffindexed";

@@ -42,6 +42,13 @@ pub struct Files {
     tree: sled::Tree,
 }
 
+impl Files {
+    /// Every entry except the checkpoint, for comparing a rebuilt projection with the live one.
+    pub fn dump(&self) -> Result<Vec<super::Entry>, ProjectionError> {
+        tree::dump(&self.tree)
+    }
+}
+
 /// The writing side.
 #[derive(Debug)]
 pub struct FilesProjection {

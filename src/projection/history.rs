@@ -30,8 +30,7 @@ const TREE: &str = "proj.history";
 /// appending to a page at low traffic rewrites only a few KiB.
 pub const PAGE_MESSAGES_MAX: usize = 64;
 
-/// A raw key and value of the projection's tree.
-pub type Entry = (Vec<u8>, Vec<u8>);
+pub use super::Entry;
 
 /// One message as the history serves it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,11 +214,7 @@ impl History {
     /// Every entry of the tree except the checkpoint, for comparing a rebuilt projection with
     /// the live one.
     pub fn dump(&self) -> Result<Vec<Entry>, ProjectionError> {
-        self.tree
-            .iter()
-            .filter(|item| !matches!(item, Ok((k, _)) if k.as_ref() == CHECKPOINT_KEY))
-            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(ProjectionError::from))
-            .collect()
+        tree::dump(&self.tree)
     }
 
     /// The newest page of a room, with its key.
@@ -378,6 +373,11 @@ impl HistoryProjection {
         let summary = self.summary(write, room)?;
         summary.message_count = summary.message_count.saturating_sub(removed);
         summary.removed_through_seq = summary.removed_through_seq.max(through_seq);
+        if summary.message_count == 0 {
+            // Nothing is left to be the newest message: the room reads as a log compacted
+            // without the removed messages' events would make it.
+            (summary.last_seq, summary.last_at_unix_ms) = (0, 0);
+        }
         Ok(())
     }
 

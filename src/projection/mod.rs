@@ -17,6 +17,9 @@ use tokio::sync::watch;
 use crate::event::Envelope;
 use crate::log::{EventLog, LogError};
 
+/// A key and its value, as a projection's tree holds them.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// What the projections kept in one sled tree share: the checkpoint under key `c`, stored as a
 /// big-endian u64 in the same batch as the state, and how a tree is reset.
 pub(crate) mod tree {
@@ -27,6 +30,15 @@ pub(crate) mod tree {
     /// A big-endian u64 value (0 if malformed).
     pub fn u64_of(bytes: &[u8]) -> u64 {
         bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+    }
+
+    /// Every entry of `tree` except the checkpoint, for comparing a rebuilt projection with
+    /// the live one.
+    pub fn dump(tree: &sled::Tree) -> Result<Vec<super::Entry>, ProjectionError> {
+        tree.iter()
+            .filter(|item| !matches!(item, Ok((k, _)) if k.as_ref() == CHECKPOINT_KEY))
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(ProjectionError::from))
+            .collect()
     }
 
     /// The checkpoint stored in `tree` (0 before the first batch).

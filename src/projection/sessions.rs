@@ -195,6 +195,13 @@ pub struct Sessions {
     tree: sled::Tree,
 }
 
+impl Sessions {
+    /// Every entry except the checkpoint, for comparing a rebuilt projection with the live one.
+    pub fn dump(&self) -> Result<Vec<super::Entry>, ProjectionError> {
+        tree::dump(&self.tree)
+    }
+}
+
 /// The writing side, owned by the projection runner.
 #[derive(Debug)]
 pub struct SessionsProjection {

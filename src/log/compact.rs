@@ -1,0 +1,228 @@
+//! Compaction: the log without the events that later removals made history, written into a
+//! fresh database and swapped in, the way SQLite's VACUUM rewrites a file.
+//!
+//! sled does not give back the space of removed keys (its file stays large: sled issue #1333),
+//! and the log removes nothing by itself: a retention cut or a deleted key leaves the old
+//! events in place. Compaction drops, keeping every seq as it was:
+//! - a room's `MessagePosted`, `MessageEdited` and `MessageDeleted` at or below the room's
+//!   last `MessagesExpired` cut (the cut itself stays, as the record);
+//! - a key's `FileStored` events before its last `FileDeleted` (which stays).
+//!
+//! The projections' trees are copied as they are (they describe the same state: dropped
+//! events are ones whose effect a kept removal already undid), so the server starts without a
+//! rebuild. The head record is always kept (a dropped event precedes the removal that
+//! supersedes it), so seqs never go back.
+//!
+//! Steps, each safe to cut off by a crash (see [`recover`]): write `db.compact` and fsync it;
+//! rename `db` to `db.old`; rename `db.compact` to `db`; fsync the data folder; delete
+//! `db.old`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::store::{Store, LOG_TREE, STREAM_TREE};
+use super::LogError;
+use crate::blob::FileKey;
+use crate::event::{decode, Event, RoomId};
+
+/// Records read per step.
+const CHUNK: usize = 4096;
+
+/// What a compaction did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Compacted {
+    pub records_before: u64,
+    pub records_after: u64,
+    pub dropped_message_events: u64,
+    pub dropped_file_events: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+fn sibling(log_dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = log_dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(suffix);
+    log_dir.with_file_name(name)
+}
+
+fn sync_parent(log_dir: &Path) -> std::io::Result<()> {
+    match log_dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => std::fs::File::open(parent)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
+/// Finishes or undoes a compaction a crash cut off; called before the log is opened.
+pub fn recover(log_dir: &Path) -> std::io::Result<()> {
+    let (fresh, old) = (sibling(log_dir, ".compact"), sibling(log_dir, ".old"));
+    if !log_dir.exists() && old.exists() {
+        // Cut off between the two renames: `db.compact` was complete before the first.
+        let back = if fresh.exists() { &fresh } else { &old };
+        std::fs::rename(back, log_dir)?;
+        sync_parent(log_dir)?;
+        tracing::warn!(from = %back.display(), "a compaction cut off by a crash is settled");
+    }
+    for leftover in [fresh, old] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(&leftover)?;
+            tracing::warn!(removed = %leftover.display(), "a compaction's leftover is removed");
+        }
+    }
+    Ok(())
+}
+
+/// What the first pass learns: each room's last cut and each key's last deletion.
+#[derive(Default)]
+struct Removals {
+    cuts: HashMap<RoomId, u64>,
+    deleted: HashMap<FileKey, u64>,
+}
+
+impl Removals {
+    fn learn(&mut self, seq: u64, event: &Event) {
+        match event {
+            Event::MessagesExpired(e) => {
+                let cut = self.cuts.entry(e.room.clone()).or_default();
+                *cut = (*cut).max(e.through_seq);
+            }
+            Event::FileDeleted(e) => {
+                self.deleted.insert(e.key.clone(), seq);
+            }
+            _ => {}
+        }
+    }
+
+    /// `Some(true)` for a dropped message event, `Some(false)` for a dropped file event.
+    fn drops(&self, seq: u64, event: &Event) -> Option<bool> {
+        let cut = |room: &RoomId| self.cuts.get(room).is_some_and(|&through| seq <= through);
+        match event {
+            Event::MessagePosted(e) if cut(&e.room) => Some(true),
+            Event::MessageEdited(e) if cut(&e.room) => Some(true),
+            Event::MessageDeleted(e) if cut(&e.room) => Some(true),
+            Event::FileStored(e) if self.deleted.get(&e.key).is_some_and(|&at| at > seq) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// Rewrites the (closed) log in `log_dir` without what removals superseded, and swaps it in.
+pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| LogError::Compact { what, source }
+    };
+    recover(log_dir).map_err(io("settling an earlier compaction"))?;
+    let bytes_before = crate::metrics::disk_bytes(log_dir);
+    let (fresh_dir, old_dir) = (sibling(log_dir, ".compact"), sibling(log_dir, ".old"));
+    let mut done = Compacted {
+        records_before: 0,
+        records_after: 0,
+        dropped_message_events: 0,
+        dropped_file_events: 0,
+        bytes_before,
+        bytes_after: 0,
+    };
+    {
+        let old = Store::open(log_dir, cache_bytes_max)?;
+        let mut removals = Removals::default();
+        let mut from = 1;
+        loop {
+            let chunk = old.read_raw(from, CHUNK)?;
+            let Some(&(last, _)) = chunk.last() else { break };
+            for (seq, bytes) in &chunk {
+                removals.learn(*seq, &decode(*seq, bytes)?.event);
+            }
+            from = last + 1;
+        }
+        let fresh = Store::open(&fresh_dir, cache_bytes_max)?;
+        let mut from = 1;
+        loop {
+            let chunk = old.read_raw(from, CHUNK)?;
+            let Some(&(last, _)) = chunk.last() else { break };
+            let mut kept = Vec::with_capacity(chunk.len());
+            for (seq, bytes) in &chunk {
+                let envelope = decode(*seq, bytes)?;
+                done.records_before += 1;
+                match removals.drops(*seq, &envelope.event) {
+                    Some(true) => done.dropped_message_events += 1,
+                    Some(false) => done.dropped_file_events += 1,
+                    None => kept.push((*seq, envelope.stream, bytes.as_slice())),
+                }
+            }
+            let encoded: Vec<_> = kept.iter().map(|(seq, stream, bytes)| (*seq, stream, *bytes)).collect();
+            fresh.write_encoded(&encoded)?;
+            done.records_after += encoded.len() as u64;
+            from = last + 1;
+        }
+        for name in old.db().tree_names() {
+            if name == LOG_TREE.as_bytes() || name == STREAM_TREE.as_bytes() {
+                continue;
+            }
+            let (from_tree, to_tree) = (old.db().open_tree(&name)?, fresh.db().open_tree(&name)?);
+            let mut batch = sled::Batch::default();
+            let mut pending = 0;
+            for item in from_tree.iter() {
+                let (key, value) = item?;
+                batch.insert(key, value);
+                pending += 1;
+                if pending == CHUNK {
+                    to_tree.apply_batch(std::mem::take(&mut batch))?;
+                    pending = 0;
+                }
+            }
+            to_tree.apply_batch(batch)?;
+        }
+        fresh.sync()?;
+    }
+    std::fs::rename(log_dir, &old_dir).map_err(io("moving the old log aside"))?;
+    std::fs::rename(&fresh_dir, log_dir).map_err(io("moving the compacted log in"))?;
+    sync_parent(log_dir).map_err(io("syncing the data folder"))?;
+    std::fs::remove_dir_all(&old_dir).map_err(io("deleting the old log"))?;
+    done.bytes_after = crate::metrics::disk_bytes(log_dir);
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder standing for a database, marked with its name.
+    fn make(dir: &Path, name: &str) {
+        std::fs::create_dir_all(dir.join(name)).expect("mkdir");
+        std::fs::write(dir.join(name).join("mark"), name).expect("mark");
+    }
+
+    fn mark(dir: &Path) -> Option<String> {
+        std::fs::read_to_string(dir.join("db").join("mark")).ok()
+    }
+
+    #[test]
+    fn a_crash_between_the_renames_finishes_the_swap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        make(dir.path(), "db.old");
+        make(dir.path(), "db.compact");
+        recover(&dir.path().join("db")).expect("recover");
+        assert_eq!(mark(dir.path()).as_deref(), Some("db.compact"));
+        assert!(!dir.path().join("db.old").exists() && !dir.path().join("db.compact").exists());
+    }
+
+    #[test]
+    fn a_crash_while_writing_keeps_the_old_log_and_drops_the_partial_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        make(dir.path(), "db");
+        make(dir.path(), "db.compact");
+        recover(&dir.path().join("db")).expect("recover");
+        assert_eq!(mark(dir.path()).as_deref(), Some("db"));
+        assert!(!dir.path().join("db.compact").exists());
+    }
+
+    #[test]
+    fn a_crash_after_the_swap_deletes_the_old_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        make(dir.path(), "db");
+        make(dir.path(), "db.old");
+        recover(&dir.path().join("db")).expect("recover");
+        assert_eq!(mark(dir.path()).as_deref(), Some("db"));
+        assert!(!dir.path().join("db.old").exists());
+    }
+}
