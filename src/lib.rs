@@ -34,6 +34,7 @@ pub mod config;
 pub mod disk;
 pub mod event;
 pub mod fault;
+pub mod growth;
 pub mod http;
 pub mod janitor;
 pub mod log;

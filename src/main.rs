@@ -284,10 +284,27 @@ async fn main() -> anyhow::Result<()> {
                 println!("  {prefix:<24} {:>8} keys {:>10.1} MiB", total["keys"], mib(&total["bytes"]));
             }
             println!("messages per room:");
-            for (room, n) in storage["messages"].as_object().into_iter().flatten() {
-                println!("  {room:<24} {n:>10}");
+            for (room, total) in storage["messages"].as_object().into_iter().flatten() {
+                println!("  {room:<24} {:>10} messages {:>10.1} MiB", total["messages"], mib(&total["bytes"]));
             }
             println!("sessions: {}", storage["sessions"]);
+            let growth = &storage["growth"];
+            for (span, rate) in [("7 days", &growth["last_7_days"]), ("30 days", &growth["last_30_days"])] {
+                match rate["fs_used_bytes_per_day"].as_f64() {
+                    Some(fs) => println!(
+                        "growth over the last {span}: {:+.1} MiB/day on the disk, {:+.1} MiB/day of roomlog's data",
+                        fs / (1024.0 * 1024.0),
+                        mib(&rate["roomlog_bytes_per_day"])
+                    ),
+                    None => println!("growth over the last {span}: not enough samples yet (one a day)"),
+                }
+            }
+            for (threshold, days) in growth["days_until"].as_object().into_iter().flatten() {
+                match days.as_f64() {
+                    Some(d) => println!("  days until {threshold}: {d:.0}"),
+                    None => println!("  days until {threshold}: not growing or no rate yet"),
+                }
+            }
             Ok(())
         }
         Command::Scrub { addr, json } => {

@@ -153,7 +153,7 @@ impl Server {
             log: log.clone(),
             files: file_service.clone(),
             sessions: sessions.clone(),
-            clock,
+            clock: clock.clone(),
             config: config.janitor.clone(),
             on_pay: config.files.on_pay.clone(),
             history: history.clone(),
@@ -168,6 +168,9 @@ impl Server {
         let disk = Disk::new(watched, config.disk.clone());
         disk.measure();
         tokio::spawn(disk.clone().watch(janitor.clone(), stopping.clone()));
+        let growth = crate::growth::Growth::open(log.db())
+            .map_err(|e| ServerError::Projection { name: "storage.daily", source: e.into() })?;
+        tokio::spawn(sample_growth(growth.clone(), config.data.clone(), clock, stopping.clone()));
         let parts = crate::http::Parts {
             history,
             history_runner,
@@ -181,6 +184,7 @@ impl Server {
             files_runner,
             janitor,
             disk,
+            growth,
         };
         let app = Arc::new(App::new(config, addr, log, parts, auth, stopping.clone()));
         // Metrics: install the recorder before anything counts, and keep its histograms rolling.
@@ -273,6 +277,33 @@ impl Server {
         }
         let _ = std::fs::remove_file(self.app.config.addr_file());
         tracing::info!("roomlog stopped");
+    }
+}
+
+/// How often the data folder is measured for growth (the day's latest sample is kept).
+const GROWTH_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Records a growth sample at start and every [`GROWTH_SAMPLE_EVERY`].
+async fn sample_growth(
+    growth: crate::growth::Growth,
+    data: std::path::PathBuf,
+    clock: Arc<dyn Clock>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        let (growth, data, now) = (growth.clone(), data.clone(), clock.now_ms());
+        let recorded = tokio::task::spawn_blocking(move || match crate::growth::measure(&data, now) {
+            Some(sample) => growth.record(&sample).map_err(|e| e.to_string()),
+            None => Err(format!("cannot measure the filesystem of {}", data.display())),
+        })
+        .await;
+        if let Ok(Err(error)) = recorded {
+            tracing::warn!(error = %error, "growth sample not recorded");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(GROWTH_SAMPLE_EVERY) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
     }
 }
 

@@ -60,7 +60,11 @@ async fn storage_totals_match_the_files_on_disk() {
     assert_eq!(storage["on_disk"]["files_hot"], 35_000);
     assert_eq!(storage["keys"]["temp_photos/hot"]["keys"], 2);
     assert_eq!(storage["keys"]["temp_photos/hot"]["bytes"], 20_000);
-    assert_eq!(storage["messages"]["lobby"], 2);
+    assert_eq!(storage["messages"]["lobby"]["messages"], 2);
+    assert_eq!(storage["messages"]["lobby"]["bytes"], 2 * 3 + 2 * 2 + 3 + 3, "author, client id and body of each");
+    // Growth needs samples a day apart; the first one is taken at start.
+    assert_eq!(storage["growth"]["last_7_days"], Value::Null, "{storage}");
+    assert_eq!(storage["growth"]["days_until"]["danger"], Value::Null, "no rate yet");
     // The log's figure is the size of its files now, as `du` would add them up.
     let log_bytes: u64 = walk_sizes(&dir.path().join("db"));
     let reported = storage["on_disk"]["log"].as_u64().expect("log bytes");

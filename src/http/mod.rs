@@ -69,6 +69,7 @@ pub struct Parts {
     pub files_runner: Runner,
     pub janitor: crate::janitor::JanitorHandle,
     pub disk: crate::disk::Disk,
+    pub growth: crate::growth::Growth,
 }
 
 impl std::ops::Deref for App {

@@ -30,8 +30,17 @@ struct Storage {
     content: BTreeMap<&'static str, PrefixTotal>,
     /// Keys per `prefix/tier`; a key's bytes count once per key, even when content is shared.
     keys: BTreeMap<String, PrefixTotal>,
-    messages: BTreeMap<String, u64>,
+    /// Per room: messages kept and the text they store.
+    messages: BTreeMap<String, RoomTotal>,
     sessions: BTreeMap<&'static str, u64>,
+    /// Growth per day over the last 7 and 30 days, and days until each disk threshold.
+    growth: crate::growth::GrowthReport,
+}
+
+#[derive(Debug, Serialize)]
+struct RoomTotal {
+    messages: u64,
+    bytes: u64,
 }
 
 async fn measure(app: &App) -> Result<Storage, String> {
@@ -77,8 +86,9 @@ async fn measure(app: &App) -> Result<Storage, String> {
         .rooms()
         .map_err(|e| e.to_string())?
         .into_iter()
-        .map(|(room, summary)| (room.as_str().to_owned(), summary.message_count))
+        .map(|(room, s)| (room.as_str().to_owned(), RoomTotal { messages: s.message_count, bytes: s.message_bytes }))
         .collect();
+    let growth = app.growth.report(&app.disk.config).map_err(|e| e.to_string())?;
     let sessions =
         app.sessions_read.counts().map_err(|e| e.to_string())?.into_iter().map(|(s, n)| (s.as_str(), n)).collect();
     Ok(Storage {
@@ -90,6 +100,7 @@ async fn measure(app: &App) -> Result<Storage, String> {
         keys,
         messages,
         sessions,
+        growth,
     })
 }
 

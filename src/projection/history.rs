@@ -89,6 +89,9 @@ pub struct RoomSummary {
     pub last_at_unix_ms: u64,
     /// Retention removed every message up to and including this seq (0: nothing removed).
     pub removed_through_seq: u64,
+    /// The text the kept messages store ([`StoredMessage::stored_bytes`]), summed.
+    #[serde(default)]
+    pub message_bytes: u64,
 }
 
 /// Read access to the history; cheap to clone. Reads see what the projection has applied so
@@ -312,9 +315,11 @@ impl HistoryProjection {
             let full_key = std::mem::replace(key, page_key(&posted.room, envelope.seq));
             write.batch.insert(full_key, encode_value(&full));
         }
+        let bytes = message.stored_bytes();
         page.push(message);
         let summary = self.summary(write, &posted.room)?;
         summary.message_count += 1;
+        summary.message_bytes += bytes;
         summary.last_seq = envelope.seq;
         summary.last_at_unix_ms = envelope.at_unix_ms;
         Ok(())
@@ -331,11 +336,15 @@ impl HistoryProjection {
         let Some(amendment) = Amendment::of(envelope) else { return Ok(()) };
         let Some((key, mut page)) = self.reader().page_holding(room, seq)? else { return Ok(()) };
         let Some(index) = page.iter().position(|m| m.seq == seq) else { return Ok(()) };
+        let bytes_before = page[index].stored_bytes();
         match &amendment.body {
             Some(body) => {
                 page[index].body = body.clone();
                 page[index].edited_at_unix_ms = Some(envelope.at_unix_ms);
+                let bytes_after = page[index].stored_bytes();
                 write.batch.insert(key, encode_value(&page));
+                let summary = self.summary(write, room)?;
+                summary.message_bytes = (summary.message_bytes + bytes_after).saturating_sub(bytes_before);
             }
             None => {
                 page.remove(index);
@@ -346,6 +355,7 @@ impl HistoryProjection {
                 }
                 let summary = self.summary(write, room)?;
                 summary.message_count = summary.message_count.saturating_sub(1);
+                summary.message_bytes = summary.message_bytes.saturating_sub(bytes_before);
             }
         }
         write.batch.insert(amendment_key(room, envelope.seq), encode_value(&amendment));
@@ -353,7 +363,7 @@ impl HistoryProjection {
     }
 
     fn expired(&self, write: &mut Pending, room: &RoomId, through_seq: u64) -> Result<(), ProjectionError> {
-        let mut removed = 0u64;
+        let (mut removed, mut removed_bytes) = (0u64, 0u64);
         for item in self.tree.range(amendment_key(room, 0)..=amendment_key(room, through_seq)) {
             write.batch.remove(item?.0);
         }
@@ -361,6 +371,7 @@ impl HistoryProjection {
             let (key, value) = item?;
             let mut page: Page = decode_value(&value)?;
             let before = page.len();
+            removed_bytes += page.iter().filter(|m| m.seq <= through_seq).map(StoredMessage::stored_bytes).sum::<u64>();
             page.retain(|m| m.seq > through_seq);
             removed += (before - page.len()) as u64;
             if page.is_empty() {
@@ -372,6 +383,7 @@ impl HistoryProjection {
         }
         let summary = self.summary(write, room)?;
         summary.message_count = summary.message_count.saturating_sub(removed);
+        summary.message_bytes = summary.message_bytes.saturating_sub(removed_bytes);
         summary.removed_through_seq = summary.removed_through_seq.max(through_seq);
         if summary.message_count == 0 {
             // Nothing is left to be the newest message: the room reads as a log compacted
