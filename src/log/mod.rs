@@ -35,11 +35,22 @@ pub struct LogConfig {
     pub cache_bytes_max: u64,
     /// Compact the log (see `roomlog compact`) each time the server starts, before it serves.
     pub compact_at_start: bool,
+    /// Appends are refused (nothing is written, nothing acknowledged) while the log's
+    /// filesystem has less than this many bytes free, and accepted again once it has more. sled
+    /// cannot recover from a write that fails for lack of space without a restart, so the log
+    /// never lets it get there.
+    pub min_free_bytes: u64,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { batch_max: 4096, queue_max: 65_536, cache_bytes_max: 256 * 1024 * 1024, compact_at_start: false }
+        Self {
+            batch_max: 4096,
+            queue_max: 65_536,
+            cache_bytes_max: 256 * 1024 * 1024,
+            compact_at_start: false,
+            min_free_bytes: 128 * 1024 * 1024,
+        }
     }
 }
 
@@ -53,6 +64,8 @@ pub enum LogError {
     /// The fsync that makes a flush durable failed.
     #[error("log fsync: {0}")]
     Sync(#[from] std::io::Error),
+    #[error("the disk is full: {available} bytes free, below log.min_free_bytes ({floor}); nothing was stored, retry once space is freed")]
+    DiskFull { available: u64, floor: u64 },
     #[error("compacting the log: {what}: {source}")]
     Compact { what: String, source: std::io::Error },
     /// A stored record does not decode (HTTP 500, code `corrupt_record`).
@@ -96,7 +109,7 @@ impl EventLog {
         let last_at = last.as_ref().map_or(0, |e| e.at_unix_ms);
         let (head_tx, head) = watch::channel(next_seq - 1);
         let (writer, rx) = mpsc::channel(config.queue_max.max(1));
-        writer::spawn(store.clone(), rx, head_tx, next_seq, last_at, config.batch_max.max(1))?;
+        writer::spawn(store.clone(), rx, head_tx, next_seq, last_at, config.batch_max.max(1), config.min_free_bytes)?;
         Ok(Self { store, writer, head })
     }
 

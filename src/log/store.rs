@@ -32,6 +32,7 @@ pub struct Store {
     streams: sled::Tree,
     /// sled's data file, opened once so that each group commit can fsync it.
     db_file: Arc<Mutex<File>>,
+    dir: std::path::PathBuf,
 }
 
 impl Store {
@@ -46,6 +47,7 @@ impl Store {
             streams: db.open_tree(STREAM_TREE)?,
             db,
             db_file: Arc::new(Mutex::new(db_file)),
+            dir: dir.to_path_buf(),
         };
         store.repair_index()?;
         Ok(store)
@@ -53,6 +55,11 @@ impl Store {
 
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// Bytes the filesystem holding the log has free for us; `None` if it cannot be asked.
+    pub fn available_bytes(&self) -> Option<u64> {
+        fs2::available_space(&self.dir).ok()
     }
 
     /// The newest record, decoded: a damaged tail is found before anything is served.

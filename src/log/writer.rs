@@ -31,10 +31,11 @@ pub fn spawn(
     next_seq: u64,
     last_at: u64,
     batch_max: usize,
+    min_free_bytes: u64,
 ) -> Result<(), LogError> {
-    std::thread::Builder::new()
-        .name("roomlog-log-writer".into())
-        .spawn(move || Writer { store, rx, head, next_seq, last_at, batch_max }.run())?;
+    std::thread::Builder::new().name("roomlog-log-writer".into()).spawn(move || {
+        Writer { store, rx, head, next_seq, last_at, batch_max, min_free_bytes, refusing: false }.run()
+    })?;
     Ok(())
 }
 
@@ -47,6 +48,9 @@ struct Writer {
     /// the log are ranges of seqs.
     last_at: u64,
     batch_max: usize,
+    min_free_bytes: u64,
+    /// Appends are being refused for lack of space (said once, and once when they resume).
+    refusing: bool,
 }
 
 impl Writer {
@@ -100,6 +104,24 @@ impl Writer {
         replies: &mut Vec<oneshot::Sender<Result<Envelope, Arc<LogError>>>>,
     ) {
         let started = std::time::Instant::now();
+        if let Some(available) = self.store.available_bytes().filter(|&a| a < self.min_free_bytes) {
+            // Refused before anything reaches sled: the seqs are given back.
+            self.next_seq -= envelopes.len() as u64;
+            envelopes.clear();
+            metrics::counter!(crate::metrics::APPEND_FAILURES_TOTAL).increment(1);
+            let error = Arc::new(LogError::DiskFull { available, floor: self.min_free_bytes });
+            if !self.refusing {
+                tracing::error!(error = %error, "appends refused until space is freed");
+                self.refusing = true;
+            }
+            for reply in replies.drain(..) {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        if std::mem::take(&mut self.refusing) {
+            tracing::info!("space freed: appends accepted again");
+        }
         let result = self.store.write(envelopes).and_then(|()| self.store.sync());
         metrics::histogram!(crate::metrics::APPEND_BATCH_EVENTS).record(envelopes.len() as f64);
         match result {
