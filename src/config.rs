@@ -232,7 +232,8 @@ pub struct Logging {
     /// Also write log files here, one per day (`roomlog.YYYY-MM-DD.log`); stdout alone when
     /// unset, which is what journald collects.
     pub dir: Option<PathBuf>,
-    /// Daily log files kept in `dir`; older ones are deleted at rotation.
+    /// Daily log files kept in `dir`, the compressed ones included; the janitor compresses
+    /// every day's file but the current one (`.log.gz`) and deletes the oldest beyond this.
     pub keep_files: usize,
 }
 

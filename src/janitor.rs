@@ -14,7 +14,9 @@
 //! - `orphans`: content files no key references, older than `janitor.orphan_min_age`;
 //! - room retention (`retention.default`, `retention.rooms.<room>`): one `MessagesExpired` per
 //!   room cutting its oldest messages, which history and search remove alike (the single
-//!   removal mechanism).
+//!   removal mechanism);
+//! - the server's own log files (`logging.dir`): every day's file but the current one is
+//!   gzipped, and the oldest beyond `logging.keep_files` are deleted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,6 +86,8 @@ enum Op {
     Move { hash: ContentHash, reason: String },
     Orphan(Orphan),
     ExpireMessages { room: RoomId, through_seq: u64, policy: String },
+    CompressLog(std::path::PathBuf),
+    DeleteLog(std::path::PathBuf),
 }
 
 /// What a run would do now, item by item and per rule.
@@ -120,6 +124,8 @@ pub struct JanitorContext {
     pub history: History,
     pub history_runner: Runner,
     pub retention: RetentionConfig,
+    /// `logging.dir` and `logging.keep_files`.
+    pub log_files: Option<(std::path::PathBuf, usize)>,
 }
 
 impl JanitorContext {
@@ -151,6 +157,14 @@ impl JanitorContext {
             });
         }
         self.plan_retention(now, &mut items).await?;
+        if let Some((dir, keep)) = &self.log_files {
+            let (dir, keep) = (dir.clone(), *keep);
+            let planned = tokio::task::spawn_blocking(move || plan_log_files(&dir, keep))
+                .await
+                .map_err(|e| JanitorError::Read(e.to_string()))?
+                .map_err(|e| JanitorError::Read(format!("listing the log files: {e}")))?;
+            items.extend(planned);
+        }
         Ok(Plan { at_unix_ms: now, rules: tally(&items), items })
     }
 
@@ -330,6 +344,14 @@ impl JanitorContext {
                 self.files.move_content(hash, Tier::Cold, reason.clone()).await.map_err(|e| e.to_string())
             }
             Op::Orphan(orphan) => self.files.delete_orphan(orphan).await.map_err(|e| e.to_string()),
+            Op::CompressLog(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || gzip_file(&path)).await.map_err(|e| e.to_string())?
+            }
+            Op::DeleteLog(path) => match tokio::fs::remove_file(path).await {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                other => other.map(|()| true).map_err(|e| format!("deleting {}: {e}", path.display())),
+            },
             Op::ExpireMessages { room, through_seq, policy } => {
                 let removed =
                     self.history.summary(room).map_err(|e| e.to_string())?.map_or(0, |s| s.removed_through_seq);
@@ -347,6 +369,57 @@ impl JanitorContext {
             }
         }
     }
+}
+
+/// The daily log files in `dir` (`roomlog.YYYY-MM-DD.log`, and `.log.gz` once compressed):
+/// every one but the newest `.log` (the file being written) is compressed, and the oldest
+/// beyond `keep` (counting the current one) are deleted.
+fn plan_log_files(dir: &std::path::Path, keep: usize) -> std::io::Result<Vec<PlanItem>> {
+    let mut days: Vec<(String, std::path::PathBuf, u64)> = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("roomlog.") && (name.ends_with(".log") || name.ends_with(".log.gz")) {
+            days.push((name, entry.path(), entry.metadata()?.len()));
+        }
+    }
+    days.sort();
+    let current = days.iter().rposition(|(name, _, _)| name.ends_with(".log"));
+    let excess = days.len().saturating_sub(keep.max(1));
+    let mut items = Vec::new();
+    for (i, (name, path, bytes)) in days.into_iter().enumerate() {
+        let (action, op) = if i < excess {
+            ("delete_log", Op::DeleteLog(path))
+        } else if Some(i) != current && name.ends_with(".log") {
+            ("compress_log", Op::CompressLog(path))
+        } else {
+            continue;
+        };
+        items.push(PlanItem { rule: "logging.keep_files".into(), action, target: name, count: 1, bytes, op });
+    }
+    Ok(items)
+}
+
+/// Gzips `path` into `path.gz` (through a temporary name, synced), then removes `path`.
+/// `Ok(false)` if the file is gone already.
+fn gzip_file(path: &std::path::Path) -> Result<bool, String> {
+    let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
+    let mut input = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        other => other.map_err(|e| fail("opening", e))?,
+    };
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".gz");
+    let target = std::path::PathBuf::from(name);
+    let tmp = target.with_extension("gz.partial");
+    let output = std::fs::File::create(&tmp).map_err(|e| fail("creating the .gz of", e))?;
+    let mut encoder = flate2::write::GzEncoder::new(output, flate2::Compression::default());
+    std::io::copy(&mut input, &mut encoder).map_err(|e| fail("compressing", e))?;
+    let output = encoder.finish().map_err(|e| fail("compressing", e))?;
+    output.sync_all().map_err(|e| fail("syncing the .gz of", e))?;
+    std::fs::rename(&tmp, &target).map_err(|e| fail("renaming the .gz of", e))?;
+    std::fs::remove_file(path).map_err(|e| fail("removing", e))?;
+    Ok(true)
 }
 
 /// Messages the janitor takes, one at a time.
@@ -436,6 +509,7 @@ impl JanitorState {
         let seconds = started.elapsed().as_secs_f64();
         metrics::counter!(crate::metrics::JANITOR_RUNS_TOTAL, "outcome" => outcome).increment(1);
         metrics::histogram!(crate::metrics::JANITOR_RUN_SECONDS).record(seconds);
+        // A compressed log file frees most of its bytes; it counts with its size before.
         let freed: u64 =
             done.iter().filter(|i| i.action != "move_to_cold" && i.action != "rename").map(|i| i.bytes).sum();
         metrics::counter!(crate::metrics::JANITOR_FREED_BYTES_TOTAL).increment(freed);
@@ -545,6 +619,57 @@ fn next_daily(now_ms: u64, at_seconds: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_log_files_are_compressed_and_the_oldest_beyond_keep_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let day = |d: u32| format!("roomlog.2026-11-{d}.log");
+        std::fs::write(dir.path().join("roomlog.2026-11-19.log.gz"), b"old").expect("write");
+        for d in 20..=24 {
+            std::fs::write(dir.path().join(day(d)), format!("lines of day {d}\n").repeat(1000)).expect("write");
+        }
+        std::fs::write(dir.path().join("unrelated.txt"), b"kept").expect("write");
+        let items = plan_log_files(dir.path(), 4).expect("plan");
+        let planned: Vec<(&str, &str)> = items.iter().map(|i| (i.action, i.target.as_str())).collect();
+        assert_eq!(
+            planned,
+            vec![
+                ("delete_log", "roomlog.2026-11-19.log.gz"),
+                ("delete_log", "roomlog.2026-11-20.log"),
+                ("compress_log", "roomlog.2026-11-21.log"),
+                ("compress_log", "roomlog.2026-11-22.log"),
+                ("compress_log", "roomlog.2026-11-23.log"),
+            ],
+            "the current day's file (24) stays as it is"
+        );
+        for item in &items {
+            match &item.op {
+                Op::CompressLog(path) => assert_eq!(gzip_file(path), Ok(true)),
+                Op::DeleteLog(path) => std::fs::remove_file(path).expect("delete"),
+                _ => unreachable!("only log items"),
+            }
+        }
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                format!("{}.gz", day(21)),
+                format!("{}.gz", day(22)),
+                format!("{}.gz", day(23)),
+                day(24),
+                "unrelated.txt".into()
+            ]
+        );
+        let mut text = String::new();
+        let gz = std::fs::File::open(dir.path().join(format!("{}.gz", day(22)))).expect("open gz");
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz), &mut text).expect("gunzip");
+        assert_eq!(text, "lines of day 22\n".repeat(1000));
+        assert!(plan_log_files(dir.path(), 4).expect("plan").is_empty(), "nothing left to do");
+    }
 
     #[test]
     fn a_daily_slot_is_the_next_one_after_now() {

@@ -159,6 +159,7 @@ impl Server {
             history: history.clone(),
             history_runner: history_runner.clone(),
             retention: config.retention.clone(),
+            log_files: config.logging.dir.clone().map(|dir| (dir, config.logging.keep_files)),
         };
         let janitor = JanitorHandle::start(janitor_ctx, stopping.clone())
             .await
