@@ -608,7 +608,15 @@ async fn janitor_command(
             }
         }
         JanitorAction::Run => {
-            println!("janitor run {}: {}", answer["run"], answer["outcome"].as_str().unwrap_or("?"));
+            let seconds = (answer["finished_at_unix_ms"].as_u64().unwrap_or(0))
+                .saturating_sub(answer["started_at_unix_ms"].as_u64().unwrap_or(0)) as f64
+                / 1000.0;
+            println!(
+                "janitor run {}: {} in {seconds:.1} s{}",
+                answer["run"],
+                answer["outcome"].as_str().unwrap_or("?"),
+                answer["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+            );
             print_rules(&answer["rules"]);
         }
         JanitorAction::Runs { .. } => {

@@ -72,6 +72,13 @@ struct Args {
     /// generated corpus of `benches/corpus`, realistic words for search, over 20 rooms).
     #[arg(long, default_value = "filler")]
     text: String,
+    /// With `--fill`: also this many sessions (every other one paid), for the janitor benchmark.
+    #[arg(long, default_value_t = 0)]
+    sessions: u64,
+    /// With `--fill`: also this many file keys (`tts/f<i>.mp3`, sharing one small content) and
+    /// as many orphan content files (no key names them), for the janitor benchmark.
+    #[arg(long, default_value_t = 0)]
+    files: u64,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +107,8 @@ struct Received {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let (Some(n), Some(data)) = (args.fill, &args.data) {
-        return fill(data, n, &args.room, args.body_bytes, &args.text).await;
+        fill(data, n, &args.room, args.body_bytes, &args.text).await?;
+        return fill_sessions_and_files(data, args.sessions, args.files).await;
     }
     if let Some(n) = args.idle {
         return idle(&args, n).await;
@@ -288,6 +296,70 @@ async fn fill(data: &std::path::Path, n: u64, room: &str, body_bytes: usize, tex
     }
     log.close().await;
     println!("fill: {n} messages into {} in {:.1} s", data.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Appends `sessions` sessions (every other one paid) and `files` keys sharing one content,
+/// and writes `files` orphan content files into the hot tier.
+async fn fill_sessions_and_files(data: &std::path::Path, sessions: u64, files: u64) -> anyhow::Result<()> {
+    use roomlog::blob::{ContentHash, FileKey};
+    use roomlog::event::{Event, FileStored, SessionCreated, SessionId, SessionPaid};
+    if sessions == 0 && files == 0 {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let log = roomlog::log::EventLog::open(&data.join("db"), &roomlog::log::LogConfig::default())?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let mut events = Vec::new();
+    for i in 0..sessions {
+        let id = SessionId::random();
+        events.push(Event::SessionCreated(SessionCreated {
+            id: id.clone(),
+            created_at_unix_ms: now,
+            expires_at_unix_ms: now + 24 * 3600 * 1000,
+            purge_at_unix_ms: now + 7 * 24 * 3600 * 1000,
+            sliding: false,
+        }));
+        if i % 2 == 0 {
+            events.push(Event::SessionPaid(SessionPaid { id, at_unix_ms: now }));
+        }
+    }
+    let hot = data.join("blobs/hot");
+    let write_content = |bytes: &[u8]| -> anyhow::Result<ContentHash> {
+        let hex = blake3::hash(bytes).to_hex().to_string();
+        let dir = hot.join(&hex[..2]);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(&hex), bytes)?;
+        ContentHash::parse(&hex).ok_or_else(|| anyhow::anyhow!("hash"))
+    };
+    if files > 0 {
+        let shared = vec![7u8; 2048];
+        let hash = write_content(&shared)?;
+        for i in 0..files {
+            events.push(Event::FileStored(FileStored {
+                key: FileKey::parse(&format!("tts/f{i}.mp3"))?,
+                hash: hash.clone(),
+                size: shared.len() as u64,
+                content_type: "audio/mpeg".into(),
+                owner: None,
+            }));
+            write_content(format!("orphan {i}").repeat(64).as_bytes())?;
+        }
+    }
+    for chunk in events.chunks(20_000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for event in chunk {
+            pending.push(log.submit(event.clone()).await?);
+        }
+        for p in pending {
+            p.durable().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    log.close().await;
+    println!(
+        "fill: {sessions} sessions, {files} keys and {files} orphan files in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
