@@ -8,6 +8,7 @@ pub mod janitor;
 pub mod sessions;
 pub mod storage;
 pub mod upgrade;
+pub mod web;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -276,6 +277,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .or(janitor::routes(app.clone()))
         .unify()
         .or(storage::routes(app.clone()))
+        .unify()
+        .or(web::routes(app.clone()))
         .unify()
         .boxed()
         .or(healthz)
