@@ -1,11 +1,15 @@
 //! Who a connection is, and what it may do: the one seam where authentication plugs in.
 //!
-//! Every operation asks its [`Identity`] once, at one place (`may_read`, `may_write`). Until
-//! signed tokens land, [`NameOnly`] trusts the name a client gives and allows every room.
+//! Every operation asks its [`Identity`] once, at one place (`may_read`, `may_write`).
+//! [`TokenAuth`] verifies signed tokens (`?token=`, see `crate::token`) and, for callers
+//! without one, applies `auth.anonymous`; [`NameOnly`] trusts the name a client gives and
+//! allows every room (what `auth.anonymous = "write"` means, and what tests use).
 
 use std::collections::HashMap;
 
+use crate::clock::Clock;
 use crate::event::RoomId;
+use crate::token::{matches, RoomGrant, Secrets};
 
 /// What a client presents when it connects: the query string of the upgrade request.
 #[derive(Debug, Default, Clone)]
@@ -18,19 +22,21 @@ pub struct Credentials {
 pub struct Identity {
     /// The name stored as the author of this caller's messages.
     pub user: String,
-    /// May act on anything (edit or delete anyone's message). No authenticator grants it yet.
+    /// May act on anything (edit or delete anyone's message) and use the admin endpoints.
     pub admin: bool,
+    /// The rooms it may read and write; `None`: every room, both.
+    pub grants: Option<Vec<RoomGrant>>,
 }
 
 impl Identity {
     /// Whether this caller may join and read `room`.
-    pub fn may_read(&self, _room: &RoomId) -> bool {
-        true
+    pub fn may_read(&self, room: &RoomId) -> bool {
+        self.grants.as_ref().is_none_or(|grants| grants.iter().any(|g| matches(&g.pattern, room.as_str())))
     }
 
     /// Whether this caller may post to `room`.
-    pub fn may_write(&self, _room: &RoomId) -> bool {
-        true
+    pub fn may_write(&self, room: &RoomId) -> bool {
+        self.grants.as_ref().is_none_or(|grants| grants.iter().any(|g| g.write && matches(&g.pattern, room.as_str())))
     }
 }
 
@@ -42,6 +48,12 @@ pub struct AuthError(pub String);
 /// Turns credentials into an identity.
 pub trait Authenticator: Send + Sync + std::fmt::Debug {
     fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError>;
+
+    /// Who a caller that presents nothing is (an HTTP search without credentials, say), or
+    /// `None` when such callers are refused.
+    fn anonymous(&self) -> Option<Identity> {
+        Some(Identity { user: String::new(), admin: false, grants: None })
+    }
 }
 
 /// The trust-the-client authenticator: `?name=alice`.
@@ -60,6 +72,53 @@ impl Authenticator for NameOnly {
                 "connect with ?name=NAME: 1 to {USER_LEN_MAX} bytes, no control characters"
             )));
         }
-        Ok(Identity { user: name.to_owned(), admin: false })
+        Ok(Identity { user: name.to_owned(), admin: false, grants: None })
+    }
+}
+
+/// What a caller without a token may do (`auth.anonymous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anonymous {
+    /// Nothing: every connection and API call needs a token.
+    None,
+    /// Read every room (with `?name=` for a display name), write none.
+    Read,
+    /// Read and write every room under the name it gives (no authentication at all).
+    Write,
+}
+
+/// Signed tokens, with `anonymous` for callers that present none.
+#[derive(Debug)]
+pub struct TokenAuth {
+    pub secrets: Secrets,
+    pub anonymous: Anonymous,
+    pub clock: std::sync::Arc<dyn Clock>,
+}
+
+impl Authenticator for TokenAuth {
+    fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError> {
+        if let Some(token) = credentials.query.get("token") {
+            let claims = self.secrets.verify(token, self.clock.now_ms()).map_err(|e| AuthError(e.to_string()))?;
+            return Ok(Identity { user: claims.user, admin: claims.admin, grants: Some(claims.rooms) });
+        }
+        match self.anonymous {
+            Anonymous::None => Err(AuthError("a token is required: connect with ?token=TOKEN".into())),
+            Anonymous::Read => {
+                let mut identity = NameOnly.authenticate(credentials)?;
+                identity.grants = Some(vec![RoomGrant { pattern: "*".into(), write: false }]);
+                Ok(identity)
+            }
+            Anonymous::Write => NameOnly.authenticate(credentials),
+        }
+    }
+
+    fn anonymous(&self) -> Option<Identity> {
+        let read_all = Some(vec![RoomGrant { pattern: "*".into(), write: false }]);
+        match self.anonymous {
+            Anonymous::None => None,
+            Anonymous::Read => Some(Identity { user: String::new(), admin: false, grants: read_all }),
+            Anonymous::Write => NameOnly.anonymous(),
+        }
     }
 }

@@ -38,6 +38,8 @@ pub struct Config {
     /// Disk thresholds: warning, critical (the janitor runs now), danger (uploads refused).
     pub disk: crate::disk::DiskConfig,
     pub limits: Limits,
+    /// Who may connect and do what: tokens, and what callers without one may do.
+    pub auth: AuthConfig,
     pub logging: Logging,
     pub backup: BackupSchedule,
 }
@@ -251,6 +253,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             disk: crate::disk::DiskConfig::default(),
             limits: Limits::default(),
+            auth: AuthConfig::default(),
             logging: Logging { json: false, dir: None, keep_files: 14 },
             backup: BackupSchedule { every: None, dir: None, keep: 7 },
         }
@@ -301,6 +304,32 @@ impl Default for ChatConfig {
             restarts_max: 5,
             restart_window: Duration::from_secs(10),
         }
+    }
+}
+
+/// Authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// What a caller without a token may do: `none`, `read` (every room) or `write` (every
+    /// room, under the name it gives: no authentication). Callers with a token get what it
+    /// grants.
+    pub anonymous: crate::auth::Anonymous,
+    /// The folder of the token secret (`secret`, mode 0600, generated at first start; and
+    /// `secret.previous` after `roomlog token rotate`). Default `<data>/auth`.
+    pub secret_dir: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { anonymous: crate::auth::Anonymous::Write, secret_dir: None }
+    }
+}
+
+impl Config {
+    /// Where the token secret lives.
+    pub fn secret_dir(&self) -> PathBuf {
+        self.auth.secret_dir.clone().unwrap_or_else(|| self.data.join("auth"))
     }
 }
 

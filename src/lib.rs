@@ -43,6 +43,7 @@ pub mod projection;
 pub mod recent_errors;
 pub mod room;
 pub mod server;
+pub mod token;
 pub mod wire;
 
 pub use config::Config;

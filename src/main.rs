@@ -41,6 +41,11 @@ enum Command {
     },
     /// Decode every record of the log and report the first that does not decode.
     Check,
+    /// Signed tokens: issue one, or rotate the secret.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Rewrite the log without the events that retention cuts and key deletions superseded,
     /// into a fresh database swapped in atomically; prints the bytes on disk before and after.
     /// The server must be stopped.
@@ -157,6 +162,32 @@ enum JanitorAction {
 }
 
 #[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Print a signed token for a user: the rooms it may write (`--rooms`) and only read
+    /// (`--read-only`), as patterns where `*` matches anything, comma-separated.
+    Issue {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "")]
+        rooms: String,
+        #[arg(long, default_value = "")]
+        read_only: String,
+        /// How long it is valid (humantime: `24h`, `30d`).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// Also the admin scope: admin endpoints, and edits and deletions of anyone's messages.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Make a new secret; tokens signed with the old one stay valid for `--grace`. Restart the
+    /// server to use it.
+    Rotate {
+        #[arg(long, default_value = "24h")]
+        grace: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum BackupAction {
     /// Check an archive (hashes, every record decodes) without restoring it.
     Verify { file: PathBuf },
@@ -174,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { listen } => serve(config, listen).await,
         Command::Rebuild { name } => rebuild(&config, &name),
+        Command::Token { action } => token_command(&config, action),
         Command::Compact { json } => {
             let started = Instant::now();
             let done = roomlog::log::compact::compact(&config.log_dir(), config.log.cache_bytes_max)
@@ -552,6 +584,42 @@ async fn backup(
     );
     for skipped in &manifest.content_skipped {
         eprintln!("content {} is not in the archive: {}", skipped.hash, skipped.why);
+    }
+    Ok(())
+}
+
+fn token_command(config: &Config, action: TokenAction) -> anyhow::Result<()> {
+    let files = roomlog::token::SecretFiles { dir: config.secret_dir() };
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let duration = |text: &str, flag: &str| {
+        humantime::parse_duration(text).with_context(|| format!("{flag} {text:?} is not a duration (24h, 30d)"))
+    };
+    match action {
+        TokenAction::Issue { user, rooms, read_only, ttl, admin } => {
+            if user.is_empty() || user.len() > roomlog::auth::USER_LEN_MAX || user.chars().any(char::is_control) {
+                bail!("--user: 1 to {} bytes, no control characters", roomlog::auth::USER_LEN_MAX);
+            }
+            let grant = |list: &str, write: bool| -> Vec<roomlog::token::RoomGrant> {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|pattern| roomlog::token::RoomGrant { pattern: pattern.to_owned(), write })
+                    .collect()
+            };
+            let mut grants = grant(&rooms, true);
+            grants.extend(grant(&read_only, false));
+            let exp = (now_ms / 1000).saturating_add(duration(&ttl, "--ttl")?.as_secs());
+            let secrets = files.load_or_create().context("loading the token secret")?;
+            println!("{}", secrets.issue(&roomlog::token::Claims { user, rooms: grants, admin, exp }));
+        }
+        TokenAction::Rotate { grace } => {
+            let until = now_ms.saturating_add(duration(&grace, "--grace")?.as_millis() as u64);
+            files.rotate(until).context("rotating the token secret")?;
+            println!(
+                "new secret in {}; tokens signed with the old one stay valid for {grace} (restart the server to sign with the new one)",
+                files.dir.display()
+            );
+        }
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::actor::rooms::Rooms;
 use crate::actor::session::SessionContext;
 use crate::actor::sessions::SessionsHandle;
 use crate::actor::ChatContext;
-use crate::auth::{Authenticator, NameOnly};
+use crate::auth::Authenticator;
 use crate::blob::service::FileService;
 use crate::blob::{BlobStore, Tier};
 use crate::clock::{Clock, SystemClock};
@@ -53,8 +53,16 @@ pub struct Server {
 impl Server {
     /// Opens the data folder, catches the projections up with the log, starts the actors and
     /// serves on `listener`.
+    /// Starts on the configured authentication: signed tokens under the secret in
+    /// `auth.secret_dir` (generated at first start), and `auth.anonymous` for callers without.
     pub async fn start(config: Config, listener: TcpListener) -> Result<Self, ServerError> {
-        Self::start_with(config, listener, Arc::new(NameOnly)).await
+        let files = crate::token::SecretFiles { dir: config.secret_dir() };
+        let secrets = files.load_or_create().map_err(|source| ServerError::Io {
+            what: format!("loading the token secret in {}", files.dir.display()),
+            source,
+        })?;
+        let auth = crate::auth::TokenAuth { secrets, anonymous: config.auth.anonymous, clock: Arc::new(SystemClock) };
+        Self::start_with(config, listener, Arc::new(auth)).await
     }
 
     /// [`Self::start`] with another authenticator.

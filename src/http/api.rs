@@ -22,11 +22,36 @@ struct RoomView<'a> {
 }
 
 /// `GET /api/rooms`: every room with its message count and last activity.
-pub fn rooms(app: Arc<App>) -> warp::reply::Response {
+/// Who an HTTP caller is, from the same credentials as a WebSocket's (`?token=`, or `?name=`
+/// where `auth.anonymous` allows it); a caller that presents nothing is `auth.anonymous`'s
+/// anonymous identity. A refusal is answered 401 `unauthorized` with its text.
+pub fn identity_of(
+    query: &HashMap<String, String>,
+    app: &App,
+) -> Result<crate::auth::Identity, crate::auth::AuthError> {
+    let presented = query.contains_key("token") || query.contains_key("name");
+    match app.auth.authenticate(&crate::auth::Credentials { query: query.clone() }) {
+        Ok(identity) => Ok(identity),
+        Err(error) if presented => Err(error),
+        Err(error) => app.auth.anonymous().ok_or(error),
+    }
+}
+
+fn unauthorized(error: crate::auth::AuthError) -> warp::reply::Response {
+    error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string())
+}
+
+/// `GET /api/rooms`: the rooms the caller may read, with their summaries.
+pub fn rooms(query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
+    let identity = match identity_of(&query, &app) {
+        Ok(identity) => identity,
+        Err(refusal) => return unauthorized(refusal),
+    };
     match app.history.rooms() {
         Ok(rooms) => {
             let rooms: Vec<_> = rooms
                 .iter()
+                .filter(|(room, _)| identity.may_read(room))
                 .map(|(room, s)| RoomView {
                     room: room.as_str(),
                     message_count: s.message_count,
@@ -60,7 +85,12 @@ pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> 
             return error_reply(StatusCode::BAD_REQUEST, "invalid_query", &e);
         }
     };
-    if let Some(unknown) = query.keys().find(|k| !["before", "after", "limit"].contains(&k.as_str())) {
+    match identity_of(&query, &app) {
+        Ok(identity) if identity.may_read(&room) => {}
+        Ok(_) => return error_reply(StatusCode::FORBIDDEN, "forbidden", &format!("you may not read room {room}")),
+        Err(refusal) => return unauthorized(refusal),
+    }
+    if let Some(unknown) = query.keys().find(|k| !["before", "after", "limit", "name", "token"].contains(&k.as_str())) {
         return error_reply(
             StatusCode::BAD_REQUEST,
             "invalid_query",
@@ -252,9 +282,9 @@ pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert
 /// match, from the rooms the caller may read. The caller's identity comes from the same
 /// credentials as a WebSocket's (`?name=` until tokens exist).
 pub async fn search(query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
-    let identity = match app.auth.authenticate(&crate::auth::Credentials { query: query.clone() }) {
+    let identity = match identity_of(&query, &app) {
         Ok(identity) => identity,
-        Err(_) => crate::auth::Identity { user: String::new(), admin: false },
+        Err(refusal) => return unauthorized(refusal),
     };
     let params = match search_params(&query) {
         Ok(params) => params,
@@ -273,7 +303,7 @@ pub async fn search(query: HashMap<String, String>, app: Arc<App>) -> warp::repl
 fn search_params(query: &HashMap<String, String>) -> Result<crate::projection::search::SearchParams, String> {
     let options: serde_json::Map<String, serde_json::Value> = query
         .iter()
-        .filter(|(k, _)| k.as_str() != "name")
+        .filter(|(k, _)| k.as_str() != "name" && k.as_str() != "token")
         .map(|(k, v)| {
             let value = match k.as_str() {
                 "limit" => v

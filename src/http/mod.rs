@@ -225,10 +225,14 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
     let readyz =
         warp::path("readyz").and(warp::path::end()).and(warp::get()).and(with_app.clone()).and_then(api::readyz);
-    let rooms = warp::path!("api" / "rooms").and(warp::get()).and(with_app.clone()).then(|app: Arc<App>| async move {
-        app.history_barrier().await;
-        api::rooms(app)
-    });
+    let rooms = warp::path!("api" / "rooms")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_app.clone())
+        .then(|query, app: Arc<App>| async move {
+            app.history_barrier().await;
+            api::rooms(query, app)
+        });
     let metrics =
         warp::path("metrics").and(warp::path::end()).and(warp::get()).and(with_app.clone()).and_then(api::metrics);
     let export = warp::path!("api" / "log" / "export")

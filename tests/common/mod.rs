@@ -54,6 +54,16 @@ impl Client {
         Self { ws, name: name.to_owned() }
     }
 
+    /// Connects with the query string `query` (`token=...`); the refusal's HTTP status if the
+    /// server does not upgrade.
+    pub async fn connect_query(addr: SocketAddr, query: &str, name: &str) -> Result<Self, u16> {
+        match tokio_tungstenite::connect_async(format!("ws://{addr}/ws?{query}")).await {
+            Ok((ws, _)) => Ok(Self { ws, name: name.to_owned() }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+            Err(error) => panic!("{name}: ws connect failed: {error}"),
+        }
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.send_text(frame.to_string()).await;
     }

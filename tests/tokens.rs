@@ -1,0 +1,170 @@
+//! Signed tokens and room permissions: a matrix of identities × rooms × operations (join, send,
+//! history, search), with expired, tampered, rotated-out and missing tokens. Every unauthorized
+//! case is refused, every authorized one works, and the counts are printed.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::Client;
+use roomlog::auth::Anonymous;
+use roomlog::token::{Claims, RoomGrant, SecretFiles};
+use serde_json::{json, Value};
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("time").as_secs()
+}
+
+fn claims(user: &str, grants: &[(&str, bool)], admin: bool, exp: u64) -> Claims {
+    Claims {
+        user: user.into(),
+        rooms: grants.iter().map(|&(p, w)| RoomGrant { pattern: p.into(), write: w }).collect(),
+        admin,
+        exp,
+    }
+}
+
+/// Reads frames until one of `kinds`, skipping replayed messages.
+async fn until(client: &mut Client, kinds: &[&str]) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if kinds.contains(&frame["type"].as_str().unwrap_or("")) {
+            return frame;
+        }
+    }
+}
+
+/// Who, with which token, may read which rooms and write which.
+type Case<'a> = (&'a str, Option<&'a str>, &'a [&'a str], &'a [&'a str]);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_permission_matrix_refuses_every_unauthorized_case_and_allows_every_authorized_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::None;
+    // Three secrets in turn: the first is rotated out, the second is within its grace period.
+    let files = SecretFiles { dir: config.secret_dir() };
+    let hour = now_s() + 3600;
+    let rotated_out = files.load_or_create().expect("secret").issue(&claims("alice", &[("team-*", true)], false, hour));
+    files.rotate((now_s() + 3600) * 1000).expect("rotate");
+    let in_grace = files.load_or_create().expect("secret").issue(&claims("alice", &[("team-*", true)], false, hour));
+    files.rotate((now_s() + 3600) * 1000).expect("rotate");
+    let secrets = files.load_or_create().expect("secret");
+    let server = common::start(config).await;
+    let addr = server.addr();
+
+    let admin = secrets.issue(&claims("root", &[("*", true)], true, hour));
+    let alice = secrets.issue(&claims("alice", &[("team-*", true)], false, hour));
+    let reader = secrets.issue(&claims("rita", &[("team-*", false)], false, hour));
+    let expired = secrets.issue(&claims("alice", &[("team-*", true)], false, now_s() - 1));
+    let mut tampered = alice.clone();
+    tampered.insert(10, if tampered.as_bytes()[10] == b'A' { 'B' } else { 'A' });
+
+    // Something to read and find in both rooms.
+    let mut root = Client::connect_query(addr, &format!("token={admin}"), "root").await.expect("admin connects");
+    for room in ["team-a", "lobby"] {
+        root.join(room, None).await;
+        root.say(room, &format!("findme in {room}"), room).await;
+    }
+    common::projections_caught_up(addr).await;
+
+    // (identity, token, rooms readable, rooms writable)
+    let identities: Vec<Case> = vec![
+        ("admin", Some(&admin), &["team-a", "lobby"], &["team-a", "lobby"]),
+        ("alice (team-* write)", Some(&alice), &["team-a"], &["team-a"]),
+        ("rita (team-* read only)", Some(&reader), &["team-a"], &[]),
+        ("alice, old secret in its grace", Some(&in_grace), &["team-a"], &["team-a"]),
+        ("alice, rotated-out secret", Some(&rotated_out), &[], &[]),
+        ("alice, expired", Some(&expired), &[], &[]),
+        ("alice, tampered", Some(&tampered), &[], &[]),
+        ("no token", None, &[], &[]),
+    ];
+    let (mut allowed, mut refused) = (0, 0);
+    for (who, token, readable, writable) in identities {
+        let query = token.map(|t| format!("token={t}")).unwrap_or_else(|| "name=anon".into());
+        let client = Client::connect_query(addr, &query, who).await;
+        let valid = !readable.is_empty() || !writable.is_empty();
+        let mut client = match client {
+            Ok(client) => {
+                assert!(valid, "{who}: connected, but must be refused");
+                allowed += 1;
+                client
+            }
+            Err(status) => {
+                assert!(!valid, "{who}: refused with {status}, but must connect");
+                assert_eq!(status, 401, "{who}");
+                refused += 3; // the connection, and the HTTP search and history below
+                let (status, _) = common::get(addr, &format!("/api/search?q=findme&{query}")).await;
+                assert_eq!(status, 401, "{who}: HTTP search refused too");
+                let (status, _) = common::get(addr, &format!("/api/rooms/team-a/messages?{query}")).await;
+                assert_eq!(status, 401, "{who}: HTTP history refused too");
+                continue;
+            }
+        };
+        for room in ["team-a", "lobby"] {
+            let (may_read, may_write) = (readable.contains(&room), writable.contains(&room));
+            client.send(json!({"type": "join", "room": room})).await;
+            let joined = until(&mut client, &["joined", "error"]).await;
+            assert_eq!(joined["type"] == "joined", may_read, "{who} join {room}: {joined}");
+            if may_read {
+                allowed += 1;
+                assert_eq!(joined["type"], "joined");
+            } else {
+                refused += 1;
+                assert_eq!(joined["code"], "forbidden", "{who} join {room}");
+            }
+            client.send(json!({"type": "history", "room": room})).await;
+            let history = until(&mut client, &["history", "error"]).await;
+            assert_eq!(history["type"] == "history", may_read, "{who} history {room}: {history}");
+            if may_read {
+                allowed += 1
+            } else {
+                refused += 1
+            }
+            let (status, page) = common::get(addr, &format!("/api/rooms/{room}/messages?{query}")).await;
+            assert_eq!(status, if may_read { 200 } else { 403 }, "{who} HTTP history {room}: {page}");
+            if may_read {
+                allowed += 1
+            } else {
+                refused += 1
+            }
+            client.send(json!({"type": "send", "room": room, "body": "hi", "client_id": format!("{who}{room}")})).await;
+            let sent = until(&mut client, &["ack", "error"]).await;
+            assert_eq!(sent["type"] == "ack", may_write, "{who} send {room}: {sent}");
+            if may_write {
+                allowed += 1
+            } else {
+                refused += 1;
+                assert!(
+                    ["forbidden", "not_joined"].contains(&sent["code"].as_str().unwrap_or("")),
+                    "{who} send {room}: {sent}"
+                )
+            }
+        }
+        // The room list shows only readable rooms.
+        let (_, list) = common::get(addr, &format!("/api/rooms?{query}")).await;
+        let mut listed: Vec<&str> =
+            list["rooms"].as_array().expect("rooms").iter().map(|r| r["room"].as_str().expect("room")).collect();
+        listed.sort();
+        let mut readable_sorted = readable.to_vec();
+        readable_sorted.sort();
+        assert_eq!(listed, readable_sorted, "{who}: the room list");
+        // Search: hits and their count only from readable rooms.
+        let (status, found) = common::get(addr, &format!("/api/search?q=findme&{query}")).await;
+        assert_eq!(status, 200, "{who}: {found}");
+        let rooms: Vec<&str> =
+            found["hits"].as_array().expect("hits").iter().map(|h| h["room"].as_str().expect("room")).collect();
+        let mut expected: Vec<&str> = readable.to_vec();
+        expected.sort();
+        let mut got = rooms.clone();
+        got.sort();
+        assert_eq!(got, expected, "{who}: search hits");
+        assert_eq!(found["total"], readable.len(), "{who}: the total does not count unreadable rooms");
+        allowed += readable.len();
+        refused += 2 - readable.len();
+    }
+    println!("permission matrix: {allowed} authorized cases worked, {refused} unauthorized cases refused");
+    assert!(allowed > 0 && refused > 0);
+    drop(root);
+    server.shutdown().await;
+}
