@@ -175,8 +175,13 @@ async fn move_tier(key: &FileKey, tier: &str, app: &App) -> warp::reply::Respons
 pub fn scrub_route(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     warp::path!("api" / "scrub")
         .and(warp::post())
+        .and(warp::addr::remote())
+        .and(warp::query::<HashMap<String, String>>())
         .and(warp::any().map(move || app.clone()))
-        .then(|app: Arc<App>| async move {
+        .then(|peer: Option<std::net::SocketAddr>, query: HashMap<String, String>, app: Arc<App>| async move {
+            if !super::admin_allowed(peer, &query, &app) {
+                return super::admin_only("a scrub");
+            }
             match app.files.scrub().await {
                 Ok(report) => warp::reply::json(&report).into_response(),
                 Err(error) => file_error(&error),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use super::{error_reply, host_only, App};
+use super::{admin_allowed, admin_only, error_reply, App};
 use crate::janitor::JanitorError;
 
 /// Most runs one answer lists.
@@ -34,12 +34,11 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
     let run = warp::path!("api" / "janitor" / "run")
         .and(warp::post())
         .and(warp::addr::remote())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
         .and(with_app.clone())
-        .then(|peer: Option<std::net::SocketAddr>, app: Arc<App>| async move {
-            if !host_only(peer) {
-                let text =
-                    "janitor runs are asked for from this host only (roomlog janitor run) until admin tokens exist";
-                return error_reply(StatusCode::FORBIDDEN, "forbidden", text);
+        .then(|peer: Option<std::net::SocketAddr>, query, app: Arc<App>| async move {
+            if !admin_allowed(peer, &query, &app) {
+                return admin_only("a janitor run");
             }
             match app.janitor.run("manual").await {
                 Ok(ran) => {

@@ -240,11 +240,12 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .and(warp::addr::remote())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_app.clone())
-        .and_then(|peer: Option<std::net::SocketAddr>, query, app| async move {
-            if !host_only(peer) {
-                let text = "the log export is served to this host only (run roomlog backup on the server's host) until admin tokens exist";
-                return Ok(error_reply(StatusCode::FORBIDDEN, "forbidden", text));
+        .and_then(|peer: Option<std::net::SocketAddr>, query: HashMap<String, String>, app: Arc<App>| async move {
+            if !admin_allowed(peer, &query, &app) {
+                return Ok(admin_only("the log export"));
             }
+            let mut query = query;
+            query.remove("token");
             api::export(query, app).await
         });
     let status = warp::path!("api" / "status").and(warp::get()).and(with_app.clone()).and_then(api::status);
@@ -311,6 +312,18 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
 /// admin tokens exist (issue 7) only a peer on the loopback interface may call it.
 pub fn host_only(peer: Option<std::net::SocketAddr>) -> bool {
     peer.is_some_and(|p| p.ip().is_loopback())
+}
+
+/// Whether a caller may use the admin endpoints: from the server's own host, or with a token
+/// that has the admin scope.
+pub fn admin_allowed(peer: Option<std::net::SocketAddr>, query: &HashMap<String, String>, app: &App) -> bool {
+    host_only(peer) || (query.contains_key("token") && api::identity_of(query, app).is_ok_and(|i| i.admin))
+}
+
+/// The 403 of an admin endpoint.
+pub fn admin_only(what: &str) -> warp::reply::Response {
+    let text = format!("{what} is for this host or an admin token (?token=) only");
+    error_reply(StatusCode::FORBIDDEN, "forbidden", &text)
 }
 
 fn upgrade(request: upgrade::UpgradeRequest, query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {

@@ -2,12 +2,12 @@
 //! chat client at `/` and the operator's dashboard at `/admin`. Both talk to the server's own
 //! WebSocket and JSON API only.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use super::{error_reply, host_only, App};
+use super::{admin_allowed, admin_only, App};
 
 const CHAT: &str = include_str!("web/chat.html");
 const ADMIN: &str = include_str!("web/admin.html");
@@ -22,22 +22,23 @@ fn page(html: &'static str) -> warp::reply::Response {
     reply.into_response()
 }
 
-/// `GET /` and `GET /admin` (the dashboard is served to this host only until admin tokens exist,
-/// like the admin endpoints it calls).
-pub fn routes(_app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+/// `GET /` and `GET /admin` (the dashboard: from this host, or with an admin token in
+/// `?token=`, which the page passes on to the admin endpoints it calls).
+pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let chat = warp::path::end().and(warp::get()).map(|| page(CHAT));
-    let admin = warp::path("admin").and(warp::path::end()).and(warp::get()).and(warp::addr::remote()).map(
-        |peer: Option<std::net::SocketAddr>| {
-            if host_only(peer) {
-                page(ADMIN)
-            } else {
-                error_reply(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "the dashboard is served to this host only until admin tokens exist",
-                )
-            }
-        },
-    );
+    let admin = warp::path("admin")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(warp::addr::remote())
+        .and(warp::query::<HashMap<String, String>>())
+        .map(
+            move |peer: Option<std::net::SocketAddr>, query: HashMap<String, String>| {
+                if admin_allowed(peer, &query, &app) {
+                    page(ADMIN)
+                } else {
+                    admin_only("the dashboard")
+                }
+            },
+        );
     chat.or(admin).unify().boxed()
 }
