@@ -122,3 +122,81 @@ impl Authenticator for TokenAuth {
         }
     }
 }
+
+/// Failed authentications per source address, in one-minute windows: an address over the
+/// limit is refused until its window ends. Bounded: at most [`FAILURES_TRACKED_MAX`] addresses
+/// are tracked (expired windows are dropped first, then the oldest).
+#[derive(Debug)]
+pub struct FailureLimiter {
+    per_minute: u32,
+    windows: std::sync::Mutex<HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+}
+
+/// Most source addresses [`FailureLimiter`] remembers at once.
+pub const FAILURES_TRACKED_MAX: usize = 100_000;
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl FailureLimiter {
+    pub fn new(per_minute: u32) -> Self {
+        Self { per_minute, windows: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether `ip` has used up its failures for the current window.
+    pub fn blocked(&self, ip: std::net::IpAddr) -> bool {
+        let windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        windows.get(&ip).is_some_and(|(start, n)| start.elapsed() < WINDOW && *n >= self.per_minute)
+    }
+
+    /// Counts a failed authentication from `ip`.
+    pub fn failed(&self, ip: std::net::IpAddr) {
+        let mut windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if windows.len() >= FAILURES_TRACKED_MAX && !windows.contains_key(&ip) {
+            windows.retain(|_, (start, _)| start.elapsed() < WINDOW);
+            if windows.len() >= FAILURES_TRACKED_MAX {
+                if let Some(oldest) = windows.iter().min_by_key(|(_, (start, _))| *start).map(|(ip, _)| *ip) {
+                    windows.remove(&oldest);
+                }
+            }
+        }
+        let entry = windows.entry(ip).or_insert((std::time::Instant::now(), 0));
+        if entry.0.elapsed() >= WINDOW {
+            *entry = (std::time::Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_blocked_after_its_failures_and_others_are_not() {
+        let limiter = FailureLimiter::new(3);
+        let (bad, good): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.1".parse().expect("ip"), "10.0.0.2".parse().expect("ip"));
+        for _ in 0..2 {
+            limiter.failed(bad);
+        }
+        assert!(!limiter.blocked(bad), "two failures of three");
+        limiter.failed(bad);
+        assert!(limiter.blocked(bad));
+        assert!(!limiter.blocked(good));
+    }
+
+    #[test]
+    fn read_only_and_write_grants_are_told_apart() {
+        let room = |n: &str| RoomId::parse(n).expect("room");
+        let identity = Identity {
+            user: "rita".into(),
+            admin: false,
+            grants: Some(vec![
+                RoomGrant { pattern: "team-*".into(), write: false },
+                RoomGrant { pattern: "team-rita".into(), write: true },
+            ]),
+        };
+        assert!(identity.may_read(&room("team-a")) && !identity.may_write(&room("team-a")));
+        assert!(identity.may_read(&room("team-rita")) && identity.may_write(&room("team-rita")));
+        assert!(!identity.may_read(&room("lobby")) && !identity.may_write(&room("lobby")));
+    }
+}

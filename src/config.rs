@@ -363,6 +363,9 @@ pub struct Limits {
     /// How long a graceful shutdown waits for connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Failed authentications one source address may make per minute; beyond it, its
+    /// connections are refused with HTTP 429 `too_many_failures` until the minute is over.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -378,6 +381,7 @@ impl Default for Limits {
             outbound_queue_max: 4096,
             upload_bytes_max: 1 << 30,
             shutdown_grace: Duration::from_secs(5),
+            auth_failures_per_minute: 20,
         }
     }
 }

@@ -168,3 +168,24 @@ async fn the_permission_matrix_refuses_every_unauthorized_case_and_allows_every_
     drop(root);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_keeps_failing_to_authenticate_is_refused_for_a_while() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::None;
+    config.limits.auth_failures_per_minute = 5;
+    let files = SecretFiles { dir: config.secret_dir() };
+    let good = files.load_or_create().expect("secret").issue(&claims("alice", &[("*", true)], false, now_s() + 60));
+    let server = common::start(config).await;
+    let addr = server.addr();
+    for n in 0..5 {
+        let refused = Client::connect_query(addr, "token=rl1.forged.AAAA", "mallory").await.err();
+        assert_eq!(refused, Some(401), "failure {n}");
+    }
+    let refused = Client::connect_query(addr, "token=rl1.forged.AAAA", "mallory").await.err();
+    assert_eq!(refused, Some(429), "the sixth failure in a minute is refused before authentication");
+    let refused = Client::connect_query(addr, &format!("token={good}"), "alice").await.err();
+    assert_eq!(refused, Some(429), "the whole address waits, a good token too");
+    server.shutdown().await;
+}

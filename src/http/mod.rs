@@ -52,6 +52,8 @@ pub struct App {
     pub started: Instant,
     /// The address actually bound (the configured one may say port 0).
     pub listen: std::net::SocketAddr,
+    /// Failed authentications per source address.
+    pub auth_failures: crate::auth::FailureLimiter,
     next_member: AtomicU64,
 }
 
@@ -90,7 +92,9 @@ impl App {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let connections = Arc::new(Semaphore::new(config.limits.connections_max));
+        let auth_failures = crate::auth::FailureLimiter::new(config.limits.auth_failures_per_minute);
         Self {
+            auth_failures,
             config,
             log,
             parts,
@@ -216,6 +220,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(upgrade::request())
+        .and(warp::addr::remote())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_app.clone())
         .map(upgrade);
@@ -326,13 +331,30 @@ pub fn admin_only(what: &str) -> warp::reply::Response {
     error_reply(StatusCode::FORBIDDEN, "forbidden", &text)
 }
 
-fn upgrade(request: upgrade::UpgradeRequest, query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
+fn upgrade(
+    request: upgrade::UpgradeRequest,
+    peer: Option<std::net::SocketAddr>,
+    query: HashMap<String, String>,
+    app: Arc<App>,
+) -> warp::reply::Response {
     if *app.shutdown.borrow() {
         return error_reply(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down");
+    }
+    let ip = peer.map(|p| p.ip());
+    if ip.is_some_and(|ip| app.auth_failures.blocked(ip)) {
+        metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => "too_many_failures").increment(1);
+        let text = format!(
+            "more than {} failed authentications from your address this minute; wait and retry",
+            app.config.limits.auth_failures_per_minute
+        );
+        return error_reply(StatusCode::TOO_MANY_REQUESTS, "too_many_failures", &text);
     }
     let identity = match app.auth.authenticate(&Credentials { query }) {
         Ok(identity) => identity,
         Err(error) => {
+            if let Some(ip) = ip {
+                app.auth_failures.failed(ip);
+            }
             metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => "unauthorized").increment(1);
             return error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &error.0);
         }

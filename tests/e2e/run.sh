@@ -15,5 +15,6 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
   fi
 fi
 npm ci --no-audit --no-fund --loglevel=error
-(cd ../.. && cargo build --locked --bin roomlog)
+# The binary as `cargo test` builds it (same features, so nothing is rebuilt after `cargo test`).
+(cd ../.. && cargo test --locked --no-run --test chat >/dev/null 2>&1 || cargo test --locked --no-run --test chat)
 E2E_ROOMLOG_BIN="$(cd ../.. && pwd)/target/debug/roomlog" timeout 600 node --test --test-concurrency=1 pages.test.mjs
