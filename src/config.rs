@@ -322,7 +322,7 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { anonymous: crate::auth::Anonymous::Write, secret_dir: None }
+        Self { anonymous: crate::auth::Anonymous::None, secret_dir: None }
     }
 }
 

@@ -16,9 +16,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for a frame before it fails: a bound against hanging, not a measure.
 pub const FRAME_WAIT: Duration = Duration::from_secs(20);
 
-/// A configuration for tests: data in `dir`, port chosen by the OS.
+/// A configuration for tests: data in `dir`, port chosen by the OS, and callers trusted by
+/// the name they give (`auth.anonymous = "write"`; `tests/tokens.rs` tests tokens).
 pub fn config(dir: &Path) -> Config {
     let mut config = Config { data: dir.to_path_buf(), ..Config::default() };
+    config.auth.anonymous = roomlog::auth::Anonymous::Write;
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.normalise();
     config
@@ -246,6 +248,7 @@ pub fn spawn_with(data: &Path, env: &[(&str, &str)], stderr: Stdio) -> Binary {
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .env("ROOMLOG_LOG", "warn")
+        .env("ROOMLOG_AUTH__ANONYMOUS", "write")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(stderr)
