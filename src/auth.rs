@@ -185,6 +185,18 @@ mod tests {
     }
 
     #[test]
+    fn an_address_gets_its_slots_back_when_connections_close() {
+        let slots = AddressSlots::new(2);
+        let ip: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+        let (a, b) = (slots.take(ip).expect("first"), slots.take(ip).expect("second"));
+        assert!(slots.take(ip).is_none(), "a third is refused");
+        assert!(slots.take("10.0.0.2".parse().expect("ip")).is_some(), "another address is not");
+        drop(a);
+        assert!(slots.take(ip).is_some(), "a closed connection frees its slot");
+        drop(b);
+    }
+
+    #[test]
     fn read_only_and_write_grants_are_told_apart() {
         let room = |n: &str| RoomId::parse(n).expect("room");
         let identity = Identity {
@@ -198,5 +210,48 @@ mod tests {
         assert!(identity.may_read(&room("team-a")) && !identity.may_write(&room("team-a")));
         assert!(identity.may_read(&room("team-rita")) && identity.may_write(&room("team-rita")));
         assert!(!identity.may_read(&room("lobby")) && !identity.may_write(&room("lobby")));
+    }
+}
+
+/// Open connections per source address, each held by an [`AddressSlot`].
+#[derive(Debug)]
+pub struct AddressSlots {
+    max: usize,
+    open: std::sync::Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One open connection from an address; gives its slot back when dropped.
+#[derive(Debug)]
+pub struct AddressSlot {
+    ip: std::net::IpAddr,
+    open: std::sync::Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl AddressSlots {
+    pub fn new(max: usize) -> Self {
+        Self { max, open: Default::default() }
+    }
+
+    /// A slot for one more connection from `ip`, unless it already has `max`.
+    pub fn take(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { ip, open: self.open.clone() })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }

@@ -353,6 +353,9 @@ pub struct Limits {
     pub write_buffer_bytes_max: usize,
     /// Open WebSocket connections; more are refused with HTTP 503.
     pub connections_max: usize,
+    /// Open WebSocket connections from one source address; more are refused with HTTP 429
+    /// `too_many_connections_from_address`.
+    pub connections_per_address_max: usize,
     /// Rooms one connection may have joined at once.
     pub rooms_per_connection_max: usize,
     /// Frames queued for one connection per joined room; a client that falls this far behind
@@ -377,6 +380,7 @@ impl Default for Limits {
             read_buffer_bytes: 8 * 1024,
             write_buffer_bytes_max: 4 * 1024 * 1024,
             connections_max: 20_000,
+            connections_per_address_max: 1_000,
             rooms_per_connection_max: 64,
             outbound_queue_max: 4096,
             upload_bytes_max: 1 << 30,

@@ -189,3 +189,33 @@ async fn an_address_that_keeps_failing_to_authenticate_is_refused_for_a_while() 
     assert_eq!(refused, Some(429), "the whole address waits, a good token too");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_may_hold_only_so_many_connections_and_gets_them_back_when_they_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.limits.connections_per_address_max = 3;
+    let server = common::start(config).await;
+    let addr = server.addr();
+    let mut held = Vec::new();
+    for n in 0..3 {
+        held.push(Client::connect_query(addr, &format!("name=u{n}"), "u").await.expect("within the limit"));
+    }
+    let refused = Client::connect_query(addr, "name=u3", "u").await.err();
+    assert_eq!(refused, Some(429), "a fourth from the same address is refused");
+    // The ones already open still chat.
+    held[0].join("lobby", None).await;
+    assert!(held[0].say("lobby", "still here", "1").await > 0);
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(client) = Client::connect_query(addr, "name=u4", "u").await {
+            again = Some(client);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a closed connection frees its slot");
+    drop((held, again));
+    server.shutdown().await;
+}

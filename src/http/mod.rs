@@ -54,6 +54,8 @@ pub struct App {
     pub listen: std::net::SocketAddr,
     /// Failed authentications per source address.
     pub auth_failures: crate::auth::FailureLimiter,
+    /// Open connections per source address.
+    pub address_slots: crate::auth::AddressSlots,
     next_member: AtomicU64,
 }
 
@@ -93,8 +95,10 @@ impl App {
     ) -> Self {
         let connections = Arc::new(Semaphore::new(config.limits.connections_max));
         let auth_failures = crate::auth::FailureLimiter::new(config.limits.auth_failures_per_minute);
+        let address_slots = crate::auth::AddressSlots::new(config.limits.connections_per_address_max);
         Self {
             auth_failures,
+            address_slots,
             config,
             log,
             parts,
@@ -359,6 +363,19 @@ fn upgrade(
             return error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &error.0);
         }
     };
+    let slot = match ip.map(|ip| app.address_slots.take(ip)) {
+        Some(None) => {
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => "too_many_from_address")
+                .increment(1);
+            let text = format!(
+                "your address has {} connections open, as many as one address may; close one and retry",
+                app.config.limits.connections_per_address_max
+            );
+            return error_reply(StatusCode::TOO_MANY_REQUESTS, "too_many_connections_from_address", &text);
+        }
+        Some(Some(slot)) => Some(slot),
+        None => None,
+    };
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
         metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => "too_many_connections").increment(1);
         return error_reply(
@@ -368,7 +385,10 @@ fn upgrade(
         );
     };
     let for_connection = app.clone();
-    request.accept(&app, move |socket| ws::serve(socket, identity, for_connection, permit))
+    request.accept(&app, move |socket| async move {
+        let _slot = slot; // held while the connection is open
+        ws::serve(socket, identity, for_connection, permit).await
+    })
 }
 
 async fn rejection(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
