@@ -49,6 +49,10 @@ pub struct AuthError(pub String);
 pub trait Authenticator: Send + Sync + std::fmt::Debug {
     fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError>;
 
+    /// Gives the authenticator the sessions' read side, once the server has opened it (for
+    /// tokens bound to a session).
+    fn attach_sessions(&self, _sessions: crate::projection::sessions::Sessions) {}
+
     /// Who a caller that presents nothing is (an HTTP search without credentials, say), or
     /// `None` when such callers are refused.
     fn anonymous(&self) -> Option<Identity> {
@@ -94,12 +98,26 @@ pub struct TokenAuth {
     pub secrets: Secrets,
     pub anonymous: Anonymous,
     pub clock: std::sync::Arc<dyn Clock>,
+    /// For tokens bound to a session; set by the server once the projection is open.
+    pub sessions: std::sync::OnceLock<crate::projection::sessions::Sessions>,
 }
 
 impl Authenticator for TokenAuth {
     fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError> {
         if let Some(token) = credentials.query.get("token") {
             let claims = self.secrets.verify(token, self.clock.now_ms()).map_err(|e| AuthError(e.to_string()))?;
+            if let Some(id) = &claims.session {
+                use crate::projection::sessions::SessionState;
+                let state = match self.sessions.get().map(|s| s.get(id)) {
+                    Some(Ok(Some(session))) => session.state,
+                    Some(Ok(None)) => return Err(AuthError(format!("the token's session {id} does not exist"))),
+                    Some(Err(e)) => return Err(AuthError(format!("the token's session cannot be read: {e}"))),
+                    None => return Err(AuthError("sessions are not open yet; retry".into())),
+                };
+                if !matches!(state, SessionState::Active | SessionState::Paid) {
+                    return Err(AuthError(format!("the token's session {id} is {}", state.as_str())));
+                }
+            }
             return Ok(Identity { user: claims.user, admin: claims.admin, grants: Some(claims.rooms) });
         }
         match self.anonymous {
@@ -111,6 +129,10 @@ impl Authenticator for TokenAuth {
             }
             Anonymous::Write => NameOnly.authenticate(credentials),
         }
+    }
+
+    fn attach_sessions(&self, sessions: crate::projection::sessions::Sessions) {
+        let _ = self.sessions.set(sessions);
     }
 
     fn anonymous(&self) -> Option<Identity> {

@@ -178,6 +178,10 @@ enum TokenAction {
         /// Also the admin scope: admin endpoints, and edits and deletions of anyone's messages.
         #[arg(long)]
         admin: bool,
+        /// Bind it to a roomlog session: it stops working when the session ends, expires or is
+        /// purged.
+        #[arg(long)]
+        session: Option<String>,
     },
     /// Make a new secret; tokens signed with the old one stay valid for `--grace`. Restart the
     /// server to use it.
@@ -595,7 +599,10 @@ fn token_command(config: &Config, action: TokenAction) -> anyhow::Result<()> {
         humantime::parse_duration(text).with_context(|| format!("{flag} {text:?} is not a duration (24h, 30d)"))
     };
     match action {
-        TokenAction::Issue { user, rooms, read_only, ttl, admin } => {
+        TokenAction::Issue { user, rooms, read_only, ttl, admin, session } => {
+            let session = session
+                .map(|id| roomlog::event::SessionId::parse(&id).map_err(|e| anyhow::anyhow!("--session: {e}")))
+                .transpose()?;
             if user.is_empty() || user.len() > roomlog::auth::USER_LEN_MAX || user.chars().any(char::is_control) {
                 bail!("--user: 1 to {} bytes, no control characters", roomlog::auth::USER_LEN_MAX);
             }
@@ -610,7 +617,7 @@ fn token_command(config: &Config, action: TokenAction) -> anyhow::Result<()> {
             grants.extend(grant(&read_only, false));
             let exp = (now_ms / 1000).saturating_add(duration(&ttl, "--ttl")?.as_secs());
             let secrets = files.load_or_create().context("loading the token secret")?;
-            println!("{}", secrets.issue(&roomlog::token::Claims { user, rooms: grants, admin, exp }));
+            println!("{}", secrets.issue(&roomlog::token::Claims { user, rooms: grants, admin, exp, session }));
         }
         TokenAction::Rotate { grace } => {
             let until = now_ms.saturating_add(duration(&grace, "--grace")?.as_millis() as u64);

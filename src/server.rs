@@ -61,7 +61,12 @@ impl Server {
             what: format!("loading the token secret in {}", files.dir.display()),
             source,
         })?;
-        let auth = crate::auth::TokenAuth { secrets, anonymous: config.auth.anonymous, clock: Arc::new(SystemClock) };
+        let auth = crate::auth::TokenAuth {
+            secrets,
+            anonymous: config.auth.anonymous,
+            clock: Arc::new(SystemClock),
+            sessions: Default::default(),
+        };
         Self::start_with(config, listener, Arc::new(auth)).await
     }
 
@@ -109,6 +114,7 @@ impl Server {
         let (sessions_runner, sessions_following) = Runner::start(log.clone(), sessions_projection)
             .await
             .map_err(|source| ServerError::Projection { name: "sessions", source })?;
+        auth.attach_sessions(sessions_read.clone());
         let (files_read, files_projection) =
             files::open(log.db()).map_err(|source| ServerError::Projection { name: "files", source })?;
         let (files_runner, files_following) = Runner::start(log.clone(), files_projection)

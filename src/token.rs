@@ -31,6 +31,10 @@ pub struct Claims {
     pub admin: bool,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// The roomlog session the token is bound to: it stops working when that session ends,
+    /// expires or is purged (a paid session keeps it working until `exp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<crate::event::SessionId>,
 }
 
 /// Rooms matching `pattern` may be read, and written when `write`.
@@ -233,6 +237,7 @@ mod tests {
             rooms: vec![RoomGrant { pattern: "team-*".into(), write: true }],
             admin: false,
             exp: exp_s,
+            session: None,
         }
     }
 

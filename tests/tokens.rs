@@ -21,6 +21,7 @@ fn claims(user: &str, grants: &[(&str, bool)], admin: bool, exp: u64) -> Claims 
         rooms: grants.iter().map(|&(p, w)| RoomGrant { pattern: p.into(), write: w }).collect(),
         admin,
         exp,
+        session: None,
     }
 }
 
@@ -217,5 +218,34 @@ async fn one_address_may_hold_only_so_many_connections_and_gets_them_back_when_t
     }
     assert!(again.is_some(), "a closed connection frees its slot");
     drop((held, again));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_bound_to_a_session_dies_with_the_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::None;
+    let files = SecretFiles { dir: config.secret_dir() };
+    let secrets = files.load_or_create().expect("secret");
+    let server = common::start(config).await;
+    let addr = server.addr();
+    let http = reqwest::Client::new();
+    let session: Value =
+        http.post(format!("http://{addr}/api/sessions")).send().await.expect("create").json().await.expect("json");
+    let id = roomlog::event::SessionId::parse(session["id"].as_str().expect("id")).expect("session id");
+    let bound = Claims { session: Some(id.clone()), ..claims("visitor", &[("room-*", true)], false, now_s() + 3600) };
+    let token = secrets.issue(&bound);
+    let mut client = Client::connect_query(addr, &format!("token={token}"), "visitor").await.expect("live session");
+    client.join("room-1", None).await;
+    assert!(client.say("room-1", "while the session lives", "1").await > 0);
+    let ended = http.post(format!("http://{addr}/api/sessions/{id}/end")).send().await.expect("end");
+    assert!(ended.status().is_success(), "{}", ended.status());
+    let refused = Client::connect_query(addr, &format!("token={token}"), "visitor").await.err();
+    assert_eq!(refused, Some(401), "the session ended: its token no longer connects");
+    let (status, answer) = common::get(addr, &format!("/api/search?q=session&token={token}")).await;
+    assert_eq!(status, 401, "nor searches: {answer}");
+    assert!(answer["error"]["message"].as_str().unwrap_or("").contains("is ended"), "{answer}");
+    drop(client);
     server.shutdown().await;
 }
