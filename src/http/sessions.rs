@@ -143,6 +143,9 @@ async fn act(id: &str, verb: &str, app: &App) -> warp::reply::Response {
         Ok(session) => session,
         Err(error) => return session_error(&error),
     };
+    // Read your writes: once answered, everything that reads the projection (a token bound to
+    // this session, the session list) sees the change.
+    app.sessions.caught_up().await;
     if !paying {
         return warp::reply::json(&session).into_response();
     }
