@@ -40,7 +40,21 @@ impl Store {
     /// crash came between writing a group's records and its index entries.
     pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes_max).flush_every_ms(Some(1000)).open()?;
+        // sled releases its file lock when the last handle's background work ends, which can
+        // trail the drop of the last handle by a moment: a reopen in the same process (a restore
+        // then its rebuild, a close then an open) waits for it, briefly.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::Config::new().path(dir).cache_capacity(cache_bytes_max).flush_every_ms(Some(1000)).open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < std::time::Duration::from_secs(3) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let db_file = File::options().read(true).write(true).open(dir.join("db"))?;
         let store = Self {
             log: db.open_tree(LOG_TREE)?,
