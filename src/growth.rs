@@ -124,16 +124,8 @@ pub fn report(samples: &[Sample], thresholds: &DiskConfig) -> GrowthReport {
 
 /// Measures the data folder now (blocking: it walks the folder).
 pub fn measure(data: &std::path::Path, now_ms: u64) -> Option<Sample> {
-    let total = fs2::total_space(data).ok()?;
-    let free = fs2::free_space(data).ok()?;
-    let available = fs2::available_space(data).ok()?;
-    let used = total.saturating_sub(free);
-    Some(Sample {
-        at_unix_ms: now_ms,
-        roomlog_bytes: crate::metrics::disk_bytes(data),
-        fs_used_bytes: used,
-        fs_size_bytes: used + available,
-    })
+    let (fs_used_bytes, fs_size_bytes) = crate::metrics::disk_usage(data)?;
+    Some(Sample { at_unix_ms: now_ms, roomlog_bytes: crate::metrics::disk_bytes(data), fs_used_bytes, fs_size_bytes })
 }
 
 #[cfg(test)]

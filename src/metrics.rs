@@ -130,14 +130,19 @@ fn describe() {
 
 /// Used fraction (0 to 1) of the filesystem holding `dir`; `None` if it cannot be read.
 pub fn disk_used_ratio(dir: &std::path::Path) -> Option<f64> {
-    // As `df` computes Use%: used / (used + available to us). Blocks reserved for root (or held
-    // back by a quota) count neither as used nor as available, so that a disk with a large
-    // reserve does not look fuller than it is.
+    let (used, size) = disk_usage(dir)?;
+    (size > 0).then(|| used as f64 / size as f64)
+}
+
+/// The filesystem of `dir` as `df` counts it for Use%: bytes used, and used plus available to
+/// us. Blocks reserved for root (or held back by a quota) count neither as used nor as
+/// available, so that a disk with a large reserve does not look fuller than it is.
+pub fn disk_usage(dir: &std::path::Path) -> Option<(u64, u64)> {
     let total = fs2::total_space(dir).ok()?;
     let free = fs2::free_space(dir).ok()?;
     let available = fs2::available_space(dir).ok()?;
     let used = total.saturating_sub(free);
-    (used + available > 0).then(|| used as f64 / (used + available) as f64)
+    Some((used, used + available))
 }
 
 /// Bytes of the files under `dir` (not following links).
