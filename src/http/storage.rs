@@ -44,7 +44,9 @@ struct RoomTotal {
 }
 
 async fn measure(app: &App) -> Result<Storage, String> {
+    // Read your writes: what was acknowledged before the question is counted.
     app.files.caught_up().await;
+    app.history_barrier().await;
     let (config, store) = (app.config.clone(), app.files.store.clone());
     let (on_disk, contents) = tokio::task::spawn_blocking(move || {
         let mut on_disk = BTreeMap::new();
