@@ -11,7 +11,7 @@ source benches/common.sh
 $bin/roomlog-load --fill "$MESSAGES" --data "$work/data" --room bulk --body-bytes 100
 echo "log on disk: $(du -sh "$work/data/db" | cut -f1)"
 
-ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write $bin/roomlog serve --data "$work/data" --listen 127.0.0.1:7710 & pids+=($!)
+ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write ROOMLOG_LIMITS__FRAMES_PER_SECOND=0 $bin/roomlog serve --data "$work/data" --listen 127.0.0.1:7710 & pids+=($!)
 wait_port 7710
 $bin/roomlog-load --addr 127.0.0.1:7710 --clients 100 --senders 5 --rate 2000 --secs "$SECS" --room chat-a --label "chat, no backup"
 

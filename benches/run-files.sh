@@ -18,7 +18,7 @@ dd_secs=$(echo "$(now) - $start" | bc)
 echo "disk: sequential write of 100 MiB with fsync (dd): $(mbps $((100 * 1048576)) "$dd_secs") MB/s"
 rm -f "$work/dd"
 
-ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write $bin/roomlog serve --data "$work/data" --listen 127.0.0.1:7730 & pids+=($!)
+ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write ROOMLOG_LIMITS__FRAMES_PER_SECOND=0 $bin/roomlog serve --data "$work/data" --listen 127.0.0.1:7730 & pids+=($!)
 wait_port 7730
 head -c 1000000 "$work/src" > "$work/small"
 

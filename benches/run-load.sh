@@ -13,7 +13,7 @@ source benches/common.sh
 load=$bin/roomlog-load
 
 echo "== roomlog"
-ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write ROOMLOG_LIMITS__CONNECTIONS_PER_ADDRESS_MAX=100000 target/release/roomlog serve --data "$work/data" --listen 127.0.0.1:7700 & pids+=($!)
+ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write ROOMLOG_LIMITS__FRAMES_PER_SECOND=0 ROOMLOG_LIMITS__CONNECTIONS_PER_ADDRESS_MAX=100000 target/release/roomlog serve --data "$work/data" --listen 127.0.0.1:7700 & pids+=($!)
 server=$!
 wait_port 7700
 $load --addr 127.0.0.1:7700 --clients "$CLIENTS" --senders "$SENDERS" --rate "$RATE" --secs "$SECS" --room "load-$RANDOM" --label roomlog

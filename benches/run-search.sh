@@ -16,7 +16,7 @@ $bin/roomlog rebuild history --data "$work/data" >/dev/null
 $bin/roomlog rebuild search --data "$work/data"
 echo "search index on disk: $(du -sh "$work/data/search" | cut -f1), log: $(du -sh "$work/data/db" | cut -f1)"
 
-ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write $bin/roomlog serve --data "$work/data" --listen 127.0.0.1:7720 & pids+=($!)
+ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write ROOMLOG_LIMITS__FRAMES_PER_SECOND=0 $bin/roomlog serve --data "$work/data" --listen 127.0.0.1:7720 & pids+=($!)
 wait_port 7720
 $bin/roomlog-load --addr 127.0.0.1:7720 --clients 20 --senders 5 --rate "$RATE" --secs "$SECS" --room ingest --label "ingest at $RATE msg/s" &
 load=$!

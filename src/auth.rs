@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use crate::clock::Clock;
 use crate::event::RoomId;
-use crate::token::{matches, RoomGrant, Secrets};
+use crate::event::SessionId;
+use crate::token::{matches, FileGrant, RoomGrant, Secrets};
 
 /// What a client presents when it connects: the query string of the upgrade request.
 #[derive(Debug, Default, Clone)]
@@ -26,6 +27,19 @@ pub struct Identity {
     pub admin: bool,
     /// The rooms it may read and write; `None`: every room, both.
     pub grants: Option<Vec<RoomGrant>>,
+    /// The file key prefixes it may read and write; `None`: every key, both, and every
+    /// session (a caller trusted by `auth.anonymous = "write"`).
+    pub files: Option<Vec<FileGrant>>,
+    /// The roomlog session its token is bound to: it may read and write that session's files,
+    /// and read, touch and end that session.
+    pub session: Option<SessionId>,
+}
+
+/// What a caller wants to do with a file key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileAccess {
+    Read,
+    Write,
 }
 
 impl Identity {
@@ -37,6 +51,37 @@ impl Identity {
     /// Whether this caller may post to `room`.
     pub fn may_write(&self, room: &RoomId) -> bool {
         self.grants.as_ref().is_none_or(|grants| grants.iter().any(|g| g.write && matches(&g.pattern, room.as_str())))
+    }
+
+    /// A caller with the run of every file and session: an admin, or a trusted anonymous one.
+    pub fn manages_all(&self) -> bool {
+        self.admin || self.files.is_none()
+    }
+
+    /// Whether this caller may `access` the file `key`, owned by `owner` (for a write, both
+    /// the key's present owner and the one it would have).
+    pub fn may_file(&self, key: &str, owners: &[Option<&SessionId>], access: FileAccess) -> bool {
+        if self.manages_all() {
+            return true;
+        }
+        let granted = self.files.as_ref().is_some_and(|grants| {
+            grants.iter().any(|g| key.starts_with(&g.prefix) && (g.write || access == FileAccess::Read))
+        });
+        let own =
+            self.session.as_ref().is_some_and(|mine| !owners.is_empty() && owners.iter().all(|o| *o == Some(mine)));
+        granted || own
+    }
+
+    /// Whether this caller may list keys under `prefix` (a read grant must cover all of it).
+    pub fn may_list(&self, prefix: &str) -> bool {
+        self.manages_all()
+            || self.files.as_ref().is_some_and(|grants| grants.iter().any(|g| prefix.starts_with(&g.prefix)))
+    }
+
+    /// Whether this caller may read, touch or end `session`; paying, creating and listing
+    /// are for [`Self::manages_all`] callers only.
+    pub fn may_session(&self, session: &SessionId) -> bool {
+        self.manages_all() || self.session.as_ref() == Some(session)
     }
 }
 
@@ -56,7 +101,7 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
     /// Who a caller that presents nothing is (an HTTP search without credentials, say), or
     /// `None` when such callers are refused.
     fn anonymous(&self) -> Option<Identity> {
-        Some(Identity { user: String::new(), admin: false, grants: None })
+        Some(Identity { user: String::new(), admin: false, grants: None, files: None, session: None })
     }
 }
 
@@ -76,7 +121,7 @@ impl Authenticator for NameOnly {
                 "connect with ?name=NAME: 1 to {USER_LEN_MAX} bytes, no control characters"
             )));
         }
-        Ok(Identity { user: name.to_owned(), admin: false, grants: None })
+        Ok(Identity { user: name.to_owned(), admin: false, grants: None, files: None, session: None })
     }
 }
 
@@ -118,13 +163,20 @@ impl Authenticator for TokenAuth {
                     return Err(AuthError(format!("the token's session {id} is {}", state.as_str())));
                 }
             }
-            return Ok(Identity { user: claims.user, admin: claims.admin, grants: Some(claims.rooms) });
+            return Ok(Identity {
+                user: claims.user,
+                admin: claims.admin,
+                grants: Some(claims.rooms),
+                files: Some(claims.files),
+                session: claims.session,
+            });
         }
         match self.anonymous {
             Anonymous::None => Err(AuthError("a token is required: connect with ?token=TOKEN".into())),
             Anonymous::Read => {
                 let mut identity = NameOnly.authenticate(credentials)?;
                 identity.grants = Some(vec![RoomGrant { pattern: "*".into(), write: false }]);
+                identity.files = Some(vec![FileGrant { prefix: String::new(), write: false }]);
                 Ok(identity)
             }
             Anonymous::Write => NameOnly.authenticate(credentials),
@@ -139,7 +191,13 @@ impl Authenticator for TokenAuth {
         let read_all = Some(vec![RoomGrant { pattern: "*".into(), write: false }]);
         match self.anonymous {
             Anonymous::None => None,
-            Anonymous::Read => Some(Identity { user: String::new(), admin: false, grants: read_all }),
+            Anonymous::Read => Some(Identity {
+                user: String::new(),
+                admin: false,
+                grants: read_all,
+                files: Some(vec![FileGrant { prefix: String::new(), write: false }]),
+                session: None,
+            }),
             Anonymous::Write => NameOnly.anonymous(),
         }
     }
@@ -228,6 +286,8 @@ mod tests {
                 RoomGrant { pattern: "team-*".into(), write: false },
                 RoomGrant { pattern: "team-rita".into(), write: true },
             ]),
+            files: Some(Vec::new()),
+            session: None,
         };
         assert!(identity.may_read(&room("team-a")) && !identity.may_write(&room("team-a")));
         assert!(identity.may_read(&room("team-rita")) && identity.may_write(&room("team-rita")));

@@ -318,11 +318,24 @@ pub struct AuthConfig {
     /// The folder of the token secret (`secret`, mode 0600, generated at first start; and
     /// `secret.previous` after `roomlog token rotate`). Default `<data>/auth`.
     pub secret_dir: Option<PathBuf>,
+    /// Whether a caller on this host (a loopback peer) may use the admin endpoints without an
+    /// admin token. Off by default: a tunnel (cloudflared, ngrok, ssh -R) also connects from
+    /// loopback, so it would hand the admin scope to the internet. The operator's commands
+    /// (`roomlog stats`, `janitor run`, ...) sign their own admin token with the secret.
+    pub admin_from_host: bool,
+    /// Whether `/metrics` needs the admin scope too (an admin token, or the host when
+    /// `admin_from_host`).
+    pub metrics_private: bool,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { anonymous: crate::auth::Anonymous::None, secret_dir: None }
+        Self {
+            anonymous: crate::auth::Anonymous::None,
+            secret_dir: None,
+            admin_from_host: false,
+            metrics_private: false,
+        }
     }
 }
 
@@ -361,6 +374,24 @@ pub struct Limits {
     /// Frames queued for one connection per joined room; a client that falls this far behind
     /// is disconnected (close code 4008) and may resume from its last seq.
     pub outbound_queue_max: usize,
+    /// Bytes of frames queued for one connection across all its rooms; a client that falls
+    /// this far behind is disconnected (close code 4008) and may resume from its last seq.
+    pub outbound_queue_bytes_max: usize,
+    /// Frames one connection may send per second, on average (a token bucket); beyond it a
+    /// frame is refused with `rate_limited` and the connection stays.
+    pub frames_per_second: u32,
+    /// Frames one connection may send at once after being quiet (the bucket's size).
+    pub frames_burst: u32,
+    /// How long a client has to send a whole request head (and, on a kept-alive connection,
+    /// the next one); a slower one is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; a larger one gets HTTP 431.
+    pub header_bytes_max: usize,
+    /// How long a WebSocket may stay without a frame from the client (pongs count: the server
+    /// pings at a third of it, and browsers answer pings themselves); then it is closed (1001).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Largest file upload, in bytes; streamed, never held in memory.
     pub upload_bytes_max: u64,
     /// How long a graceful shutdown waits for connections to close.
@@ -383,6 +414,12 @@ impl Default for Limits {
             connections_per_address_max: 1_000,
             rooms_per_connection_max: 64,
             outbound_queue_max: 4096,
+            outbound_queue_bytes_max: 1024 * 1024,
+            frames_per_second: 20,
+            frames_burst: 60,
+            handshake_timeout: Duration::from_secs(10),
+            header_bytes_max: 16 * 1024,
+            idle_timeout: Duration::from_secs(300),
             upload_bytes_max: 1 << 30,
             shutdown_grace: Duration::from_secs(5),
             auth_failures_per_minute: 20,

@@ -172,6 +172,12 @@ enum TokenAction {
         rooms: String,
         #[arg(long, default_value = "")]
         read_only: String,
+        /// File key prefixes it may read and write (upload, copy to, delete), comma-separated.
+        #[arg(long, default_value = "")]
+        files: String,
+        /// File key prefixes it may only read.
+        #[arg(long, default_value = "")]
+        files_read_only: String,
         /// How long it is valid (humantime: `24h`, `30d`).
         #[arg(long, default_value = "24h")]
         ttl: String,
@@ -515,7 +521,7 @@ async fn backup(
     let config_toml = toml::to_string_pretty(&config)?;
     let store = roomlog::blob::BlobStore::at(&config.blob_dir(), config.files.cold_dir.as_deref());
     let addr = addr.or_else(|| config.recorded_addr());
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+    let client = operator_client(&config, std::time::Duration::from_secs(30))?;
     let live_head = match addr {
         Some(addr) => match client.get(format!("http://{addr}/api/status")).send().await {
             Ok(response) => response
@@ -599,7 +605,7 @@ fn token_command(config: &Config, action: TokenAction) -> anyhow::Result<()> {
         humantime::parse_duration(text).with_context(|| format!("{flag} {text:?} is not a duration (24h, 30d)"))
     };
     match action {
-        TokenAction::Issue { user, rooms, read_only, ttl, admin, session } => {
+        TokenAction::Issue { user, rooms, read_only, files: file_prefixes, files_read_only, ttl, admin, session } => {
             let session = session
                 .map(|id| roomlog::event::SessionId::parse(&id).map_err(|e| anyhow::anyhow!("--session: {e}")))
                 .transpose()?;
@@ -615,9 +621,21 @@ fn token_command(config: &Config, action: TokenAction) -> anyhow::Result<()> {
             };
             let mut grants = grant(&rooms, true);
             grants.extend(grant(&read_only, false));
+            let file_grants: Vec<roomlog::token::FileGrant> = [(&file_prefixes, true), (&files_read_only, false)]
+                .into_iter()
+                .flat_map(|(list, write)| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(move |prefix| roomlog::token::FileGrant { prefix: prefix.to_owned(), write })
+                })
+                .collect();
             let exp = (now_ms / 1000).saturating_add(duration(&ttl, "--ttl")?.as_secs());
             let secrets = files.load_or_create().context("loading the token secret")?;
-            println!("{}", secrets.issue(&roomlog::token::Claims { user, rooms: grants, admin, exp, session }));
+            println!(
+                "{}",
+                secrets.issue(&roomlog::token::Claims { user, rooms: grants, admin, exp, session, files: file_grants })
+            );
         }
         TokenAction::Rotate { grace } => {
             let until = now_ms.saturating_add(duration(&grace, "--grace")?.as_millis() as u64);
@@ -714,6 +732,20 @@ async fn janitor_command(
     Ok(())
 }
 
+/// An HTTP client for the operator's commands: it carries an admin token signed with the
+/// secret in the data folder (valid for an hour), so the admin endpoints answer it.
+fn operator_client(config: &Config, timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
+    let files = roomlog::token::SecretFiles { dir: config.secret_dir() };
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = files.operator_token(now_ms, std::time::Duration::from_secs(3600)) {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(reqwest::Client::builder().timeout(timeout).default_headers(headers).build()?)
+}
+
 /// Sends one request to the running server and returns its JSON answer; an error answer is an
 /// error naming its code.
 async fn ask_server(
@@ -723,7 +755,7 @@ async fn ask_server(
     path: &str,
 ) -> anyhow::Result<serde_json::Value> {
     let addr = addr.or_else(|| config.recorded_addr()).unwrap_or(config.listen);
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3600)).build()?;
+    let client = operator_client(config, std::time::Duration::from_secs(3600))?;
     let response = client
         .request(method, format!("http://{addr}{path}"))
         .send()
@@ -743,7 +775,7 @@ async fn ask_server(
 /// Prints the server's status; returns the exit code: 0 ready, 1 unreachable, 2 not ready.
 async fn status(config: &Config, addr: Option<std::net::SocketAddr>, json: bool) -> i32 {
     let addr = addr.or_else(|| config.recorded_addr()).unwrap_or(config.listen);
-    let client = match reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build() {
+    let client = match operator_client(config, std::time::Duration::from_secs(5)) {
         Ok(client) => client,
         Err(error) => {
             eprintln!("roomlog status: {error}");

@@ -19,7 +19,7 @@ use crate::blob::{BlobStore, Tier};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::disk::Disk;
-use crate::http::{routes, App};
+use crate::http::App;
 use crate::janitor::{JanitorContext, JanitorHandle};
 use crate::log::{EventLog, LogError};
 use crate::projection::{files, history, search, sessions, ProjectionError, Runner};
@@ -215,15 +215,7 @@ impl Server {
                 }
             });
         }
-        let mut signal = stopping;
-        let serving = tokio::spawn(
-            warp::serve(routes(app.clone()))
-                .incoming(listener)
-                .graceful(async move {
-                    let _ = signal.wait_for(|stop| *stop).await;
-                })
-                .run(),
-        );
+        let serving = tokio::spawn(crate::http::listen::serve(listener, app.clone(), stopping));
         tokio::spawn(file_service.reap(stopping_for_backups.clone()));
         if let Some(every) = app.config.backup.every {
             tokio::spawn(backup_schedule(app.clone(), every, stopping_for_backups));

@@ -35,6 +35,17 @@ pub struct Claims {
     /// expires or is purged (a paid session keeps it working until `exp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<crate::event::SessionId>,
+    /// File key prefixes it may read, and write (upload, copy to, delete) when `write`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileGrant>,
+}
+
+/// File keys starting with `prefix` may be read, and written when `write`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGrant {
+    pub prefix: String,
+    pub write: bool,
 }
 
 /// Rooms matching `pattern` may be read, and written when `write`.
@@ -172,6 +183,26 @@ impl SecretFiles {
         Ok(Secrets { current, previous })
     }
 
+    /// A short-lived admin token for the operator's own commands (`roomlog stats`, `janitor
+    /// run`, ...), signed with the secret in the data folder they can read; `None` when there
+    /// is no secret yet (no server ever started) or it cannot be read.
+    pub fn operator_token(&self, now_ms: u64, ttl: std::time::Duration) -> Option<String> {
+        if !self.current_path().exists() {
+            return None;
+        }
+        let secrets = self.load_or_create().ok()?;
+        let exp = (now_ms / 1000).saturating_add(ttl.as_secs());
+        let rooms = vec![RoomGrant { pattern: "*".into(), write: true }];
+        Some(secrets.issue(&Claims {
+            user: "operator".into(),
+            rooms,
+            admin: true,
+            exp,
+            session: None,
+            files: Vec::new(),
+        }))
+    }
+
     /// Makes a new current secret; the old one stays accepted until `until_ms`.
     pub fn rotate(&self, until_ms: u64) -> std::io::Result<()> {
         let old = self.load_or_create()?;
@@ -238,6 +269,7 @@ mod tests {
             admin: false,
             exp: exp_s,
             session: None,
+            files: Vec::new(),
         }
     }
 

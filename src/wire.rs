@@ -73,6 +73,9 @@ pub enum ErrorCode {
     TooManyRooms,
     /// The identity may not do this in this room.
     Forbidden,
+    /// The connection sends frames faster than `limits.frames_per_second`; this one was
+    /// dropped unread.
+    RateLimited,
     /// The message does not exist (never did, was deleted, or was removed by retention).
     NotFound,
     /// A search query or one of its options cannot be understood.
@@ -101,6 +104,7 @@ impl ErrorCode {
             ErrorCode::NotJoined => "not_joined",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotFound => "not_found",
             ErrorCode::InvalidQuery => "invalid_query",
             ErrorCode::StorageUnavailable => "storage_unavailable",

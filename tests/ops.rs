@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::process::Command;
 
-use common::{config, spawn, start, Client};
+use common::{config, start, Client};
 use serde_json::json;
 
 /// Scrapes `/metrics` and returns (series → value, metric → type), failing if the body is not
@@ -128,7 +128,12 @@ fn status(data: &std::path::Path, json: bool) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_a_running_server_and_a_stopped_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = spawn(dir.path());
+    // The host is not trusted as admin (the default): the command signs its own admin token
+    // with the secret in the data folder, which a caller without it cannot.
+    let env = [("ROOMLOG_AUTH__ADMIN_FROM_HOST", "false")];
+    let mut server = common::spawn_with(dir.path(), &env, std::process::Stdio::inherit());
+    let (refused, _) = common::get(server.addr, "/api/status").await;
+    assert_eq!(refused, 401, "/api/status is for admins");
     let mut ann = Client::connect(server.addr, "ann").await;
     ann.join("lobby", None).await;
     ann.say("lobby", "hello", "1").await;

@@ -1,6 +1,7 @@
-//! Signed tokens and room permissions: a matrix of identities × rooms × operations (join, send,
-//! history, search), with expired, tampered, rotated-out and missing tokens. Every unauthorized
-//! case is refused, every authorized one works, and the counts are printed.
+//! Signed tokens and permissions: a matrix of identities × rooms × operations (join, send,
+//! history, search, file read and write, session read, admin), with expired, tampered,
+//! rotated-out and missing tokens and one bound to a session. Every unauthorized case is
+//! refused, every authorized one works, and the counts are printed.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::Client;
 use roomlog::auth::Anonymous;
-use roomlog::token::{Claims, RoomGrant, SecretFiles};
+use roomlog::token::{Claims, FileGrant, RoomGrant, SecretFiles};
 use serde_json::{json, Value};
 
 fn now_s() -> u64 {
@@ -22,7 +23,70 @@ fn claims(user: &str, grants: &[(&str, bool)], admin: bool, exp: u64) -> Claims 
         admin,
         exp,
         session: None,
+        files: Vec::new(),
     }
+}
+
+/// `claims` that may also read (and write, when `write`) file keys under `prefix`.
+fn with_files(claims: Claims, prefix: &str, write: bool) -> Claims {
+    Claims { files: vec![FileGrant { prefix: prefix.into(), write }], ..claims }
+}
+
+/// What an identity may do over HTTP besides rooms: read a shared file, write a new one, read
+/// a file owned by the session, overwrite it, read the session, use an admin endpoint.
+type HttpRights = [bool; 6];
+const HTTP_OPS: [&str; 6] =
+    ["file read", "file write", "session file read", "session file write", "session read", "admin"];
+
+/// Runs the HTTP operations with `token` in an `Authorization: Bearer` header; returns how
+/// many were allowed and refused, having checked each against `rights` (a refusal is 403, or
+/// 401 when the token itself is refused).
+async fn http_cases(
+    addr: std::net::SocketAddr,
+    who: &str,
+    token: Option<&str>,
+    session: &str,
+    rights: HttpRights,
+    valid: bool,
+    n: usize,
+) -> (usize, usize) {
+    let http = reqwest::Client::new();
+    let with = |request: reqwest::RequestBuilder| match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    };
+    let base = format!("http://{addr}");
+    let requests = [
+        with(http.get(format!("{base}/api/files/team/shared.txt"))),
+        with(http.put(format!("{base}/api/files/team/by-{n}.txt")).body("new")),
+        with(http.get(format!("{base}/api/files/private/visitor.txt"))),
+        with(http.put(format!("{base}/api/files/private/visitor.txt?session={session}")).body(format!("by {n}"))),
+        with(http.get(format!("{base}/api/sessions/{session}"))),
+        with(http.get(format!("{base}/api/janitor/plan"))),
+    ];
+    let (mut allowed, mut refused) = (0, 0);
+    for ((request, op), may) in requests.into_iter().zip(HTTP_OPS).zip(rights) {
+        let response = request.send().await.expect("http");
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        if may {
+            assert!((200..300).contains(&status), "{who} {op}: {status} {body}");
+            allowed += 1;
+        } else {
+            let expected = if valid { 403 } else { 401 };
+            assert_eq!(status, expected, "{who} {op} must be refused: {body}");
+            assert!(body.contains("\"code\""), "{who} {op}: a JSON error with a code: {body}");
+            refused += 1;
+        }
+    }
+    (allowed, refused)
+}
+
+/// A new session, created as the app's backend does (with an admin token): its id.
+async fn create_session(addr: std::net::SocketAddr, admin: &str) -> String {
+    let created = reqwest::Client::new().post(format!("http://{addr}/api/sessions")).bearer_auth(admin).send().await;
+    let session: Value = created.expect("create").json().await.expect("json");
+    session["id"].as_str().expect("session id").to_owned()
 }
 
 /// Reads frames until one of `kinds`, skipping replayed messages.
@@ -43,21 +107,36 @@ async fn the_permission_matrix_refuses_every_unauthorized_case_and_allows_every_
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = common::config(dir.path());
     config.auth.anonymous = Anonymous::None;
+    // The tests' host is no admin here: only an admin token is.
+    config.auth.admin_from_host = false;
     // Three secrets in turn: the first is rotated out, the second is within its grace period.
     let files = SecretFiles { dir: config.secret_dir() };
     let hour = now_s() + 3600;
-    let rotated_out = files.load_or_create().expect("secret").issue(&claims("alice", &[("team-*", true)], false, hour));
+    let alice_claims = with_files(claims("alice", &[("team-*", true)], false, hour), "team/", true);
+    let rotated_out = files.load_or_create().expect("secret").issue(&alice_claims);
     files.rotate((now_s() + 3600) * 1000).expect("rotate");
-    let in_grace = files.load_or_create().expect("secret").issue(&claims("alice", &[("team-*", true)], false, hour));
+    let in_grace = files.load_or_create().expect("secret").issue(&alice_claims);
     files.rotate((now_s() + 3600) * 1000).expect("rotate");
     let secrets = files.load_or_create().expect("secret");
     let server = common::start(config).await;
     let addr = server.addr();
 
     let admin = secrets.issue(&claims("root", &[("*", true)], true, hour));
-    let alice = secrets.issue(&claims("alice", &[("team-*", true)], false, hour));
-    let reader = secrets.issue(&claims("rita", &[("team-*", false)], false, hour));
-    let expired = secrets.issue(&claims("alice", &[("team-*", true)], false, now_s() - 1));
+    let alice = secrets.issue(&alice_claims);
+    let reader = secrets.issue(&with_files(claims("rita", &[("team-*", false)], false, hour), "team/", false));
+    let expired = secrets.issue(&Claims { exp: now_s() - 1, ..alice_claims.clone() });
+    // A visitor's session, a file it owns, a shared file; and the visitor's token.
+    let http = reqwest::Client::new();
+    let session = create_session(addr, &admin).await;
+    for (key, owner) in [("team/shared.txt", None), ("private/visitor.txt", Some(&session))] {
+        let query = owner.map(|s| format!("?session={s}")).unwrap_or_default();
+        let put = http.put(format!("http://{addr}/api/files/{key}{query}")).bearer_auth(&admin).body("content");
+        assert_eq!(put.send().await.expect("put").status().as_u16(), 201, "admin uploads {key}");
+    }
+    let visitor = secrets.issue(&Claims {
+        session: Some(roomlog::event::SessionId::parse(&session).expect("id")),
+        ..claims("visitor", &[("team-*", false)], false, hour)
+    });
     let mut tampered = alice.clone();
     tampered.insert(10, if tampered.as_bytes()[10] == b'A' { 'B' } else { 'A' });
 
@@ -69,22 +148,31 @@ async fn the_permission_matrix_refuses_every_unauthorized_case_and_allows_every_
     }
     common::projections_caught_up(addr).await;
 
-    // (identity, token, rooms readable, rooms writable)
-    let identities: Vec<Case> = vec![
-        ("admin", Some(&admin), &["team-a", "lobby"], &["team-a", "lobby"]),
-        ("alice (team-* write)", Some(&alice), &["team-a"], &["team-a"]),
-        ("rita (team-* read only)", Some(&reader), &["team-a"], &[]),
-        ("alice, old secret in its grace", Some(&in_grace), &["team-a"], &["team-a"]),
-        ("alice, rotated-out secret", Some(&rotated_out), &[], &[]),
-        ("alice, expired", Some(&expired), &[], &[]),
-        ("alice, tampered", Some(&tampered), &[], &[]),
-        ("no token", None, &[], &[]),
+    // (identity, token, rooms readable, rooms writable; HTTP rights as in HTTP_OPS)
+    let (all, none) = ([true; 6], [false; 6]);
+    let team_writer = [true, true, false, false, false, false];
+    let identities: Vec<(Case, HttpRights)> = vec![
+        (("admin", Some(&admin), &["team-a", "lobby"], &["team-a", "lobby"]), all),
+        (("alice (team-* write, team/ files)", Some(&alice), &["team-a"], &["team-a"]), team_writer),
+        (
+            ("rita (team-* and team/ read only)", Some(&reader), &["team-a"], &[]),
+            [true, false, false, false, false, false],
+        ),
+        (("alice's, old secret in its grace", Some(&in_grace), &["team-a"], &["team-a"]), team_writer),
+        (("visitor bound to the session", Some(&visitor), &["team-a"], &[]), [false, false, true, true, true, false]),
+        (("alice, rotated-out secret", Some(&rotated_out), &[], &[]), none),
+        (("alice, expired", Some(&expired), &[], &[]), none),
+        (("alice, tampered", Some(&tampered), &[], &[]), none),
+        (("no token", None, &[], &[]), none),
     ];
     let (mut allowed, mut refused) = (0, 0);
-    for (who, token, readable, writable) in identities {
+    for (n, ((who, token, readable, writable), rights)) in identities.into_iter().enumerate() {
+        let valid = !readable.is_empty() || !writable.is_empty();
+        let (yes, no) = http_cases(addr, who, token, &session, rights, valid, n).await;
+        allowed += yes;
+        refused += no;
         let query = token.map(|t| format!("token={t}")).unwrap_or_else(|| "name=anon".into());
         let client = Client::connect_query(addr, &query, who).await;
-        let valid = !readable.is_empty() || !writable.is_empty();
         let mut client = match client {
             Ok(client) => {
                 assert!(valid, "{who}: connected, but must be refused");
@@ -231,15 +319,16 @@ async fn a_token_bound_to_a_session_dies_with_the_session() {
     let server = common::start(config).await;
     let addr = server.addr();
     let http = reqwest::Client::new();
-    let session: Value =
-        http.post(format!("http://{addr}/api/sessions")).send().await.expect("create").json().await.expect("json");
-    let id = roomlog::event::SessionId::parse(session["id"].as_str().expect("id")).expect("session id");
+    let admin = secrets.issue(&claims("root", &[("*", true)], true, now_s() + 3600));
+    let id = roomlog::event::SessionId::parse(&create_session(addr, &admin).await).expect("session id");
     let bound = Claims { session: Some(id.clone()), ..claims("visitor", &[("room-*", true)], false, now_s() + 3600) };
     let token = secrets.issue(&bound);
     let mut client = Client::connect_query(addr, &format!("token={token}"), "visitor").await.expect("live session");
     client.join("room-1", None).await;
     assert!(client.say("room-1", "while the session lives", "1").await > 0);
-    let ended = http.post(format!("http://{addr}/api/sessions/{id}/end")).send().await.expect("end");
+    // The visitor ends its own session with its own token.
+    let ended =
+        http.post(format!("http://{addr}/api/sessions/{id}/end")).bearer_auth(&token).send().await.expect("end");
     assert!(ended.status().is_success(), "{}", ended.status());
     let refused = Client::connect_query(addr, &format!("token={token}"), "visitor").await.err();
     assert_eq!(refused, Some(401), "the session ended: its token no longer connects");

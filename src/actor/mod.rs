@@ -45,6 +45,43 @@ pub struct Member {
     pub tx: mpsc::Sender<Outbound>,
     /// Rung when this member is disconnected for being too slow.
     pub kick: Arc<Notify>,
+    /// Bytes queued for this connection across all its rooms, and the most it may have.
+    pub queued: Arc<QueuedBytes>,
+}
+
+/// The bytes of frames queued for one connection, shared by its rooms' queues: rooms add
+/// what they queue, the connection subtracts what it takes.
+#[derive(Debug)]
+pub struct QueuedBytes {
+    bytes: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl QueuedBytes {
+    pub fn new(max: usize) -> Self {
+        Self { bytes: std::sync::atomic::AtomicUsize::new(0), max }
+    }
+
+    /// Counts `len` more bytes in; false (and nothing counted) when that would pass the limit.
+    pub fn add(&self, len: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = self.bytes.fetch_add(len, Ordering::AcqRel);
+        if before + len > self.max {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Counts `len` bytes out.
+    pub fn remove(&self, len: usize) {
+        self.bytes.fetch_sub(len, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Bytes queued now.
+    pub fn get(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Errors of the chat actors, reported to the client as an error frame with [`Self::code`].

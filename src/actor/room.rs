@@ -440,15 +440,23 @@ impl RoomActorState {
 }
 
 /// Queues a frame for a member; false when the member must be dropped (gone, or too slow, in
-/// which case it is kicked rather than allowed to grow the queue).
+/// which case it is kicked rather than allowed to grow its queue past its frames or bytes).
 fn deliver(member: &Member, outbound: Outbound) -> bool {
-    match member.tx.try_send(outbound) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            member.kick.notify_one();
-            metrics::counter!(crate::metrics::SLOW_CONSUMERS_TOTAL).increment(1);
-            false
+    let len = outbound.frame.len();
+    let full = if member.queued.add(len) {
+        match member.tx.try_send(outbound) {
+            Ok(()) => return true,
+            Err(error) => {
+                member.queued.remove(len);
+                matches!(error, mpsc::error::TrySendError::Full(_))
+            }
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    } else {
+        true
+    };
+    if full {
+        member.kick.notify_one();
+        metrics::counter!(crate::metrics::SLOW_CONSUMERS_TOTAL).increment(1);
     }
+    false
 }

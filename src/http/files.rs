@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
-use super::{error_reply, App, Refusal};
+use super::{error_reply, App, Caller, Refusal};
+use crate::auth::{FileAccess, Identity};
 use crate::blob::service::FileError;
 use crate::blob::{FileKey, Tier};
 use crate::event::SessionId;
@@ -48,30 +49,46 @@ fn owner_of(query: &HashMap<String, String>) -> Result<Option<SessionId>, Refusa
 /// All file routes.
 /// Boxed: the route types are deep enough otherwise to overflow the compiler's recursion limit.
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    let caller = super::caller(app.clone());
     let with_app = warp::any().map(move || app.clone());
     let files = warp::path("api").and(warp::path("files"));
     let list = files
         .and(warp::path::end())
         .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(super::credentials())
+        .and(caller.clone())
         .and(with_app.clone())
-        .then(|query, app: Arc<App>| async move { list(&query, &app).await });
+        .then(|query, caller: Caller, app: Arc<App>| async move {
+            match caller {
+                Ok(identity) => list(&query, &identity, &app).await,
+                Err(refusal) => refusal.reply(),
+            }
+        });
     let put = files
         .and(warp::path::tail())
         .and(warp::put())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(super::credentials())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
+        .and(caller.clone())
         .and(with_app.clone())
-        .then(|tail: warp::path::Tail, query: HashMap<String, String>, headers: HeaderMap, body, app: Arc<App>| async move {
+        .then(|tail: warp::path::Tail, query: HashMap<String, String>, headers: HeaderMap, body, caller: Caller, app: Arc<App>| async move {
+            let identity = match caller {
+                Ok(identity) => identity,
+                Err(refusal) => return refusal.reply(),
+            };
             let key = match key_of(tail.as_str()) {
                 Ok(key) => key,
                 Err(refusal) => return refusal.reply(),
             };
             let owner = match owner_of(&query) {
-                Ok(owner) => owner,
+                // A token bound to a session uploads as that session unless it names another.
+                Ok(owner) => owner.or_else(|| identity.session.clone()),
                 Err(refusal) => return refusal.reply(),
             };
+            if let Err(refusal) = may_write(&identity, &key, owner.as_ref(), &app).await {
+                return refusal.reply();
+            }
             let content_type = headers
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
@@ -95,61 +112,119 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
                 Err(error) => file_error(&error),
             }
         });
-    let get =
-        files.and(warp::path::tail()).and(warp::get()).and(warp::header::headers_cloned()).and(with_app.clone()).then(
-            |tail: warp::path::Tail, headers: HeaderMap, app: Arc<App>| async move {
-                match key_of(tail.as_str()) {
-                    Ok(key) => download(&key, &headers, &app).await,
-                    Err(refusal) => refusal.reply(),
-                }
-            },
-        );
-    let delete = files.and(warp::path::tail()).and(warp::delete()).and(with_app.clone()).then(
-        |tail: warp::path::Tail, app: Arc<App>| async move {
+    let get = files
+        .and(warp::path::tail())
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(caller.clone())
+        .and(with_app.clone())
+        .then(|tail: warp::path::Tail, headers: HeaderMap, caller: Caller, app: Arc<App>| async move {
+            match (key_of(tail.as_str()), caller) {
+                (_, Err(refusal)) => refusal.reply(),
+                (Ok(key), Ok(identity)) => download(&key, &headers, &identity, &app).await,
+                (Err(refusal), _) => refusal.reply(),
+            }
+        });
+    let delete = files.and(warp::path::tail()).and(warp::delete()).and(caller.clone()).and(with_app.clone()).then(
+        |tail: warp::path::Tail, caller: Caller, app: Arc<App>| async move {
+            let identity = match caller {
+                Ok(identity) => identity,
+                Err(refusal) => return refusal.reply(),
+            };
             let key = match key_of(tail.as_str()) {
                 Ok(key) => key,
                 Err(refusal) => return refusal.reply(),
             };
+            if let Err(refusal) = may_write(&identity, &key, None, &app).await {
+                return refusal.reply();
+            }
             match app.files.delete(&key, "deleted by the app").await {
                 Ok(entry) => warp::reply::json(&serde_json::json!({ "deleted": entry })).into_response(),
                 Err(error) => file_error(&error),
             }
         },
     );
-    let copy = files
-        .and(warp::path::tail())
-        .and(warp::post())
-        .and(warp::query::<HashMap<String, String>>())
-        .and(with_app)
-        .then(|tail: warp::path::Tail, query: HashMap<String, String>, app: Arc<App>| async move {
-            let from = match key_of(tail.as_str()) {
-                Ok(key) => key,
-                Err(refusal) => return refusal.reply(),
-            };
-            if let Some(tier) = query.get("tier") {
-                return move_tier(&from, tier, &app).await;
-            }
-            let Some(to) = query.get("copy_to") else {
-                return error_reply(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    "POST a key with ?copy_to=OTHER_KEY, or ?tier=hot|cold to move its content",
-                );
-            };
-            let to = match FileKey::parse(to) {
-                Ok(to) => to,
-                Err(e) => return error_reply(StatusCode::BAD_REQUEST, "invalid_key", &e.to_string()),
-            };
-            let owner = match owner_of(&query) {
-                Ok(owner) => owner,
-                Err(refusal) => return refusal.reply(),
-            };
-            match app.files.copy(&from, to, owner).await {
-                Ok(entry) => warp::reply::with_status(warp::reply::json(&entry), StatusCode::CREATED).into_response(),
-                Err(error) => file_error(&error),
-            }
-        });
+    let copy =
+        files.and(warp::path::tail()).and(warp::post()).and(super::credentials()).and(caller).and(with_app).then(
+            |tail: warp::path::Tail, query: HashMap<String, String>, caller: Caller, app: Arc<App>| async move {
+                let identity = match caller {
+                    Ok(identity) => identity,
+                    Err(refusal) => return refusal.reply(),
+                };
+                let from = match key_of(tail.as_str()) {
+                    Ok(key) => key,
+                    Err(refusal) => return refusal.reply(),
+                };
+                if let Some(tier) = query.get("tier") {
+                    if !identity.manages_all() {
+                        return Refusal::forbidden("moving content between tiers is for an admin token").reply();
+                    }
+                    return move_tier(&from, tier, &app).await;
+                }
+                let Some(to) = query.get("copy_to") else {
+                    return error_reply(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        "POST a key with ?copy_to=OTHER_KEY, or ?tier=hot|cold to move its content",
+                    );
+                };
+                let to = match FileKey::parse(to) {
+                    Ok(to) => to,
+                    Err(e) => return error_reply(StatusCode::BAD_REQUEST, "invalid_key", &e.to_string()),
+                };
+                let owner = match owner_of(&query) {
+                    Ok(owner) => owner.or_else(|| identity.session.clone()),
+                    Err(refusal) => return refusal.reply(),
+                };
+                if let Err(refusal) = may_read(&identity, &from, &app).await {
+                    return refusal.reply();
+                }
+                if let Err(refusal) = may_write(&identity, &to, owner.as_ref(), &app).await {
+                    return refusal.reply();
+                }
+                match app.files.copy(&from, to, owner).await {
+                    Ok(entry) => {
+                        warp::reply::with_status(warp::reply::json(&entry), StatusCode::CREATED).into_response()
+                    }
+                    Err(error) => file_error(&error),
+                }
+            },
+        );
     list.or(put).unify().or(get).unify().or(delete).unify().or(copy).unify().boxed()
+}
+
+/// Whether `identity` may read `key`: a refusal is 403 whether or not the key exists, so a
+/// caller learns nothing of keys it may not read.
+async fn may_read(identity: &Identity, key: &FileKey, app: &App) -> Result<(), Refusal> {
+    if identity.may_file(key.as_str(), &[], FileAccess::Read) {
+        return Ok(());
+    }
+    let owner = app.files.get(key).await.ok().flatten().and_then(|entry| entry.owner);
+    if owner.is_some() && identity.may_file(key.as_str(), &[owner.as_ref()], FileAccess::Read) {
+        return Ok(());
+    }
+    Err(Refusal::forbidden("your token does not cover this key (its prefix, or its owner session)"))
+}
+
+/// Whether `identity` may write `key`, now owned by whoever it is and then by `owner`.
+async fn may_write(identity: &Identity, key: &FileKey, owner: Option<&SessionId>, app: &App) -> Result<(), Refusal> {
+    if identity.may_file(key.as_str(), &[], FileAccess::Write) {
+        return Ok(());
+    }
+    // Without a prefix grant, only a key that exists and is owned by the caller's session
+    // (and stays so) may be written: a session's token cannot create keys anywhere it likes.
+    let present = app.files.get(key).await.ok().flatten();
+    let mut owners = Vec::new();
+    if let Some(entry) = &present {
+        owners.push(entry.owner.as_ref());
+        if owner.is_some() {
+            owners.push(owner);
+        }
+    }
+    if identity.may_file(key.as_str(), &owners, FileAccess::Write) {
+        return Ok(());
+    }
+    Err(Refusal::forbidden("your token may not write this key (its prefix, or its owner session)"))
 }
 
 /// Moves a key's content (and so every key sharing it) to a tier, as an operator asks.
@@ -175,12 +250,12 @@ async fn move_tier(key: &FileKey, tier: &str, app: &App) -> warp::reply::Respons
 pub fn scrub_route(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     warp::path!("api" / "scrub")
         .and(warp::post())
-        .and(warp::addr::remote())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(crate::http::listen::peer())
+        .and(super::credentials())
         .and(warp::any().map(move || app.clone()))
         .then(|peer: Option<std::net::SocketAddr>, query: HashMap<String, String>, app: Arc<App>| async move {
-            if !super::admin_allowed(peer, &query, &app) {
-                return super::admin_only("a scrub");
+            if let Err(refusal) = super::admin_check(peer, &query, &app) {
+                return refusal.reply();
             }
             match app.files.scrub().await {
                 Ok(report) => warp::reply::json(&report).into_response(),
@@ -190,8 +265,11 @@ pub fn scrub_route(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Re
         .boxed()
 }
 
-async fn list(query: &HashMap<String, String>, app: &App) -> warp::reply::Response {
+async fn list(query: &HashMap<String, String>, identity: &Identity, app: &App) -> warp::reply::Response {
     let prefix = query.get("prefix").map(String::as_str).unwrap_or("");
+    if !identity.may_list(prefix) {
+        return Refusal::forbidden("your token does not cover every key under this prefix").reply();
+    }
     let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
         None => 100,
         Some(Ok(l)) if (1..=LIST_LIMIT_MAX).contains(&l) => l,
@@ -237,7 +315,10 @@ fn parse_range(header: &str, size: u64) -> Result<(u64, u64), String> {
     Ok((start, end))
 }
 
-async fn download(key: &FileKey, headers: &HeaderMap, app: &App) -> warp::reply::Response {
+async fn download(key: &FileKey, headers: &HeaderMap, identity: &Identity, app: &App) -> warp::reply::Response {
+    if let Err(refusal) = may_read(identity, key, app).await {
+        return refusal.reply();
+    }
     let entry = match app.files.get(key).await {
         Ok(Some(entry)) => entry,
         Ok(None) => return file_error(&FileError::NotFound(key.to_string())),

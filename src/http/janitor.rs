@@ -6,7 +6,7 @@ use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use super::{admin_allowed, admin_only, error_reply, App};
+use super::{admin_check, error_reply, App};
 use crate::janitor::JanitorError;
 
 /// Most runs one answer lists.
@@ -22,8 +22,9 @@ fn janitor_error(error: &JanitorError) -> warp::reply::Response {
 
 /// All janitor routes. Boxed, as the other route groups are.
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    let gate = super::admin(app.clone());
     let with_app = warp::any().map(move || app.clone());
-    let plan = warp::path!("api" / "janitor" / "plan").and(warp::get()).and(with_app.clone()).then(
+    let plan = warp::path!("api" / "janitor" / "plan").and(warp::get()).and(gate.clone()).and(with_app.clone()).then(
         |app: Arc<App>| async move {
             match app.janitor.plan().await {
                 Ok(plan) => warp::reply::json(&plan).into_response(),
@@ -33,12 +34,12 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
     );
     let run = warp::path!("api" / "janitor" / "run")
         .and(warp::post())
-        .and(warp::addr::remote())
-        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and(crate::http::listen::peer())
+        .and(super::credentials())
         .and(with_app.clone())
         .then(|peer: Option<std::net::SocketAddr>, query, app: Arc<App>| async move {
-            if !admin_allowed(peer, &query, &app) {
-                return admin_only("a janitor run");
+            if let Err(refusal) = admin_check(peer, &query, &app) {
+                return refusal.reply();
             }
             match app.janitor.run("manual").await {
                 Ok(ran) => {
@@ -50,7 +51,8 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         });
     let runs = warp::path!("api" / "janitor" / "runs")
         .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(gate)
+        .and(super::credentials())
         .and(with_app)
         .then(|query: HashMap<String, String>, app: Arc<App>| async move {
             let limit = match query.get("limit").map(|l| l.parse::<usize>()) {

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod files;
 pub mod janitor;
+pub mod listen;
 pub mod sessions;
 pub mod storage;
 pub mod upgrade;
@@ -204,6 +205,11 @@ impl Refusal {
         Self { status: StatusCode::BAD_REQUEST, code, message: message.into() }
     }
 
+    /// A caller whose token does not cover what it asked.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into() }
+    }
+
     pub fn reply(&self) -> warp::reply::Response {
         error_reply(self.status, self.code, &self.message)
     }
@@ -224,8 +230,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(upgrade::request())
-        .and(warp::addr::remote())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(crate::http::listen::peer())
+        .and(credentials())
         .and(with_app.clone())
         .map(upgrade);
     let healthz = warp::path("healthz")
@@ -234,54 +240,75 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
     let readyz =
         warp::path("readyz").and(warp::path::end()).and(warp::get()).and(with_app.clone()).and_then(api::readyz);
-    let rooms = warp::path!("api" / "rooms")
-        .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
-        .and(with_app.clone())
-        .then(|query, app: Arc<App>| async move {
+    let rooms = warp::path!("api" / "rooms").and(warp::get()).and(credentials()).and(with_app.clone()).then(
+        |query, app: Arc<App>| async move {
             app.history_barrier().await;
             api::rooms(query, app)
-        });
-    let metrics =
-        warp::path("metrics").and(warp::path::end()).and(warp::get()).and(with_app.clone()).and_then(api::metrics);
+        },
+    );
+    let metrics_gate = {
+        let app = app.clone();
+        let gate = admin(app.clone());
+        warp::any()
+            .and_then(move || {
+                let private = app.config.auth.metrics_private;
+                async move {
+                    if private {
+                        Err(warp::reject::not_found())
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .untuple_one()
+            .or(gate)
+            .unify()
+    };
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(metrics_gate)
+        .and(with_app.clone())
+        .and_then(api::metrics);
     let export = warp::path!("api" / "log" / "export")
         .and(warp::get())
-        .and(warp::addr::remote())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(crate::http::listen::peer())
+        .and(credentials())
         .and(with_app.clone())
         .and_then(|peer: Option<std::net::SocketAddr>, query: HashMap<String, String>, app: Arc<App>| async move {
-            if !admin_allowed(peer, &query, &app) {
-                return Ok(admin_only("the log export"));
+            if let Err(refusal) = admin_check(peer, &query, &app) {
+                return Ok(refusal.reply());
             }
             let mut query = query;
             query.remove("token");
             api::export(query, app).await
         });
-    let status = warp::path!("api" / "status").and(warp::get()).and(with_app.clone()).and_then(api::status);
-    let lifecycle = warp::path!("api" / "lifecycle" / "plan").and(warp::get()).and(with_app.clone()).then(
-        |app: Arc<App>| async move {
-            match app.files.lifecycle_plan(app.sessions_clock_now()).await {
-                Ok(plan) => {
-                    let bytes: u64 = plan.iter().map(|p| p.bytes).sum();
-                    warp::reply::json(&serde_json::json!({ "plan": plan, "bytes": bytes })).into_response()
-                }
-                Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, error.code(), &error.to_string()),
-            }
-        },
-    );
-    let search = warp::path!("api" / "search")
+    let status = warp::path!("api" / "status")
         .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(admin(app.clone()))
         .and(with_app.clone())
-        .then(api::search);
-    let messages = warp::path!("api" / "rooms" / String / "messages")
-        .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
-        .and(with_app)
-        .then(|room, query, app: Arc<App>| async move {
-            app.history_barrier().await;
-            api::messages(room, query, app)
-        });
+        .and_then(api::status);
+    let lifecycle =
+        warp::path!("api" / "lifecycle" / "plan").and(warp::get()).and(admin(app.clone())).and(with_app.clone()).then(
+            |app: Arc<App>| async move {
+                match app.files.lifecycle_plan(app.sessions_clock_now()).await {
+                    Ok(plan) => {
+                        let bytes: u64 = plan.iter().map(|p| p.bytes).sum();
+                        warp::reply::json(&serde_json::json!({ "plan": plan, "bytes": bytes })).into_response()
+                    }
+                    Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, error.code(), &error.to_string()),
+                }
+            },
+        );
+    let search =
+        warp::path!("api" / "search").and(warp::get()).and(credentials()).and(with_app.clone()).then(api::search);
+    let messages =
+        warp::path!("api" / "rooms" / String / "messages").and(warp::get()).and(credentials()).and(with_app).then(
+            |room, query, app: Arc<App>| async move {
+                app.history_barrier().await;
+                api::messages(room, query, app)
+            },
+        );
     ws.or(sessions::routes(app.clone()))
         .unify()
         .or(files::routes(app.clone()))
@@ -317,22 +344,92 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .unify()
 }
 
+/// A caller's credentials: the query string, with `token` taken from an `Authorization:
+/// Bearer TOKEN` header when the query has none (browsers cannot set headers on a WebSocket,
+/// so `?token=` stays).
+pub fn credentials() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Clone {
+    warp::query::<HashMap<String, String>>().and(warp::header::optional::<String>("authorization")).map(
+        |mut query: HashMap<String, String>, authorization: Option<String>| {
+            let bearer = authorization.as_deref().and_then(|value| {
+                let (scheme, token) = value.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+            });
+            if let Some(token) = bearer {
+                query.entry("token".to_owned()).or_insert(token);
+            }
+            query
+        },
+    )
+}
+
+/// Who is calling (see [`api::identity_of`]), or the 401 to answer.
+pub type Caller = Result<crate::auth::Identity, Refusal>;
+
+/// Who is calling (see [`api::identity_of`]); the error is the 401 to answer.
+pub fn caller(app: Arc<App>) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
+    credentials().map(move |query: HashMap<String, String>| {
+        api::identity_of(&query, &app).map_err(|error| Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: error.to_string(),
+        })
+    })
+}
+
 /// Whether a request comes from this host. The log export hands out every message, so until
 /// admin tokens exist (issue 7) only a peer on the loopback interface may call it.
 pub fn host_only(peer: Option<std::net::SocketAddr>) -> bool {
     peer.is_some_and(|p| p.ip().is_loopback())
 }
 
-/// Whether a caller may use the admin endpoints: from the server's own host, or with a token
-/// that has the admin scope.
+/// Whether a caller may use the admin endpoints: with a token that has the admin scope, or
+/// from the server's own host when `auth.admin_from_host` allows it.
 pub fn admin_allowed(peer: Option<std::net::SocketAddr>, query: &HashMap<String, String>, app: &App) -> bool {
-    host_only(peer) || (query.contains_key("token") && api::identity_of(query, app).is_ok_and(|i| i.admin))
+    admin_check(peer, query, app).is_ok()
+}
+
+/// [`admin_allowed`], with the refusal: 401 for a token that is not valid, else 403.
+pub fn admin_check(
+    peer: Option<std::net::SocketAddr>,
+    query: &HashMap<String, String>,
+    app: &App,
+) -> Result<(), Refusal> {
+    if app.config.auth.admin_from_host && host_only(peer) {
+        return Ok(());
+    }
+    let needed = "this endpoint needs an admin token (?token= or Authorization: Bearer)";
+    if !query.contains_key("token") {
+        return Err(Refusal { status: StatusCode::UNAUTHORIZED, code: "unauthorized", message: needed.to_owned() });
+    }
+    match api::identity_of(query, app) {
+        Ok(identity) if identity.admin => Ok(()),
+        Ok(_) => Err(Refusal::forbidden(needed)),
+        Err(error) => {
+            Err(Refusal { status: StatusCode::UNAUTHORIZED, code: "unauthorized", message: error.to_string() })
+        }
+    }
 }
 
 /// The 403 of an admin endpoint.
 pub fn admin_only(what: &str) -> warp::reply::Response {
-    let text = format!("{what} is for this host or an admin token (?token=) only");
+    let text = format!("{what} needs an admin token (?token= or Authorization: Bearer)");
     error_reply(StatusCode::FORBIDDEN, "forbidden", &text)
+}
+
+/// A request refused by [`admin`].
+#[derive(Debug)]
+pub struct AdminOnly(Refusal);
+impl warp::reject::Reject for AdminOnly {}
+
+/// Passes only callers that [`admin_allowed`]; others get 403 `forbidden`.
+pub fn admin(app: Arc<App>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    listen::peer()
+        .and(credentials())
+        .and_then(move |peer: Option<std::net::SocketAddr>, query: HashMap<String, String>| {
+            let checked = admin_check(peer, &query, &app).map_err(|refusal| warp::reject::custom(AdminOnly(refusal)));
+            async move { checked }
+        })
+        .untuple_one()
 }
 
 fn upgrade(
@@ -392,7 +489,9 @@ fn upgrade(
 }
 
 async fn rejection(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
-    let (status, code, message) = if rejection.is_not_found() {
+    let (status, code, message) = if let Some(AdminOnly(refusal)) = rejection.find::<AdminOnly>() {
+        (refusal.status, refusal.code, refusal.message.clone())
+    } else if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "not_found", "no such route".to_owned())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route".to_owned())

@@ -8,8 +8,9 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use super::{error_reply, App};
+use super::{error_reply, App, Caller, Refusal};
 use crate::actor::session::{Command, SessionError};
+use crate::auth::Identity;
 use crate::event::{Envelope, SessionId, StreamId};
 use crate::projection::sessions::{Session, SessionState};
 
@@ -29,10 +30,6 @@ fn session_error(error: &SessionError) -> warp::reply::Response {
     error_reply(status, error.code(), &error.to_string())
 }
 
-fn bad_id(error: &crate::event::InvalidSessionId) -> warp::reply::Response {
-    error_reply(StatusCode::BAD_REQUEST, "invalid_session_id", &error.to_string())
-}
-
 #[derive(Serialize)]
 struct EventView<'a> {
     seq: u64,
@@ -43,46 +40,87 @@ struct EventView<'a> {
 /// All session routes.
 /// Boxed: the route types are deep enough otherwise to overflow the compiler's recursion limit.
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    let caller = super::caller(app.clone());
     let with_app = warp::any().map(move || app.clone());
-    let create =
-        warp::path!("api" / "sessions").and(warp::post()).and(warp::body::stream()).and(with_app.clone()).then(
-            |body, app: Arc<App>| async move {
-                // Read at most CREATE_BODY_MAX bytes; no Content-Length (curl -X POST) is an empty body.
-                let mut body = Box::pin(body);
-                let mut bytes = Vec::new();
-                while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
-                    let Ok(mut chunk) = chunk else { break };
-                    while bytes::Buf::has_remaining(&chunk) {
-                        let part = bytes::Buf::chunk(&chunk);
-                        bytes.extend_from_slice(part);
-                        let n = part.len();
-                        bytes::Buf::advance(&mut chunk, n);
-                    }
-                    if bytes.len() > CREATE_BODY_MAX {
-                        return error_reply(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the body is over 4 KiB");
-                    }
+    let create = warp::path!("api" / "sessions")
+        .and(warp::post())
+        .and(warp::body::stream())
+        .and(caller.clone())
+        .and(with_app.clone())
+        .then(|body, caller: Caller, app: Arc<App>| async move {
+            if let Err(refusal) = manager(caller) {
+                return refusal.reply();
+            }
+            // Read at most CREATE_BODY_MAX bytes; no Content-Length (curl -X POST) is an empty body.
+            let mut body = Box::pin(body);
+            let mut bytes = Vec::new();
+            while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+                let Ok(mut chunk) = chunk else { break };
+                while bytes::Buf::has_remaining(&chunk) {
+                    let part = bytes::Buf::chunk(&chunk);
+                    bytes.extend_from_slice(part);
+                    let n = part.len();
+                    bytes::Buf::advance(&mut chunk, n);
                 }
-                create(&bytes, &app).await
+                if bytes.len() > CREATE_BODY_MAX {
+                    return error_reply(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the body is over 4 KiB");
+                }
+            }
+            create(&bytes, &app).await
+        });
+    let stats =
+        warp::path!("api" / "sessions" / "stats").and(warp::get()).and(caller.clone()).and(with_app.clone()).then(
+            |caller: Caller, app: Arc<App>| async move {
+                match manager(caller) {
+                    Ok(()) => stats(&app).await,
+                    Err(refusal) => refusal.reply(),
+                }
             },
         );
-    let stats = warp::path!("api" / "sessions" / "stats")
-        .and(warp::get())
-        .and(with_app.clone())
-        .then(|app: Arc<App>| async move { stats(&app).await });
     let get = warp::path!("api" / "sessions" / String)
         .and(warp::get())
+        .and(caller.clone())
         .and(with_app.clone())
-        .then(|id: String, app: Arc<App>| async move { get(&id, &app).await });
-    let act = warp::path!("api" / "sessions" / String / String)
-        .and(warp::post())
-        .and(with_app.clone())
-        .then(|id: String, verb: String, app: Arc<App>| async move { act(&id, &verb, &app).await });
-    let list = warp::path!("api" / "sessions")
-        .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
-        .and(with_app)
-        .then(|query: HashMap<String, String>, app: Arc<App>| async move { list(&query, &app).await });
+        .then(|id: String, caller: Caller, app: Arc<App>| async move { get(&id, caller, &app).await });
+    let act =
+        warp::path!("api" / "sessions" / String / String)
+            .and(warp::post())
+            .and(caller.clone())
+            .and(with_app.clone())
+            .then(|id: String, verb: String, caller: Caller, app: Arc<App>| async move {
+                act(&id, &verb, caller, &app).await
+            });
+    let list =
+        warp::path!("api" / "sessions").and(warp::get()).and(super::credentials()).and(caller).and(with_app).then(
+            |query: HashMap<String, String>, caller: Caller, app: Arc<App>| async move {
+                match manager(caller) {
+                    Ok(()) => list(&query, &app).await,
+                    Err(refusal) => refusal.reply(),
+                }
+            },
+        );
     create.or(stats).unify().or(get).unify().or(act).unify().or(list).unify().boxed()
+}
+
+/// Creating, paying and listing sessions is for the app's backend: an admin token (or any
+/// caller when `auth.anonymous = "write"` trusts everyone).
+fn manager(caller: Caller) -> Result<(), Refusal> {
+    match caller {
+        Ok(identity) if identity.manages_all() => Ok(()),
+        Ok(_) => Err(Refusal::forbidden("creating, paying and listing sessions needs an admin token")),
+        Err(refusal) => Err(refusal),
+    }
+}
+
+/// A session id the caller may read, touch or end: its own (a token bound to it), or any
+/// for a manager. A refusal does not say whether the session exists.
+fn own_session(id: &str, caller: Caller) -> Result<(SessionId, Identity), Refusal> {
+    let identity = caller?;
+    let id = SessionId::parse(id).map_err(|error| Refusal::bad_request("invalid_session_id", error.to_string()))?;
+    if !identity.may_session(&id) {
+        return Err(Refusal::forbidden("your token is not bound to this session"));
+    }
+    Ok((id, identity))
 }
 
 async fn create(body: &[u8], app: &App) -> warp::reply::Response {
@@ -111,10 +149,10 @@ async fn create(body: &[u8], app: &App) -> warp::reply::Response {
     }
 }
 
-async fn get(id: &str, app: &App) -> warp::reply::Response {
-    let id = match SessionId::parse(id) {
-        Ok(id) => id,
-        Err(error) => return bad_id(&error),
+async fn get(id: &str, caller: Caller, app: &App) -> warp::reply::Response {
+    let id = match own_session(id, caller) {
+        Ok((id, _)) => id,
+        Err(refusal) => return refusal.reply(),
     };
     let session = match app.sessions.get(&id).await {
         Ok(Some(session)) => session,
@@ -127,10 +165,10 @@ async fn get(id: &str, app: &App) -> warp::reply::Response {
     warp::reply::json(&serde_json::json!({ "session": session, "events": events })).into_response()
 }
 
-async fn act(id: &str, verb: &str, app: &App) -> warp::reply::Response {
-    let id = match SessionId::parse(id) {
-        Ok(id) => id,
-        Err(error) => return bad_id(&error),
+async fn act(id: &str, verb: &str, caller: Caller, app: &App) -> warp::reply::Response {
+    let (id, identity) = match own_session(id, caller) {
+        Ok(pair) => pair,
+        Err(refusal) => return refusal.reply(),
     };
     let command = match verb {
         "touch" => Command::Touch,
@@ -139,6 +177,9 @@ async fn act(id: &str, verb: &str, app: &App) -> warp::reply::Response {
         _ => return error_reply(StatusCode::NOT_FOUND, "not_found", "no such route: use touch, pay or end"),
     };
     let paying = matches!(command, Command::Pay);
+    if paying && !identity.manages_all() {
+        return Refusal::forbidden("paying a session needs an admin token").reply();
+    }
     let session = match app.sessions.command(&id, command).await {
         Ok(session) => session,
         Err(error) => return session_error(&error),

@@ -110,19 +110,23 @@ async fn measure(app: &App) -> Result<Storage, String> {
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let history_app = app.clone();
     let history =
-        warp::path!("api" / "storage" / "history").and(warp::get()).map(move || match history_app.growth.samples() {
-            Ok(samples) => warp::reply::json(&serde_json::json!({ "samples": samples })).into_response(),
-            Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
+        warp::path!("api" / "storage" / "history").and(warp::get()).and(super::admin(app.clone())).map(move || {
+            match history_app.growth.samples() {
+                Ok(samples) => warp::reply::json(&serde_json::json!({ "samples": samples })).into_response(),
+                Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
+            }
         });
     history
-        .or(warp::path!("api" / "storage").and(warp::get()).and(warp::any().map(move || app.clone())).then(
-            |app: Arc<App>| async move {
+        .or(warp::path!("api" / "storage")
+            .and(warp::get())
+            .and(super::admin(app.clone()))
+            .and(warp::any().map(move || app.clone()))
+            .then(|app: Arc<App>| async move {
                 match measure(&app).await {
                     Ok(storage) => warp::reply::json(&storage).into_response(),
                     Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error),
                 }
-            },
-        ))
+            }))
         .unify()
         .boxed()
 }

@@ -29,8 +29,8 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
     let admin = warp::path("admin")
         .and(warp::path::end())
         .and(warp::get())
-        .and(warp::addr::remote())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(crate::http::listen::peer())
+        .and(super::credentials())
         .map(
             move |peer: Option<std::net::SocketAddr>, query: HashMap<String, String>| {
                 if admin_allowed(peer, &query, &app) {

@@ -14,6 +14,7 @@ use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamMap;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -23,7 +24,7 @@ use tungstenite::Message;
 use super::upgrade::Socket;
 use super::{App, SearchFailure};
 use crate::actor::room::RoomMsg;
-use crate::actor::{ChatError, Member, Outbound};
+use crate::actor::{ChatError, Member, Outbound, QueuedBytes};
 use crate::auth::Identity;
 use crate::event::RoomId;
 use crate::projection::search::SearchParams;
@@ -34,6 +35,10 @@ use crate::wire::{error_frame, parse_client_frame, render, ClientFrame, ErrorCod
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code when the server shuts down ("going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a client that sent nothing (not even a pong) within `limits.idle_timeout`.
+pub const CLOSE_IDLE: u16 = 4009;
+/// How long a connection the server closes waits for the client's close frame.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// Frames written before one flush when several are ready at once.
 const WRITE_BATCH_MAX: usize = 64;
 /// Attempts to reach a room whose actor keeps disappearing under us.
@@ -55,6 +60,42 @@ struct Connection {
     joined: HashMap<RoomId, Joined>,
     queues: StreamMap<RoomId, RoomStream>,
     kick: Arc<Notify>,
+    /// Bytes waiting in this connection's room queues.
+    queued: Arc<QueuedBytes>,
+    /// Frames the client may still send now.
+    bucket: TokenBucket,
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up; a rate of 0 is no limit.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self { tokens: burst, rate: f64::from(rate), burst, at: now }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Why the write side stopped.
@@ -77,6 +118,10 @@ pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: O
     let (sink, mut stream) = socket.split();
     let id = app.next_member_id();
     let mut shutdown = app.shutdown.clone();
+    let limits = &app.config.limits;
+    let idle = limits.idle_timeout.max(std::time::Duration::from_millis(30));
+    let bucket = TokenBucket::new(limits.frames_per_second, limits.frames_burst, Instant::now());
+    let queued = Arc::new(QueuedBytes::new(limits.outbound_queue_bytes_max));
     let mut conn = Connection {
         id,
         identity,
@@ -85,30 +130,47 @@ pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: O
         joined: HashMap::new(),
         queues: StreamMap::new(),
         kick: Arc::new(Notify::new()),
+        queued,
+        bucket,
     };
+    // The server pings at a third of the idle timeout; a client that answers is not idle.
+    let mut pings = tokio::time::interval_at(Instant::now() + idle / 3, idle / 3);
+    let mut heard = Instant::now();
     let kick = conn.kick.clone();
     tracing::debug!(conn = id, user = %conn.identity.user, "connection opened");
     metrics::counter!(crate::metrics::CONNECTIONS_TOTAL).increment(1);
     metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).increment(1.0);
+    // The close frame the server sends, when it is the one ending the connection.
+    let mut farewell: Option<(u16, &'static str)> = None;
     loop {
         let step = tokio::select! {
             biased;
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
-                let _ = conn.sink.send(close(CLOSE_GOING_AWAY, "server shutting down")).await;
+                farewell = Some((CLOSE_GOING_AWAY, "server shutting down"));
                 break;
             }
             _ = kick.notified() => {
                 tracing::info!(conn = id, user = %conn.identity.user, "slow consumer disconnected");
-                let _ = conn.sink.send(close(CLOSE_SLOW_CONSUMER, "slow_consumer")).await;
+                farewell = Some((CLOSE_SLOW_CONSUMER, "slow_consumer"));
                 break;
             }
+            _ = pings.tick() => {
+                if heard.elapsed() >= idle {
+                    tracing::debug!(conn = id, "idle connection closed");
+                    metrics::counter!(crate::metrics::IDLE_CLOSED_TOTAL).increment(1);
+                    farewell = Some((CLOSE_IDLE, "idle_timeout"));
+                    break;
+                }
+                conn.sink.send(Message::Ping(Default::default())).await.map_err(|_| Gone)
+            }
             incoming = stream.next() => match incoming {
-                Some(Ok(message)) => conn.on_message(message).await,
+                Some(Ok(message)) => {
+                    heard = Instant::now();
+                    conn.on_message(message).await
+                }
                 Some(Err(error)) => {
                     tracing::debug!(conn = id, error = %error, "connection read failed");
-                    if let Some((code, reason)) = close_for(&error) {
-                        let _ = conn.sink.send(close(code, reason)).await;
-                    }
+                    farewell = close_for(&error);
                     break;
                 }
                 None => break,
@@ -118,6 +180,21 @@ pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: O
         if step.is_err() {
             break;
         }
+    }
+    // The closing handshake (RFC 6455 §7): send the close frame, then read until the client's
+    // own close, so that its unread frames and the close code are not lost to a TCP reset;
+    // bounded, since a client that stopped reading never answers.
+    if let Some((code, reason)) = farewell {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            if conn.sink.send(close(code, reason)).await.is_ok() {
+                while let Some(Ok(message)) = stream.next().await {
+                    if message.is_close() {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
     }
     for (room, joined) in conn.joined.drain() {
         let _ = joined.actor.cast(RoomMsg::Leave { member: id });
@@ -146,6 +223,15 @@ fn close_for(error: &tungstenite::Error) -> Option<(u16, &'static str)> {
 
 impl Connection {
     async fn on_message(&mut self, message: Message) -> Result<(), Gone> {
+        if matches!(message, Message::Text(_) | Message::Binary(_)) && !self.bucket.take(Instant::now()) {
+            metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL).increment(1);
+            let limits = &self.app.config.limits;
+            let text = format!(
+                "more than {} frames a second (bursts of {}); this frame was dropped unread, slow down",
+                limits.frames_per_second, limits.frames_burst
+            );
+            return self.error(ErrorCode::RateLimited, &text, None, None).await;
+        }
         let text = match &message {
             Message::Text(text) => text.as_str(),
             Message::Binary(_) => {
@@ -185,7 +271,7 @@ impl Connection {
                         .await;
                 }
                 if let Some(old) = self.joined.remove(&room) {
-                    self.queues.remove(&room);
+                    self.drop_queue(&room);
                     let _ = old.actor.cast(RoomMsg::Leave { member: self.id });
                 } else if self.joined.len() >= self.app.config.limits.rooms_per_connection_max {
                     let text = format!(
@@ -198,7 +284,7 @@ impl Connection {
             }
             ClientFrame::Leave { room } => {
                 let Some(room) = self.room(&room).await? else { return Ok(()) };
-                self.queues.remove(&room);
+                self.drop_queue(&room);
                 match self.joined.remove(&room) {
                     Some(joined) => {
                         let _ = joined.actor.cast(RoomMsg::Leave { member: self.id });
@@ -311,7 +397,8 @@ impl Connection {
         let actor = loop {
             let outcome = match self.app.rooms.get(&room).await {
                 Ok(actor) => {
-                    let member = Member { id: self.id, tx: tx.clone(), kick: self.kick.clone() };
+                    let member =
+                        Member { id: self.id, tx: tx.clone(), kick: self.kick.clone(), queued: self.queued.clone() };
                     match actor.call(|reply| RoomMsg::Join { member, since, reply }, None).await {
                         Ok(CallResult::Success(result)) => result.map(|reply| Some((actor, reply))),
                         _ => Ok(None), // the actor stopped while we asked: ask its successor
@@ -392,7 +479,17 @@ impl Connection {
         self.sink.flush().await.map_err(|_| Gone)
     }
 
+    /// Stops reading a room's queue, counting out what it still held.
+    fn drop_queue(&mut self, room: &RoomId) {
+        if let Some(mut queue) = self.queues.remove(room) {
+            while let Some(Some(Some(outbound))) = queue.next().now_or_never() {
+                self.queued.remove(outbound.frame.len());
+            }
+        }
+    }
+
     async fn feed(&mut self, room: &RoomId, outbound: Outbound) -> Result<(), Gone> {
+        self.queued.remove(outbound.frame.len());
         if let (Some(seq), Some(joined)) = (outbound.seq, self.joined.get_mut(room)) {
             if seq <= joined.last_seq {
                 return Ok(()); // already delivered by a replay
@@ -426,5 +523,25 @@ impl Connection {
 
     async fn write(&mut self, frame: String) -> Result<(), Gone> {
         self.sink.send(Message::text(frame)).await.map_err(|_| Gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenBucket;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(10, 3, start);
+        assert_eq!((0..5).filter(|_| bucket.take(start)).count(), 3, "the burst, then nothing");
+        assert!(!bucket.take(start + Duration::from_millis(50)), "half a token is not one");
+        assert!(bucket.take(start + Duration::from_millis(100)), "a tenth of a second earns one at 10/s");
+        let later = start + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| bucket.take(later)).count(), 3, "savings stop at the burst");
+        let mut unlimited = TokenBucket::new(0, 1, start);
+        assert!((0..1000).all(|_| unlimited.take(start)), "a rate of 0 is no limit");
     }
 }

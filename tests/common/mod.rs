@@ -16,11 +16,15 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for a frame before it fails: a bound against hanging, not a measure.
 pub const FRAME_WAIT: Duration = Duration::from_secs(20);
 
-/// A configuration for tests: data in `dir`, port chosen by the OS, and callers trusted by
-/// the name they give (`auth.anonymous = "write"`; `tests/tokens.rs` tests tokens).
+/// A configuration for tests: data in `dir`, port chosen by the OS, callers trusted by the
+/// name they give and the test's host trusted as admin (`auth.anonymous = "write"`,
+/// `auth.admin_from_host`; `tests/tokens.rs` tests tokens), and no per-connection frame rate
+/// (tests send in bursts; `tests/limits.rs` tests the rate).
 pub fn config(dir: &Path) -> Config {
     let mut config = Config { data: dir.to_path_buf(), ..Config::default() };
     config.auth.anonymous = roomlog::auth::Anonymous::Write;
+    config.limits.frames_per_second = 0;
+    config.auth.admin_from_host = true;
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.normalise();
     config
@@ -53,6 +57,11 @@ impl Client {
     pub async fn connect(addr: SocketAddr, name: &str) -> Self {
         let (ws, _) =
             tokio_tungstenite::connect_async(format!("ws://{addr}/ws?name={name}")).await.expect("ws connects");
+        Self { ws, name: name.to_owned() }
+    }
+
+    /// A client over a WebSocket opened by the caller (from a chosen source address, say).
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, name: &str) -> Self {
         Self { ws, name: name.to_owned() }
     }
 
@@ -249,6 +258,8 @@ pub fn spawn_with(data: &Path, env: &[(&str, &str)], stderr: Stdio) -> Binary {
         .arg(data)
         .env("ROOMLOG_LOG", "warn")
         .env("ROOMLOG_AUTH__ANONYMOUS", "write")
+        .env("ROOMLOG_LIMITS__FRAMES_PER_SECOND", "0")
+        .env("ROOMLOG_AUTH__ADMIN_FROM_HOST", "true")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(stderr)

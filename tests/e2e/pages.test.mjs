@@ -85,7 +85,7 @@ async function waitForBody(page, text) {
 before(async () => {
   mkdirSync(data, { recursive: true });
   // Retention gives the dashboard's dry run something to list; names without tokens may chat.
-  writeFileSync(join(dir, "roomlog.toml"), '[auth]\nanonymous = "write"\n[retention.rooms.archive]\nmax_messages = 50\n');
+  writeFileSync(join(dir, "roomlog.toml"), '[auth]\nanonymous = "write"\nadmin_from_host = true\n[limits]\nframes_per_second = 0\n[retention.rooms.archive]\nmax_messages = 50\n');
   addr = await start("127.0.0.1:0");
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
