@@ -208,7 +208,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref())?;
     config.logging.json |= cli.log_json;
-    let _log_files = init_tracing(&config.logging)?;
+    // The server logs to stdout; every other command's stdout is its answer (a token, JSON), so
+    // its log lines go to stderr.
+    let to_stderr = !matches!(cli.command, Command::Serve { .. });
+    let _log_files = init_tracing(&config.logging, to_stderr)?;
     if let Some(data) = cli.data {
         config.data = data;
     }
@@ -890,6 +893,7 @@ async fn shutdown_signal() {
 /// ring. The returned guard flushes the log files when `main` ends.
 fn init_tracing(
     logging: &roomlog::config::Logging,
+    to_stderr: bool,
 ) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -898,10 +902,15 @@ fn init_tracing(
         tracing_subscriber::EnvFilter::try_from_env("ROOMLOG_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
-    let stdout = if logging.json {
-        tracing_subscriber::fmt::layer().json().with_writer(std::io::stdout).boxed()
+    let writer = if to_stderr {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stdout).boxed()
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+    };
+    let stdout = if logging.json {
+        tracing_subscriber::fmt::layer().json().with_writer(writer).boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_writer(writer).boxed()
     };
     let (files, guard) = match &logging.dir {
         Some(dir) => {

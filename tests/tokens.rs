@@ -338,3 +338,20 @@ async fn a_token_bound_to_a_session_dies_with_the_session() {
     drop(client);
     server.shutdown().await;
 }
+
+#[test]
+fn token_issue_prints_only_the_token_even_when_it_creates_the_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_roomlog"))
+        .args(["token", "issue", "--user", "ann", "--rooms", "*", "--data"])
+        .arg(dir.path())
+        .output()
+        .expect("run roomlog token issue");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "TOKEN=$(roomlog token issue ...) gets the token alone: {stdout:?}");
+    assert!(lines[0].starts_with("rl1."), "{stdout:?}");
+    let secrets = SecretFiles { dir: dir.path().join("auth") }.load_or_create().expect("the secret it made");
+    assert_eq!(secrets.verify(lines[0], now_s() * 1000).expect("valid").user, "ann");
+}

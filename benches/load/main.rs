@@ -58,6 +58,9 @@ struct Args {
     /// Hold this many idle connections instead, and report memory.
     #[arg(long)]
     idle: Option<usize>,
+    /// Connect with this token (`?token=`) instead of a name.
+    #[arg(long)]
+    token: Option<String>,
     /// Process id of the server, to read its resident memory.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -125,7 +128,10 @@ async fn main() -> anyhow::Result<()> {
     let mut sockets = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
         let url = match args.protocol {
-            Protocol::Roomlog => format!("ws://{}/ws?name=load{i}", args.addr),
+            Protocol::Roomlog => match &args.token {
+                Some(token) => format!("ws://{}/ws?token={token}", args.addr),
+                None => format!("ws://{}/ws?name=load{i}", args.addr),
+            },
             Protocol::Baseline => format!("ws://{}/ws", args.addr),
         };
         let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| format!("connecting {url}"))?;
@@ -196,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
                     let mut body = format!("{run_id}:{i}:{n}:{sent_us}:");
                     body.extend(std::iter::repeat_n('x', body_bytes.saturating_sub(body.len())));
                     let frame = match protocol {
-                        Protocol::Roomlog => serde_json::json!({"type":"send","room":room,"body":body,"client_id":format!("{run_id}-{n}")}),
+                        Protocol::Roomlog => serde_json::json!({"type":"send","room":room,"body":body,"client_id":format!("{run_id}-{i}-{n}")}),
                         Protocol::Baseline => serde_json::json!({"type":"send","room":room,"body":body}),
                     };
                     if tx.send(Message::text(frame.to_string())).await.is_err() {
