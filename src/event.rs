@@ -45,6 +45,12 @@ impl StreamId {
         Self("janitor".into())
     }
 
+    /// The stream of the session sweeper's batches (`SessionsExpired`, `SessionsPurged`);
+    /// each session's own history finds them through the sessions projection.
+    pub fn session_sweeps() -> Self {
+        Self("sessions".into())
+    }
+
     /// The stream as stored.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -195,6 +201,12 @@ pub enum Event {
     /// An unpaid session was purged, with everything it owns.
     #[serde(rename = "SessionPurged.1")]
     SessionPurged(SessionDue),
+    /// Many sessions reached their expiry unpaid at once (the sweeper's batch).
+    #[serde(rename = "SessionsExpired.1")]
+    SessionsExpired(SessionsDue),
+    /// Many unpaid sessions were purged at once, each with everything it owns.
+    #[serde(rename = "SessionsPurged.1")]
+    SessionsPurged(SessionsDue),
     /// The app ended a session.
     #[serde(rename = "SessionEnded.1")]
     SessionEnded(SessionEnded),
@@ -237,6 +249,7 @@ impl Event {
             Event::SessionTouched(e) => StreamId::session(&e.id),
             Event::SessionPaid(e) => StreamId::session(&e.id),
             Event::SessionExpired(e) | Event::SessionPurged(e) => StreamId::session(&e.id),
+            Event::SessionsExpired(_) | Event::SessionsPurged(_) => StreamId::session_sweeps(),
             Event::SessionEnded(e) => StreamId::session(&e.id),
             Event::FileStored(e) => StreamId::file(&e.key),
             Event::FileDeleted(e) => StreamId::file(&e.key),
@@ -259,6 +272,8 @@ impl Event {
             | Event::SessionPaid(_)
             | Event::SessionExpired(_)
             | Event::SessionPurged(_)
+            | Event::SessionsExpired(_)
+            | Event::SessionsPurged(_)
             | Event::SessionEnded(_)
             | Event::FileStored(_)
             | Event::FileDeleted(_)
@@ -280,6 +295,8 @@ impl Event {
             Event::SessionPaid(_) => "SessionPaid.1",
             Event::SessionExpired(_) => "SessionExpired.1",
             Event::SessionPurged(_) => "SessionPurged.1",
+            Event::SessionsExpired(_) => "SessionsExpired.1",
+            Event::SessionsPurged(_) => "SessionsPurged.1",
             Event::SessionEnded(_) => "SessionEnded.1",
             Event::FileStored(_) => "FileStored.1",
             Event::FileDeleted(_) => "FileDeleted.1",
@@ -390,6 +407,42 @@ pub struct SessionDue {
     pub rule: String,
 }
 
+/// `SessionsExpired` and `SessionsPurged` version 1: one due time reached by many sessions,
+/// applied together (the sweeper writes one such event per batch of sessions without a
+/// running actor, instead of one event each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionsDue {
+    /// The sessions, each with the time it was due.
+    pub sessions: Vec<DueSession>,
+    /// When they were applied.
+    pub applied_at_unix_ms: u64,
+    /// Why, in words (DESIGN.md invariant 5).
+    pub reason: String,
+    /// The rule that made them due.
+    pub rule: String,
+}
+
+/// One session of a [`SessionsDue`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DueSession {
+    pub id: SessionId,
+    pub due_at_unix_ms: u64,
+}
+
+impl SessionsDue {
+    /// The part of the batch about `id`, as the single-session event would say it.
+    pub fn for_session(&self, id: &SessionId) -> Option<SessionDue> {
+        let one = self.sessions.iter().find(|s| &s.id == id)?;
+        Some(SessionDue {
+            id: one.id.clone(),
+            due_at_unix_ms: one.due_at_unix_ms,
+            applied_at_unix_ms: self.applied_at_unix_ms,
+            reason: self.reason.clone(),
+            rule: self.rule.clone(),
+        })
+    }
+}
+
 /// `SessionEnded` version 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEnded {
@@ -491,6 +544,10 @@ enum StoredEvent {
     SessionExpiredV1(SessionDue),
     #[serde(rename = "SessionPurged.1")]
     SessionPurgedV1(SessionDue),
+    #[serde(rename = "SessionsExpired.1")]
+    SessionsExpiredV1(SessionsDue),
+    #[serde(rename = "SessionsPurged.1")]
+    SessionsPurgedV1(SessionsDue),
     #[serde(rename = "SessionEnded.1")]
     SessionEndedV1(SessionEnded),
     #[serde(rename = "FileStored.1")]
@@ -517,6 +574,8 @@ impl From<StoredEvent> for Event {
             StoredEvent::SessionPaidV1(e) => Event::SessionPaid(e),
             StoredEvent::SessionExpiredV1(e) => Event::SessionExpired(e),
             StoredEvent::SessionPurgedV1(e) => Event::SessionPurged(e),
+            StoredEvent::SessionsExpiredV1(e) => Event::SessionsExpired(e),
+            StoredEvent::SessionsPurgedV1(e) => Event::SessionsPurged(e),
             StoredEvent::SessionEndedV1(e) => Event::SessionEnded(e),
             StoredEvent::FileStoredV1(e) => Event::FileStored(e),
             StoredEvent::FileDeletedV1(e) => Event::FileDeleted(e),

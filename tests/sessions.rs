@@ -166,6 +166,18 @@ async fn sessions_survive_a_restart_in_every_state_and_overdue_times_apply_at_st
     assert_eq!(stats["by_state"]["paid"], 1);
     assert_eq!(stats["by_state"]["purged"], 4);
     assert_eq!(stats["unpaid_older_than_purge_age"], 0, "every overdue purge was applied");
+    // With no actor running, the sweeper applied them as one batch record, not four.
+    let batches: Vec<usize> = server
+        .log()
+        .read_range(1, 10_000)
+        .expect("read the log")
+        .iter()
+        .filter_map(|e| match &e.event {
+            roomlog::event::Event::SessionsPurged(batch) => Some(batch.sessions.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches, vec![4], "one SessionsPurged naming the four overdue sessions");
     server.shutdown().await;
 }
 

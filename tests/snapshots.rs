@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use roomlog::blob::{ContentHash, FileKey, Tier};
 use roomlog::event::{decode, encode, Envelope, Event, MessagePosted, MessagesExpired, RoomId, StreamId};
 use roomlog::event::{ContentMoved, ContentQuarantined, FileDeleted, FileStored, SessionPaid, SessionTouched};
-use roomlog::event::{JanitorRan, RuleTally};
+use roomlog::event::{DueSession, JanitorRan, RuleTally, SessionsDue};
 use roomlog::event::{MessageDeleted, MessageEdited, SessionCreated, SessionDue, SessionEnded, SessionId};
 use roomlog::projection::history::{Amendment, StoredMessage};
 use roomlog::projection::search::{Hit, Hits};
@@ -142,6 +142,40 @@ fn event_samples() -> BTreeMap<&'static str, Envelope> {
                     rule: "sessions.purge_after=7days".into(),
                 }),
             ),
+        ),
+        (
+            "SessionsExpired.1",
+            Envelope {
+                seq: 20,
+                at_unix_ms: T + 86_400_000 + 5,
+                stream: StreamId::session_sweeps(),
+                event: Event::SessionsExpired(SessionsDue {
+                    sessions: vec![
+                        DueSession { id: session.clone(), due_at_unix_ms: T + 86_400_000 },
+                        DueSession {
+                            id: SessionId::parse("0123456789abcdef0123456789abcdef").expect("id"),
+                            due_at_unix_ms: T + 86_400_001,
+                        },
+                    ],
+                    applied_at_unix_ms: T + 86_400_000 + 4,
+                    reason: "unpaid at its expiry".into(),
+                    rule: "sessions.expire_after=1day".into(),
+                }),
+            },
+        ),
+        (
+            "SessionsPurged.1",
+            Envelope {
+                seq: 21,
+                at_unix_ms: T + 7 * 86_400_000 + 5,
+                stream: StreamId::session_sweeps(),
+                event: Event::SessionsPurged(SessionsDue {
+                    sessions: vec![DueSession { id: session.clone(), due_at_unix_ms: T + 7 * 86_400_000 }],
+                    applied_at_unix_ms: T + 7 * 86_400_000 + 4,
+                    reason: "unpaid at its purge age".into(),
+                    rule: "sessions.purge_after=7days".into(),
+                }),
+            },
         ),
         (
             "SessionEnded.1",

@@ -355,3 +355,34 @@ fn token_issue_prints_only_the_token_even_when_it_creates_the_secret() {
     let secrets = SecretFiles { dir: dir.path().join("auth") }.load_or_create().expect("the secret it made");
     assert_eq!(secrets.verify(lines[0], now_s() * 1000).expect("valid").user, "ann");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_metrics_need_an_admin_token_and_public_ones_need_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::None;
+    config.auth.admin_from_host = false;
+    config.auth.metrics_private = true;
+    let secrets = SecretFiles { dir: config.secret_dir() }.load_or_create().expect("secret");
+    let server = common::start(config).await;
+    let addr = server.addr();
+    let admin = secrets.issue(&claims("prometheus", &[], true, now_s() + 3600));
+    let user = secrets.issue(&claims("alice", &[("*", true)], false, now_s() + 3600));
+    let http = reqwest::Client::new();
+    let status =
+        |request: reqwest::RequestBuilder| async move { request.send().await.expect("metrics").status().as_u16() };
+    let url = format!("http://{addr}/metrics");
+    assert_eq!(status(http.get(&url)).await, 401, "no token");
+    assert_eq!(status(http.get(&url).bearer_auth(&user)).await, 403, "a token without the admin scope");
+    assert_eq!(status(http.get(&url).bearer_auth(&admin)).await, 200, "an admin token, as Prometheus sends it");
+    server.shutdown().await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::None;
+    config.auth.admin_from_host = false;
+    let server = common::start(config).await;
+    let url = format!("http://{}/metrics", server.addr());
+    assert_eq!(status(http.get(&url)).await, 200, "public metrics (the default) need no token");
+    server.shutdown().await;
+}

@@ -145,6 +145,9 @@ impl Actor for SessionActor {
             }
             SessionMsg::IdleCheck => {
                 if s.last_active.elapsed() >= s.ctx.config.actor_idle_stop {
+                    // Only once the projection has its events: the sweeper reads a session
+                    // without an actor from the projection, and must not read it stale.
+                    s.ctx.caught_up().await;
                     myself.stop(Some("idle".into()));
                     return Ok(());
                 }
@@ -153,6 +156,7 @@ impl Actor for SessionActor {
         if s.session.state == SessionState::Active {
             s.arm(&myself);
         } else {
+            s.ctx.caught_up().await;
             myself.stop(Some("no longer live".into()));
         }
         Ok(())

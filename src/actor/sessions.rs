@@ -11,11 +11,13 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPo
 use tokio::sync::watch;
 
 use super::session::{Command, SessionActor, SessionContext, SessionError, SessionMsg};
-use crate::event::{Event, SessionCreated, SessionId};
+use crate::event::{DueSession, Event, SessionCreated, SessionId, SessionsDue};
 use crate::projection::sessions::{Due, Session};
 
 /// Due times the sweeper hands out per round.
 const SWEEP_BATCH_MAX: usize = 10_000;
+/// Sessions one batch event (`SessionsExpired`, `SessionsPurged`) names at most.
+const SWEEP_EVENT_SESSIONS_MAX: usize = 1000;
 /// Session actors the sweeper waits on at once.
 const SWEEP_CONCURRENCY: usize = 1024;
 
@@ -35,6 +37,10 @@ pub enum SessionsMsg {
         due: Vec<(u64, Due, SessionId)>,
         reply: RpcReplyPort<Vec<(u64, Due, ActorRef<SessionMsg>)>>,
     },
+    /// Answers once every due event appended so far is durable (or failed).
+    Settle {
+        reply: RpcReplyPort<()>,
+    },
 }
 
 #[derive(Debug)]
@@ -45,6 +51,9 @@ pub struct SessionSupervisorState {
     ctx: SessionContext,
     actors: HashMap<SessionId, ActorRef<SessionMsg>>,
     by_actor: HashMap<ActorId, SessionId>,
+    /// The due events appended and not yet known durable: the sweeper goes on to its next
+    /// page meanwhile, and an actor is started only once they are.
+    in_flight: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Actor for SessionSupervisor {
@@ -57,7 +66,7 @@ impl Actor for SessionSupervisor {
         _myself: ActorRef<SessionsMsg>,
         ctx: SessionContext,
     ) -> Result<SessionSupervisorState, ActorProcessingErr> {
-        Ok(SessionSupervisorState { ctx, actors: HashMap::new(), by_actor: HashMap::new() })
+        Ok(SessionSupervisorState { ctx, actors: HashMap::new(), by_actor: HashMap::new(), in_flight: Vec::new() })
     }
 
     async fn handle(
@@ -79,6 +88,10 @@ impl Actor for SessionSupervisor {
             }
             SessionsMsg::ApplyDue { due, reply } => {
                 let _ = reply.send(s.apply_due(due).await);
+            }
+            SessionsMsg::Settle { reply } => {
+                s.settle().await;
+                let _ = reply.send(());
             }
         }
         Ok(())
@@ -108,43 +121,73 @@ impl Actor for SessionSupervisor {
 
 impl SessionSupervisorState {
     /// A session without an actor can only get one through this supervisor, which handles one
-    /// message at a time: while it appends the due events of such sessions, and until they are
-    /// durable and applied, no command can reach them. So a due time is applied here exactly
-    /// as the session's actor would, without starting 100,000 actors when 100,000 fall due.
+    /// message at a time and starts an actor only once every due event it appended is durable
+    /// and applied. So a due time is applied here exactly as the session's actor would,
+    /// without starting 100,000 actors when 100,000 fall due, and in batch events of up to
+    /// [`SWEEP_EVENT_SESSIONS_MAX`] sessions, so that 100,000 expiries are a hundred log records,
+    /// not 100,000. It returns once they are submitted: the sweeper reads its next page while
+    /// the log makes them durable.
+    ///
+    /// It trusts the projection's deadline index without waiting for the projection: a session
+    /// without an actor has no event of its own in flight (an actor stops only once the
+    /// projection has its events), and the sweeper never hands out a due time twice within a
+    /// pass (a new pass first waits until the last one's events are durable and applied).
     async fn apply_due(&mut self, due: Vec<(u64, Due, SessionId)>) -> Vec<(u64, Due, ActorRef<SessionMsg>)> {
-        self.ctx.caught_up().await;
         let now = self.ctx.clock.now_ms();
         let mut live = Vec::new();
-        let mut pending = Vec::new();
+        let mut batches: [(Due, Vec<DueSession>); 2] = [(Due::Expire, Vec::new()), (Due::Purge, Vec::new())];
         for (at, kind, id) in due {
             if let Some(actor) = self.actors.get(&id) {
                 live.push((at, kind, actor.clone()));
                 continue;
             }
-            let session = match self.ctx.sessions.get(&id) {
-                Ok(Some(session)) => session,
-                Ok(None) => continue,
-                Err(error) => {
-                    tracing::warn!(session = %id, error = %error, "due time not applied; the sweeper retries");
-                    continue;
-                }
-            };
-            let Some(event) = session.due_event(kind, at, now, self.ctx.config.age_of(kind)) else { continue };
-            match self.ctx.log.submit(event).await {
-                Ok(append) => pending.push(append),
-                Err(error) => {
-                    tracing::warn!(error = %error, "due times not applied; the sweeper retries");
-                    break;
+            // The deadline index holds exactly the due times of each session as the projection
+            // has it, and the projection is current for a session without an actor (below):
+            // an entry that has come is due, with no need to read the session itself.
+            if at <= now {
+                let batch = if kind == Due::Expire { &mut batches[0].1 } else { &mut batches[1].1 };
+                batch.push(DueSession { id, due_at_unix_ms: at });
+            }
+        }
+        let mut pending = Vec::new();
+        'submit: for (kind, sessions) in &batches {
+            let (reason, rule) = kind.words(self.ctx.config.age_of(*kind));
+            for chunk in sessions.chunks(SWEEP_EVENT_SESSIONS_MAX) {
+                let due = SessionsDue {
+                    sessions: chunk.to_vec(),
+                    applied_at_unix_ms: now,
+                    reason: reason.clone(),
+                    rule: rule.clone(),
+                };
+                let event = match kind {
+                    Due::Expire => Event::SessionsExpired(due),
+                    Due::Purge => Event::SessionsPurged(due),
+                };
+                match self.ctx.log.submit(event).await {
+                    Ok(append) => pending.push(append),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "due times not applied; the sweeper retries");
+                        break 'submit;
+                    }
                 }
             }
         }
-        for append in pending {
-            if let Err(error) = append.durable().await {
-                tracing::warn!(error = %error, "a due time was not applied; the sweeper retries");
+        self.in_flight.retain(|task| !task.is_finished());
+        self.in_flight.push(tokio::spawn(async move {
+            for append in pending {
+                if let Err(error) = append.durable().await {
+                    tracing::warn!(error = %error, "due times were not applied; the sweeper retries");
+                }
             }
-        }
-        self.ctx.caught_up().await;
+        }));
         live
+    }
+
+    /// Waits until every due event appended is durable (or failed).
+    async fn settle(&mut self) {
+        for task in self.in_flight.drain(..) {
+            let _ = task.await;
+        }
     }
 
     fn forget(&mut self, cell: &ActorCell) -> Option<SessionId> {
@@ -160,6 +203,8 @@ impl SessionSupervisorState {
         myself: &ActorRef<SessionsMsg>,
         id: SessionId,
     ) -> Result<ActorRef<SessionMsg>, SessionError> {
+        // Its session may be in a due event still on its way to the log: the actor must see it.
+        self.settle().await;
         self.ctx.caught_up().await;
         match self.ctx.sessions.get(&id) {
             Ok(Some(_)) => {}
@@ -225,6 +270,35 @@ impl SessionsHandle {
             }
         }
         Err(SessionError::Storage("the session's actor keeps stopping".into()))
+    }
+
+    /// What happened to a session, oldest first (at most `limit` events): the events of its
+    /// stream, and its part of the sweeper's batch events that changed it, told as the
+    /// single-session event (`SessionExpired`, `SessionPurged`) at the batch's seq.
+    pub fn history(&self, session: &Session, limit: usize) -> Result<Vec<crate::event::Envelope>, SessionError> {
+        let storage = |e: crate::log::LogError| SessionError::Storage(e.to_string());
+        let stream = crate::event::StreamId::session(&session.id);
+        let mut events = self.ctx.log.read_stream(&stream, 0, limit).map_err(storage)?;
+        for &seq in &session.sweeps {
+            for mut envelope in self.ctx.log.read_range(seq, 1).map_err(storage)?.into_iter().filter(|e| e.seq == seq) {
+                envelope.event = match &envelope.event {
+                    Event::SessionsExpired(batch) => match batch.for_session(&session.id) {
+                        Some(one) => Event::SessionExpired(one),
+                        None => continue,
+                    },
+                    Event::SessionsPurged(batch) => match batch.for_session(&session.id) {
+                        Some(one) => Event::SessionPurged(one),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                envelope.stream = stream.clone();
+                events.push(envelope);
+            }
+        }
+        events.sort_by_key(|e| e.seq);
+        events.truncate(limit);
+        Ok(events)
     }
 
     /// Now, by the sessions' clock.
@@ -297,14 +371,20 @@ impl SessionsHandle {
         true
     }
 
-    /// Applies due times from the deadline index: sleeps until the earliest, hands each due
-    /// one to its session's actor (started if needed), waits for the projection to apply what
-    /// they appended, and goes again.
+    /// Applies due times from the deadline index: sleeps until the earliest, then walks what is
+    /// due in pages, each applied by the supervisor (or handed to the session's running actor),
+    /// without waiting for the projection between pages: a pass remembers where it is. Once a
+    /// pass finds nothing more, it waits for the projection to apply what it appended and
+    /// starts again from the earliest, so that anything not applied is tried again.
     async fn sweep(self, mut stopping: watch::Receiver<bool>) {
+        let mut cursor: Option<(u64, Due, SessionId)> = None;
+        let mut pass_first: Option<(u64, Due, SessionId)> = None;
         loop {
-            self.ctx.caught_up().await;
+            if cursor.is_none() {
+                self.ctx.caught_up().await;
+            }
             let now = self.ctx.clock.now_ms();
-            let due = match self.ctx.sessions.due(now, SWEEP_BATCH_MAX) {
+            let due = match self.ctx.sessions.due_after(now, cursor.as_ref(), SWEEP_BATCH_MAX) {
                 Ok(due) => due,
                 Err(error) => {
                     tracing::error!(error = %error, "session sweeper cannot read the deadline index");
@@ -312,6 +392,13 @@ impl SessionsHandle {
                 }
             };
             if due.is_empty() {
+                if cursor.take().is_some() {
+                    // The pass is over: once what it appended is durable and applied, look again.
+                    if self.supervisor.call(|reply| SessionsMsg::Settle { reply }, None).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let next = self.ctx.sessions.next_due().ok().flatten();
                 // Wake at the next due time, or within a second to notice new ones.
                 let wake = next.unwrap_or(u64::MAX).min(now.saturating_add(1000));
@@ -322,8 +409,19 @@ impl SessionsHandle {
                 }
                 continue;
             }
+            if cursor.is_none() {
+                // A new pass starting where the last one did could not apply its first entry
+                // (a failing log): do not spin on it.
+                if pass_first.as_ref() == due.first() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stopping.wait_for(|stop| *stop) => return,
+                    }
+                }
+                pass_first = due.first().cloned();
+            }
             let applied = due.len();
-            let first = due.first().cloned();
+            cursor = due.last().cloned();
             let live = match self.supervisor.call(|reply| SessionsMsg::ApplyDue { due, reply }, None).await {
                 Ok(ractor::rpc::CallResult::Success(live)) => live,
                 _ => return, // the supervisor stopped: shutting down
@@ -332,17 +430,6 @@ impl SessionsHandle {
                 return;
             }
             metrics::counter!(crate::metrics::SESSION_DUE_APPLIED_TOTAL).increment(applied as u64);
-            // The same entries are still due until the projection applies their events: wait.
-            // More may be due than one round takes; but if the round's first is still there,
-            // it could not be applied (a failing log): do not spin on it.
-            self.ctx.caught_up().await;
-            let stuck = self.ctx.sessions.due(now, 1).ok().and_then(|d| d.into_iter().next()) == first;
-            if stuck {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = stopping.wait_for(|stop| *stop) => return,
-                }
-            }
         }
     }
 }

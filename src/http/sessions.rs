@@ -11,7 +11,7 @@ use warp::{Filter, Reply};
 use super::{error_reply, App, Caller, Refusal};
 use crate::actor::session::{Command, SessionError};
 use crate::auth::Identity;
-use crate::event::{Envelope, SessionId, StreamId};
+use crate::event::{Envelope, SessionId};
 use crate::projection::sessions::{Session, SessionState};
 
 /// Most sessions one list page returns.
@@ -159,7 +159,10 @@ async fn get(id: &str, caller: Caller, app: &App) -> warp::reply::Response {
         Ok(None) => return session_error(&SessionError::NotFound(id.to_string())),
         Err(error) => return session_error(&error),
     };
-    let events: Vec<Envelope> = app.log.read_stream(&StreamId::session(&id), 0, EVENTS_MAX).unwrap_or_default();
+    let events: Vec<Envelope> = match app.sessions.history(&session, EVENTS_MAX) {
+        Ok(events) => events,
+        Err(error) => return session_error(&error),
+    };
     let events: Vec<EventView> =
         events.iter().map(|e| EventView { seq: e.seq, at_unix_ms: e.at_unix_ms, event: &e.event }).collect();
     warp::reply::json(&serde_json::json!({ "session": session, "events": events })).into_response()

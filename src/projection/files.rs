@@ -203,25 +203,10 @@ impl Projection for FilesProjection {
                 Event::ContentMoved(e) => {
                     p.tiers.insert(e.hash.clone(), e.to);
                 }
-                Event::SessionPurged(e) => {
-                    // Everything the session owns goes with it: its keys as stored, updated by
-                    // what this batch already stored or released.
-                    let prefix = prefixed(b'o', &format!("{}/", e.id.as_str()));
-                    let mut owned: BTreeSet<Vec<u8>> = BTreeSet::new();
-                    for item in self.tree.scan_prefix(&prefix) {
-                        owned.insert(item?.0.to_vec());
-                    }
-                    for (key, &present) in p.owned.iter().filter(|(k, _)| k.starts_with(&prefix)) {
-                        if present {
-                            owned.insert(key.clone());
-                        } else {
-                            owned.remove(key);
-                        }
-                    }
-                    for key in owned {
-                        if let Ok(file) = FileKey::parse(&String::from_utf8_lossy(&key[prefix.len()..])) {
-                            self.unset(&mut p, &file)?;
-                        }
+                Event::SessionPurged(e) => self.purge_owned(&mut p, &e.id)?,
+                Event::SessionsPurged(e) => {
+                    for session in &e.sessions {
+                        self.purge_owned(&mut p, &session.id)?;
                     }
                 }
                 _ => {}
@@ -277,6 +262,29 @@ impl FilesProjection {
             p.refs.insert(hash.clone(), stored);
         }
         Ok(p.refs.get_mut(hash).expect("inserted just above"))
+    }
+
+    /// Removes every key `session` owns: its keys as stored, updated by what this batch
+    /// already stored or released.
+    fn purge_owned(&self, p: &mut Pending, session: &SessionId) -> Result<(), ProjectionError> {
+        let prefix = prefixed(b'o', &format!("{}/", session.as_str()));
+        let mut owned: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            owned.insert(item?.0.to_vec());
+        }
+        for (key, &present) in p.owned.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+            if present {
+                owned.insert(key.clone());
+            } else {
+                owned.remove(key);
+            }
+        }
+        for key in owned {
+            if let Ok(file) = FileKey::parse(&String::from_utf8_lossy(&key[prefix.len()..])) {
+                self.unset(p, &file)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes a key, if present, releasing its content and its owner's claim.

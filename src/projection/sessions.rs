@@ -96,6 +96,10 @@ pub struct Session {
     pub last_touched_at_unix_ms: u64,
     /// When it changed state last (paid, expired, ended, purged), if it did.
     pub changed_at_unix_ms: Option<u64>,
+    /// The seqs of the sweeper's batch events (`SessionsExpired`, `SessionsPurged`) that
+    /// changed it: they are filed under the sweeper's stream, so its history looks them up here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweeps: Vec<u64>,
 }
 
 impl Session {
@@ -110,17 +114,19 @@ impl Session {
             purge_at_unix_ms: e.purge_at_unix_ms,
             last_touched_at_unix_ms: e.created_at_unix_ms,
             changed_at_unix_ms: None,
+            sweeps: Vec::new(),
         }
     }
 
-    /// The session an event changes, for every session event but its creation.
-    pub fn changed_by(event: &Event) -> Option<&SessionId> {
+    /// The sessions an event changes, for every session event but a creation.
+    pub fn changed_by(event: &Event) -> Vec<&SessionId> {
         match event {
-            Event::SessionTouched(e) => Some(&e.id),
-            Event::SessionPaid(e) => Some(&e.id),
-            Event::SessionExpired(e) | Event::SessionPurged(e) => Some(&e.id),
-            Event::SessionEnded(e) => Some(&e.id),
-            _ => None,
+            Event::SessionTouched(e) => vec![&e.id],
+            Event::SessionPaid(e) => vec![&e.id],
+            Event::SessionExpired(e) | Event::SessionPurged(e) => vec![&e.id],
+            Event::SessionsExpired(e) | Event::SessionsPurged(e) => e.sessions.iter().map(|s| &s.id).collect(),
+            Event::SessionEnded(e) => vec![&e.id],
+            _ => Vec::new(),
         }
     }
 
@@ -142,6 +148,13 @@ impl Session {
             Event::SessionPurged(e) if self.state != SessionState::Paid => {
                 (self.state, self.changed_at_unix_ms) = (SessionState::Purged, Some(e.applied_at_unix_ms));
             }
+            // A batch: the caller applies it only to the sessions it names.
+            Event::SessionsExpired(e) if self.state == SessionState::Active => {
+                (self.state, self.changed_at_unix_ms) = (SessionState::Expired, Some(e.applied_at_unix_ms));
+            }
+            Event::SessionsPurged(e) if self.state != SessionState::Paid => {
+                (self.state, self.changed_at_unix_ms) = (SessionState::Purged, Some(e.applied_at_unix_ms));
+            }
             Event::SessionEnded(e) if matches!(self.state, SessionState::Active | SessionState::Expired) => {
                 (self.state, self.changed_at_unix_ms) = (SessionState::Ended, Some(e.at_unix_ms));
             }
@@ -161,31 +174,33 @@ impl Session {
     /// The event that applies the due time `(at, due)` at `now`, if the session still has it
     /// and it has come. `after` is the configured age that made it due, named in the event.
     pub fn due_event(&self, due: Due, at: u64, now: u64, after: std::time::Duration) -> Option<Event> {
-        if now < at || !self.deadlines().contains(&(at, due)) {
+        if !self.is_due(due, at, now) {
             return None; // moved by a touch, or the session changed meanwhile
         }
-        let rule = match due {
-            Due::Expire => "sessions.expire_after",
-            Due::Purge => "sessions.purge_after",
-        };
-        let rule = format!("{rule}={}", humantime::format_duration(after));
+        let (reason, rule) = due.words(after);
         let id = self.id.clone();
+        let event = SessionDue { id, due_at_unix_ms: at, applied_at_unix_ms: now, reason, rule };
         Some(match due {
-            Due::Expire => Event::SessionExpired(SessionDue {
-                id,
-                due_at_unix_ms: at,
-                applied_at_unix_ms: now,
-                reason: "unpaid at its expiry".into(),
-                rule,
-            }),
-            Due::Purge => Event::SessionPurged(SessionDue {
-                id,
-                due_at_unix_ms: at,
-                applied_at_unix_ms: now,
-                reason: "unpaid at its purge age".into(),
-                rule,
-            }),
+            Due::Expire => Event::SessionExpired(event),
+            Due::Purge => Event::SessionPurged(event),
         })
+    }
+
+    /// Whether the due time `(at, due)` is still this session's and has come by `now`.
+    pub fn is_due(&self, due: Due, at: u64, now: u64) -> bool {
+        now >= at && self.deadlines().contains(&(at, due))
+    }
+}
+
+impl Due {
+    /// The reason and the rule an event applying this due time names; `after` is the
+    /// configured age that made it due.
+    pub fn words(self, after: std::time::Duration) -> (String, String) {
+        let (reason, rule) = match self {
+            Due::Expire => ("unpaid at its expiry", "sessions.expire_after"),
+            Due::Purge => ("unpaid at its purge age", "sessions.purge_after"),
+        };
+        (reason.to_owned(), format!("{rule}={}", humantime::format_duration(after)))
     }
 }
 
@@ -252,14 +267,35 @@ impl Sessions {
 
     /// Up to `limit` due times at or before `now`, earliest first.
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, Due, SessionId)>, ProjectionError> {
+        self.due_after(now_ms, None, limit)
+    }
+
+    /// [`Self::due`], starting after the entry `after` (the last of a previous page).
+    pub fn due_after(
+        &self,
+        now_ms: u64,
+        after: Option<&(u64, Due, SessionId)>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Due, SessionId)>, ProjectionError> {
         let end = {
             let mut key = vec![b'd'];
             key.extend_from_slice(&now_ms.to_be_bytes());
             key.push(0xff);
             key
         };
+        let start = match after {
+            Some((at, due, id)) => {
+                let mut key = deadline_key(*at, *due, id);
+                key.push(0); // the smallest key after it
+                key
+            }
+            None => b"d".to_vec(),
+        };
+        if start >= end {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
-        for item in self.tree.range(b"d".to_vec()..end).take(limit) {
+        for item in self.tree.range(start..end).take(limit) {
             out.push(parse_deadline(&item?.0)?);
         }
         Ok(out)
@@ -353,13 +389,19 @@ impl Projection for SessionsProjection {
                 changed.insert(e.id.clone(), (before, Session::created(e)));
                 continue;
             }
-            let Some(id) = Session::changed_by(&envelope.event) else { continue };
-            if !changed.contains_key(id) {
-                let Some(current) = reader.get(id)? else { continue }; // an event for no session: nothing to change
-                changed.insert(id.clone(), (Some(current.clone()), current));
-            }
-            if let Some((_, session)) = changed.get_mut(id) {
-                session.apply(&envelope.event);
+            let sweep = matches!(envelope.event, Event::SessionsExpired(_) | Event::SessionsPurged(_));
+            for id in Session::changed_by(&envelope.event) {
+                if !changed.contains_key(id) {
+                    let Some(current) = reader.get(id)? else { continue }; // an event for no session: nothing to change
+                    changed.insert(id.clone(), (Some(current.clone()), current));
+                }
+                if let Some((_, session)) = changed.get_mut(id) {
+                    let state = session.state;
+                    session.apply(&envelope.event);
+                    if sweep && session.state != state {
+                        session.sweeps.push(envelope.seq);
+                    }
+                }
             }
         }
         let mut write = sled::Batch::default();
