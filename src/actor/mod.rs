@@ -77,11 +77,6 @@ impl QueuedBytes {
     pub fn remove(&self, len: usize) {
         self.bytes.fetch_sub(len, std::sync::atomic::Ordering::AcqRel);
     }
-
-    /// Bytes queued now.
-    pub fn get(&self) -> usize {
-        self.bytes.load(std::sync::atomic::Ordering::Acquire)
-    }
 }
 
 /// Errors of the chat actors, reported to the client as an error frame with [`Self::code`].

@@ -135,7 +135,7 @@ impl SessionSupervisorState {
     async fn apply_due(&mut self, due: Vec<(u64, Due, SessionId)>) -> Vec<(u64, Due, ActorRef<SessionMsg>)> {
         let now = self.ctx.clock.now_ms();
         let mut live = Vec::new();
-        let mut batches: [(Due, Vec<DueSession>); 2] = [(Due::Expire, Vec::new()), (Due::Purge, Vec::new())];
+        let (mut expire, mut purge) = (Vec::new(), Vec::new());
         for (at, kind, id) in due {
             if let Some(actor) = self.actors.get(&id) {
                 live.push((at, kind, actor.clone()));
@@ -145,13 +145,16 @@ impl SessionSupervisorState {
             // has it, and the projection is current for a session without an actor (below):
             // an entry that has come is due, with no need to read the session itself.
             if at <= now {
-                let batch = if kind == Due::Expire { &mut batches[0].1 } else { &mut batches[1].1 };
+                let batch = match kind {
+                    Due::Expire => &mut expire,
+                    Due::Purge => &mut purge,
+                };
                 batch.push(DueSession { id, due_at_unix_ms: at });
             }
         }
         let mut pending = Vec::new();
-        'submit: for (kind, sessions) in &batches {
-            let (reason, rule) = kind.words(self.ctx.config.age_of(*kind));
+        'submit: for (kind, sessions) in [(Due::Expire, expire), (Due::Purge, purge)] {
+            let (reason, rule) = kind.words(self.ctx.config.age_of(kind));
             for chunk in sessions.chunks(SWEEP_EVENT_SESSIONS_MAX) {
                 let due = SessionsDue {
                     sessions: chunk.to_vec(),

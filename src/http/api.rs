@@ -38,7 +38,7 @@ pub fn identity_of(
 }
 
 fn unauthorized(error: crate::auth::AuthError) -> warp::reply::Response {
-    error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string())
+    super::Refusal::unauthorized(error.to_string()).reply()
 }
 
 /// `GET /api/rooms`: the rooms the caller may read, with their summaries.

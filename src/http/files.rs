@@ -193,17 +193,23 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
     list.or(put).unify().or(get).unify().or(delete).unify().or(copy).unify().boxed()
 }
 
-/// Whether `identity` may read `key`: a refusal is 403 whether or not the key exists, so a
-/// caller learns nothing of keys it may not read.
+/// Whether `identity` may read `key`, owned by `owner`: a refusal is 403 whether or not the
+/// key exists, so a caller learns nothing of keys it may not read.
+fn readable(identity: &Identity, key: &FileKey, owner: Option<&SessionId>) -> Result<(), Refusal> {
+    let by_prefix = identity.may_file(key.as_str(), &[], FileAccess::Read);
+    if by_prefix || (owner.is_some() && identity.may_file(key.as_str(), &[owner], FileAccess::Read)) {
+        return Ok(());
+    }
+    Err(Refusal::forbidden("your token does not cover this key (its prefix, or its owner session)"))
+}
+
+/// [`readable`], reading the key's owner only when a prefix grant does not settle it.
 async fn may_read(identity: &Identity, key: &FileKey, app: &App) -> Result<(), Refusal> {
     if identity.may_file(key.as_str(), &[], FileAccess::Read) {
         return Ok(());
     }
     let owner = app.files.get(key).await.ok().flatten().and_then(|entry| entry.owner);
-    if owner.is_some() && identity.may_file(key.as_str(), &[owner.as_ref()], FileAccess::Read) {
-        return Ok(());
-    }
-    Err(Refusal::forbidden("your token does not cover this key (its prefix, or its owner session)"))
+    readable(identity, key, owner.as_ref())
 }
 
 /// Whether `identity` may write `key`, now owned by whoever it is and then by `owner`.
@@ -250,13 +256,9 @@ async fn move_tier(key: &FileKey, tier: &str, app: &App) -> warp::reply::Respons
 pub fn scrub_route(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     warp::path!("api" / "scrub")
         .and(warp::post())
-        .and(crate::http::listen::peer())
-        .and(super::credentials())
+        .and(super::admin(app.clone()))
         .and(warp::any().map(move || app.clone()))
-        .then(|peer: Option<std::net::SocketAddr>, query: HashMap<String, String>, app: Arc<App>| async move {
-            if let Err(refusal) = super::admin_check(peer, &query, &app) {
-                return refusal.reply();
-            }
+        .then(|app: Arc<App>| async move {
             match app.files.scrub().await {
                 Ok(report) => warp::reply::json(&report).into_response(),
                 Err(error) => file_error(&error),
@@ -316,10 +318,12 @@ fn parse_range(header: &str, size: u64) -> Result<(u64, u64), String> {
 }
 
 async fn download(key: &FileKey, headers: &HeaderMap, identity: &Identity, app: &App) -> warp::reply::Response {
-    if let Err(refusal) = may_read(identity, key, app).await {
+    let entry = app.files.get(key).await;
+    let owner = entry.as_ref().ok().and_then(Option::as_ref).and_then(|entry| entry.owner.as_ref());
+    if let Err(refusal) = readable(identity, key, owner) {
         return refusal.reply();
     }
-    let entry = match app.files.get(key).await {
+    let entry = match entry {
         Ok(Some(entry)) => entry,
         Ok(None) => return file_error(&FileError::NotFound(key.to_string())),
         Err(error) => return file_error(&error),

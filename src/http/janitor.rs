@@ -6,7 +6,7 @@ use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use super::{admin_check, error_reply, App};
+use super::{error_reply, App};
 use crate::janitor::JanitorError;
 
 /// Most runs one answer lists.
@@ -32,15 +32,8 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
             }
         },
     );
-    let run = warp::path!("api" / "janitor" / "run")
-        .and(warp::post())
-        .and(crate::http::listen::peer())
-        .and(super::credentials())
-        .and(with_app.clone())
-        .then(|peer: Option<std::net::SocketAddr>, query, app: Arc<App>| async move {
-            if let Err(refusal) = admin_check(peer, &query, &app) {
-                return refusal.reply();
-            }
+    let run = warp::path!("api" / "janitor" / "run").and(warp::post()).and(gate.clone()).and(with_app.clone()).then(
+        |app: Arc<App>| async move {
             match app.janitor.run("manual").await {
                 Ok(ran) => {
                     let status = if ran.error.is_none() { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
@@ -48,7 +41,8 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
                 }
                 Err(error) => janitor_error(&error),
             }
-        });
+        },
+    );
     let runs = warp::path!("api" / "janitor" / "runs")
         .and(warp::get())
         .and(gate)

@@ -205,6 +205,11 @@ impl Refusal {
         Self { status: StatusCode::BAD_REQUEST, code, message: message.into() }
     }
 
+    /// A caller without valid credentials.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::UNAUTHORIZED, code: "unauthorized", message: message.into() }
+    }
+
     /// A caller whose token does not cover what it asked.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into() }
@@ -272,14 +277,10 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .and_then(api::metrics);
     let export = warp::path!("api" / "log" / "export")
         .and(warp::get())
-        .and(crate::http::listen::peer())
+        .and(admin(app.clone()))
         .and(credentials())
         .and(with_app.clone())
-        .and_then(|peer: Option<std::net::SocketAddr>, query: HashMap<String, String>, app: Arc<App>| async move {
-            if let Err(refusal) = admin_check(peer, &query, &app) {
-                return Ok(refusal.reply());
-            }
-            let mut query = query;
+        .and_then(|mut query: HashMap<String, String>, app: Arc<App>| async move {
             query.remove("token");
             api::export(query, app).await
         });
@@ -368,11 +369,7 @@ pub type Caller = Result<crate::auth::Identity, Refusal>;
 /// Who is calling (see [`api::identity_of`]); the error is the 401 to answer.
 pub fn caller(app: Arc<App>) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     credentials().map(move |query: HashMap<String, String>| {
-        api::identity_of(&query, &app).map_err(|error| Refusal {
-            status: StatusCode::UNAUTHORIZED,
-            code: "unauthorized",
-            message: error.to_string(),
-        })
+        api::identity_of(&query, &app).map_err(|error| Refusal::unauthorized(error.to_string()))
     })
 }
 
@@ -399,14 +396,12 @@ pub fn admin_check(
     }
     let needed = "this endpoint needs an admin token (?token= or Authorization: Bearer)";
     if !query.contains_key("token") {
-        return Err(Refusal { status: StatusCode::UNAUTHORIZED, code: "unauthorized", message: needed.to_owned() });
+        return Err(Refusal::unauthorized(needed));
     }
     match api::identity_of(query, app) {
         Ok(identity) if identity.admin => Ok(()),
         Ok(_) => Err(Refusal::forbidden(needed)),
-        Err(error) => {
-            Err(Refusal { status: StatusCode::UNAUTHORIZED, code: "unauthorized", message: error.to_string() })
-        }
+        Err(error) => Err(Refusal::unauthorized(error.to_string())),
     }
 }
 
@@ -421,7 +416,7 @@ pub fn admin_only(what: &str) -> warp::reply::Response {
 pub struct AdminOnly(Refusal);
 impl warp::reject::Reject for AdminOnly {}
 
-/// Passes only callers that [`admin_allowed`]; others get 403 `forbidden`.
+/// Passes only callers that [`admin_allowed`]; others are refused as [`admin_check`] says.
 pub fn admin(app: Arc<App>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     listen::peer()
         .and(credentials())
