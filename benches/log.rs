@@ -89,11 +89,12 @@ fn replay(c: &mut Criterion) {
     const EVENTS: u64 = 200_000;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open log");
+    let log = EventLog::open(&dir.path().join("log"), &LogConfig::default()).expect("open log");
     for start in (0..EVENTS).step_by(20_000) {
         runtime.block_on(append_burst(&log, start, 20_000));
     }
-    let (_, mut projection) = history::open(log.db()).expect("history");
+    let state = roomlog::state::StateDb::open(&dir.path().join("state"), 256 << 20).expect("state");
+    let (_, mut projection) = history::open(&state).expect("history");
     let mut group = c.benchmark_group("projection");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));

@@ -346,6 +346,13 @@ impl Config {
     }
 }
 
+/// The most `limits.body_bytes_max` may be: with the client id and names, a message's log
+/// record, edit or history page then stays under the size sled keeps durable
+/// (`durable::VALUE_BYTES_MAX`, 128 KiB; see `durable::SledDb`).
+pub const BODY_BYTES_LIMIT: usize = 64 * 1024;
+/// The most `limits.client_id_bytes_max` may be, for the same reason.
+pub const CLIENT_ID_BYTES_LIMIT: usize = 1024;
+
 /// Bounds on what one client can make the server hold.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -443,6 +450,15 @@ impl Config {
             .merge(Env::prefixed("ROOMLOG_").ignore(NOT_CONFIG_KEYS).split("__"))
             .extract()
             .map_err(|e| ConfigError(Box::new(e)))?;
+        for (key, value, limit) in [
+            ("limits.body_bytes_max", config.limits.body_bytes_max, BODY_BYTES_LIMIT),
+            ("limits.client_id_bytes_max", config.limits.client_id_bytes_max, CLIENT_ID_BYTES_LIMIT),
+        ] {
+            if value > limit {
+                let why = format!("{key} = {value} is over its limit of {limit} bytes: a larger message would not fit a durable log record");
+                return Err(ConfigError(Box::new(figment::Error::from(why))));
+            }
+        }
         if let Some(folder) = file.and_then(Path::parent) {
             for path in [&mut config.files.lifecycle, &mut config.files.cold_dir].into_iter().flatten() {
                 if path.is_relative() {
@@ -464,6 +480,8 @@ impl Config {
         chat.room_inflight_max = chat.room_inflight_max.max(1);
         self.limits.outbound_queue_max = self.limits.outbound_queue_max.max(16);
         self.limits.read_buffer_bytes = self.limits.read_buffer_bytes.max(1024);
+        self.limits.body_bytes_max = self.limits.body_bytes_max.min(BODY_BYTES_LIMIT);
+        self.limits.client_id_bytes_max = self.limits.client_id_bytes_max.min(CLIENT_ID_BYTES_LIMIT);
         // tungstenite needs room for its write buffer plus one whole message.
         let write_buffer_min =
             self.limits.read_buffer_bytes + 2 * self.limits.body_bytes_max.max(self.limits.frame_bytes_max);
@@ -482,7 +500,12 @@ impl Config {
 
     /// The folder of the log's sled database.
     pub fn log_dir(&self) -> PathBuf {
-        self.data.join("db")
+        crate::layout::log_dir(&self.data)
+    }
+
+    /// The folder of the projections' sled database.
+    pub fn state_dir(&self) -> PathBuf {
+        crate::layout::state_dir(&self.data)
     }
 
     /// The lifecycle rules in force: none when `files.lifecycle` is unset.
@@ -529,6 +552,16 @@ mod tests {
             assert_eq!(config.chat.room_idle_stop, Duration::from_secs(120));
             assert_eq!(config.limits.body_bytes_max, 200);
             assert_eq!(config.chat.ring_capacity, 1000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_body_limit_past_what_a_durable_record_holds_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("big.toml", "[limits]\nbody_bytes_max = 1048576\n")?;
+            let err = Config::load(Some(Path::new("big.toml"))).expect_err("over the limit");
+            assert!(err.to_string().contains("limits.body_bytes_max"), "{err}");
             Ok(())
         });
     }

@@ -55,7 +55,7 @@ pub struct Growth {
 }
 
 impl Growth {
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub fn open(db: &crate::state::StateDb) -> Result<Self, sled::Error> {
         Ok(Self { tree: db.open_tree(TREE)? })
     }
 
@@ -169,8 +169,7 @@ mod tests {
 
     #[test]
     fn a_sample_replaces_the_earlier_one_of_its_day() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::open(dir.path()).expect("sled");
+        let db = crate::state::StateDb::temporary().expect("temporary store");
         let growth = Growth::open(&db).expect("open");
         growth.record(&day(0, 20, 10)).expect("record");
         let mut later = day(0, 21, 11);

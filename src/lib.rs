@@ -11,7 +11,10 @@
 //! - [`actor`]: ractor actors — a `RoomActor` per active room under a `RoomSupervisor`, a
 //!   `SessionActor` per live session under a `SessionSupervisor` that also sweeps due times.
 //! - [`room`]: what a room decides (ring, de-duplication, replay), as plain state.
-//! - [`log`]: the append-only event log in sled, with group commit.
+//! - [`log`]: the append-only event log in sled, with group commit and a durable seq floor.
+//! - [`state`]: the projections' own sled store, set aside and rebuilt when damaged.
+//! - [`durable`]: file-system steps and sled settings that survive a power cut.
+//! - [`layout`]: what lives where in the data folder, and the move from the old layout.
 //! - [`event`]: the events, their versions and their encoding.
 //! - [`projection`]: folds over the log with checkpoints — chat history, message search,
 //!   sessions with their deadline index.
@@ -32,17 +35,20 @@ pub mod blob;
 pub mod clock;
 pub mod config;
 pub mod disk;
+pub mod durable;
 pub mod event;
 pub mod fault;
 pub mod growth;
 pub mod http;
 pub mod janitor;
+pub mod layout;
 pub mod log;
 pub mod metrics;
 pub mod projection;
 pub mod recent_errors;
 pub mod room;
 pub mod server;
+pub mod state;
 pub mod token;
 pub mod wire;
 

@@ -221,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Token { action } => token_command(&config, action),
         Command::Compact { json } => {
             let started = Instant::now();
+            migrate(&config)?;
             let done = roomlog::log::compact::compact(&config.log_dir(), config.log.cache_bytes_max)
                 .with_context(|| format!("compacting {} (is a server running on it?)", config.log_dir().display()))?;
             if json {
@@ -385,11 +386,24 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Moves a data folder of the layout before the separate state store (see `roomlog::layout`).
+fn migrate(config: &Config) -> anyhow::Result<()> {
+    roomlog::layout::migrate(&config.data, config.log.cache_bytes_max)
+        .with_context(|| format!("moving {} to the new layout (is a server running on it?)", config.data.display()))?;
+    Ok(())
+}
+
 async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     if let Some(listen) = listen {
         config.listen = listen;
     }
-    std::fs::create_dir_all(&config.data).with_context(|| format!("creating data folder {}", config.data.display()))?;
+    roomlog::durable::create_dir_all(&config.data)
+        .with_context(|| format!("creating data folder {}", config.data.display()))?;
+    // `Server::start` moves an old layout itself (and says so in /api/status); compaction
+    // before it needs the new layout first.
+    if config.log.compact_at_start {
+        migrate(&config)?;
+    }
     if config.log.compact_at_start && config.log_dir().exists() {
         let done = roomlog::log::compact::compact(&config.log_dir(), config.log.cache_bytes_max)
             .context("compacting the log at start-up (log.compact_at_start)")?;
@@ -421,6 +435,9 @@ fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
         other => bail!("no projection named {other:?}; known: history, search, sessions, files, all"),
     };
     let log = open_log(config)?;
+    let state = roomlog::state::StateDb::open(&config.state_dir(), config.log.cache_bytes_max).with_context(|| {
+        format!("opening the projections' store in {} (is a server running on it?)", config.state_dir().display())
+    })?;
     for &name in names {
         let head = log.head();
         let started = Instant::now();
@@ -432,15 +449,15 @@ fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
         let progress = |applied: u64| bar.set_position(applied);
         let (applied, rate) = match name {
             "history" => {
-                let (_, mut projection) = history::open(log.db())?;
+                let (_, mut projection) = history::open(&state)?;
                 projection::rebuild(&log, &mut projection, progress)?
             }
             "sessions" => {
-                let (_, mut projection) = roomlog::projection::sessions::open(log.db())?;
+                let (_, mut projection) = roomlog::projection::sessions::open(&state)?;
                 projection::rebuild(&log, &mut projection, progress)?
             }
             "files" => {
-                let (_, mut projection) = roomlog::projection::files::open(log.db())?;
+                let (_, mut projection) = roomlog::projection::files::open(&state)?;
                 projection::rebuild(&log, &mut projection, progress)?
             }
             _ => {
@@ -453,7 +470,7 @@ fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
             }
         };
         bar.finish_and_clear();
-        log.db().flush()?;
+        state.sync()?;
         println!("rebuilt {name}: {applied} events in {:.2?} ({rate:.0} events/s)", started.elapsed());
     }
     Ok(())
@@ -863,7 +880,9 @@ fn summary(s: &serde_json::Value) -> String {
     out
 }
 
+/// Opens the log for an operator's command, moving a data folder of the old layout first.
 fn open_log(config: &Config) -> anyhow::Result<EventLog> {
+    migrate(config)?;
     EventLog::open(&config.log_dir(), &config.log)
         .with_context(|| format!("opening the log in {} (is a server running on it?)", config.log_dir().display()))
 }

@@ -22,7 +22,8 @@ use crate::disk::Disk;
 use crate::http::App;
 use crate::janitor::{JanitorContext, JanitorHandle};
 use crate::log::{EventLog, LogError};
-use crate::projection::{files, history, search, sessions, ProjectionError, Runner};
+use crate::projection::{files, history, search, sessions, Projection, ProjectionError, Runner};
+use crate::state::{Opened, StateDb};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,10 @@ pub enum ServerError {
     Log { path: String, source: LogError },
     #[error("starting the {name} projection: {source}")]
     Projection { name: &'static str, source: ProjectionError },
+    #[error("moving the data folder to the new layout: {0}")]
+    Migrate(crate::layout::MigrateError),
+    #[error("opening the projections' store in {path}: {source}")]
+    State { path: String, source: crate::durable::SledOpenError },
     #[error("starting the actors: {0}")]
     Actors(String),
     #[error("configuration: {0}")]
@@ -88,38 +93,51 @@ impl Server {
     ) -> Result<Self, ServerError> {
         // Checked before anything opens: a bad rule stops start-up with nothing held.
         let lifecycle = config.lifecycle_rules().map_err(|e| ServerError::Config(e.to_string()))?;
+        let (data, cache_bytes_max) = (config.data.clone(), config.log.cache_bytes_max);
+        let migrated = tokio::task::spawn_blocking(move || crate::layout::migrate(&data, cache_bytes_max))
+            .await
+            .map_err(|e| ServerError::Actors(e.to_string()))?
+            .map_err(ServerError::Migrate)?;
         let log_dir = config.log_dir();
         let log_config = config.log.clone();
         let log = tokio::task::spawn_blocking(move || EventLog::open(&log_dir, &log_config))
             .await
             .map_err(|e| ServerError::Actors(e.to_string()))?
             .map_err(|source| ServerError::Log { path: config.log_dir().display().to_string(), source })?;
-        let (history, history_projection) =
-            history::open(log.db()).map_err(|source| ServerError::Projection { name: "history", source })?;
-        let (history_runner, history_following) = Runner::start(log.clone(), history_projection)
-            .await
-            .map_err(|source| ServerError::Projection { name: "history", source })?;
-        let search_dir = config.search_dir();
-        let search_config = config.search.clone();
-        let (search_index, search_projection) =
-            tokio::task::spawn_blocking(move || search::open(&search_dir, &search_config, 1))
+        let mut recovered = Vec::new();
+        if let Some(migrated) = migrated {
+            recovered.push(format!(
+                "data folder moved to the layout with a separate log and state store ({} records); projections rebuilt",
+                migrated.records
+            ));
+        }
+        let state_dir = config.state_dir();
+        let (state, opened) =
+            tokio::task::spawn_blocking(move || StateDb::open_or_replace(&state_dir, cache_bytes_max))
                 .await
                 .map_err(|e| ServerError::Actors(e.to_string()))?
-                .map_err(|source| ServerError::Projection { name: "search", source })?;
-        let (search_runner, search_following) = Runner::start(log.clone(), search_projection)
-            .await
-            .map_err(|source| ServerError::Projection { name: "search", source })?;
-        let (sessions_read, sessions_projection) =
-            sessions::open(log.db()).map_err(|source| ServerError::Projection { name: "sessions", source })?;
-        let (sessions_runner, sessions_following) = Runner::start(log.clone(), sessions_projection)
-            .await
-            .map_err(|source| ServerError::Projection { name: "sessions", source })?;
+                .map_err(|source| ServerError::State { path: config.state_dir().display().to_string(), source })?;
+        if let Opened::Replaced { set_aside, reason } = opened {
+            recovered.push(format!(
+                "the projections' store did not open ({reason}); it was moved to {} and rebuilt from the log",
+                set_aside.display()
+            ));
+        }
+        let no_repair = || Ok(());
+        let accept = config.log.accept_lost_records;
+        let (history, history_runner, history_following) =
+            start_projection("history", &log, || history::open(&state), no_repair, accept, &mut recovered).await?;
+        let search_dir = config.search_dir();
+        let search_config = config.search.clone();
+        let open_search = || search::open(&search_dir, &search_config, 1);
+        let set_search_aside = || set_aside(&config.search_dir());
+        let (search_index, search_runner, search_following) =
+            start_projection("search", &log, open_search, set_search_aside, accept, &mut recovered).await?;
+        let (sessions_read, sessions_runner, sessions_following) =
+            start_projection("sessions", &log, || sessions::open(&state), no_repair, accept, &mut recovered).await?;
         auth.attach_sessions(sessions_read.clone());
-        let (files_read, files_projection) =
-            files::open(log.db()).map_err(|source| ServerError::Projection { name: "files", source })?;
-        let (files_runner, files_following) = Runner::start(log.clone(), files_projection)
-            .await
-            .map_err(|source| ServerError::Projection { name: "files", source })?;
+        let (files_read, files_runner, files_following) =
+            start_projection("files", &log, || files::open(&state), no_repair, accept, &mut recovered).await?;
         let blob_dir = config.blob_dir();
         let store = BlobStore::open(&blob_dir, config.files.cold_dir.as_deref()).map_err(|source| ServerError::Io {
             what: format!("opening the file store in {}", blob_dir.display()),
@@ -183,7 +201,7 @@ impl Server {
         let disk = Disk::new(watched, config.disk.clone());
         disk.measure();
         tokio::spawn(disk.clone().watch(janitor.clone(), stopping.clone()));
-        let growth = crate::growth::Growth::open(log.db())
+        let growth = crate::growth::Growth::open(&state)
             .map_err(|e| ServerError::Projection { name: "storage.daily", source: e.into() })?;
         tokio::spawn(sample_growth(growth.clone(), config.data.clone(), clock, stopping.clone()));
         let parts = crate::http::Parts {
@@ -200,6 +218,7 @@ impl Server {
             janitor,
             disk,
             growth,
+            recovered,
         };
         let app = Arc::new(App::new(config, addr, log, parts, auth, stopping.clone()));
         // Metrics: install the recorder before anything counts, and keep its histograms rolling.
@@ -285,6 +304,58 @@ impl Server {
         let _ = std::fs::remove_file(self.app.config.addr_file());
         tracing::info!("roomlog stopped");
     }
+}
+
+/// Starts a projection and its runner. A projection whose own state fails (damaged by a crash,
+/// or ahead of the log) is set aside or reset and rebuilt from the log, said in the log and in
+/// `/api/status`, rather than stopping start-up: it is derived state (issue 18). Only a failure
+/// to read the log itself stops the server.
+async fn start_projection<R, P: Projection>(
+    name: &'static str,
+    log: &EventLog,
+    open: impl Fn() -> Result<(R, P), ProjectionError>,
+    repair: impl FnOnce() -> Result<(), ProjectionError>,
+    accept_lost_records: bool,
+    recovered: &mut Vec<String>,
+) -> Result<(R, Runner, JoinHandle<()>), ServerError> {
+    let failed = |source| ServerError::Projection { name, source };
+    let first = match open() {
+        Ok((read, projection)) => match projection.checkpoint() {
+            Ok(checkpoint) if checkpoint > log.head() => Err(ProjectionError::Ahead { checkpoint, head: log.head() }),
+            Ok(_) => Runner::start(log.clone(), projection).await.map(|(runner, task)| (read, runner, task)),
+            Err(error) => Err(error),
+        },
+        Err(error) => Err(error),
+    };
+    let damage = match first {
+        Ok(started) => return Ok(started),
+        Err(error @ ProjectionError::Log(_)) => return Err(failed(error)),
+        // A projection applies only durable records: one past the head means the log lost
+        // acknowledged records, which stops start-up unless the operator accepts it.
+        Err(ProjectionError::Ahead { checkpoint, head }) if !accept_lost_records => {
+            return Err(ServerError::Log {
+                path: format!("the log (the {name} projection had applied it through seq {checkpoint})"),
+                source: crate::log::LogError::LostRecords { head, acked_through: checkpoint },
+            });
+        }
+        Err(damage) => damage,
+    };
+    tracing::error!(projection = name, error = %damage, "projection damaged: rebuilding it from the log");
+    recovered.push(format!("{name}: rebuilt from the log ({damage})"));
+    repair().map_err(failed)?;
+    let (read, mut projection) = open().map_err(failed)?;
+    projection.reset().map_err(failed)?;
+    let (runner, task) = Runner::start(log.clone(), projection).await.map_err(failed)?;
+    Ok((read, runner, task))
+}
+
+/// Moves a damaged folder aside, for a projection rebuilt anew.
+fn set_aside(dir: &std::path::Path) -> Result<(), ProjectionError> {
+    if dir.exists() {
+        crate::durable::set_aside(dir)
+            .map_err(|e| ProjectionError::Task(format!("moving {} aside: {e}", dir.display())))?;
+    }
+    Ok(())
 }
 
 /// How often the data folder is measured for growth (the day's latest sample is kept).

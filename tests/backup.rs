@@ -183,10 +183,12 @@ fn holds_upload(data: &Path, first: usize) -> bool {
     data.join("blobs/hot").join(&hash[..2]).join(&hash).is_file()
 }
 
-fn log_and_history(log_dir: &Path) -> (Vec<roomlog::event::Envelope>, Vec<history::Entry>) {
-    let log = EventLog::open(log_dir, &LogConfig::default()).expect("open restored log");
+/// The log and the history projection of the data folder `data`.
+fn log_and_history(data: &Path) -> (Vec<roomlog::event::Envelope>, Vec<history::Entry>) {
+    let log = EventLog::open(&roomlog::layout::log_dir(data), &LogConfig::default()).expect("open restored log");
     let events = log.read_range(1, 100_000).expect("read");
-    let (history, _) = history::open(log.db()).expect("history");
+    let state = roomlog::state::StateDb::open(&roomlog::layout::state_dir(data), 1 << 24).expect("state");
+    let (history, _) = history::open(&state).expect("history");
     (events, history.dump().expect("dump"))
 }
 
@@ -209,8 +211,8 @@ async fn incremental_on_full_equals_a_full_backup_and_a_restore_stops_where_aske
     assert_eq!(code, 0, "{out}{err}");
     let single = dir.path().join("single");
     assert_eq!(roomlog(&["restore", &path("full2.tar")], &single).0, 0);
-    let (chained_log, chained_history) = log_and_history(&chained.join("db"));
-    let (single_log, single_history) = log_and_history(&single.join("db"));
+    let (chained_log, chained_history) = log_and_history(&chained);
+    let (single_log, single_history) = log_and_history(&single);
     assert_eq!(chained_log.len(), 62, "60 messages and 2 uploads");
     assert_eq!(chained_log, single_log, "the same events, seqs and times");
     let raw = |log_dir: &Path| {
@@ -218,8 +220,8 @@ async fn incremental_on_full_equals_a_full_backup_and_a_restore_stops_where_aske
         log.read_raw(1, 100_000).expect("read raw")
     };
     assert_eq!(
-        raw(&chained.join("db")),
-        raw(&data.join("db")),
+        raw(&roomlog::layout::log_dir(&chained)),
+        raw(&roomlog::layout::log_dir(&data)),
         "restored records are the stored bytes, not re-encoded"
     );
     assert_eq!(chained_history, single_history, "the same history");
@@ -235,7 +237,7 @@ async fn incremental_on_full_equals_a_full_backup_and_a_restore_stops_where_aske
     let (code, out, err) =
         roomlog(&["restore", &path("full1.tar"), &path("incr.tar"), "--until-seq", &until.to_string()], &pitr);
     assert_eq!(code, 0, "{out}{err}");
-    let (pitr_log, _) = log_and_history(&pitr.join("db"));
+    let (pitr_log, _) = log_and_history(&pitr);
     assert_eq!(pitr_log.last().map(|e| e.seq), Some(until));
     assert_eq!(pitr_log.len(), 41, "40 messages and the first upload");
     assert!(holds_upload(&pitr, 0), "content uploaded before the point");
@@ -247,7 +249,7 @@ async fn incremental_on_full_equals_a_full_backup_and_a_restore_stops_where_aske
     let (code, out, err) =
         roomlog(&["restore", &path("full1.tar"), &path("incr.tar"), "--until-time", &time], &by_time);
     assert_eq!(code, 0, "{out}{err}");
-    let (by_time_log, _) = log_and_history(&by_time.join("db"));
+    let (by_time_log, _) = log_and_history(&by_time);
     assert!(by_time_log.iter().all(|e| e.at_unix_ms <= at) && by_time_log.len() >= 35, "{} events", by_time_log.len());
     assert_eq!(first.len(), 30);
 
@@ -282,7 +284,7 @@ async fn a_corrupted_archive_is_detected_by_verify_and_refused_by_restore() {
     let (code, _, err) = roomlog(&["restore", archive_str], &target);
     assert_ne!(code, 0);
     assert!(err.contains("does not match"), "{err}");
-    assert!(!target.join("db").exists(), "nothing is written from a corrupt archive");
+    assert!(!roomlog::layout::log_dir(&target).exists(), "nothing is written from a corrupt archive");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,7 +314,10 @@ async fn a_corrupted_content_byte_is_detected_by_verify_and_refused_by_restore()
     let (code, _, err) = roomlog(&["restore", archive_str], &target);
     assert_ne!(code, 0);
     assert!(err.contains("does not match"), "{err}");
-    assert!(!target.join("db").exists() && !target.join("blobs").exists(), "nothing is written from a corrupt archive");
+    assert!(
+        !roomlog::layout::log_dir(&target).exists() && !target.join("blobs").exists(),
+        "nothing is written from a corrupt archive"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

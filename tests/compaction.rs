@@ -52,9 +52,10 @@ struct State {
     sessions: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-async fn state(log_dir: &Path) -> State {
-    let log = EventLog::open(log_dir, &LogConfig::default()).expect("open log");
-    let history = history::open(log.db()).expect("history").0;
+async fn state(data: &Path) -> State {
+    let log = EventLog::open(&roomlog::layout::log_dir(data), &LogConfig::default()).expect("open log");
+    let store = roomlog::state::StateDb::open(&roomlog::layout::state_dir(data), 1 << 24).expect("state");
+    let history = history::open(&store).expect("history").0;
     let rooms = history
         .rooms()
         .expect("rooms")
@@ -65,9 +66,9 @@ async fn state(log_dir: &Path) -> State {
             (room.to_string(), summary, messages, amendments)
         })
         .collect();
-    let mut files = files::open(log.db()).expect("files").0.dump().expect("dump");
+    let mut files = files::open(&store).expect("files").0.dump().expect("dump");
     files.retain(|(key, _)| key.first() != Some(&b'u'));
-    let sessions = sessions::open(log.db()).expect("sessions").0.dump().expect("dump");
+    let sessions = sessions::open(&store).expect("sessions").0.dump().expect("dump");
     log.close().await;
     State { rooms, files, sessions }
 }
@@ -125,8 +126,8 @@ async fn compaction_after_purging_half_frees_the_disk_and_rebuilds_to_the_live_s
     assert_eq!(common::search_all(server.addr(), "q=message10&room=big").await.0, 0, "purged from search");
     let head = server.log().head();
     server.shutdown().await;
-    let log_dir = data.join("db");
-    let live = state(&log_dir).await;
+    let log_dir = roomlog::layout::log_dir(&data);
+    let live = state(&data).await;
     let before = roomlog::metrics::disk_bytes(&log_dir);
 
     let report: Value = serde_json::from_str(roomlog(&["compact", "--json"], &data).trim()).expect("json report");
@@ -139,7 +140,7 @@ async fn compaction_after_purging_half_frees_the_disk_and_rebuilds_to_the_live_s
     let fresh_data = dir.path().join("fresh");
     let fresh_server = write_live_data(common::config(&fresh_data), false).await;
     fresh_server.shutdown().await;
-    let fresh = roomlog::metrics::disk_bytes(&fresh_data.join("db"));
+    let fresh = roomlog::metrics::disk_bytes(&roomlog::layout::log_dir(&fresh_data));
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!(
         "space: {:.1} MiB after the purge, {:.1} MiB after compaction, {:.1} MiB fresh with only the live data ({:.2}x)",
@@ -162,9 +163,9 @@ async fn compaction_after_purging_half_frees_the_disk_and_rebuilds_to_the_live_s
         assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
         log.close().await;
     }
-    assert_eq!(state(&log_dir).await, live, "the copied projections are the live ones");
+    assert_eq!(state(&data).await, live, "the projections are the live ones");
     roomlog(&["rebuild", "all"], &data);
-    assert_eq!(state(&log_dir).await, live, "every projection rebuilt from the compacted log equals the live one");
+    assert_eq!(state(&data).await, live, "every projection rebuilt from the compacted log equals the live one");
 
     let server = common::start(config).await;
     // Scores may differ (the live index still counts deleted documents in its statistics

@@ -68,15 +68,16 @@ async fn storage_totals_match_the_files_on_disk() {
     // The log's figure is the size of its files now, as `du` would add them up. sled flushes in
     // the background (and the growth sampler writes at start), so the files may change while
     // the answer is made: it must lie within what was on disk just before and just after.
-    let before: u64 = walk_sizes(&dir.path().join("db"));
+    let before: u64 = walk_sizes(&dir.path().join("log"));
     let (_, again) = get(server.addr(), "/api/storage").await;
-    let after: u64 = walk_sizes(&dir.path().join("db"));
+    let after: u64 = walk_sizes(&dir.path().join("log"));
     let reported = again["on_disk"]["log"].as_u64().expect("log bytes");
     let (low, high) = (before.min(after), before.max(after));
     assert!(
         reported > 0 && reported * 10 >= low * 9 && reported * 10 <= high * 11,
         "log {reported} vs {before}..{after} on disk"
     );
+    assert!(again["on_disk"]["projections"].as_u64() > Some(0), "the projections' store is counted: {again}");
     let hot: u64 = walk_sizes(&dir.path().join("blobs/hot"));
     assert_eq!(hot, 35_000, "what the store holds on disk");
     server.shutdown().await;

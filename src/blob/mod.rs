@@ -189,10 +189,7 @@ pub struct Damaged {
     pub quarantined_to: PathBuf,
 }
 
-/// Makes a rename or removal in `dir` durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
+use crate::durable::sync_dir;
 
 /// Passes writes through to a file and a hasher alike.
 struct HashingWriter<'a>(&'a mut blake3::Hasher, &'a mut std::fs::File);
@@ -234,8 +231,8 @@ impl BlobStore {
             tmp: root.join("tmp"),
             quarantine: root.join("quarantine"),
         };
-        std::fs::create_dir_all(&store.hot)?;
-        std::fs::create_dir_all(&store.quarantine)?;
+        crate::durable::create_dir_all(&store.hot)?;
+        crate::durable::create_dir_all(&store.quarantine)?;
         clear_dir(&store.tmp)?;
         if let Some(cold) = &store.cold {
             clear_dir(&cold.join("tmp"))?;
@@ -288,7 +285,7 @@ impl BlobStore {
                 return Err(BlobError::HashMismatch { expected: hash.to_string(), actual });
             }
             let dir = target.parent().ok_or(BlobError::NoTier(tier))?;
-            std::fs::create_dir_all(dir)?;
+            crate::durable::create_dir_all(dir)?;
             std::fs::rename(&tmp, &target)?;
             sync_dir(dir)?;
             Ok(size)
@@ -379,13 +376,16 @@ impl BlobStore {
             return Ok(Stored { hash, size }); // stored once per hash: the guard drops the copy
         }
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.hot.clone());
-        tokio::fs::create_dir_all(&dir).await?;
-        tokio::fs::rename(&tmp, &path).await?;
+        let placed = tmp.clone();
+        // The rename is durable once the folder is, and a new fan-out folder once its parent is.
+        tokio::task::spawn_blocking(move || {
+            crate::durable::create_dir_all(&dir)?;
+            std::fs::rename(&placed, &path)?;
+            sync_dir(&dir)
+        })
+        .await
+        .map_err(|e| BlobError::Io(std::io::Error::other(e)))??;
         guard.0 = None;
-        // The rename is durable once the folder is.
-        tokio::task::spawn_blocking(move || std::fs::File::open(dir).and_then(|d| d.sync_all()))
-            .await
-            .map_err(|e| BlobError::Io(std::io::Error::other(e)))??;
         Ok(Stored { hash, size })
     }
 
@@ -417,6 +417,8 @@ impl BlobStore {
             }
             tokio::fs::remove_file(&target).await?; // a damaged earlier copy: start again
         }
+        // A tier's `tmp/` may be missing: a cold folder created or recreated while running.
+        tokio::fs::create_dir_all(&tmp_dir).await?;
         let tmp = tmp_dir.join(format!("{:032x}", uuid::Uuid::new_v4().as_u128()));
         let mut guard = TmpGuard(Some(tmp.clone()));
         let mut input = tokio::fs::File::open(&source).await?;
@@ -443,13 +445,16 @@ impl BlobStore {
         if actual != hash.as_str() {
             return Err(BlobError::HashMismatch { expected: hash.to_string(), actual });
         }
-        tokio::fs::create_dir_all(&target_dir).await?;
-        tokio::fs::rename(&tmp, &target).await?;
+        let (dir, placed, check) = (target_dir.clone(), tmp.clone(), target.clone());
+        let reread = tokio::task::spawn_blocking(move || {
+            crate::durable::create_dir_all(&dir)?;
+            std::fs::rename(&placed, &check)?;
+            sync_dir(&dir)?;
+            hash_file(&check)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         guard.0 = None;
-        let (dir, check) = (target_dir.clone(), target.clone());
-        let reread = tokio::task::spawn_blocking(move || sync_dir(&dir).and_then(|()| hash_file(&check)))
-            .await
-            .map_err(std::io::Error::other)??;
         if reread != hash.as_str() {
             let _ = tokio::fs::remove_file(&target).await;
             return Err(BlobError::HashMismatch { expected: hash.to_string(), actual: reread });

@@ -274,6 +274,7 @@ pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert
         "rooms_active": rooms,
         "connections_open": app.config.limits.connections_max - app.connections.available_permits(),
         "recent_errors": crate::recent_errors::snapshot(),
+        "recovered_at_start": app.recovered,
     });
     Ok(warp::reply::json(&body).into_response())
 }

@@ -76,6 +76,9 @@ pub struct Parts {
     pub janitor: crate::janitor::JanitorHandle,
     pub disk: crate::disk::Disk,
     pub growth: crate::growth::Growth,
+    /// What start-up repaired (a migration, a projection rebuilt from the log), for
+    /// `/api/status`.
+    pub recovered: Vec<String>,
 }
 
 impl std::ops::Deref for App {

@@ -51,6 +51,7 @@ async fn measure(app: &App) -> Result<Storage, String> {
     let (on_disk, contents) = tokio::task::spawn_blocking(move || {
         let mut on_disk = BTreeMap::new();
         on_disk.insert("log", crate::metrics::disk_bytes(&config.log_dir()));
+        on_disk.insert("projections", crate::metrics::disk_bytes(&config.state_dir()));
         on_disk.insert("search_index", crate::metrics::disk_bytes(&config.search_dir()));
         on_disk.insert("quarantine", crate::metrics::disk_bytes(&config.blob_dir().join("quarantine")));
         let contents = store.contents();

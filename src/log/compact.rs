@@ -8,9 +8,9 @@
 //!   last `MessagesExpired` cut (the cut itself stays, as the record);
 //! - a key's `FileStored` events before its last `FileDeleted` (which stays).
 //!
-//! The projections' trees are copied as they are (they describe the same state: dropped
-//! events are ones whose effect a kept removal already undid), so the server starts without a
-//! rebuild. The head record is always kept (a dropped event precedes the removal that
+//! The projections, in their own store, stay as they are (they describe the same state:
+//! dropped events are ones whose effect a kept removal already undid), so the server starts
+//! without a rebuild; the seq floor is carried into the new log. The head record is always kept (a dropped event precedes the removal that
 //! supersedes it), so seqs never go back.
 //!
 //! Steps, each safe to cut off by a crash (see [`recover`]): write `db.compact` and fsync it;
@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::store::{Store, LOG_TREE, STREAM_TREE};
+use super::store::Store;
 use super::LogError;
 use crate::blob::FileKey;
 use crate::event::{decode, Event, RoomId};
@@ -154,25 +154,10 @@ pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogErr
             done.records_after += encoded.len() as u64;
             from = last + 1;
         }
-        for name in old.db().tree_names() {
-            if name == LOG_TREE.as_bytes() || name == STREAM_TREE.as_bytes() {
-                continue;
-            }
-            let (from_tree, to_tree) = (old.db().open_tree(&name)?, fresh.db().open_tree(&name)?);
-            let mut batch = sled::Batch::default();
-            let mut pending = 0;
-            for item in from_tree.iter() {
-                let (key, value) = item?;
-                batch.insert(key, value);
-                pending += 1;
-                if pending == CHUNK {
-                    to_tree.apply_batch(std::mem::take(&mut batch))?;
-                    pending = 0;
-                }
-            }
-            to_tree.apply_batch(batch)?;
-        }
         fresh.sync()?;
+        // The seq floor goes with the log: no seq handed out before is handed out again.
+        let floor = super::floor::SeqFloor::open(log_dir)?.floor();
+        super::floor::SeqFloor::open(&fresh_dir)?.write(floor)?;
     }
     std::fs::rename(log_dir, &old_dir).map_err(io("moving the old log aside"))?;
     std::fs::rename(&fresh_dir, log_dir).map_err(io("moving the compacted log in"))?;

@@ -9,6 +9,7 @@
 //! and the `db` file has been fsynced (DESIGN.md invariant 1, "acknowledged means durable").
 
 pub mod compact;
+pub mod floor;
 mod store;
 mod writer;
 
@@ -40,6 +41,10 @@ pub struct LogConfig {
     /// cannot recover from a write that fails for lack of space without a restart, so the log
     /// never lets it get there.
     pub min_free_bytes: u64,
+    /// Start even though the log ends before seqs the seq floor says were acknowledged (see
+    /// [`LogError::LostRecords`]): what is left is served, and new seqs go on above every seq
+    /// ever handed out. For an operator who has no backup to restore; off by default.
+    pub accept_lost_records: bool,
 }
 
 impl Default for LogConfig {
@@ -50,6 +55,7 @@ impl Default for LogConfig {
             cache_bytes_max: 256 * 1024 * 1024,
             compact_at_start: false,
             min_free_bytes: 128 * 1024 * 1024,
+            accept_lost_records: false,
         }
     }
 }
@@ -61,11 +67,29 @@ pub enum LogError {
     /// sled refused a read or a write.
     #[error("log storage: {0}")]
     Storage(#[from] sled::Error),
-    /// The fsync that makes a flush durable failed.
-    #[error("log fsync: {0}")]
-    Sync(#[from] std::io::Error),
+    /// The log's database did not open.
+    #[error("opening the log database: {0}")]
+    Open(#[from] crate::durable::SledOpenError),
+    /// A group commit could not be made durable.
+    #[error("making the log durable: {0}")]
+    Sync(#[from] crate::durable::SledSyncError),
+    /// A file of the log beside sled's (the seq floor), or the writer thread, failed.
+    #[error("log: {0}")]
+    Io(#[from] std::io::Error),
     #[error("the disk is full: {available} bytes free, below log.min_free_bytes ({floor}); nothing was stored, retry once space is freed")]
     DiskFull { available: u64, floor: u64 },
+    /// A record over the size sled keeps durable (`durable::VALUE_BYTES_MAX`); nothing of its
+    /// group was stored (HTTP 413, code `too_large`).
+    #[error("record {seq} is {bytes} bytes encoded, over the {max}-byte limit of a log record; nothing was stored")]
+    RecordTooLarge { seq: u64, bytes: usize, max: usize },
+    /// The log ends before records that the seq floor says were acknowledged: stored records
+    /// were lost, and the server does not start on such a log by itself.
+    #[error(
+        "the log ends at seq {head} but seqs through {acked_through} were acknowledged: acknowledged records \
+         were lost. Run `roomlog check` for details, and restore the data folder from a backup \
+         (`roomlog restore`); to serve what is left anyway, start once with log.accept_lost_records = true"
+    )]
+    LostRecords { head: u64, acked_through: u64 },
     #[error("compacting the log: {what}: {source}")]
     Compact { what: String, source: std::io::Error },
     /// A stored record does not decode (HTTP 500, code `corrupt_record`).
@@ -105,11 +129,26 @@ impl EventLog {
             .map_err(|source| LogError::Compact { what: "settling an earlier compaction".into(), source })?;
         let store = Store::open(dir, config.cache_bytes_max)?;
         let last = store.last()?;
-        let next_seq = store.next_seq_floor()?.max(last.as_ref().map_or(1, |e| e.seq + 1));
+        let head = last.as_ref().map_or(0, |e| e.seq);
+        let floor = floor::SeqFloor::open(dir)?;
+        let recorded = floor.floor();
+        if recorded.acked_through > head {
+            let lost = LogError::LostRecords { head, acked_through: recorded.acked_through };
+            if !config.accept_lost_records {
+                return Err(lost);
+            }
+            tracing::error!(error = %lost, "starting anyway: log.accept_lost_records is set");
+        }
+        // Above every seq the log, its index or the floor says may have been handed out.
+        let next_seq =
+            [head + 1, store.next_seq_floor()?, recorded.reserved_through + 1].into_iter().max().unwrap_or(1);
         let last_at = last.as_ref().map_or(0, |e| e.at_unix_ms);
-        let (head_tx, head) = watch::channel(next_seq - 1);
+        // The head is the newest record, not `next_seq - 1`: after a crash the next seq is above
+        // a gap, and followers wait for records, not for numbers.
+        let (head_tx, head) = watch::channel(head);
         let (writer, rx) = mpsc::channel(config.queue_max.max(1));
-        writer::spawn(store.clone(), rx, head_tx, next_seq, last_at, config.batch_max.max(1), config.min_free_bytes)?;
+        let limits = writer::Limits { batch_max: config.batch_max.max(1), min_free_bytes: config.min_free_bytes };
+        writer::spawn(store.clone(), floor, rx, head_tx, next_seq, last_at, limits)?;
         Ok(Self { store, writer, head })
     }
 
@@ -156,12 +195,6 @@ impl EventLog {
     /// operator runs on a log they suspect (`roomlog check`).
     pub fn verify(&self) -> Result<u64, LogError> {
         self.store.verify()
-    }
-
-    /// The sled database, for projections that keep their state beside the log so that
-    /// state and checkpoint are written in one transaction.
-    pub fn db(&self) -> &sled::Db {
-        self.store.db()
     }
 
     /// Stops the writer after everything already submitted is durable.
@@ -247,7 +280,7 @@ mod tests {
             log.append(posted("a", 2)).await.expect("append");
             log.close().await;
             log.store.corrupt_for_test(2).expect("corrupt");
-            log.db().flush().expect("flush");
+            log.store.sync().expect("sync");
         }
         let err = EventLog::open(dir.path(), &LogConfig::default()).expect_err("must refuse");
         assert!(err.to_string().contains("log record 2 does not decode"), "{err}");

@@ -1,13 +1,13 @@
 //! The sled storage under the log: the trees, their keys, and the fsync that sled omits.
 
-use std::fs::File;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use super::LogError;
-use crate::event::{decode, encode, Envelope, StreamId};
+use crate::durable::{SledDb, VALUE_BYTES_MAX};
+#[cfg(test)]
+use crate::event::encode;
+use crate::event::{decode, Envelope, StreamId};
 
 /// Tree of log records: key = seq as big-endian u64 (so byte order is seq order).
 pub(super) const LOG_TREE: &str = "log";
@@ -24,56 +24,38 @@ const INDEXED_KEY: &[u8] = b"\xffindexed";
 /// A record as stored: its seq, its stream (for the index) and its encoded envelope.
 pub type Encoded<'a> = (u64, &'a StreamId, &'a [u8]);
 
-/// The sled database holding the log, and the handle used to fsync it.
+/// The sled database holding the log.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: sled::Db,
+    db: SledDb,
     log: sled::Tree,
     streams: sled::Tree,
-    /// sled's data file, opened once so that each group commit can fsync it.
-    db_file: Arc<Mutex<File>>,
-    dir: std::path::PathBuf,
 }
 
 impl Store {
     /// Opens the database in `dir`, creating it if needed, and completes the stream index if a
     /// crash came between writing a group's records and its index entries.
     pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, LogError> {
-        std::fs::create_dir_all(dir)?;
-        // sled releases its file lock when the last handle's background work ends, which can
-        // trail the drop of the last handle by a moment: a reopen in the same process (a restore
-        // then its rebuild, a close then an open) waits for it, briefly.
-        let started = std::time::Instant::now();
-        let db = loop {
-            match sled::Config::new().path(dir).cache_capacity(cache_bytes_max).flush_every_ms(Some(1000)).open() {
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && started.elapsed() < std::time::Duration::from_secs(3) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => break other?,
-            }
-        };
-        let db_file = File::options().read(true).write(true).open(dir.join("db"))?;
-        let store = Self {
-            log: db.open_tree(LOG_TREE)?,
-            streams: db.open_tree(STREAM_TREE)?,
-            db,
-            db_file: Arc::new(Mutex::new(db_file)),
-            dir: dir.to_path_buf(),
-        };
+        let db = SledDb::open(dir, cache_bytes_max)?;
+        let store = Self { log: db.db().open_tree(LOG_TREE)?, streams: db.db().open_tree(STREAM_TREE)?, db };
         store.repair_index()?;
         Ok(store)
     }
 
-    pub fn db(&self) -> &sled::Db {
-        &self.db
+    /// The folder holding the database.
+    pub fn dir(&self) -> &Path {
+        self.db.dir()
+    }
+
+    /// Files sled wrote under `blobs/`: none while every record is within
+    /// [`VALUE_BYTES_MAX`] (see `durable::SledDb`).
+    pub fn blob_files(&self) -> usize {
+        self.db.blob_files()
     }
 
     /// Bytes the filesystem holding the log has free for us; `None` if it cannot be asked.
     pub fn available_bytes(&self) -> Option<u64> {
-        fs2::available_space(&self.dir).ok()
+        fs2::available_space(self.db.dir()).ok()
     }
 
     /// The newest record, decoded: a damaged tail is found before anything is served.
@@ -98,14 +80,6 @@ impl Store {
         Ok(self.indexed()?.1)
     }
 
-    /// Encodes one group and writes it with [`Store::write_encoded`].
-    pub fn write(&self, envelopes: &[Envelope]) -> Result<(), LogError> {
-        let encoded: Vec<Vec<u8>> = envelopes.iter().map(encode).collect();
-        let records: Vec<Encoded<'_>> =
-            envelopes.iter().zip(&encoded).map(|(e, bytes)| (e.seq, &e.stream, bytes.as_slice())).collect();
-        self.write_encoded(&records)
-    }
-
     /// Writes one group of records as they are encoded (a restore keeps the bytes of old event
     /// versions as they were written: DESIGN.md, "never rewritten"), then their stream-index
     /// entries with the index checkpoint. The records are plain inserts, not one atomic batch:
@@ -115,6 +89,9 @@ impl Store {
     /// and a transaction over the trees 16 µs an event.)
     pub fn write_encoded(&self, records: &[Encoded<'_>]) -> Result<(), LogError> {
         let Some(&(last_seq, _, _)) = records.last() else { return Ok(()) };
+        if let Some(&(seq, _, bytes)) = records.iter().find(|(_, _, bytes)| bytes.len() > VALUE_BYTES_MAX) {
+            return Err(LogError::RecordTooLarge { seq, bytes: bytes.len(), max: VALUE_BYTES_MAX });
+        }
         for &(seq, _, bytes) in records {
             self.log.insert(seq.to_be_bytes(), bytes)?;
         }
@@ -162,18 +139,11 @@ impl Store {
         Ok(())
     }
 
-    /// Makes everything written so far durable.
-    ///
-    /// sled's `flush` writes its buffers and, on Linux, calls `sync_file_range`, which starts
-    /// write-back but neither waits for the disk's write cache nor syncs metadata (sled issue
-    /// #1452). `fsync` on the data file afterwards is what makes "acknowledged" mean on disk.
-    /// Records are far smaller than sled's blob threshold, so the `db` file is the only one
-    /// that holds them.
+    /// Makes everything written so far durable: see [`SledDb::sync`] for why an fsync of
+    /// sled's data file is what makes "acknowledged" mean on disk, and why that one file is all
+    /// there is to sync.
     pub fn sync(&self) -> Result<(), LogError> {
-        self.db.flush()?;
-        let file = self.db_file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        file.sync_data()?;
-        Ok(())
+        Ok(self.db.sync()?)
     }
 
     /// Up to `limit` records with seq ≥ `from_seq`, as stored (for backups: the bytes of old

@@ -55,7 +55,7 @@ pub struct FilesProjection {
     tree: sled::Tree,
 }
 
-pub fn open(db: &sled::Db) -> Result<(Files, FilesProjection), ProjectionError> {
+pub fn open(db: &crate::state::StateDb) -> Result<(Files, FilesProjection), ProjectionError> {
     let tree = db.open_tree(TREE)?;
     Ok((Files { tree: tree.clone() }, FilesProjection { tree }))
 }

@@ -8,7 +8,7 @@
 //! | key | value |
 //! |---|---|
 //! | `c` | checkpoint: last applied seq (u64 BE) |
-//! | `m` room-len room first-seq | a page: up to 64 [`StoredMessage`]s, ascending |
+//! | `m` room-len room first-seq | a page: up to 64 [`StoredMessage`]s and 32 KiB of them (or one larger message), ascending |
 //! | `r` room | a [`RoomSummary`] |
 //! | `a` room-len room seq | an [`Amendment`]: an edit or deletion, kept so that a client resuming from an older seq is told |
 //!
@@ -29,6 +29,11 @@ const TREE: &str = "proj.history";
 /// Messages per page: large enough to amortise sled's per-key cost, small enough that
 /// appending to a page at low traffic rewrites only a few KiB.
 pub const PAGE_MESSAGES_MAX: usize = 64;
+/// Bytes of messages (author, client id, body) per page: a page closes before it would pass
+/// this, and an edit that makes one pass it splits it, so that a page, even of one 64 KiB
+/// message, stays far under `durable::VALUE_BYTES_MAX` and never becomes one of sled's
+/// unsynced blob files (issue 18).
+pub const PAGE_BYTES_MAX: u64 = 32 * 1024;
 
 pub use super::Entry;
 
@@ -108,7 +113,7 @@ pub struct HistoryProjection {
 }
 
 /// Opens the history tree in `db`: the reading handle and the projection that writes it.
-pub fn open(db: &sled::Db) -> Result<(History, HistoryProjection), ProjectionError> {
+pub fn open(db: &crate::state::StateDb) -> Result<(History, HistoryProjection), ProjectionError> {
     let tree = db.open_tree(TREE)?;
     Ok((History { tree: tree.clone() }, HistoryProjection { tree }))
 }
@@ -309,13 +314,13 @@ impl HistoryProjection {
             let page = last.unwrap_or_else(|| (page_key(&posted.room, envelope.seq), Vec::new()));
             write.open_pages.insert(posted.room.clone(), page);
         }
+        let bytes = message.stored_bytes();
         let (key, page) = write.open_pages.get_mut(&posted.room).expect("inserted just above");
-        if page.len() >= PAGE_MESSAGES_MAX {
+        if !page.is_empty() && (page.len() >= PAGE_MESSAGES_MAX || page_bytes(page) + bytes > PAGE_BYTES_MAX) {
             let full = std::mem::take(page);
             let full_key = std::mem::replace(key, page_key(&posted.room, envelope.seq));
             write.batch.insert(full_key, encode_value(&full));
         }
-        let bytes = message.stored_bytes();
         page.push(message);
         let summary = self.summary(write, &posted.room)?;
         summary.message_count += 1;
@@ -342,7 +347,7 @@ impl HistoryProjection {
                 page[index].body = body.clone();
                 page[index].edited_at_unix_ms = Some(envelope.at_unix_ms);
                 let bytes_after = page[index].stored_bytes();
-                write.batch.insert(key, encode_value(&page));
+                write_split(&mut write.batch, room, key, page);
                 let summary = self.summary(write, room)?;
                 summary.message_bytes = (summary.message_bytes + bytes_after).saturating_sub(bytes_before);
             }
@@ -403,6 +408,31 @@ impl HistoryProjection {
         write.batch.insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes());
         self.tree.apply_batch(write.batch)?;
         Ok(())
+    }
+}
+
+fn page_bytes(page: &Page) -> u64 {
+    page.iter().map(StoredMessage::stored_bytes).sum()
+}
+
+/// Writes a page that an edit changed, split into pages of at most [`PAGE_BYTES_MAX`] (or one
+/// message) if it grew past it: the first keeps its key, each other is keyed by its first seq,
+/// so every message is still below the next page's key.
+fn write_split(batch: &mut sled::Batch, room: &RoomId, key: Vec<u8>, page: Page) {
+    let mut pieces: Vec<Page> = vec![Vec::new()];
+    for message in page {
+        let open = pieces.last_mut().expect("starts with one piece");
+        if !open.is_empty() && page_bytes(open) + message.stored_bytes() > PAGE_BYTES_MAX {
+            pieces.push(Vec::new());
+        }
+        pieces.last_mut().expect("starts with one piece").push(message);
+    }
+    for (n, piece) in pieces.into_iter().enumerate() {
+        let piece_key = match (n, piece.first()) {
+            (0, _) | (_, None) => key.clone(),
+            (_, Some(first)) => page_key(room, first.seq),
+        };
+        batch.insert(piece_key, encode_value(&piece));
     }
 }
 
@@ -511,7 +541,7 @@ mod tests {
     }
 
     fn fresh() -> (History, HistoryProjection) {
-        let db = sled::Config::new().temporary(true).open().expect("temporary sled");
+        let db = crate::state::StateDb::temporary().expect("temporary store");
         open(&db).expect("open history")
     }
 

@@ -85,6 +85,10 @@ pub enum ProjectionError {
     /// The search index failed.
     #[error("search index: {0}")]
     Index(#[from] tantivy::TantivyError),
+    /// The projection has applied events past the log's head: the log lost records, or the
+    /// state belongs to another log. Start-up rebuilds it from the log.
+    #[error("the projection's checkpoint {checkpoint} is past the log's head {head}")]
+    Ahead { checkpoint: u64, head: u64 },
     /// The background task running the projection panicked or was cancelled.
     #[error("projection task: {0}")]
     Task(String),

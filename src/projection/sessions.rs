@@ -224,7 +224,7 @@ pub struct SessionsProjection {
 }
 
 /// Opens the sessions tree in `db`.
-pub fn open(db: &sled::Db) -> Result<(Sessions, SessionsProjection), ProjectionError> {
+pub fn open(db: &crate::state::StateDb) -> Result<(Sessions, SessionsProjection), ProjectionError> {
     let tree = db.open_tree(TREE)?;
     Ok((Sessions { tree: tree.clone() }, SessionsProjection { tree }))
 }

@@ -1,0 +1,84 @@
+//! A data folder written by the release before the separate state store (issue 18) opens and
+//! serves the same history, files and sessions, with the same seqs.
+//!
+//! `tests/fixtures/data-before-issue-18.tar.gz` was written by that release's binary (commit
+//! 6e3e4f1): 100 messages of 100 bytes in `lobby` (seqs 1..=100) and 40 of 20,000 bytes in
+//! `big` (seqs 101..=140) sent with `roomlog-load`, then an upload of `notes/hello.txt` (17
+//! bytes: "hello legacy file") and one session, then a clean stop. Its `db/` holds the log and
+//! the projections in one sled database with 512 KiB segments, blob files included.
+
+mod common;
+
+use std::path::Path;
+
+use common::{get, whole_history, Client};
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data-before-issue-18.tar.gz");
+const SESSION: &str = "671ab00227d247f49d2184b52e7ee8b1";
+
+fn unpack(into: &Path) {
+    let file = std::fs::File::open(FIXTURE).expect("fixture");
+    tar::Archive::new(flate2::read::GzDecoder::new(file)).unpack(into).expect("unpack fixture");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_of_the_old_layout_opens_and_serves_the_same_history_files_and_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    unpack(&data);
+    assert!(data.join("db").is_dir(), "the fixture is of the old layout");
+
+    let mut server = common::spawn(&data);
+    let lobby = whole_history(server.addr, "lobby").await;
+    let big = whole_history(server.addr, "big").await;
+    let seqs =
+        |messages: &[serde_json::Value]| messages.iter().map(|m| m["seq"].as_u64().expect("seq")).collect::<Vec<_>>();
+    assert_eq!(seqs(&lobby), (1..=100).collect::<Vec<_>>());
+    assert_eq!(seqs(&big), (101..=140).collect::<Vec<_>>());
+    assert!(big.iter().all(|m| m["body"].as_str().expect("body").len() == 20_000));
+
+    let file = reqwest::get(format!("http://{}/api/files/notes/hello.txt", server.addr)).await.expect("get file");
+    assert_eq!(file.status(), 200);
+    assert_eq!(file.bytes().await.expect("bytes").as_ref(), b"hello legacy file");
+    let (status, session) = get(server.addr, &format!("/api/sessions/{SESSION}")).await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["session"]["state"], "active", "{session}");
+
+    let (_, status) = get(server.addr, "/api/status").await;
+    let recovered = status["recovered_at_start"].to_string();
+    assert!(recovered.contains("layout"), "the migration is reported: {recovered}");
+
+    let mut ann = Client::connect(server.addr, "ann").await;
+    ann.join("lobby", Some(140)).await;
+    assert_eq!(
+        ann.say("lobby", "after the move", "m1").await,
+        143,
+        "seqs go on after the old head (142: the upload and the session)"
+    );
+    drop(ann);
+    server.child.kill().expect("kill");
+    let _ = server.child.wait();
+
+    assert!(!data.join("db").exists(), "the old database is gone once moved");
+    assert!(data.join("log").is_dir() && data.join("state").is_dir());
+    assert_eq!(std::fs::read_dir(data.join("log/blobs")).expect("blobs").count(), 0, "no blob files in the new log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_cut_off_before_its_end_is_done_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    unpack(&data);
+    // What a cut leaves mid-migration: partial new folders beside the untouched old one.
+    for partial in ["log.migrating", "state.migrating", "state"] {
+        std::fs::create_dir_all(data.join(partial)).expect("mkdir");
+        std::fs::write(data.join(partial).join("junk"), b"partial").expect("write");
+    }
+    let migrated = roomlog::layout::migrate(&data, 16 << 20).expect("migrate").expect("it ran");
+    assert_eq!(migrated.records, 142, "140 messages, an upload and a session");
+    assert_eq!(migrated.head_seq, 142);
+    assert!(!data.join("log.migrating").exists() && !data.join("state.migrating").exists());
+    assert!(roomlog::layout::migrate(&data, 16 << 20).expect("again").is_none(), "nothing left to do");
+    let server = common::spawn(&data);
+    assert_eq!(whole_history(server.addr, "big").await.len(), 40);
+}
