@@ -49,6 +49,57 @@ fn pages_keep_volatile_writes_and_truncations_apart_from_durable_bytes() {
 }
 
 #[test]
+fn pages_agree_with_a_plain_model_over_random_writes_truncates_fsyncs_and_cuts() {
+    // The model: the live bytes and the durable bytes as two plain vectors.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    };
+    for _ in 0..50 {
+        let (mut pages, mut live, mut durable) = (Pages::new(), Vec::<u8>::new(), Vec::<u8>::new());
+        for step in 0..300u64 {
+            match next(10) {
+                0..=3 => {
+                    let (offset, len) = (next(40_000), next(9_000));
+                    let data = vec![(step % 251) as u8 + 1; len as usize];
+                    pages.write(offset, &data);
+                    let end = (offset + len) as usize;
+                    if live.len() < end {
+                        live.resize(end, 0);
+                    }
+                    live[offset as usize..end].copy_from_slice(&data);
+                }
+                4 | 5 => {
+                    let len = next(45_000);
+                    pages.set_len(len);
+                    live.resize(len as usize, 0);
+                }
+                6 => {
+                    pages.sync();
+                    durable = live.clone();
+                }
+                7 => {
+                    pages.revert();
+                    live = durable.clone();
+                }
+                _ => {
+                    let (offset, size) = (next(50_000), next(20_000));
+                    let expected = live.get(offset as usize..(offset + size).min(live.len() as u64) as usize);
+                    assert_eq!(pages.read(offset, size), expected.unwrap_or_default(), "step {step}");
+                }
+            }
+            assert_eq!(pages.live_len(), live.len() as u64);
+        }
+        assert!(pages.read(0, u64::MAX / 2) == live);
+        pages.revert();
+        assert!(pages.read(0, u64::MAX / 2) == durable);
+    }
+}
+
+#[test]
 fn written_but_not_fsynced_data_is_gone_after_a_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(fs) = cutfs::mount_or_skip(&dir.path().join("mnt")) else { return };
@@ -297,4 +348,21 @@ fn a_cut_under_a_child_writing_in_a_loop_does_not_deadlock_and_its_later_writes_
             fs.stats().requests_refused - refused_before
         );
     }
+}
+
+#[test]
+fn with_journaled_names_any_fsync_keeps_every_name_but_not_unsynced_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(fs) = cutfs::mount_or_skip(&dir.path().join("mnt")) else { return };
+    fs.set_journaled_names(true);
+    let root = fs.mountpoint();
+    std::fs::create_dir(root.join("d")).expect("mkdir");
+    std::fs::write(root.join("d/unsynced"), b"never fsynced").expect("write");
+    let mut file = File::create(root.join("d/synced")).expect("create");
+    file.write_all(b"fsynced").expect("write");
+    file.sync_all().expect("fsync the file only");
+    drop(file);
+    cut(&fs);
+    assert_eq!(std::fs::read(root.join("d/synced")).expect("read"), b"fsynced");
+    assert_eq!(std::fs::read(root.join("d/unsynced")).expect("the name stays"), b"", "its data does not");
 }

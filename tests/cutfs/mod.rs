@@ -167,6 +167,13 @@ impl CutFs {
         self.shared.lock().capacity_bytes = bytes;
     }
 
+    /// With `true`, any fsync makes every folder's names durable, as a file system whose
+    /// metadata journal commits all name changes together (ext4, XFS) leaves them; file data
+    /// still needs its own fsync. The default (`false`) keeps only what POSIX promises.
+    pub fn set_journaled_names(&self, journaled: bool) {
+        self.shared.lock().journaled_names = journaled;
+    }
+
     /// Bytes the files hold (the larger of live and durable size, in whole pages).
     pub fn used_bytes(&self) -> u64 {
         self.shared.lock().used_bytes()

@@ -122,6 +122,12 @@ pub struct Tree {
     pub capacity_bytes: u64,
     used_bytes: u64,
     pub stats: CutStats,
+    /// Folders with names changed since their last fsync.
+    changed_dirs: BTreeSet<u64>,
+    /// Any fsync makes every folder's names durable: a file system whose metadata journal
+    /// commits all name changes at once (what ext4 and XFS do in practice), rather than
+    /// only what POSIX promises. Off by default.
+    pub journaled_names: bool,
 }
 
 fn check_name(name: &OsStr) -> Result<(), Errno> {
@@ -145,6 +151,8 @@ impl Tree {
             capacity_bytes,
             used_bytes: 0,
             stats: CutStats::default(),
+            changed_dirs: BTreeSet::new(),
+            journaled_names: false,
         }
     }
 
@@ -229,6 +237,7 @@ impl Tree {
         let dir = self.dir_mut(parent)?;
         dir.live.insert(name.to_owned(), ino);
         dir.changed.insert(name.to_owned());
+        self.changed_dirs.insert(parent);
         let inode = self.inode_mut(ino)?;
         inode.links += 1;
         inode.ctime = SystemTime::now();
@@ -243,6 +252,7 @@ impl Tree {
         let dir = self.dir_mut(parent)?;
         let ino = dir.live.remove(name).ok_or(Errno::ENOENT)?;
         dir.changed.insert(name.to_owned());
+        self.changed_dirs.insert(parent);
         let inode = self.inode_mut(ino)?;
         inode.links -= 1;
         inode.ctime = SystemTime::now();
@@ -500,11 +510,31 @@ impl Tree {
         self.pages_mut(ino)?.sync();
         self.recharge(ino);
         self.stats.file_syncs += 1;
+        if self.journaled_names {
+            self.sync_all_names();
+        }
         Ok(())
+    }
+
+    /// Every folder's names become durable (the journal commit of [`Tree::journaled_names`]).
+    fn sync_all_names(&mut self) {
+        for dir in std::mem::take(&mut self.changed_dirs) {
+            let _ = self.sync_names(dir);
+        }
     }
 
     /// fsync of a folder: its whole entry table becomes durable.
     pub fn sync_dir(&mut self, ino: u64) -> Result<(), Errno> {
+        self.sync_names(ino)?;
+        self.stats.dir_syncs += 1;
+        if self.journaled_names {
+            self.sync_all_names();
+        }
+        Ok(())
+    }
+
+    fn sync_names(&mut self, ino: u64) -> Result<(), Errno> {
+        self.changed_dirs.remove(&ino);
         let dir = self.dir_mut(ino)?;
         let mut moved = Vec::new();
         for name in std::mem::take(&mut dir.changed) {
@@ -532,7 +562,6 @@ impl Tree {
         for old in unlinked {
             self.free_if_unused(old);
         }
-        self.stats.dir_syncs += 1;
         Ok(())
     }
 
@@ -582,6 +611,7 @@ impl Tree {
             inode.open = 0;
         }
         self.handles.clear();
+        self.changed_dirs.clear();
 
         let mut reached = HashSet::from([ROOT]);
         let mut folders = vec![ROOT];
