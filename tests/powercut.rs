@@ -515,10 +515,10 @@ async fn every_acknowledged_message_survives_power_cuts_at_random_moments() {
         thousands(reused),
         thousands(start_failures.len())
     );
-    assert!(ledger.acked.len() > CUTS * 10, "the test must acknowledge messages to mean anything");
     assert_eq!(lost, 0, "acknowledged messages lost");
     assert_eq!(reused, 0, "seqs acknowledged for two messages");
     assert_eq!(start_failures.len(), 0, "start-up failures");
+    assert!(ledger.acked.len() > CUTS * 10, "the test must acknowledge messages to mean anything");
     assert!(problems.is_empty(), "{} problems, the first: {:?}", problems.len(), problems.first());
 }
 
@@ -820,7 +820,7 @@ async fn every_acknowledged_upload_reads_back_its_bytes_after_power_cuts() {
         thousands(lost.len()),
         thousands(start_failures.len())
     );
-    assert!(uploads.acked.len() > UPLOAD_CUTS, "the test must acknowledge uploads to mean anything");
     assert_eq!(lost.len(), 0, "acknowledged uploads lost");
     assert_eq!(start_failures.len(), 0, "start-up failures");
+    assert!(uploads.acked.len() > UPLOAD_CUTS, "the test must acknowledge uploads to mean anything");
 }
