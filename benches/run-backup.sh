@@ -9,7 +9,7 @@ MESSAGES=${MESSAGES:-1000000} SECS=${SECS:-10}
 source benches/common.sh
 
 $bin/roomlog-load --fill "$MESSAGES" --data "$work/data" --room bulk --body-bytes 100
-echo "log on disk: $(du -sh "$work/data/db" | cut -f1)"
+echo "log on disk: $(du -sh "$work/data/log" | cut -f1)"
 
 ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write ROOMLOG_LIMITS__FRAMES_PER_SECOND=0 $bin/roomlog serve --data "$work/data" --listen 127.0.0.1:7710 & pids+=($!)
 wait_port 7710

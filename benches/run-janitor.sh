@@ -24,7 +24,7 @@ JSON
   for i in $(seq 0 19); do printf '[retention.rooms.bulk-%d]\nmax_messages = %d\n' "$i" $((MESSAGES / 40)); done
 } > "$work/roomlog.toml"
 live_bytes() { curl -s 127.0.0.1:7710/api/storage | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(r["bytes"] for r in s["messages"].values()))'; }
-amplification() { echo "$1: log $(du -sb "$work/data/db" | cut -f1) bytes on disk, live message text $2 bytes: $(echo "scale=2; $(du -sb "$work/data/db" | cut -f1) / $2" | bc)x"; }
+amplification() { echo "$1: log $(du -sb "$work/data/log" | cut -f1) bytes on disk, live message text $2 bytes: $(echo "scale=2; $(du -sb "$work/data/log" | cut -f1) / $2" | bc)x"; }
 
 serve() { ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write ROOMLOG_LIMITS__FRAMES_PER_SECOND=0 $bin/roomlog serve --config "$work/roomlog.toml" --data "$work/data" --listen 127.0.0.1:7710 & server=$!; pids+=($server); wait_port 7710; }
 serve

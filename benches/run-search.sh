@@ -14,7 +14,7 @@ lag() { curl -s "http://127.0.0.1:7720/readyz" | python3 -c 'import json,sys; pr
 $bin/roomlog-load --fill "$MESSAGES" --data "$work/data" --room corpus --text zipf
 $bin/roomlog rebuild history --data "$work/data" >/dev/null
 $bin/roomlog rebuild search --data "$work/data"
-echo "search index on disk: $(du -sh "$work/data/search" | cut -f1), log: $(du -sh "$work/data/db" | cut -f1)"
+echo "search index on disk: $(du -sh "$work/data/search" | cut -f1), log: $(du -sh "$work/data/log" | cut -f1), projections: $(du -sh "$work/data/state" | cut -f1)"
 
 ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write ROOMLOG_LIMITS__FRAMES_PER_SECOND=0 $bin/roomlog serve --data "$work/data" --listen 127.0.0.1:7720 & pids+=($!)
 wait_port 7720

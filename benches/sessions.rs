@@ -82,8 +82,10 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let (rss_idle, peak) = memory_mib();
     println!(
-        "memory: {rss_empty:.0} MiB empty, {rss_created:.0} MiB just after creating, {rss_idle:.0} MiB once their actors idled out (peak {peak:.0} MiB); db on disk {:.0} MiB",
-        roomlog::metrics::disk_bytes(&dir.path().join("db")) as f64 / (1024.0 * 1024.0)
+        "memory: {rss_empty:.0} MiB empty, {rss_created:.0} MiB just after creating, {rss_idle:.0} MiB once their actors idled out (peak {peak:.0} MiB); log and state on disk {:.0} MiB",
+        (roomlog::metrics::disk_bytes(&dir.path().join("log")) + roomlog::metrics::disk_bytes(&dir.path().join("state")))
+            as f64
+            / (1024.0 * 1024.0)
     );
 
     println!("session actors running before the jump: {}", server.sessions().live_actors().await);

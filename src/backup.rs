@@ -238,7 +238,8 @@ pub fn write_archive(
         .into_inner()
         .map_err(|e| BackupError::Io { what: "writing the archive".into(), source: e.into_error() })?;
     file.sync_all().map_err(io("syncing the archive"))?;
-    std::fs::rename(&tmp, out).map_err(io(format!("renaming to {}", out.display())))?;
+    // A backup that a power cut could take back is not one: its name is made durable too.
+    crate::durable::rename(&tmp, out).map_err(io(format!("renaming to {}", out.display())))?;
     Ok(manifest)
 }
 
@@ -497,7 +498,7 @@ pub fn scheduled(
     keep: usize,
     config_toml: &str,
 ) -> Result<(PathBuf, Manifest), BackupError> {
-    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    crate::durable::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let out = dir.join(format!("roomlog-{now:015}.tar"));
     let manifest =

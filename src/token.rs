@@ -130,7 +130,8 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     let mut file = options.open(&tmp)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    // A secret lost in a power cut would void every token: its name is made durable too.
+    crate::durable::rename(&tmp, path)
 }
 
 fn parse_hex(text: &str) -> Option<[u8; 32]> {
@@ -160,7 +161,7 @@ impl SecretFiles {
 
     /// Loads the secrets, generating the current one (mode 0600) if there is none.
     pub fn load_or_create(&self) -> std::io::Result<Secrets> {
-        std::fs::create_dir_all(&self.dir)?;
+        crate::durable::create_dir_all(&self.dir)?;
         let current = match std::fs::read_to_string(self.current_path()) {
             Ok(text) => parse_hex(&text).ok_or_else(|| {
                 std::io::Error::new(

@@ -262,7 +262,7 @@ fn parse_body(body: &str, run_id: &str) -> Option<(usize, usize, u64)> {
 /// Appends `n` messages to the log in `data`, in bursts the group commit can batch.
 async fn fill(data: &std::path::Path, n: u64, room: &str, body_bytes: usize, text: &str) -> anyhow::Result<()> {
     use roomlog::event::{Event, MessagePosted, RoomId};
-    let log = roomlog::log::EventLog::open(&data.join("db"), &roomlog::log::LogConfig::default())?;
+    let log = roomlog::log::EventLog::open(&roomlog::layout::log_dir(data), &roomlog::log::LogConfig::default())?;
     let zipf = match text {
         "filler" => None,
         "zipf" => Some((corpus::Corpus::new(), corpus::Rng::new(42))),
@@ -314,7 +314,7 @@ async fn fill_sessions_and_files(data: &std::path::Path, sessions: u64, files: u
         return Ok(());
     }
     let started = Instant::now();
-    let log = roomlog::log::EventLog::open(&data.join("db"), &roomlog::log::LogConfig::default())?;
+    let log = roomlog::log::EventLog::open(&roomlog::layout::log_dir(data), &roomlog::log::LogConfig::default())?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
     let mut events = Vec::new();
     for i in 0..sessions {

@@ -127,7 +127,8 @@ pub fn open(
     config: &SearchConfig,
     threads: usize,
 ) -> Result<(SearchIndex, SearchProjection), ProjectionError> {
-    std::fs::create_dir_all(dir).map_err(|e| ProjectionError::Task(format!("cannot create {}: {e}", dir.display())))?;
+    crate::durable::create_dir_all(dir)
+        .map_err(|e| ProjectionError::Task(format!("cannot create {}: {e}", dir.display())))?;
     let (schema, _) = schema();
     let mut index = if dir.join("meta.json").exists() { Some(Index::open_in_dir(dir)?) } else { None };
     if let Some(existing) = &index {
@@ -136,7 +137,7 @@ pub fn open(
             tracing::warn!(dir = %dir.display(), "search index of another version: dropping it to rebuild from the log");
             index = None;
             std::fs::remove_dir_all(dir)
-                .and_then(|()| std::fs::create_dir_all(dir))
+                .and_then(|()| crate::durable::create_dir_all(dir))
                 .map_err(|e| ProjectionError::Task(format!("cannot clear {}: {e}", dir.display())))?;
         }
     }
