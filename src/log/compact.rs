@@ -127,7 +127,7 @@ pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogErr
         let mut removals = Removals::default();
         let mut from = 1;
         loop {
-            let chunk = old.read_raw(from, CHUNK)?;
+            let chunk = old.read_raw(from, u64::MAX, CHUNK)?;
             let Some(&(last, _)) = chunk.last() else { break };
             for (seq, bytes) in &chunk {
                 removals.learn(*seq, &decode(*seq, bytes)?.event);
@@ -137,7 +137,7 @@ pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogErr
         let fresh = Store::open(&fresh_dir, cache_bytes_max)?;
         let mut from = 1;
         loop {
-            let chunk = old.read_raw(from, CHUNK)?;
+            let chunk = old.read_raw(from, u64::MAX, CHUNK)?;
             let Some(&(last, _)) = chunk.last() else { break };
             let mut kept = Vec::with_capacity(chunk.len());
             for (seq, bytes) in &chunk {

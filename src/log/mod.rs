@@ -176,19 +176,21 @@ impl EventLog {
         self.head.clone()
     }
 
-    /// Up to `limit` events with seq ≥ `from_seq`, in seq order.
+    /// Up to `limit` events with seq ≥ `from_seq`, in seq order, through the durable head
+    /// only: no reader sees a record before it is durable (a projection that applied one could
+    /// otherwise be ahead of the log after a power cut).
     pub fn read_range(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
-        self.store.read_range(from_seq, limit)
+        self.store.read_range(from_seq, self.head(), limit)
     }
 
-    /// Up to `limit` records with seq ≥ `from_seq`, as stored: (seq, encoded envelope).
+    /// Up to `limit` durable records with seq ≥ `from_seq`, as stored: (seq, encoded envelope).
     pub fn read_raw(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-        self.store.read_raw(from_seq, limit)
+        self.store.read_raw(from_seq, self.head(), limit)
     }
 
-    /// Up to `limit` events of one stream with seq > `after_seq`, in seq order.
+    /// Up to `limit` durable events of one stream with seq > `after_seq`, in seq order.
     pub fn read_stream(&self, stream: &StreamId, after_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
-        self.store.read_stream(stream, after_seq, limit)
+        self.store.read_stream(stream, after_seq, self.head(), limit)
     }
 
     /// Decodes every record, oldest first, and returns how many there are: the check an

@@ -124,7 +124,7 @@ impl Store {
         let (indexed, _) = self.indexed()?;
         loop {
             let (checkpoint, _) = self.indexed()?;
-            let group = self.read_range(checkpoint + 1, 4096)?;
+            let group = self.read_range(checkpoint + 1, u64::MAX, 4096)?;
             let Some(last) = group.last() else { break };
             self.index(group.iter().map(|e| (&e.stream, e.seq)), last.seq)?;
         }
@@ -146,11 +146,15 @@ impl Store {
         Ok(self.db.sync()?)
     }
 
-    /// Up to `limit` records with seq ≥ `from_seq`, as stored (for backups: the bytes of old
-    /// event versions are kept as they were written).
-    pub fn read_raw(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+    /// Up to `limit` records with `from_seq` ≤ seq ≤ `through_seq`, as stored (for backups:
+    /// the bytes of old event versions are kept as they were written). Callers that serve
+    /// readers pass the durable head: a record written but not yet made durable is not read.
+    pub fn read_raw(&self, from_seq: u64, through_seq: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        if from_seq > through_seq {
+            return Ok(Vec::new());
+        }
         self.log
-            .range(from_seq.to_be_bytes()..)
+            .range(from_seq.to_be_bytes()..=through_seq.to_be_bytes())
             .take(limit)
             .map(|item| {
                 let (key, value) = item?;
@@ -159,9 +163,13 @@ impl Store {
             .collect()
     }
 
-    pub fn read_range(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
+    /// [`Store::read_raw`], decoded.
+    pub fn read_range(&self, from_seq: u64, through_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
+        if from_seq > through_seq {
+            return Ok(Vec::new());
+        }
         self.log
-            .range(from_seq.to_be_bytes()..)
+            .range(from_seq.to_be_bytes()..=through_seq.to_be_bytes())
             .take(limit)
             .map(|item| {
                 let (key, value) = item?;
@@ -170,7 +178,14 @@ impl Store {
             .collect()
     }
 
-    pub fn read_stream(&self, stream: &StreamId, after_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
+    /// Up to `limit` events of one stream with `after_seq` < seq ≤ `through_seq`.
+    pub fn read_stream(
+        &self,
+        stream: &StreamId,
+        after_seq: u64,
+        through_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, LogError> {
         let Some(from) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
         // The entry holding `from` may start before it: begin at the last entry at or below.
         let start = match self.streams.range(stream_key(stream, 0)..=stream_key(stream, from)).next_back() {
@@ -181,7 +196,7 @@ impl Store {
         for item in self.streams.range(start..=stream_key(stream, u64::MAX)) {
             let (_, seqs) = item?;
             for seq in seqs.chunks_exact(8).map(seq_of).filter(|&s| s >= from) {
-                if out.len() >= limit {
+                if out.len() >= limit || seq > through_seq {
                     return Ok(out);
                 }
                 if out.last().is_some_and(|e: &Envelope| e.seq >= seq) {

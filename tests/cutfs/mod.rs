@@ -105,17 +105,15 @@ pub fn unavailable() -> Option<String> {
 /// Mounts a CutFs at `mountpoint` (created if missing), or says on stderr why this test skips
 /// and returns `None`.
 pub fn mount_or_skip(mountpoint: &Path) -> Option<CutFs> {
+    mount_or_why(mountpoint).map_err(|why| eprintln!("skipped: {why}")).ok()
+}
+
+/// Mounts a CutFs at `mountpoint`, or says why it cannot be had here.
+pub fn mount_or_why(mountpoint: &Path) -> Result<CutFs, String> {
     if let Some(reason) = unavailable() {
-        eprintln!("skipped: {reason}");
-        return None;
+        return Err(reason);
     }
-    match CutFs::mount(mountpoint) {
-        Ok(fs) => Some(fs),
-        Err(e) => {
-            eprintln!("skipped: cannot mount a FUSE file system at {}: {e}", mountpoint.display());
-            None
-        }
-    }
+    CutFs::mount(mountpoint).map_err(|e| format!("cannot mount a FUSE file system at {}: {e}", mountpoint.display()))
 }
 
 impl CutFs {
