@@ -95,6 +95,8 @@ pub struct Disk {
     used: Arc<AtomicU64>,
     folders: Arc<Vec<(&'static str, PathBuf)>>,
     pub config: DiskConfig,
+    /// The data folder's reserve file and the floors it is kept above (see `space`).
+    reserve: Option<(crate::space::Reserve, crate::space::Floors)>,
 }
 
 impl Disk {
@@ -105,7 +107,28 @@ impl Disk {
             used: Arc::new(AtomicU64::new(u64::MAX)),
             folders: Arc::new(folders),
             config,
+            reserve: None,
         }
+    }
+
+    /// Keeps `reserve` written whenever the disk has room for it above `floors`, and asks the
+    /// janitor to run when the disk is below the log floor (it releases the reserve to work).
+    pub fn with_reserve(mut self, reserve: crate::space::Reserve, floors: crate::space::Floors) -> Self {
+        self.reserve = Some((reserve, floors));
+        self
+    }
+
+    /// Writes the reserve again if there is room (blocking). True when the disk is below the
+    /// log floor.
+    fn tend_reserve(&self) -> bool {
+        let Some((reserve, floors)) = &self.reserve else { return false };
+        match reserve.restore(*floors) {
+            Ok(true) => tracing::info!(bytes = crate::space::RESERVE_BYTES, "reserve file written"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(error = %error, "the reserve file could not be written"),
+        }
+        let data = self.folders.first().map(|(_, path)| path.as_path());
+        data.and_then(crate::space::available).is_some_and(|free| free < floors.log)
     }
 
     /// The state as last measured.
@@ -144,7 +167,9 @@ impl Disk {
         let mut janitor_asked: Option<Instant> = None;
         loop {
             let this = self.clone();
-            let state = tokio::task::spawn_blocking(move || this.measure()).await.unwrap_or(last);
+            let (state, below_floor) = tokio::task::spawn_blocking(move || (this.measure(), this.tend_reserve()))
+                .await
+                .unwrap_or((last, false));
             let used = self.used().unwrap_or(0.0) * 100.0;
             if state != last {
                 match state {
@@ -161,7 +186,7 @@ impl Disk {
                 last = state;
             }
             let due = janitor_asked.is_none_or(|at| at.elapsed() >= self.config.janitor_min_interval);
-            if state >= DiskState::Critical && due {
+            if (state >= DiskState::Critical || below_floor) && due {
                 janitor_asked = Some(Instant::now());
                 let janitor = janitor.clone();
                 tokio::spawn(async move {

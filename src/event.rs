@@ -259,6 +259,31 @@ impl Event {
         }
     }
 
+    /// Whether this event records clean-up: something removed or moved by a rule or an
+    /// operator, or the janitor's own record. Below the log's floor of free space only these are
+    /// still appended (`space::Floors`), so that the janitor can free space on a full disk.
+    pub fn is_cleanup(&self) -> bool {
+        match self {
+            Event::MessagesExpired(_)
+            | Event::MessageDeleted(_)
+            | Event::SessionExpired(_)
+            | Event::SessionPurged(_)
+            | Event::SessionsExpired(_)
+            | Event::SessionsPurged(_)
+            | Event::SessionEnded(_)
+            | Event::FileDeleted(_)
+            | Event::ContentMoved(_)
+            | Event::ContentQuarantined(_)
+            | Event::JanitorRan(_) => true,
+            Event::MessagePosted(_)
+            | Event::MessageEdited(_)
+            | Event::SessionCreated(_)
+            | Event::SessionTouched(_)
+            | Event::SessionPaid(_)
+            | Event::FileStored(_) => false,
+        }
+    }
+
     /// The messages this event removes, if any. Every cause of removal answers here, so the
     /// read models apply one mechanism, not one per cause.
     pub fn removal(&self) -> Option<Removal<'_>> {

@@ -126,6 +126,11 @@ pub struct JanitorContext {
     pub retention: RetentionConfig,
     /// `logging.dir` and `logging.keep_files`.
     pub log_files: Option<(std::path::PathBuf, usize)>,
+    /// The data folder's reserve file: released when a run must work below the log's floor of
+    /// free space, so that its removals can be appended and its deletions done (`space`).
+    pub reserve: crate::space::Reserve,
+    /// The data folder, for its free space.
+    pub data: std::path::PathBuf,
 }
 
 impl JanitorContext {
@@ -477,6 +482,15 @@ impl JanitorState {
     async fn run(&mut self, trigger: String) -> Result<JanitorRan, JanitorError> {
         let started_at = self.ctx.clock.now_ms();
         let started = Instant::now();
+        let floor = self.ctx.log.floors().log;
+        if crate::space::available(&self.ctx.data).is_some_and(|free| free < floor) {
+            let reserve = self.ctx.reserve.clone();
+            let released =
+                tokio::task::spawn_blocking(move || reserve.release("the janitor runs below the log floor")).await;
+            if let Ok(Err(error)) = released {
+                tracing::warn!(error = %error, "the reserve file could not be released");
+            }
+        }
         let mut done: Vec<PlanItem> = Vec::new();
         let error = match self.ctx.plan().await {
             Err(error) => Some(error.to_string()),

@@ -14,6 +14,7 @@
 //! - [`log`]: the append-only event log in sled, with group commit and a durable seq floor.
 //! - [`state`]: the projections' own sled store, set aside and rebuilt when damaged.
 //! - [`durable`]: file-system steps and sled settings that survive a power cut.
+//! - [`space`]: the free-space floors that keep sled and tantivy away from a full disk.
 //! - [`layout`]: what lives where in the data folder, and the move from the old layout.
 //! - [`event`]: the events, their versions and their encoding.
 //! - [`projection`]: folds over the log with checkpoints — chat history, message search,
@@ -25,6 +26,7 @@
 //! - [`recent_errors`]: the last warnings and errors, for `roomlog status`.
 //! - [`server`]: starts and stops all of the above in order.
 //! - [`backup`]: archives of a cut of the log; verification and restore.
+//! - [`check`]: `roomlog check`, the report on a stopped server's data folder.
 //!
 //! `ARCHITECTURE.md` walks the same pipeline and states the runtime guarantees.
 
@@ -32,6 +34,7 @@ pub mod actor;
 pub mod auth;
 pub mod backup;
 pub mod blob;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod disk;
@@ -48,6 +51,7 @@ pub mod projection;
 pub mod recent_errors;
 pub mod room;
 pub mod server;
+pub mod space;
 pub mod state;
 pub mod token;
 pub mod wire;

@@ -39,8 +39,14 @@ enum Command {
         /// The projection: `history`, `search`, `sessions`, `files`, or `all`.
         name: String,
     },
-    /// Decode every record of the log and report the first that does not decode.
-    Check,
+    /// Check a stopped server's data folder: every record of the log decodes, and the log
+    /// holds everything the seq floor and the projections say was acknowledged. Creates
+    /// nothing; exits 1 when it finds a problem.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Signed tokens: issue one, or rotate the secret.
     Token {
         #[command(subcommand)]
@@ -242,10 +248,16 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Check => {
-            let log = open_log(&config)?;
-            let count = log.verify()?;
-            println!("log ok: {count} records, head seq {}", log.head());
+        Command::Check { json } => {
+            let report = roomlog::check::check(&config.data, config.log.cache_bytes_max);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", check_summary(&report));
+            }
+            if !report.ok() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Config => {
@@ -419,10 +431,24 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let server = Server::start(config, listener).await?;
     println!("roomlog listening on {}", server.addr());
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    server.shutdown().await;
-    Ok(())
+    let failure = tokio::select! {
+        () = shutdown_signal() => None,
+        why = server.failed() => Some(why),
+    };
+    match failure {
+        None => {
+            tracing::info!("shutting down");
+            server.shutdown().await;
+            Ok(())
+        }
+        Some(why) => {
+            // Not a zombie that answers every request with an error: stop, and let the
+            // supervisor (systemd's Restart=on-failure) start a fresh process.
+            tracing::error!(error = %why, "a core task failed: stopping so that roomlog is restarted");
+            server.shutdown().await;
+            bail!("stopped because a core task failed: {why}")
+        }
+    }
 }
 
 fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
@@ -876,6 +902,28 @@ fn summary(s: &serde_json::Value) -> String {
                 e["message"].as_str().unwrap_or("?")
             ));
         }
+    }
+    out
+}
+
+/// What `roomlog check` prints for a person.
+fn check_summary(report: &roomlog::check::CheckReport) -> String {
+    let seq = |s: Option<u64>| s.map_or_else(|| "unreadable".to_owned(), |s| s.to_string());
+    let mut out = format!("data folder {}\n", report.data.display());
+    if let Some(records) = report.log_records {
+        out.push_str(&format!("log: {records} records, head seq {}\n", seq(report.log_head_seq)));
+    }
+    if let (Some(reserved), Some(acked)) = (report.floor_reserved_through, report.floor_acked_through) {
+        out.push_str(&format!("seq floor: acknowledged through {acked}, reserved through {reserved}\n"));
+    }
+    for (name, checkpoint) in &report.projections {
+        out.push_str(&format!("projection {name}: applied through {}\n", seq(*checkpoint)));
+    }
+    if report.ok() {
+        out.push_str("ok\n");
+    }
+    for finding in &report.findings {
+        out.push_str(&format!("PROBLEM: {finding}\n"));
     }
     out
 }

@@ -22,7 +22,7 @@ use crate::disk::Disk;
 use crate::http::App;
 use crate::janitor::{JanitorContext, JanitorHandle};
 use crate::log::{EventLog, LogError};
-use crate::projection::{files, history, search, sessions, Projection, ProjectionError, Runner};
+use crate::projection::{files, history, search, sessions, Projection, ProjectionError, Runner, SpaceFloor};
 use crate::state::{Opened, StateDb};
 
 /// Why a server could not start.
@@ -94,6 +94,14 @@ impl Server {
         // Checked before anything opens: a bad rule stops start-up with nothing held.
         let lifecycle = config.lifecycle_rules().map_err(|e| ServerError::Config(e.to_string()))?;
         let (data, cache_bytes_max) = (config.data.clone(), config.log.cache_bytes_max);
+        // Below the log floor, the reserve makes room for opening the databases (sled writes a
+        // snapshot at recovery) and for the janitor's clean-up.
+        let floors = crate::space::Floors::for_dir(config.log.min_free_bytes, &config.data);
+        if crate::space::available(&config.data).is_some_and(|free| free < floors.log) {
+            if let Err(source) = crate::space::Reserve::of(&config.data).release("start-up below the log floor") {
+                return Err(ServerError::Io { what: "releasing the reserve file".into(), source });
+            }
+        }
         let migrated = tokio::task::spawn_blocking(move || crate::layout::migrate(&data, cache_bytes_max))
             .await
             .map_err(|e| ServerError::Actors(e.to_string()))?
@@ -124,20 +132,26 @@ impl Server {
             ));
         }
         let no_repair = || Ok(());
-        let accept = config.log.accept_lost_records;
+        let mut starting = Starting {
+            log: &log,
+            // Projections pause below the clean-up floor (see `space`) and go on by themselves.
+            space: SpaceFloor { dir: config.data.clone(), floor: log.floors().cleanup },
+            accept_lost_records: config.log.accept_lost_records,
+            recovered: &mut recovered,
+        };
         let (history, history_runner, history_following) =
-            start_projection("history", &log, || history::open(&state), no_repair, accept, &mut recovered).await?;
+            start_projection("history", &mut starting, || history::open(&state), no_repair).await?;
         let search_dir = config.search_dir();
         let search_config = config.search.clone();
         let open_search = || search::open(&search_dir, &search_config, 1);
         let set_search_aside = || set_aside(&config.search_dir());
         let (search_index, search_runner, search_following) =
-            start_projection("search", &log, open_search, set_search_aside, accept, &mut recovered).await?;
+            start_projection("search", &mut starting, open_search, set_search_aside).await?;
         let (sessions_read, sessions_runner, sessions_following) =
-            start_projection("sessions", &log, || sessions::open(&state), no_repair, accept, &mut recovered).await?;
+            start_projection("sessions", &mut starting, || sessions::open(&state), no_repair).await?;
         auth.attach_sessions(sessions_read.clone());
         let (files_read, files_runner, files_following) =
-            start_projection("files", &log, || files::open(&state), no_repair, accept, &mut recovered).await?;
+            start_projection("files", &mut starting, || files::open(&state), no_repair).await?;
         let blob_dir = config.blob_dir();
         let store = BlobStore::open(&blob_dir, config.files.cold_dir.as_deref()).map_err(|source| ServerError::Io {
             what: format!("opening the file store in {}", blob_dir.display()),
@@ -192,13 +206,16 @@ impl Server {
             history_runner: history_runner.clone(),
             retention: config.retention.clone(),
             log_files: config.logging.dir.clone().map(|dir| (dir, config.logging.keep_files)),
+            reserve: crate::space::Reserve::of(&config.data),
+            data: config.data.clone(),
         };
         let janitor = JanitorHandle::start(janitor_ctx, stopping.clone())
             .await
             .map_err(|e| ServerError::Actors(e.to_string()))?;
         let mut watched = vec![("data", config.data.clone())];
         watched.extend(config.files.cold_dir.clone().map(|cold| ("cold", cold)));
-        let disk = Disk::new(watched, config.disk.clone());
+        let disk =
+            Disk::new(watched, config.disk.clone()).with_reserve(crate::space::Reserve::of(&config.data), log.floors());
         disk.measure();
         tokio::spawn(disk.clone().watch(janitor.clone(), stopping.clone()));
         let growth = crate::growth::Growth::open(&state)
@@ -247,6 +264,22 @@ impl Server {
             serving,
             projections: vec![history_following, search_following, sessions_following, files_following],
         })
+    }
+
+    /// Waits until a core task fails for good: the log writer (its storage refused a write) or
+    /// a projection runner that gave up. The server then stores or applies nothing more and is
+    /// not ready; `roomlog serve` stops and exits non-zero so that its supervisor restarts it
+    /// (everything acknowledged is durable, so a restart loses nothing).
+    pub async fn failed(&self) -> String {
+        loop {
+            if let Some(failure) = self.app.log.failure() {
+                return failure.to_string();
+            }
+            if let Some((name, why)) = self.app.runners().iter().find_map(|r| Some((r.name(), r.failed()?))) {
+                return format!("the {name} projection gave up: {why}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 
     /// The address the server listens on.
@@ -306,23 +339,32 @@ impl Server {
     }
 }
 
+/// What every projection starts with.
+struct Starting<'a> {
+    log: &'a EventLog,
+    space: SpaceFloor,
+    accept_lost_records: bool,
+    recovered: &'a mut Vec<String>,
+}
+
 /// Starts a projection and its runner. A projection whose own state fails (damaged by a crash,
 /// or ahead of the log) is set aside or reset and rebuilt from the log, said in the log and in
 /// `/api/status`, rather than stopping start-up: it is derived state (issue 18). Only a failure
 /// to read the log itself stops the server.
 async fn start_projection<R, P: Projection>(
     name: &'static str,
-    log: &EventLog,
+    starting: &mut Starting<'_>,
     open: impl Fn() -> Result<(R, P), ProjectionError>,
     repair: impl FnOnce() -> Result<(), ProjectionError>,
-    accept_lost_records: bool,
-    recovered: &mut Vec<String>,
 ) -> Result<(R, Runner, JoinHandle<()>), ServerError> {
+    let (log, space) = (starting.log, Some(starting.space.clone()));
     let failed = |source| ServerError::Projection { name, source };
     let first = match open() {
         Ok((read, projection)) => match projection.checkpoint() {
             Ok(checkpoint) if checkpoint > log.head() => Err(ProjectionError::Ahead { checkpoint, head: log.head() }),
-            Ok(_) => Runner::start(log.clone(), projection).await.map(|(runner, task)| (read, runner, task)),
+            Ok(_) => {
+                Runner::start(log.clone(), projection, space.clone()).await.map(|(runner, task)| (read, runner, task))
+            }
             Err(error) => Err(error),
         },
         Err(error) => Err(error),
@@ -332,7 +374,7 @@ async fn start_projection<R, P: Projection>(
         Err(error @ ProjectionError::Log(_)) => return Err(failed(error)),
         // A projection applies only durable records: one past the head means the log lost
         // acknowledged records, which stops start-up unless the operator accepts it.
-        Err(ProjectionError::Ahead { checkpoint, head }) if !accept_lost_records => {
+        Err(ProjectionError::Ahead { checkpoint, head }) if !starting.accept_lost_records => {
             return Err(ServerError::Log {
                 path: format!("the log (the {name} projection had applied it through seq {checkpoint})"),
                 source: crate::log::LogError::LostRecords { head, acked_through: checkpoint },
@@ -341,11 +383,11 @@ async fn start_projection<R, P: Projection>(
         Err(damage) => damage,
     };
     tracing::error!(projection = name, error = %damage, "projection damaged: rebuilding it from the log");
-    recovered.push(format!("{name}: rebuilt from the log ({damage})"));
+    starting.recovered.push(format!("{name}: rebuilt from the log ({damage})"));
     repair().map_err(failed)?;
     let (read, mut projection) = open().map_err(failed)?;
     projection.reset().map_err(failed)?;
-    let (runner, task) = Runner::start(log.clone(), projection).await.map_err(failed)?;
+    let (runner, task) = Runner::start(log.clone(), projection, space).await.map_err(failed)?;
     Ok((read, runner, task))
 }
 

@@ -82,6 +82,9 @@ pub enum ErrorCode {
     InvalidQuery,
     /// The log cannot store the message now; it was not stored, retry with the same client_id.
     StorageUnavailable,
+    /// The disk is below the server's floor of free space: the message was not stored; retry
+    /// with the same client_id once space is freed.
+    DiskFull,
     /// The room cannot be reached right now (restarting too often); retry later.
     RoomUnavailable,
     /// The server is shutting down.
@@ -89,6 +92,15 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code of a failed append: the disk, the shutdown, or the storage.
+    pub fn of_append(error: &crate::log::LogError) -> Self {
+        match error {
+            crate::log::LogError::Closed => ErrorCode::ShuttingDown,
+            crate::log::LogError::DiskFull { .. } => ErrorCode::DiskFull,
+            _ => ErrorCode::StorageUnavailable,
+        }
+    }
+
     /// The code as it appears on the wire (and as a metrics label).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -108,6 +120,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::InvalidQuery => "invalid_query",
             ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::DiskFull => "disk_full",
             ErrorCode::RoomUnavailable => "room_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
         }
@@ -322,6 +335,7 @@ mod tests {
             NotFound,
             InvalidQuery,
             StorageUnavailable,
+            DiskFull,
             RoomUnavailable,
             ShuttingDown,
         ] {

@@ -303,15 +303,10 @@ impl RoomActorState {
             }
             Err(error) => {
                 tracing::warn!(room = %self.state.room(), error = %error, "append failed; senders told to retry");
-                let (code, text) = match error.as_ref() {
-                    LogError::Closed => (
-                        ErrorCode::ShuttingDown,
-                        "the server is shutting down; retry with the same client_id".to_owned(),
-                    ),
-                    other => (
-                        ErrorCode::StorageUnavailable,
-                        format!("message not stored ({other}); retry with the same client_id"),
-                    ),
+                let code = ErrorCode::of_append(&error);
+                let text = match code {
+                    ErrorCode::ShuttingDown => "the server is shutting down; retry with the same client_id".to_owned(),
+                    _ => format!("message not stored ({error}); retry with the same client_id"),
                 };
                 let frame: Arc<str> = error_frame(code, &text, Some(self.state.room().as_str()), Some(&key.1)).into();
                 for member in self.state.failed(&key) {
@@ -394,12 +389,8 @@ impl RoomActorState {
             Err(error) => {
                 tracing::warn!(room = %self.state.room(), error = %error, "amendment not stored");
                 let text = format!("not stored ({error}); retry");
-                let frame = error_frame(
-                    ErrorCode::StorageUnavailable,
-                    &text,
-                    Some(self.state.room().as_str()),
-                    Some(client_id),
-                );
+                let frame =
+                    error_frame(ErrorCode::of_append(&error), &text, Some(self.state.room().as_str()), Some(client_id));
                 self.send_to(member, Outbound { seq: None, frame: frame.into() });
                 return;
             }

@@ -404,7 +404,11 @@ impl BlobStore {
         let target = self.path_in(to, hash).ok_or(BlobError::NoTier(to))?;
         let from = if to == Tier::Hot { Tier::Cold } else { Tier::Hot };
         let source = self.path_in(from, hash).ok_or(BlobError::NoTier(from))?;
+        // Staged where start-up clears leftovers: `<data>/blobs/tmp` for the hot tier (as
+        // uploads and `install`), the cold tier's own `tmp/` (a rename must stay on one
+        // filesystem). A copy cut off by a crash never stays behind.
         let (target_dir, tmp_dir) = match (target.parent(), self.tier_dir(to)) {
+            (Some(fan), Some(_)) if to == Tier::Hot => (fan.to_path_buf(), self.tmp.clone()),
             (Some(fan), Some(root)) => (fan.to_path_buf(), root.join("tmp")),
             _ => return Err(BlobError::NoTier(to)),
         };

@@ -127,16 +127,27 @@ pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> 
     }
 }
 
-/// Why the server is not ready, if it is not: a stopped projection, a disk in danger, or a
-/// shutdown under way. A projection a few group commits behind is normal under load.
+/// Why the server is not ready, if it is not: a failed log writer, a disk below the log's
+/// floor or in danger, a projection paused, retrying or stopped, or a shutdown under way. A
+/// projection a few group commits behind is normal under load.
 pub fn not_ready_reasons(app: &App, disk: crate::disk::DiskState) -> Vec<String> {
     let mut reasons = Vec::new();
+    if let Some(failure) = app.log.failure() {
+        reasons.push(format!("{failure}; the server is restarting"));
+    }
+    if let Some(free) = app.log.refusing_for_space() {
+        reasons.push(format!(
+            "the disk has {free} bytes free, below the floor of {} (log.min_free_bytes): new messages and uploads are refused until space is freed",
+            app.log.floors().log
+        ));
+    }
     for runner in app.runners() {
-        if !runner.is_running() {
-            reasons.push(format!(
-                "the {} projection stopped: it could not apply the log (see recent errors)",
-                runner.name()
-            ));
+        if let Some(why) = runner.failed() {
+            reasons.push(format!("the {} projection gave up ({why}); the server is restarting", runner.name()));
+        } else if let Some(why) = runner.stalled() {
+            reasons.push(format!("the {} projection is not applying the log: {why}", runner.name()));
+        } else if !runner.is_running() && !*app.shutdown.borrow() {
+            reasons.push(format!("the {} projection stopped (see recent errors)", runner.name()));
         }
     }
     if disk == crate::disk::DiskState::Danger {

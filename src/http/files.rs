@@ -106,6 +106,22 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
                 return error_reply(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", &text);
             }
             let limit = app.config.limits.upload_bytes_max;
+            // The upload must fit above the log's floor of free space (see `space`): its
+            // declared length, or the most it may be.
+            let need = headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(limit)
+                .min(limit);
+            let floor = app.log.floors().log;
+            let data = app.config.data.clone();
+            let free = tokio::task::spawn_blocking(move || crate::space::available(&data)).await.ok().flatten();
+            if let Some(free) = free.filter(|&free| free < floor.saturating_add(need)) {
+                let text = format!(
+                    "the disk has {free} bytes free: this upload of up to {need} bytes would take it below the floor of {floor} (log.min_free_bytes); retry once space is freed"
+                );
+                return error_reply(StatusCode::INSUFFICIENT_STORAGE, "disk_full", &text);
+            }
             let body = Box::pin(body);
             match app.files.put(key, body, limit, expected.as_deref(), content_type, owner).await {
                 Ok(entry) => warp::reply::with_status(warp::reply::json(&entry), StatusCode::CREATED).into_response(),

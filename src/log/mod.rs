@@ -29,6 +29,9 @@ pub struct LogConfig {
     /// Most events written and flushed together in one group commit. Larger batches amortise
     /// the fsync; the bound keeps one commit's latency and memory in check.
     pub batch_max: usize,
+    /// Most bytes of records in one group commit: what one commit can take of the disk is a
+    /// multiple of it (see `space`), and the free-space floors are checked between commits.
+    pub batch_bytes_max: usize,
     /// Most appends waiting for the writer. A full queue makes appenders wait (backpressure)
     /// instead of letting memory grow.
     pub queue_max: usize,
@@ -36,11 +39,13 @@ pub struct LogConfig {
     pub cache_bytes_max: u64,
     /// Compact the log (see `roomlog compact`) each time the server starts, before it serves.
     pub compact_at_start: bool,
-    /// Appends are refused (nothing is written, nothing acknowledged) while the log's
-    /// filesystem has less than this many bytes free, and accepted again once it has more. sled
-    /// cannot recover from a write that fails for lack of space without a restart, so the log
-    /// never lets it get there.
-    pub min_free_bytes: u64,
+    /// New content is refused (nothing is written, nothing acknowledged: `disk_full`) while
+    /// the log's filesystem has less than this many bytes free, and accepted again once it has
+    /// more; clean-up goes on down to half of it (see `space::Floors`). Unset: 10 % of the
+    /// volume, at least 64 MiB and at most 256 MiB; never under 32 MiB. sled cannot recover
+    /// from a write that fails for lack of space without a restart, so the log never lets it
+    /// get there.
+    pub min_free_bytes: Option<u64>,
     /// Start even though the log ends before seqs the seq floor says were acknowledged (see
     /// [`LogError::LostRecords`]): what is left is served, and new seqs go on above every seq
     /// ever handed out. For an operator who has no backup to restore; off by default.
@@ -51,10 +56,11 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             batch_max: 4096,
+            batch_bytes_max: 1024 * 1024,
             queue_max: 65_536,
             cache_bytes_max: 256 * 1024 * 1024,
             compact_at_start: false,
-            min_free_bytes: 128 * 1024 * 1024,
+            min_free_bytes: None,
             accept_lost_records: false,
         }
     }
@@ -76,8 +82,14 @@ pub enum LogError {
     /// A file of the log beside sled's (the seq floor), or the writer thread, failed.
     #[error("log: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the disk is full: {available} bytes free, below log.min_free_bytes ({floor}); nothing was stored, retry once space is freed")]
+    /// The disk is below the log's floor of free space (HTTP 507, code `disk_full`).
+    #[error("the disk is full: {available} bytes free, below the floor of {floor} (log.min_free_bytes); nothing was stored, retry once space is freed")]
     DiskFull { available: u64, floor: u64 },
+    /// The writer failed earlier (its storage refused a write) and stores nothing until the
+    /// server restarts; the server is not ready and `roomlog serve` exits so that its
+    /// supervisor restarts it (HTTP 503, code `storage_unavailable`).
+    #[error("the log writer failed and stores nothing until the server restarts: {0}")]
+    WriterFailed(#[source] Arc<LogError>),
     /// A record over the size sled keeps durable (`durable::VALUE_BYTES_MAX`); nothing of its
     /// group was stored (HTTP 413, code `too_large`).
     #[error("record {seq} is {bytes} bytes encoded, over the {max}-byte limit of a log record; nothing was stored")]
@@ -102,12 +114,35 @@ pub enum LogError {
 
 /// An append handed to the writer, not yet durable. Await it for the stored envelope.
 #[derive(Debug)]
-pub struct PendingAppend(oneshot::Receiver<Result<Envelope, Arc<LogError>>>);
+pub struct PendingAppend {
+    reply: oneshot::Receiver<Result<Envelope, Arc<LogError>>>,
+    gone: Gone,
+}
 
 impl PendingAppend {
     /// Waits until the event is durable and returns it with its seq.
     pub async fn durable(self) -> Result<Envelope, Arc<LogError>> {
-        self.0.await.unwrap_or_else(|_| Err(Arc::new(LogError::Closed)))
+        match self.reply.await {
+            Ok(result) => result,
+            Err(_) => Err(Arc::new(self.gone.why())),
+        }
+    }
+}
+
+/// Tells why the writer is gone: closed on purpose (shutting down), or failed.
+#[derive(Debug, Clone)]
+struct Gone {
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    failure: watch::Receiver<Option<Arc<LogError>>>,
+}
+
+impl Gone {
+    fn why(&self) -> LogError {
+        match self.failure.borrow().clone() {
+            Some(failure) => LogError::WriterFailed(failure),
+            None if self.closing.load(std::sync::atomic::Ordering::SeqCst) => LogError::Closed,
+            None => LogError::WriterFailed(Arc::new(LogError::Io(std::io::Error::other("the log writer stopped")))),
+        }
     }
 }
 
@@ -117,6 +152,9 @@ pub struct EventLog {
     store: Store,
     writer: mpsc::Sender<WriterMsg>,
     head: watch::Receiver<u64>,
+    gone: Gone,
+    refusing: watch::Receiver<u64>,
+    floors: crate::space::Floors,
 }
 
 impl EventLog {
@@ -146,10 +184,19 @@ impl EventLog {
         // The head is the newest record, not `next_seq - 1`: after a crash the next seq is above
         // a gap, and followers wait for records, not for numbers.
         let (head_tx, head) = watch::channel(head);
+        let (failure_tx, failure) = watch::channel(None);
+        let (refusing_tx, refusing) = watch::channel(0);
         let (writer, rx) = mpsc::channel(config.queue_max.max(1));
-        let limits = writer::Limits { batch_max: config.batch_max.max(1), min_free_bytes: config.min_free_bytes };
-        writer::spawn(store.clone(), floor, rx, head_tx, next_seq, last_at, limits)?;
-        Ok(Self { store, writer, head })
+        let floors = crate::space::Floors::for_dir(config.min_free_bytes, dir);
+        let limits = writer::Limits {
+            batch_max: config.batch_max.max(1),
+            batch_bytes_max: config.batch_bytes_max.max(1),
+            floors,
+        };
+        let outputs = writer::Outputs { head: head_tx, failure: failure_tx, refusing: refusing_tx };
+        writer::spawn(store.clone(), floor, rx, outputs, next_seq, last_at, limits)?;
+        let gone = Gone { closing: Arc::default(), failure };
+        Ok(Self { store, writer, head, gone, refusing, floors })
     }
 
     /// Hands an event to the writer without waiting for it to be durable, so that a caller can
@@ -157,8 +204,8 @@ impl EventLog {
     /// Waits only while the writer's queue is full.
     pub async fn submit(&self, event: Event) -> Result<PendingAppend, LogError> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(WriterMsg::Append { event, reply }).await.map_err(|_| LogError::Closed)?;
-        Ok(PendingAppend(rx))
+        self.writer.send(WriterMsg::Append { event, reply }).await.map_err(|_| self.gone.why())?;
+        Ok(PendingAppend { reply: rx, gone: self.gone.clone() })
     }
 
     /// Appends one event and waits until it is durable.
@@ -169,6 +216,26 @@ impl EventLog {
     /// The seq of the newest durable event (0 when the log is empty).
     pub fn head(&self) -> u64 {
         *self.head.borrow()
+    }
+
+    /// Why the writer failed, once it has: it then stores nothing until the server restarts.
+    pub fn failure(&self) -> Option<Arc<LogError>> {
+        self.gone.failure.borrow().clone()
+    }
+
+    /// Follows the writer's failure: changes once, when it fails.
+    pub fn watch_failure(&self) -> watch::Receiver<Option<Arc<LogError>>> {
+        self.gone.failure.clone()
+    }
+
+    /// While new content is refused for lack of space: the bytes free at the last check.
+    pub fn refusing_for_space(&self) -> Option<u64> {
+        Some(*self.refusing.borrow()).filter(|&free| free > 0)
+    }
+
+    /// The free-space floors in force for the log's volume.
+    pub fn floors(&self) -> crate::space::Floors {
+        self.floors
     }
 
     /// Follows the head: the receiver changes after every durable group commit.
@@ -201,6 +268,7 @@ impl EventLog {
 
     /// Stops the writer after everything already submitted is durable.
     pub async fn close(&self) {
+        self.gone.closing.store(true, std::sync::atomic::Ordering::SeqCst);
         let (done, rx) = oneshot::channel();
         if self.writer.send(WriterMsg::Stop { done }).await.is_ok() {
             let _ = rx.await;

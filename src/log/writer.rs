@@ -1,10 +1,17 @@
 //! The single log writer: group commit on a dedicated thread.
 //!
 //! sled's writes and the fsync block, so they run on their own OS thread rather than on the
-//! async workers. The thread takes whatever is queued (up to `batch_max`), assigns seqs (above
-//! the durable seq floor, which it raises first when needed), writes the group's records and
-//! index entries, makes them durable once, and only then answers every caller and advances the
-//! head (DESIGN.md: "acknowledged means durable").
+//! async workers. The thread takes whatever is queued (up to `batch_max` events and
+//! `batch_bytes_max` bytes), refuses what the free-space floors do not allow before anything
+//! reaches sled, assigns seqs (above the durable seq floor, which it raises first when needed),
+//! writes the group's records and index entries, makes them durable once, and only then
+//! answers every caller and advances the head (DESIGN.md: "acknowledged means durable").
+//!
+//! A write or fsync that fails leaves sled failing until it is reopened, so the writer then
+//! stops storing: it answers every later append with [`LogError::WriterFailed`] (never a
+//! misleading "shutting down"), and publishes the failure, on which the server turns not ready
+//! and `roomlog serve` exits for its supervisor to restart it. Nothing acknowledged is lost by
+//! that: it is durable.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,11 +22,14 @@ use super::floor::SeqFloor;
 use super::{Encoded, LogError, Store};
 use crate::durable::VALUE_BYTES_MAX;
 use crate::event::{encode, Envelope, Event};
+use crate::space::Floors;
+
+type Reply = oneshot::Sender<Result<Envelope, Arc<LogError>>>;
 
 pub enum WriterMsg {
     Append {
         event: Event,
-        reply: oneshot::Sender<Result<Envelope, Arc<LogError>>>,
+        reply: Reply,
     },
     /// Finish what was queued before this message, then stop.
     Stop {
@@ -27,25 +37,50 @@ pub enum WriterMsg {
     },
 }
 
-/// The writer's bounds, from `LogConfig`.
+/// The writer's bounds, from `LogConfig` and the volume.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub batch_max: usize,
-    pub min_free_bytes: u64,
+    pub batch_bytes_max: usize,
+    pub floors: Floors,
+}
+
+/// What the writer reports to the rest of the server.
+#[derive(Debug)]
+pub struct Outputs {
+    /// The newest durable seq.
+    pub head: watch::Sender<u64>,
+    /// Set once the writer has failed, with why.
+    pub failure: watch::Sender<Option<Arc<LogError>>>,
+    /// Bytes free below the log floor while appends of new content are refused; 0 otherwise.
+    pub refusing: watch::Sender<u64>,
 }
 
 pub fn spawn(
     store: Store,
     floor: SeqFloor,
     rx: mpsc::Receiver<WriterMsg>,
-    head: watch::Sender<u64>,
+    outputs: Outputs,
     next_seq: u64,
     last_at: u64,
     limits: Limits,
 ) -> Result<(), LogError> {
-    std::thread::Builder::new()
-        .name("roomlog-log-writer".into())
-        .spawn(move || Writer { store, floor, rx, head, next_seq, last_at, limits, refusing: false }.run())?;
+    std::thread::Builder::new().name("roomlog-log-writer".into()).spawn(move || {
+        let failure = outputs.failure.clone();
+        let writer = Writer { store, floor, rx, out: outputs, next_seq, last_at, limits, failed: None };
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.run())) {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned());
+            let error = LogError::Io(std::io::Error::other(format!(
+                "the log writer thread panicked: {}",
+                what.unwrap_or_else(|| "no message".into())
+            )));
+            tracing::error!(error = %error, "log writer failed");
+            failure.send_replace(Some(Arc::new(error)));
+        }
+    })?;
     Ok(())
 }
 
@@ -54,33 +89,40 @@ struct Writer {
     /// Seqs are handed out only below a durable reservation (see `log::floor`).
     floor: SeqFloor,
     rx: mpsc::Receiver<WriterMsg>,
-    head: watch::Sender<u64>,
+    out: Outputs,
     next_seq: u64,
     /// Timestamps never go backwards, even if the wall clock does, so that time ranges over
     /// the log are ranges of seqs.
     last_at: u64,
     limits: Limits,
-    /// Appends are being refused for lack of space (said once, and once when they resume).
-    refusing: bool,
+    /// The failure after which nothing more is stored.
+    failed: Option<Arc<LogError>>,
 }
 
 /// An append stamped with its seq and encoded, waiting for its group's commit.
 struct Stamped {
     envelope: Envelope,
     encoded: Vec<u8>,
-    reply: oneshot::Sender<Result<Envelope, Arc<LogError>>>,
+    reply: Reply,
+}
+
+/// Why an append is refused before it gets a seq.
+enum Refusal {
+    Space { available: u64, floor: u64 },
 }
 
 impl Writer {
     fn run(mut self) {
         let mut group: Vec<Stamped> = Vec::with_capacity(self.limits.batch_max);
         while let Some(first) = self.rx.blocking_recv() {
-            let mut stop = None;
+            let space = self.space_check();
+            let (mut stop, mut bytes) = (None, 0usize);
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
                     WriterMsg::Append { event, reply } => {
-                        if let Some(stamped) = self.stamp(event, reply) {
+                        if let Some(stamped) = self.stamp(event, reply, space) {
+                            bytes += stamped.encoded.len();
                             group.push(stamped);
                         }
                     }
@@ -89,7 +131,7 @@ impl Writer {
                         break;
                     }
                 }
-                if group.len() < self.limits.batch_max {
+                if group.len() < self.limits.batch_max && bytes < self.limits.batch_bytes_max {
                     next = self.rx.try_recv().ok();
                 }
             }
@@ -97,25 +139,60 @@ impl Writer {
                 self.commit(&mut group);
             }
             if let Some(done) = stop {
-                // Give back the unused seqs, release the database and end the head watch before
-                // answering, so that a caller that awaited `close` can reopen the folder at once.
-                let durable_head = *self.head.borrow();
-                if let Err(error) = self.floor.release(durable_head) {
-                    // Harmless: the next start goes on above the reservation instead.
-                    tracing::warn!(error = %error, "could not give back the unused seq reservation");
-                }
-                let Writer { mut rx, store, head, .. } = self;
-                rx.close();
-                drop((store, head));
-                let _ = done.send(());
+                self.stop(done);
                 return;
             }
         }
     }
 
-    /// Gives the event its seq and time and encodes it; an event too large to be a record is
-    /// refused on its own, without a seq, and the rest of the group goes on.
-    fn stamp(&mut self, event: Event, reply: oneshot::Sender<Result<Envelope, Arc<LogError>>>) -> Option<Stamped> {
+    /// Gives back the unused seqs, releases the database and ends the head watch before
+    /// answering, so that a caller that awaited `close` can reopen the folder at once.
+    fn stop(mut self, done: oneshot::Sender<()>) {
+        let durable_head = *self.out.head.borrow();
+        if self.failed.is_none() {
+            if let Err(error) = self.floor.release(durable_head) {
+                // Harmless: the next start goes on above the reservation instead.
+                tracing::warn!(error = %error, "could not give back the unused seq reservation");
+            }
+        }
+        let Writer { mut rx, store, out, .. } = self;
+        rx.close();
+        drop((store, out));
+        let _ = done.send(());
+    }
+
+    /// Bytes free now, and whether new content (`.0`) and clean-up (`.1`) may be appended.
+    fn space_check(&mut self) -> Option<(u64, bool, bool)> {
+        let available = self.store.available_bytes()?;
+        let floors = self.limits.floors;
+        let (content, cleanup) = (available >= floors.log, available >= floors.cleanup);
+        let was_refusing = *self.out.refusing.borrow() > 0;
+        if !content && !was_refusing {
+            tracing::error!(
+                available,
+                floor = floors.log,
+                "disk below the log floor: new messages and uploads are refused until space is freed"
+            );
+        } else if content && was_refusing {
+            tracing::info!(available, "space freed: new content accepted again");
+        }
+        self.out.refusing.send_replace(if content { 0 } else { available.max(1) });
+        Some((available, content, cleanup))
+    }
+
+    /// Gives the event its seq and time and encodes it. An event refused (the writer failed,
+    /// the disk is below its floor, too large a record) is answered at once, without a seq,
+    /// and the rest of the group goes on.
+    fn stamp(&mut self, event: Event, reply: Reply, space: Option<(u64, bool, bool)>) -> Option<Stamped> {
+        if let Some(failed) = &self.failed {
+            let _ = reply.send(Err(Arc::new(LogError::WriterFailed(failed.clone()))));
+            return None;
+        }
+        if let Some(Refusal::Space { available, floor }) = self.refusal(&event, space) {
+            metrics::counter!(crate::metrics::APPEND_FAILURES_TOTAL).increment(1);
+            let _ = reply.send(Err(Arc::new(LogError::DiskFull { available, floor })));
+            return None;
+        }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.last_at = self.last_at.max(now);
         let envelope = Envelope { seq: self.next_seq, at_unix_ms: self.last_at, stream: event.stream(), event };
@@ -130,27 +207,20 @@ impl Writer {
         Some(Stamped { envelope, encoded, reply })
     }
 
+    fn refusal(&self, event: &Event, space: Option<(u64, bool, bool)>) -> Option<Refusal> {
+        let (available, content, cleanup) = space?;
+        let floors = self.limits.floors;
+        match (event.is_cleanup(), content, cleanup) {
+            (_, true, _) | (true, false, true) => None,
+            (true, _, false) => Some(Refusal::Space { available, floor: floors.cleanup }),
+            (false, false, _) => Some(Refusal::Space { available, floor: floors.log }),
+        }
+    }
+
     fn commit(&mut self, group: &mut Vec<Stamped>) {
         let started = std::time::Instant::now();
-        if let Some(available) = self.store.available_bytes().filter(|&a| a < self.limits.min_free_bytes) {
-            // Refused before anything reaches sled: the seqs are given back.
-            self.next_seq -= group.len() as u64;
-            metrics::counter!(crate::metrics::APPEND_FAILURES_TOTAL).increment(1);
-            let error = Arc::new(LogError::DiskFull { available, floor: self.limits.min_free_bytes });
-            if !self.refusing {
-                tracing::error!(error = %error, "appends refused until space is freed");
-                self.refusing = true;
-            }
-            for stamped in group.drain(..) {
-                let _ = stamped.reply.send(Err(error.clone()));
-            }
-            return;
-        }
-        if std::mem::take(&mut self.refusing) {
-            tracing::info!("space freed: appends accepted again");
-        }
         let last_seq = group.last().map_or(0, |s| s.envelope.seq);
-        let durable_head = *self.head.borrow();
+        let durable_head = *self.out.head.borrow();
         let records: Vec<Encoded<'_>> =
             group.iter().map(|s| (s.envelope.seq, &s.envelope.stream, s.encoded.as_slice())).collect();
         let result = self
@@ -165,19 +235,22 @@ impl Writer {
                 metrics::histogram!(crate::metrics::APPEND_DURABLE_SECONDS).record(started.elapsed().as_secs_f64());
                 metrics::counter!(crate::metrics::LOG_EVENTS_TOTAL).increment(group.len() as u64);
                 // The head moves first: whoever is acknowledged sees a head at least at its seq.
-                self.head.send_replace(last_seq);
+                self.out.head.send_replace(last_seq);
                 for stamped in group.drain(..) {
                     let _ = stamped.reply.send(Ok(stamped.envelope));
                 }
             }
             Err(error) => {
-                // Nothing of this group is acknowledged. Its seqs stay consumed: if sled kept
-                // some of it in memory and writes it later, no later event may reuse a seq.
-                tracing::error!(error = %error, events = group.len(), "log group commit failed");
+                // Nothing of this group is acknowledged, and nothing more is stored: sled fails
+                // until it is reopened. Its seqs stay consumed: if sled kept some of the group
+                // and writes it later, no later event may reuse a seq.
+                tracing::error!(error = %error, events = group.len(), "log group commit failed: the log stores nothing more until the server restarts");
                 metrics::counter!(crate::metrics::APPEND_FAILURES_TOTAL).increment(1);
                 let error = Arc::new(error);
+                self.failed = Some(error.clone());
+                self.out.failure.send_replace(Some(error.clone()));
                 for stamped in group.drain(..) {
-                    let _ = stamped.reply.send(Err(error.clone()));
+                    let _ = stamped.reply.send(Err(Arc::new(LogError::WriterFailed(error.clone()))));
                 }
             }
         }

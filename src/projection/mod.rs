@@ -155,20 +155,41 @@ pub fn rebuild<P: Projection>(
     Ok((applied, applied as f64 / secs))
 }
 
+/// Where a runner pauses for lack of space: below `floor` bytes free on the volume of `dir`.
+#[derive(Debug, Clone)]
+pub struct SpaceFloor {
+    pub dir: std::path::PathBuf,
+    pub floor: u64,
+}
+
+/// Consecutive failures after which a runner gives up: its storage keeps refusing (sled fails
+/// until it is reopened), and only a restart of the process reopens it.
+const FAILURES_MAX: u32 = 6;
+/// The first wait after a failure, doubled after each (1 s, 2 s ... 32 s: about a minute).
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a paused runner looks at the disk again.
+const SPACE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A projection kept up to date in the background, and the seq it has applied.
 #[derive(Debug, Clone)]
 pub struct Runner {
     name: &'static str,
     applied: watch::Receiver<u64>,
+    /// Why it is not applying the log now (paused for space, retrying after a failure), if so.
+    stalled: watch::Receiver<Option<String>>,
+    /// Why it gave up for good, once it has: the server must restart.
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl Runner {
     /// Catches the projection up with the log, then follows the head in a background task,
     /// returned so that shutdown can wait for it (it ends once the log is closed). Catching up
-    /// happens before this returns, so a server starts serving complete reads.
+    /// happens before this returns, so a server starts serving complete reads. Below `space`'s
+    /// floor the follower pauses, and goes on by itself once there is room again.
     pub async fn start<P: Projection>(
         log: EventLog,
         mut projection: P,
+        space: Option<SpaceFloor>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), ProjectionError> {
         let name = projection.name();
         let (projection, start) = tokio::task::spawn_blocking(move || {
@@ -181,8 +202,11 @@ impl Runner {
         .map_err(|e| ProjectionError::Task(e.to_string()))?;
         let (log, checkpoint) = start?;
         let (applied_tx, applied) = watch::channel(checkpoint);
-        let following = tokio::spawn(follow(log, projection, applied_tx));
-        Ok((Self { name, applied }, following))
+        let (stalled_tx, stalled) = watch::channel(None);
+        let (failed_tx, failed) = watch::channel(None);
+        let outputs = Follower { applied: applied_tx, stalled: stalled_tx, failed: failed_tx, space };
+        let following = tokio::spawn(follow(log, projection, outputs));
+        Ok((Self { name, applied, stalled, failed }, following))
     }
 
     /// The projection's name.
@@ -195,9 +219,24 @@ impl Runner {
         *self.applied.borrow()
     }
 
-    /// False once the runner has stopped (it could not apply an event; the error is logged).
+    /// False once the runner has stopped (it gave up, or the log closed).
     pub fn is_running(&self) -> bool {
         self.applied.has_changed().is_ok()
+    }
+
+    /// Why it is not applying the log right now, if so (it goes on by itself).
+    pub fn stalled(&self) -> Option<String> {
+        self.stalled.borrow().clone()
+    }
+
+    /// Why it gave up for good, if it has.
+    pub fn failed(&self) -> Option<String> {
+        self.failed.borrow().clone()
+    }
+
+    /// Follows [`Self::failed`].
+    pub fn watch_failed(&self) -> watch::Receiver<Option<String>> {
+        self.failed.clone()
     }
 
     /// Waits until reads of the projection see `seq`; false if the runner has stopped first.
@@ -208,11 +247,28 @@ impl Runner {
     }
 }
 
-async fn follow<P: Projection>(log: EventLog, projection: P, applied: watch::Sender<u64>) {
+/// What a follower reports, and where it pauses.
+struct Follower {
+    applied: watch::Sender<u64>,
+    stalled: watch::Sender<Option<String>>,
+    failed: watch::Sender<Option<String>>,
+    space: Option<SpaceFloor>,
+}
+
+impl Follower {
+    /// Bytes free if below the floor (the follower must not write now).
+    fn short_of_space(&self) -> Option<u64> {
+        let space = self.space.as_ref()?;
+        crate::space::available(&space.dir).filter(|&free| free < space.floor)
+    }
+}
+
+async fn follow<P: Projection>(log: EventLog, projection: P, out: Follower) {
     let name = projection.name();
     let mut head = log.watch_head();
     let mut projection = Some(projection);
-    let mut position = *applied.borrow();
+    let mut position = *out.applied.borrow();
+    let mut failures = 0u32;
     loop {
         let target = *head.borrow_and_update();
         let due = projection.as_ref().and_then(|p| p.flush_due());
@@ -227,6 +283,19 @@ async fn follow<P: Projection>(log: EventLog, projection: P, applied: watch::Sen
                 _ = sleep_until(due), if due.is_some() => Step::Flush,
             }
         };
+        if !matches!(step, Step::Final) {
+            if let Some(free) = out.short_of_space() {
+                let floor = out.space.as_ref().map_or(0, |s| s.floor);
+                if out.stalled.borrow().is_none() {
+                    tracing::warn!(projection = name, free, floor, "projection paused: the disk is below its floor");
+                }
+                out.stalled.send_replace(Some(format!(
+                    "paused: {free} bytes free, below the floor of {floor}; it goes on once space is freed"
+                )));
+                tokio::time::sleep(SPACE_RECHECK).await;
+                continue;
+            }
+        }
         let Some(mut owned) = projection.take() else { return };
         let log_for_task = log.clone();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -241,18 +310,34 @@ async fn follow<P: Projection>(log: EventLog, projection: P, applied: watch::Sen
         match outcome {
             Ok((returned, Ok((checkpoint, visible)))) => {
                 position = checkpoint;
-                applied.send_replace(visible);
+                out.applied.send_replace(visible);
+                if out.stalled.borrow().is_some() {
+                    tracing::info!(projection = name, "projection applying the log again");
+                    out.stalled.send_replace(None);
+                }
+                failures = 0;
                 if matches!(step, Step::Final) {
                     return;
                 }
                 projection = Some(returned);
             }
-            Ok((_, Err(error))) => {
-                tracing::error!(projection = name, error = %error, "projection stopped: it cannot apply the log");
-                return;
+            Ok((returned, Err(error))) => {
+                failures += 1;
+                if failures >= FAILURES_MAX {
+                    let why = format!("it failed {failures} times in a row, the last: {error}");
+                    tracing::error!(projection = name, error = %error, "projection gave up: the server must restart");
+                    out.failed.send_replace(Some(why));
+                    return;
+                }
+                let wait = RETRY_FIRST * 2u32.pow(failures - 1);
+                tracing::error!(projection = name, error = %error, retry_in = ?wait, "projection could not apply the log; retrying");
+                out.stalled.send_replace(Some(format!("retrying after a failure: {error}")));
+                projection = Some(returned);
+                tokio::time::sleep(wait).await;
             }
             Err(error) => {
-                tracing::error!(projection = name, error = %error, "projection task failed");
+                tracing::error!(projection = name, error = %error, "projection task failed: the server must restart");
+                out.failed.send_replace(Some(format!("its task failed: {error}")));
                 return;
             }
         }
