@@ -20,6 +20,10 @@ use crate::blob::{ContentHash, FileKey, Tier};
 pub struct StreamId(String);
 
 impl StreamId {
+    /// The longest stream name the log indexes (`file/` and a 512-byte key is the longest a
+    /// server makes); the log refuses a record of a longer one rather than mis-index it.
+    pub const LEN_MAX: usize = 1024;
+
     /// The stream of one chat room.
     pub fn room(room: &RoomId) -> Self {
         Self(format!("room/{}", room.as_str()))

@@ -393,3 +393,27 @@ async fn a_scrub_quarantines_damaged_content_and_lists_orphans() {
     assert!(healed.as_ref() == &damaged[..]);
     server.shutdown().await;
 }
+
+/// Issue 17: a key longer than 255 bytes once panicked the log writer (the stream index stored
+/// the stream's length in one byte), after which nothing at all was stored, chat included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_every_allowed_length_are_stored_and_longer_ones_refused_while_chat_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), &ManualClock::new(1_000_000)).await;
+    let mut ann = common::Client::connect(server.addr(), "ann").await;
+    ann.join("lobby", None).await;
+    for len in [255usize, 256, 511, 512, 513] {
+        let key = format!("k/{}", "a".repeat(len - 2));
+        let body = format!("content of a {len}-byte key").into_bytes();
+        let (status, answer) = put(&server, &key, body.clone()).await;
+        if len <= 512 {
+            assert_eq!(status, 201, "a {len}-byte key is stored: {answer}");
+            let read = reqwest::get(url(&server, &format!("/api/files/{key}"))).await.expect("get");
+            assert_eq!(read.bytes().await.expect("bytes").as_ref(), body.as_slice());
+        } else {
+            assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_key")), "{answer}");
+        }
+        ann.say("lobby", &format!("after the {len}-byte key"), &format!("c{len}")).await;
+    }
+    server.shutdown().await;
+}

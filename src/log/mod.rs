@@ -94,6 +94,10 @@ pub enum LogError {
     /// group was stored (HTTP 413, code `too_large`).
     #[error("record {seq} is {bytes} bytes encoded, over the {max}-byte limit of a log record; nothing was stored")]
     RecordTooLarge { seq: u64, bytes: usize, max: usize },
+    /// An event of a stream longer than the log indexes (`StreamId::LEN_MAX`); nothing of its
+    /// group was stored.
+    #[error("record {seq} belongs to a stream of {bytes} bytes, over the {max}-byte limit; nothing was stored")]
+    StreamTooLong { seq: u64, bytes: usize, max: usize },
     /// The log ends before records that the seq floor says were acknowledged: stored records
     /// were lost, and the server does not start on such a log by itself.
     #[error(

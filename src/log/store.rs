@@ -12,13 +12,15 @@ use crate::event::{decode, Envelope, StreamId};
 /// Tree of log records: key = seq as big-endian u64 (so byte order is seq order).
 pub(super) const LOG_TREE: &str = "log";
 /// Stream index: one entry per stream per group commit. Its key is the stream's length
-/// (1 byte), the stream, and the first seq of that stream in the group; its value is the
-/// group's seqs of that stream. One entry per group instead of one per event keeps sled's
+/// (2 bytes, big-endian: a file key's stream is up to 517 bytes; one byte once panicked the
+/// writer on a 256-byte key), the stream, and the first seq of that stream in the group; its
+/// value is the group's seqs of that stream. One entry per group instead of one per event keeps sled's
 /// per-key cost off the append path. The same tree holds [`INDEXED_KEY`] (the last seq
 /// indexed, with the next seq to assign), written in the same batch as the entries.
 pub(super) const STREAM_TREE: &str = "log.streams";
 /// Key of the stream index's checkpoint: last indexed seq and next seq, 16 bytes. Its first
-/// byte (0xff) is above every stream-length byte, so it never falls inside a stream's range.
+/// byte (0xff) is above the first length byte of every stream (names are at most
+/// `StreamId::LEN_MAX` long), so it never falls inside a stream's range.
 const INDEXED_KEY: &[u8] = b"\xffindexed";
 
 /// A record as stored: its seq, its stream (for the index) and its encoded envelope.
@@ -91,6 +93,10 @@ impl Store {
         let Some(&(last_seq, _, _)) = records.last() else { return Ok(()) };
         if let Some(&(seq, _, bytes)) = records.iter().find(|(_, _, bytes)| bytes.len() > VALUE_BYTES_MAX) {
             return Err(LogError::RecordTooLarge { seq, bytes: bytes.len(), max: VALUE_BYTES_MAX });
+        }
+        if let Some(&(seq, stream, _)) = records.iter().find(|(_, stream, _)| stream.as_str().len() > StreamId::LEN_MAX)
+        {
+            return Err(LogError::StreamTooLong { seq, bytes: stream.as_str().len(), max: StreamId::LEN_MAX });
         }
         for &(seq, _, bytes) in records {
             self.log.insert(seq.to_be_bytes(), bytes)?;
@@ -243,9 +249,10 @@ impl Store {
 
 fn stream_key(stream: &StreamId, seq: u64) -> Vec<u8> {
     let name = stream.as_str().as_bytes();
-    let len = u8::try_from(name.len()).expect("stream names are bounded by RoomId::LEN_MAX and fit a byte");
-    let mut key = Vec::with_capacity(1 + name.len() + 8);
-    key.push(len);
+    // Records of longer streams are refused before they are written (`write_encoded`).
+    let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    let mut key = Vec::with_capacity(2 + name.len() + 8);
+    key.extend_from_slice(&len.to_be_bytes());
     key.extend_from_slice(name);
     key.extend_from_slice(&seq.to_be_bytes());
     key

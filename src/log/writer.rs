@@ -197,8 +197,13 @@ impl Writer {
         self.last_at = self.last_at.max(now);
         let envelope = Envelope { seq: self.next_seq, at_unix_ms: self.last_at, stream: event.stream(), event };
         let encoded = encode(&envelope);
-        if encoded.len() > VALUE_BYTES_MAX {
-            let error = LogError::RecordTooLarge { seq: envelope.seq, bytes: encoded.len(), max: VALUE_BYTES_MAX };
+        let stream_bytes = envelope.stream.as_str().len();
+        if encoded.len() > VALUE_BYTES_MAX || stream_bytes > crate::event::StreamId::LEN_MAX {
+            let error = if stream_bytes > crate::event::StreamId::LEN_MAX {
+                LogError::StreamTooLong { seq: envelope.seq, bytes: stream_bytes, max: crate::event::StreamId::LEN_MAX }
+            } else {
+                LogError::RecordTooLarge { seq: envelope.seq, bytes: encoded.len(), max: VALUE_BYTES_MAX }
+            };
             tracing::warn!(error = %error, event = envelope.event.tag(), "append refused");
             let _ = reply.send(Err(Arc::new(error)));
             return None;
