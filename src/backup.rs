@@ -317,6 +317,13 @@ pub fn verify(path: &Path) -> Result<Verified, BackupError> {
     if manifest.format != FORMAT {
         return Err(corrupt(format!("format {:?}; this build reads {FORMAT}", manifest.format)));
     }
+    if manifest.after_seq > manifest.through_seq || manifest.through_seq > crate::log::SEQ_MAX {
+        return Err(corrupt(format!(
+            "seqs {}..={} are not a range this server writes",
+            manifest.after_seq.saturating_add(1),
+            manifest.through_seq
+        )));
+    }
     let mut records = Vec::new();
     let mut config_toml = String::new();
     let mut last = manifest.after_seq;
@@ -343,12 +350,12 @@ pub fn verify(path: &Path) -> Result<Verified, BackupError> {
             let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt("length".into()))?) as usize;
             let (record, tail) =
                 tail.split_at_checked(len).ok_or_else(|| corrupt(format!("{}: truncated record", part.path)))?;
-            let envelope = decode(last + 1, record)?;
-            if envelope.seq <= last || envelope.seq > manifest.through_seq {
+            let envelope = decode(last.saturating_add(1), record)?;
+            if envelope.seq <= last || envelope.seq > manifest.through_seq || envelope.seq > crate::log::SEQ_MAX {
                 return Err(corrupt(format!(
                     "record {} out of order or outside {}..={}",
                     envelope.seq,
-                    manifest.after_seq + 1,
+                    manifest.after_seq.saturating_add(1),
                     manifest.through_seq
                 )));
             }
@@ -501,8 +508,9 @@ pub fn scheduled(
     crate::durable::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let out = dir.join(format!("roomlog-{now:015}.tar"));
-    let manifest =
-        write_archive(&out, 0, log.head(), None, config_toml, store, |after| Ok(log.read_raw(after + 1, 4096)?))?;
+    let manifest = write_archive(&out, 0, log.head(), None, config_toml, store, |after| {
+        Ok(log.read_raw(after.saturating_add(1), 4096)?)
+    })?;
     let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io(format!("listing {}", dir.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -8,6 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
+/// A duration in whole milliseconds, saturating rather than truncating: a configured
+/// `"18446744073709552s"` once truncated to 384 ms and expired every message.
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Milliseconds since the Unix epoch, and waiting until one.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now_ms(&self) -> u64;
@@ -51,7 +57,7 @@ impl ManualClock {
 
     /// Moves time forward and wakes every sleeper that is now due.
     pub fn advance(&self, by: Duration) {
-        self.now.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+        self.now.fetch_add(millis(by), Ordering::SeqCst);
         self.moved.notify_waiters();
     }
 }

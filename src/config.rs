@@ -470,16 +470,26 @@ impl Config {
         Ok(config)
     }
 
-    /// Raises values that other values depend on, so that no combination is inconsistent.
+    /// Raises values that other values depend on, so that no combination is inconsistent, and
+    /// holds counts and sizes to what the code can allocate and add up without overflow (a
+    /// count of `usize::MAX` once made tokio's channel constructor panic on every join).
     pub fn normalise(&mut self) {
+        const COUNT_MAX: usize = 1 << 24;
+        const BYTES_MAX: usize = 1 << 30;
         let chat = &mut self.chat;
-        chat.ring_capacity = chat.ring_capacity.max(chat.recent_count).max(1);
-        chat.dedup_window = chat.dedup_window.max(chat.ring_capacity);
-        chat.replay_batch_max = chat.replay_batch_max.max(1);
-        chat.history_page_max = chat.history_page_max.max(1);
-        chat.room_inflight_max = chat.room_inflight_max.max(1);
-        self.limits.outbound_queue_max = self.limits.outbound_queue_max.max(16);
-        self.limits.read_buffer_bytes = self.limits.read_buffer_bytes.max(1024);
+        chat.recent_count = chat.recent_count.min(COUNT_MAX);
+        chat.ring_capacity = chat.ring_capacity.max(chat.recent_count).clamp(1, COUNT_MAX);
+        chat.dedup_window = chat.dedup_window.max(chat.ring_capacity).min(COUNT_MAX);
+        chat.replay_batch_max = chat.replay_batch_max.clamp(1, COUNT_MAX);
+        chat.history_page_max = chat.history_page_max.clamp(1, 100_000);
+        chat.room_inflight_max = chat.room_inflight_max.clamp(1, COUNT_MAX);
+        self.search.limit_max = self.search.limit_max.clamp(1, 10_000);
+        self.log.queue_max = self.log.queue_max.clamp(1, COUNT_MAX);
+        self.log.batch_max = self.log.batch_max.clamp(1, COUNT_MAX);
+        self.limits.connections_max = self.limits.connections_max.clamp(1, COUNT_MAX);
+        self.limits.outbound_queue_max = self.limits.outbound_queue_max.clamp(16, COUNT_MAX);
+        self.limits.read_buffer_bytes = self.limits.read_buffer_bytes.clamp(1024, BYTES_MAX);
+        self.limits.frame_bytes_max = self.limits.frame_bytes_max.min(BYTES_MAX);
         self.limits.body_bytes_max = self.limits.body_bytes_max.min(BODY_BYTES_LIMIT);
         self.limits.client_id_bytes_max = self.limits.client_id_bytes_max.min(CLIENT_ID_BYTES_LIMIT);
         // tungstenite needs room for its write buffer plus one whole message.

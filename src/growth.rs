@@ -87,8 +87,8 @@ impl Growth {
 /// at least a day apart.
 fn rate(samples: &[Sample], days: u64) -> Option<Rate> {
     let latest = samples.last()?;
-    let oldest = samples.iter().find(|s| latest.at_unix_ms - s.at_unix_ms <= days * DAY_MS)?;
-    let span = (latest.at_unix_ms - oldest.at_unix_ms) as f64 / DAY_MS as f64;
+    let oldest = samples.iter().find(|s| latest.at_unix_ms.saturating_sub(s.at_unix_ms) <= days * DAY_MS)?;
+    let span = latest.at_unix_ms.saturating_sub(oldest.at_unix_ms) as f64 / DAY_MS as f64;
     (span >= 1.0).then(|| Rate {
         days: span,
         roomlog_bytes_per_day: (latest.roomlog_bytes as f64 - oldest.roomlog_bytes as f64) / span,

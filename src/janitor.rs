@@ -285,7 +285,7 @@ impl JanitorContext {
         for (room, summary) in self.history.rooms().map_err(|e| read(&e))? {
             let (rule, retention) = self.retention.for_room(room.as_str());
             let excess = retention.max_messages.map_or(0, |max| summary.message_count.saturating_sub(max));
-            let older_than = retention.max_age.map(|age| now.saturating_sub(age.as_millis() as u64));
+            let older_than = retention.max_age.map(|age| now.saturating_sub(crate::clock::millis(age)));
             if excess == 0 && older_than.is_none() {
                 continue;
             }
@@ -607,7 +607,7 @@ impl JanitorHandle {
             let now = clock.now_ms();
             let next = match (at, config.every) {
                 (Some(at), _) => next_daily(now, at),
-                (None, Some(every)) => now.saturating_add(every.as_millis() as u64),
+                (None, Some(every)) => now.saturating_add(crate::clock::millis(every)),
                 (None, None) => return,
             };
             tokio::select! {

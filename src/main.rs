@@ -272,7 +272,7 @@ async fn main() -> anyhow::Result<()> {
                 file.display(),
                 if m.base.is_some() { "incremental" } else { "full" },
                 m.events,
-                m.after_seq + 1,
+                m.after_seq.saturating_add(1),
                 m.through_seq,
                 verified.manifest_blake3
             );
@@ -617,7 +617,7 @@ async fn backup(
             let head = log.head();
             let manifest =
                 roomlog::backup::write_archive(&out, after_seq, head, base, &config_toml, &store, |after| {
-                    Ok(log.read_raw(after + 1, 4096)?)
+                    Ok(log.read_raw(after.saturating_add(1), 4096)?)
                 })?;
             log.close().await;
             manifest
@@ -684,7 +684,7 @@ fn token_command(config: &Config, action: TokenAction) -> anyhow::Result<()> {
             );
         }
         TokenAction::Rotate { grace } => {
-            let until = now_ms.saturating_add(duration(&grace, "--grace")?.as_millis() as u64);
+            let until = now_ms.saturating_add(roomlog::clock::millis(duration(&grace, "--grace")?));
             files.rotate(until).context("rotating the token secret")?;
             println!(
                 "new secret in {}; tokens signed with the old one stay valid for {grace} (restart the server to sign with the new one)",

@@ -105,7 +105,7 @@ impl RoomState {
         let in_ring = &loaded[loaded.len().saturating_sub(capacity)..];
         let floor_seq = match in_ring.first() {
             // A full ring may have older messages behind it.
-            Some(first) if in_ring.len() == capacity => first.seq - 1,
+            Some(first) if in_ring.len() == capacity => first.seq.saturating_sub(1),
             _ => removed_through_seq,
         };
         let mut state = Self {

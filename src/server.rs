@@ -432,6 +432,9 @@ async fn sample_growth(
 async fn backup_schedule(app: Arc<App>, every: std::time::Duration, mut stopping: watch::Receiver<bool>) {
     let dir = app.config.backup.dir.clone().unwrap_or_else(|| app.config.data.join("backups"));
     let config_toml = toml::to_string_pretty(&app.config).unwrap_or_default();
+    // A zero period would panic tokio's interval, a huge one the Instant addition: held to a
+    // second up to a year.
+    let every = every.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(366 * 24 * 3600));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {

@@ -88,7 +88,7 @@ impl Reserve {
             return Ok(false);
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        if available(dir).is_none_or(|free| free < floors.log + 2 * RESERVE_BYTES) {
+        if available(dir).is_none_or(|free| free < floors.log.saturating_add(2 * RESERVE_BYTES)) {
             return Ok(false);
         }
         let tmp = self.path.with_extension("tmp");

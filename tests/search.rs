@@ -317,3 +317,22 @@ async fn retention_removes_messages_from_the_index_and_rebuild_search_gives_the_
     }
     server.child.kill().expect("kill");
 }
+
+/// Issue 17: a relevance cursor with a huge offset once made the search allocate for that many
+/// hits and aborted the whole process. Relevance pages stop at the 10,000 best hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_past_the_relevance_window_is_refused_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path())).await;
+    let mut ann = Client::connect(server.addr(), "ann").await;
+    ann.join("deep", None).await;
+    ann.say("deep", "alpha beta", "c1").await;
+    projections_caught_up(server.addr()).await;
+    for cursor in ["r10000000000000.0", "r18446744073709551615.0", "r10000.1"] {
+        let (status, answer) = get(server.addr(), &format!("/api/search?q=alpha&cursor={cursor}")).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_query")), "{cursor}: {answer}");
+    }
+    let (status, answer) = get(server.addr(), "/api/search?q=alpha").await;
+    assert_eq!((status, answer["total"].as_u64()), (200, Some(1)), "{answer}");
+    server.shutdown().await;
+}

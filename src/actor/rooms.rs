@@ -130,7 +130,7 @@ impl SupervisorState {
                         "it failed {} times within {}; retry in {}",
                         failures.len(),
                         humantime::format_duration(window),
-                        humantime::format_duration(Duration::from_secs(retry_in.as_secs() + 1))
+                        humantime::format_duration(Duration::from_secs(retry_in.as_secs().saturating_add(1)))
                     ),
                 });
             }

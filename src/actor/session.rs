@@ -186,7 +186,7 @@ impl SessionActorState {
         let event = match (command, self.session.state) {
             (Command::Touch, SessionState::Active) => {
                 let expires = if self.session.sliding {
-                    now + self.ctx.config.expire_after.as_millis() as u64
+                    now.saturating_add(crate::clock::millis(self.ctx.config.expire_after))
                 } else {
                     self.session.expires_at_unix_ms
                 };

@@ -247,8 +247,8 @@ impl SessionsHandle {
         let created = SessionCreated {
             id: id.clone(),
             created_at_unix_ms: now,
-            expires_at_unix_ms: now + config.expire_after.as_millis() as u64,
-            purge_at_unix_ms: now + config.purge_after.as_millis() as u64,
+            expires_at_unix_ms: now.saturating_add(crate::clock::millis(config.expire_after)),
+            purge_at_unix_ms: now.saturating_add(crate::clock::millis(config.purge_after)),
             sliding: sliding.unwrap_or(config.sliding),
         };
         self.ctx.log.append(Event::SessionCreated(created)).await.map_err(|e| SessionError::Storage(e.to_string()))?;

@@ -50,10 +50,24 @@ impl Tier {
     }
 }
 
-/// A content hash: 64 lower-case hex digits of blake3.
+/// A content hash: 64 lower-case hex digits of blake3. Checked when read back too (a record
+/// of a crafted backup archive once named `/etc/passwd` as content, which a path join served).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct ContentHash(String);
+
+impl TryFrom<String> for ContentHash {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value).ok_or_else(|| format!("{value:?} is not a content hash (64 lower-case hex digits)"))
+    }
+}
+
+impl From<ContentHash> for String {
+    fn from(value: ContentHash) -> Self {
+        value.0
+    }
+}
 
 impl ContentHash {
     pub fn parse(text: &str) -> Option<Self> {
@@ -572,6 +586,15 @@ fn list_tier(dir: &Path) -> std::io::Result<Vec<(ContentHash, u64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_hash_that_is_not_one_does_not_decode() {
+        for bad in ["a", "/etc/passwd", "../../x", &"A".repeat(64)] {
+            assert!(serde_json::from_value::<ContentHash>(serde_json::json!(bad)).is_err(), "{bad}");
+        }
+        let good = "0".repeat(64);
+        assert_eq!(serde_json::from_value::<ContentHash>(serde_json::json!(good)).expect("good").as_str(), good);
+    }
 
     #[test]
     fn keys_cannot_leave_the_store() {

@@ -217,7 +217,7 @@ async fn list(query: &HashMap<String, String>, app: &App) -> warp::reply::Respon
     let now = app.sessions_clock_now();
     let created_before = match query.get("older_than").map(|t| humantime::parse_duration(t)) {
         None => None,
-        Some(Ok(age)) => Some(now.saturating_sub(age.as_millis() as u64)),
+        Some(Ok(age)) => Some(now.saturating_sub(crate::clock::millis(age))),
         Some(Err(e)) => return bad(format!("older_than: {e} (use 7d, 12h)")),
     };
     let after = match query.get("after").map(|a| SessionId::parse(a)) {

@@ -53,6 +53,10 @@ impl SeqFloor {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Floor::default(),
             Err(e) => return Err(e),
         };
+        if floor.reserved_through > super::SEQ_MAX || floor.acked_through > super::SEQ_MAX {
+            let why = format!("{}: seqs past {} are not ones this server hands out", path.display(), super::SEQ_MAX);
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+        }
         Ok(Self { path, floor })
     }
 
@@ -67,7 +71,7 @@ impl SeqFloor {
         if through <= self.floor.reserved_through {
             return Ok(());
         }
-        self.write(Floor { reserved_through: through.saturating_add(SEQ_RESERVE), acked_through })
+        self.write(Floor { reserved_through: through.saturating_add(SEQ_RESERVE).min(super::SEQ_MAX), acked_through })
     }
 
     /// Gives back the unused part of the reservation at a clean stop: the next start goes on

@@ -22,6 +22,12 @@ use crate::event::{DecodeError, Envelope, Event, StreamId};
 pub use store::{Encoded, Store};
 use writer::WriterMsg;
 
+/// The highest seq the log hands out or accepts: 2^53 − 1, the largest integer a JavaScript
+/// client reads exactly. Far past any real log (a crash skips at most `floor::SEQ_RESERVE`);
+/// the bound is for crafted input (a backup archive, a seq floor file) that would otherwise
+/// make seq arithmetic overflow.
+pub const SEQ_MAX: u64 = (1 << 53) - 1;
+
 /// Limits of the log writer.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -98,6 +104,9 @@ pub enum LogError {
     /// group was stored.
     #[error("record {seq} belongs to a stream of {bytes} bytes, over the {max}-byte limit; nothing was stored")]
     StreamTooLong { seq: u64, bytes: usize, max: usize },
+    /// Every seq up to `SEQ_MAX` has been handed out (only crafted input gets here).
+    #[error("the log has handed out every seq up to {max}; it cannot store more")]
+    SeqsExhausted { max: u64 },
     /// The log ends before records that the seq floor says were acknowledged: stored records
     /// were lost, and the server does not start on such a log by itself.
     #[error(
@@ -182,8 +191,10 @@ impl EventLog {
             tracing::error!(error = %lost, "starting anyway: log.accept_lost_records is set");
         }
         // Above every seq the log, its index or the floor says may have been handed out.
-        let next_seq =
-            [head + 1, store.next_seq_floor()?, recorded.reserved_through + 1].into_iter().max().unwrap_or(1);
+        let next_seq = [head.saturating_add(1), store.next_seq_floor()?, recorded.reserved_through.saturating_add(1)]
+            .into_iter()
+            .max()
+            .unwrap_or(1);
         let last_at = last.as_ref().map_or(0, |e| e.at_unix_ms);
         // The head is the newest record, not `next_seq - 1`: after a crash the next seq is above
         // a gap, and followers wait for records, not for numbers.

@@ -188,6 +188,10 @@ impl Writer {
             let _ = reply.send(Err(Arc::new(LogError::WriterFailed(failed.clone()))));
             return None;
         }
+        if self.next_seq > super::SEQ_MAX {
+            let _ = reply.send(Err(Arc::new(LogError::SeqsExhausted { max: super::SEQ_MAX })));
+            return None;
+        }
         if let Some(Refusal::Space { available, floor }) = self.refusal(&event, space) {
             metrics::counter!(crate::metrics::APPEND_FAILURES_TOTAL).increment(1);
             let _ = reply.send(Err(Arc::new(LogError::DiskFull { available, floor })));

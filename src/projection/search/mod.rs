@@ -236,7 +236,7 @@ impl Projection for SearchProjection {
     }
 
     fn flush_due(&self) -> Option<Instant> {
-        self.pending_since.map(|since| since + self.config.refresh)
+        self.pending_since.map(|since| since.checked_add(self.config.refresh).unwrap_or(since))
     }
 
     fn flush(&mut self) -> Result<(), ProjectionError> {
@@ -297,6 +297,11 @@ pub struct SearchRequest {
 /// Where the next page starts. Time order continues below a seq, so new messages never shift
 /// a page; relevance order continues at an offset within the hits that existed at the first
 /// page (seq at most `through`).
+/// The deepest hit a relevance search pages to (Elasticsearch's `max_result_window` is the
+/// same): a relevance page costs memory in proportion to its depth, and a cursor past it once
+/// let a caller make the server allocate terabytes and abort. Time order pages without end.
+pub const RELEVANCE_DEPTH_MAX: usize = 10_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cursor {
     Time { before_seq: u64 },
@@ -310,10 +315,13 @@ impl Cursor {
             return Ok(Cursor::Time { before_seq: seq.parse().map_err(|_| bad())? });
         }
         let (offset, through) = text.strip_prefix('r').and_then(|r| r.split_once('.')).ok_or_else(bad)?;
-        Ok(Cursor::Relevance {
-            offset: offset.parse().map_err(|_| bad())?,
-            through: through.parse().map_err(|_| bad())?,
-        })
+        let offset: usize = offset.parse().map_err(|_| bad())?;
+        if offset >= RELEVANCE_DEPTH_MAX {
+            return Err(QueryError(format!(
+                "relevance order pages through the best {RELEVANCE_DEPTH_MAX} hits; use sort=time to go further"
+            )));
+        }
+        Ok(Cursor::Relevance { offset, through: through.parse().map_err(|_| bad())? })
     }
 
     fn render(self) -> String {
@@ -547,7 +555,8 @@ impl SearchIndex {
                     None => Cursor::Time { before_seq: last.seq },
                 }
                 .render(),
-            ),
+            )
+            .filter(|_| window.is_none_or(|(offset, _)| offset + request.limit < RELEVANCE_DEPTH_MAX)),
             _ => None,
         };
         Ok(Hits { total, hits, next_cursor, indexed_through_seq })
