@@ -76,11 +76,20 @@ pub struct JanitorConfig {
     /// may be uploads being committed).
     #[serde(with = "humantime_serde")]
     pub orphan_min_age: Duration,
+    /// After a scheduled run that did not finish everything (`partial` or `failed`), the next
+    /// try comes this long after it, or at the next slot if that is sooner.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
 }
 
 impl Default for JanitorConfig {
     fn default() -> Self {
-        Self { every: Some(Duration::from_secs(6 * 3600)), at: None, orphan_min_age: Duration::from_secs(3600) }
+        Self {
+            every: Some(Duration::from_secs(6 * 3600)),
+            at: None,
+            orphan_min_age: Duration::from_secs(3600),
+            retry_after: Duration::from_secs(15 * 60),
+        }
     }
 }
 

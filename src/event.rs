@@ -227,7 +227,7 @@ pub enum Event {
     #[serde(rename = "ContentQuarantined.1")]
     ContentQuarantined(ContentQuarantined),
     /// A janitor run ended: what it removed per rule, or why it failed.
-    #[serde(rename = "JanitorRan.1")]
+    #[serde(rename = "JanitorRan.2")]
     JanitorRan(JanitorRan),
 }
 
@@ -331,7 +331,7 @@ impl Event {
             Event::FileDeleted(_) => "FileDeleted.1",
             Event::ContentMoved(_) => "ContentMoved.1",
             Event::ContentQuarantined(_) => "ContentQuarantined.1",
-            Event::JanitorRan(_) => "JanitorRan.1",
+            Event::JanitorRan(_) => "JanitorRan.2",
         }
     }
 }
@@ -523,21 +523,71 @@ pub struct ContentQuarantined {
     pub quarantined_to: String,
 }
 
-/// `JanitorRan` version 1.
+/// `JanitorRan` version 2: version 1 and what failed, item by item (issue 17: one failing
+/// item no longer stops a run).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JanitorRan {
     /// Numbers runs from 1, in the order they ended.
     pub run: u64,
-    /// `schedule`, `manual`, or `disk_critical`.
+    /// `schedule`, `manual`, `disk_critical`, or `retry` (after a run that did not finish all).
     pub trigger: String,
     pub started_at_unix_ms: u64,
     pub finished_at_unix_ms: u64,
-    /// `succeeded` or `failed`.
+    /// `succeeded` (everything planned was done), `partial` (some items or parts of the plan
+    /// failed, the rest was done) or `failed` (nothing could be done).
     pub outcome: String,
-    /// Why it failed; the next run does the rest of the work.
+    /// In a sentence, what failed; the next run retries it.
     pub error: Option<String>,
-    /// What each rule removed or moved before the run ended.
+    /// What each rule removed or moved.
     pub rules: Vec<RuleTally>,
+    /// What each rule failed to do (the items and their bytes).
+    pub failed: Vec<RuleTally>,
+    /// The failures one by one with their reasons, the first [`JanitorRan::FAILURES_KEPT`].
+    pub failures: Vec<ItemFailure>,
+}
+
+impl JanitorRan {
+    /// Failures kept in one record, so that it stays far under a log record's size.
+    pub const FAILURES_KEPT: usize = 50;
+}
+
+/// One thing a janitor run could not do, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemFailure {
+    pub rule: String,
+    /// The item's action (`move_to_cold`, `expire_messages` ...), or `plan` for a part of the
+    /// plan that could not be read.
+    pub action: String,
+    pub target: String,
+    pub error: String,
+}
+
+/// `JanitorRan` version 1: no failures item by item (a run stopped at its first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JanitorRanV1 {
+    pub run: u64,
+    pub trigger: String,
+    pub started_at_unix_ms: u64,
+    pub finished_at_unix_ms: u64,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub rules: Vec<RuleTally>,
+}
+
+impl From<JanitorRanV1> for JanitorRan {
+    fn from(v1: JanitorRanV1) -> Self {
+        Self {
+            run: v1.run,
+            trigger: v1.trigger,
+            started_at_unix_ms: v1.started_at_unix_ms,
+            finished_at_unix_ms: v1.finished_at_unix_ms,
+            outcome: v1.outcome,
+            error: v1.error,
+            rules: v1.rules,
+            failed: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
 }
 
 /// What one rule did in a janitor run, or would do in a plan.
@@ -588,7 +638,9 @@ enum StoredEvent {
     #[serde(rename = "ContentQuarantined.1")]
     ContentQuarantinedV1(ContentQuarantined),
     #[serde(rename = "JanitorRan.1")]
-    JanitorRanV1(JanitorRan),
+    JanitorRanV1(JanitorRanV1),
+    #[serde(rename = "JanitorRan.2")]
+    JanitorRanV2(JanitorRan),
 }
 
 impl From<StoredEvent> for Event {
@@ -610,7 +662,8 @@ impl From<StoredEvent> for Event {
             StoredEvent::FileDeletedV1(e) => Event::FileDeleted(e),
             StoredEvent::ContentMovedV1(e) => Event::ContentMoved(e),
             StoredEvent::ContentQuarantinedV1(e) => Event::ContentQuarantined(e),
-            StoredEvent::JanitorRanV1(e) => Event::JanitorRan(e),
+            StoredEvent::JanitorRanV1(e) => Event::JanitorRan(e.into()),
+            StoredEvent::JanitorRanV2(e) => Event::JanitorRan(e),
         }
     }
 }

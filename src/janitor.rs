@@ -32,7 +32,7 @@ use crate::blob::service::{FileError, FileService, Orphan};
 use crate::blob::{ContentHash, FileKey, Tier};
 use crate::clock::Clock;
 use crate::config::{JanitorConfig, PrefixMove, RetentionConfig, RoomRetention};
-use crate::event::{Event, JanitorRan, MessagesExpired, RoomId, RuleTally, SessionId, StreamId};
+use crate::event::{Event, ItemFailure, JanitorRan, MessagesExpired, RoomId, RuleTally, SessionId, StreamId};
 use crate::log::EventLog;
 use crate::projection::history::History;
 use crate::projection::sessions::SessionState;
@@ -74,6 +74,13 @@ pub struct PlanItem {
     /// The key's size, or the content's; 0 for a session (its keys count under their rules);
     /// the messages' stored text (author, client id and body) for a retention cut.
     pub bytes: u64,
+    /// For a move of content: the keys that name it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+    /// What else a reader needs to know (a lifecycle move: its storage class, and that every
+    /// S3 class but `STANDARD` is roomlog's one cold tier).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
     #[serde(skip)]
     op: Op,
 }
@@ -90,12 +97,14 @@ enum Op {
     DeleteLog(std::path::PathBuf),
 }
 
-/// What a run would do now, item by item and per rule.
+/// What a run would do now, item by item and per rule, and the parts of the plan that could
+/// not be read (a broken cold tier does not hide what the other rules would do).
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub at_unix_ms: u64,
     pub rules: Vec<RuleTally>,
     pub items: Vec<PlanItem>,
+    pub unreadable: Vec<ItemFailure>,
 }
 
 fn tally(items: &[PlanItem]) -> Vec<RuleTally> {
@@ -134,49 +143,88 @@ pub struct JanitorContext {
 }
 
 impl JanitorContext {
-    /// What a run would do now.
+    /// What a run would do now. Each part of the plan is read on its own: one that cannot be
+    /// read is listed under `unreadable` and the others are planned all the same.
     pub async fn plan(&self) -> Result<Plan, JanitorError> {
         let now = self.clock.now_ms();
-        let read = |e: &dyn std::fmt::Display| JanitorError::Read(e.to_string());
         let mut items = Vec::new();
-        for (at, id) in self.sessions.purges_due(now, PURGES_MAX).map_err(|e| read(&e))? {
-            items.push(PlanItem {
+        let mut unreadable = Vec::new();
+        let mut part = |rule: &str, result: Result<Vec<PlanItem>, JanitorError>| match result {
+            Ok(planned) => items.extend(planned),
+            Err(error) => unreadable.push(ItemFailure {
+                rule: rule.to_owned(),
+                action: "plan".into(),
+                target: String::new(),
+                error: error.to_string(),
+            }),
+        };
+        part("sessions.purge_after", self.plan_purges(now));
+        part("files.on_pay", self.plan_renames().await);
+        part("lifecycle", self.plan_lifecycle(now).await);
+        part("orphans", self.plan_orphans().await);
+        part("retention", self.plan_retention(now).await);
+        part("logging.keep_files", self.plan_log_files().await);
+        if unreadable.len() == 6 {
+            return Err(JanitorError::Read(
+                unreadable.iter().map(|u| format!("{}: {}", u.rule, u.error)).collect::<Vec<_>>().join("; "),
+            ));
+        }
+        Ok(Plan { at_unix_ms: now, rules: tally(&items), items, unreadable })
+    }
+
+    /// Unpaid sessions whose purge is due.
+    fn plan_purges(&self, now: u64) -> Result<Vec<PlanItem>, JanitorError> {
+        let due = self.sessions.purges_due(now, PURGES_MAX).map_err(|e| JanitorError::Read(e.to_string()))?;
+        Ok(due
+            .into_iter()
+            .map(|(at, id)| PlanItem {
                 rule: "sessions.purge_after".into(),
                 action: "purge_session",
                 target: id.to_string(),
                 count: 1,
                 bytes: 0,
+                keys: Vec::new(),
+                detail: String::new(),
                 op: Op::Purge { id, at },
-            });
-        }
-        self.plan_renames(&mut items).await?;
-        self.plan_lifecycle(now, &mut items).await?;
-        for orphan in self.files.orphans(self.config.orphan_min_age).await? {
-            items.push(PlanItem {
+            })
+            .collect())
+    }
+
+    /// Content no key references, old enough not to be an upload being committed.
+    async fn plan_orphans(&self) -> Result<Vec<PlanItem>, JanitorError> {
+        Ok(self
+            .files
+            .orphans(self.config.orphan_min_age)
+            .await?
+            .into_iter()
+            .map(|orphan| PlanItem {
                 rule: "orphans".into(),
                 action: "delete_orphan",
                 target: orphan.hash.to_string(),
                 count: 1,
                 bytes: orphan.bytes,
+                keys: Vec::new(),
+                detail: String::new(),
                 op: Op::Orphan(orphan),
-            });
-        }
-        self.plan_retention(now, &mut items).await?;
-        if let Some((dir, keep)) = &self.log_files {
-            let (dir, keep) = (dir.clone(), *keep);
-            let planned = tokio::task::spawn_blocking(move || plan_log_files(&dir, keep))
-                .await
-                .map_err(|e| JanitorError::Read(e.to_string()))?
-                .map_err(|e| JanitorError::Read(format!("listing the log files: {e}")))?;
-            items.extend(planned);
-        }
-        Ok(Plan { at_unix_ms: now, rules: tally(&items), items })
+            })
+            .collect())
+    }
+
+    /// The server's own daily log files to compress or delete.
+    async fn plan_log_files(&self) -> Result<Vec<PlanItem>, JanitorError> {
+        let Some((dir, keep)) = &self.log_files else { return Ok(Vec::new()) };
+        let (dir, keep) = (dir.clone(), *keep);
+        tokio::task::spawn_blocking(move || plan_log_files(&dir, keep))
+            .await
+            .map_err(|e| JanitorError::Read(e.to_string()))?
+            .map_err(|e| JanitorError::Read(format!("listing the log files: {e}")))
     }
 
     /// Paid sessions' keys that `files.on_pay` still has to rename.
-    async fn plan_renames(&self, items: &mut Vec<PlanItem>) -> Result<(), JanitorError> {
+    async fn plan_renames(&self) -> Result<Vec<PlanItem>, JanitorError> {
+        let mut items = Vec::new();
         if self.on_pay.is_empty() {
-            return Ok(());
+            return Ok(items);
         }
         self.files.caught_up().await;
         let sessions = &self.files.sessions;
@@ -194,27 +242,32 @@ impl JanitorContext {
                         target: format!("{key} -> {to}"),
                         count: 1,
                         bytes,
+                        keys: Vec::new(),
+                        detail: String::new(),
                         op: Op::Rename { owner: session.id.clone(), from: key, to },
                     });
                 }
             }
             match page.last() {
                 Some(last) if page.len() == PAGE => after = Some(last.id.clone()),
-                _ => return Ok(()),
+                _ => return Ok(items),
             }
         }
     }
 
     /// Keys the lifecycle rules expire, and content they move to the cold tier.
-    async fn plan_lifecycle(&self, now: u64, items: &mut Vec<PlanItem>) -> Result<(), JanitorError> {
+    async fn plan_lifecycle(&self, now: u64) -> Result<Vec<PlanItem>, JanitorError> {
+        let mut items = Vec::new();
         if self.files.lifecycle.rules.is_empty() {
-            return Ok(());
+            return Ok(items);
         }
-        // Per content: whether every key that stays wants it cold, and the rule that says so.
+        // Per content: whether every key that stays wants it cold, the rule that says so, and
+        // the keys naming it.
         struct Want {
             cold: bool,
             rule: Option<(String, String)>,
             bytes: u64,
+            keys: Vec<String>,
         }
         let mut wants: HashMap<ContentHash, Want> = HashMap::new();
         let mut after: Option<String> = None;
@@ -225,8 +278,13 @@ impl JanitorContext {
             let planned: HashMap<String, _> =
                 self.files.lifecycle.plan(&page, now).into_iter().map(|p| (p.key.clone(), p)).collect();
             for entry in &page {
-                let want =
-                    wants.entry(entry.hash.clone()).or_insert(Want { cold: true, rule: None, bytes: entry.size });
+                let want = wants.entry(entry.hash.clone()).or_insert(Want {
+                    cold: true,
+                    rule: None,
+                    bytes: entry.size,
+                    keys: Vec::new(),
+                });
+                want.keys.push(entry.key.to_string());
                 match planned.get(entry.key.as_str()) {
                     Some(p) if p.action == Action::Expire => items.push(PlanItem {
                         rule: p.rule.clone(),
@@ -234,6 +292,8 @@ impl JanitorContext {
                         target: entry.key.to_string(),
                         count: 1,
                         bytes: entry.size,
+                        keys: Vec::new(),
+                        detail: String::new(),
                         op: Op::Expire { key: entry.key.clone() },
                     }),
                     Some(p) => match &p.action {
@@ -251,7 +311,7 @@ impl JanitorContext {
             }
         }
         if !self.files.store.has_cold() {
-            return Ok(()); // said at start-up: transitions to a cold tier are skipped
+            return Ok(items); // said at start-up: transitions to a cold tier are skipped
         }
         let mut moves: Vec<(ContentHash, Want)> =
             wants.into_iter().filter(|(_, w)| w.cold && w.rule.is_some()).collect();
@@ -267,19 +327,29 @@ impl JanitorContext {
                 target: hash.to_string(),
                 count: 1,
                 bytes: want.bytes,
-                op: Op::Move { hash, reason: format!("lifecycle rule {rule}: {class}") },
+                keys: want.keys,
+                detail: format!(
+                    "{class}: the cold tier (STANDARD_IA, ONEZONE_IA, GLACIER_IR, GLACIER and DEEP_ARCHIVE are all roomlog's one cold tier)"
+                ),
+                op: Op::Move {
+                    hash,
+                    reason: format!(
+                        "lifecycle rule {rule}: {class} (every S3 class but STANDARD is roomlog's one cold tier)"
+                    ),
+                },
             });
         }
-        Ok(())
+        Ok(items)
     }
 
     /// Per room whose rule asks for it, the cut that removes its oldest messages: those beyond
     /// `max_messages`, and those older than `max_age`.
-    async fn plan_retention(&self, now: u64, items: &mut Vec<PlanItem>) -> Result<(), JanitorError> {
+    async fn plan_retention(&self, now: u64) -> Result<Vec<PlanItem>, JanitorError> {
         let read = |e: &dyn std::fmt::Display| JanitorError::Read(e.to_string());
+        let mut items = Vec::new();
         let unlimited = RoomRetention::default();
         if self.retention.default == unlimited && self.retention.rooms.values().all(|r| *r == unlimited) {
-            return Ok(());
+            return Ok(items);
         }
         self.history_runner.wait_applied(self.log.head()).await;
         for (room, summary) in self.history.rooms().map_err(|e| read(&e))? {
@@ -323,10 +393,12 @@ impl JanitorContext {
                 target: format!("{room} through seq {through}"),
                 count,
                 bytes,
+                keys: Vec::new(),
+                detail: String::new(),
                 op: Op::ExpireMessages { room, through_seq: through, policy: format!("{rule}: {why}") },
             });
         }
-        Ok(())
+        Ok(items)
     }
 
     /// Applies one item; `Ok(false)` if there was nothing left to do (done meanwhile).
@@ -400,7 +472,16 @@ fn plan_log_files(dir: &std::path::Path, keep: usize) -> std::io::Result<Vec<Pla
         } else {
             continue;
         };
-        items.push(PlanItem { rule: "logging.keep_files".into(), action, target: name, count: 1, bytes, op });
+        items.push(PlanItem {
+            rule: "logging.keep_files".into(),
+            action,
+            target: name,
+            count: 1,
+            bytes,
+            keys: Vec::new(),
+            detail: String::new(),
+            op,
+        });
     }
     Ok(items)
 }
@@ -492,25 +573,54 @@ impl JanitorState {
             }
         }
         let mut done: Vec<PlanItem> = Vec::new();
-        let error = match self.ctx.plan().await {
-            Err(error) => Some(error.to_string()),
+        let mut failed: Vec<PlanItem> = Vec::new();
+        let mut failures: Vec<ItemFailure> = Vec::new();
+        match self.ctx.plan().await {
+            Err(error) => failures.push(ItemFailure {
+                rule: "all".into(),
+                action: "plan".into(),
+                target: String::new(),
+                error: error.to_string(),
+            }),
             Ok(plan) => {
-                let mut error = None;
+                failures.extend(plan.unreadable);
+                // Each item on its own: one that fails is recorded with its reason and the
+                // rest of the run goes on; the next run plans it again.
                 for item in plan.items {
                     match self.ctx.apply(&item).await {
                         Ok(true) => done.push(item),
                         Ok(false) => {}
-                        Err(e) => {
-                            error = Some(format!("{} {} ({}): {e}", item.action, item.target, item.rule));
-                            break;
+                        Err(error) => {
+                            tracing::warn!(rule = %item.rule, action = item.action, target = %item.target, error = %error, "janitor item failed; the run goes on");
+                            failures.push(ItemFailure {
+                                rule: item.rule.clone(),
+                                action: item.action.into(),
+                                target: item.target.clone(),
+                                error: error.chars().take(500).collect(),
+                            });
+                            failed.push(item);
                         }
                     }
                 }
-                error
             }
-        };
+        }
         self.runs += 1;
-        let outcome = if error.is_none() { "succeeded" } else { "failed" };
+        let outcome = match (failures.is_empty(), done.is_empty()) {
+            (true, _) => "succeeded",
+            (false, false) => "partial",
+            (false, true) => "failed",
+        };
+        let error = failures.first().map(|first| {
+            let target = if first.target.is_empty() { String::new() } else { format!(" {}", first.target) };
+            format!(
+                "{} failure(s), the first: {}{target} ({}): {}",
+                failures.len(),
+                first.action,
+                first.rule,
+                first.error
+            )
+        });
+        let kept = failures.len().min(JanitorRan::FAILURES_KEPT);
         let ran = JanitorRan {
             run: self.runs,
             trigger,
@@ -519,6 +629,8 @@ impl JanitorState {
             outcome: outcome.into(),
             error,
             rules: tally(&done),
+            failed: tally(&failed),
+            failures: failures.into_iter().take(kept).collect(),
         };
         let seconds = started.elapsed().as_secs_f64();
         metrics::counter!(crate::metrics::JANITOR_RUNS_TOTAL, "outcome" => outcome).increment(1);
@@ -532,7 +644,7 @@ impl JanitorState {
                 tracing::info!(run = ran.run, trigger = %ran.trigger, items = done.len(), seconds, "janitor run succeeded")
             }
             Some(e) => {
-                tracing::error!(run = ran.run, trigger = %ran.trigger, error = %e, "janitor run failed; the next run retries")
+                tracing::error!(run = ran.run, trigger = %ran.trigger, outcome, items = done.len(), error = %e, "janitor run did not finish everything; the next run retries what failed")
             }
         }
         self.ctx.log.append(Event::JanitorRan(ran.clone())).await.map_err(|e| JanitorError::Read(e.to_string()))?;
@@ -603,18 +715,28 @@ impl JanitorHandle {
                 return;
             }
         };
+        let mut unfinished = false;
         loop {
             let now = clock.now_ms();
-            let next = match (at, config.every) {
-                (Some(at), _) => next_daily(now, at),
-                (None, Some(every)) => now.saturating_add(crate::clock::millis(every)),
+            let slot = match (at, config.every) {
+                (Some(at), _) => Some(next_daily(now, at)),
+                (None, Some(every)) => Some(now.saturating_add(crate::clock::millis(every))),
+                (None, None) => None,
+            };
+            // A run that did not finish everything is tried again soon, not at the next slot
+            // (with `at = "02:00"` that was a day later).
+            let retry = unfinished.then(|| now.saturating_add(crate::clock::millis(config.retry_after)));
+            let (next, trigger) = match (slot, retry) {
+                (Some(slot), Some(retry)) if retry < slot => (retry, "retry"),
+                (Some(slot), _) => (slot, "schedule"),
+                (None, Some(retry)) => (retry, "retry"),
                 (None, None) => return,
             };
             tokio::select! {
                 _ = clock.sleep_until(next) => {}
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
-            let _ = self.run("schedule").await;
+            unfinished = !matches!(self.run(trigger).await, Ok(ran) if ran.outcome == "succeeded");
         }
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use roomlog::blob::{ContentHash, FileKey, Tier};
 use roomlog::event::{decode, encode, Envelope, Event, MessagePosted, MessagesExpired, RoomId, StreamId};
 use roomlog::event::{ContentMoved, ContentQuarantined, FileDeleted, FileStored, SessionPaid, SessionTouched};
-use roomlog::event::{DueSession, JanitorRan, RuleTally, SessionsDue};
+use roomlog::event::{DueSession, ItemFailure, JanitorRan, RuleTally, SessionsDue};
 use roomlog::event::{MessageDeleted, MessageEdited, SessionCreated, SessionDue, SessionEnded, SessionId};
 use roomlog::projection::history::{Amendment, StoredMessage};
 use roomlog::projection::search::{Hit, Hits};
@@ -238,31 +238,73 @@ fn event_samples() -> BTreeMap<&'static str, Envelope> {
             ),
         ),
         (
-            "JanitorRan.1",
+            "JanitorRan.2",
             Envelope {
-                seq: 15,
-                at_unix_ms: T + 15,
+                seq: 16,
+                at_unix_ms: T + 16,
                 stream: StreamId::janitor(),
                 event: Event::JanitorRan(JanitorRan {
-                    run: 3,
-                    trigger: "schedule".into(),
-                    started_at_unix_ms: T + 10,
-                    finished_at_unix_ms: T + 14,
-                    outcome: "failed".into(),
-                    error: Some("expire tts/a.mp3 (ExpireTts): file store I/O: disk full".into()),
-                    rules: vec![RuleTally { rule: "DeleteTempFiles".into(), items: 2, bytes: 96_000 }],
+                    run: 4,
+                    trigger: "retry".into(),
+                    started_at_unix_ms: T + 15,
+                    finished_at_unix_ms: T + 16,
+                    outcome: "partial".into(),
+                    error: Some(
+                        "1 failure(s), the first: move_to_cold ab (TransitionToIA): the cold tier is not writable"
+                            .into(),
+                    ),
+                    rules: vec![RuleTally { rule: "retention.default.max_messages".into(), items: 40, bytes: 4_000 }],
+                    failed: vec![RuleTally { rule: "TransitionToIA".into(), items: 1, bytes: 96_000 }],
+                    failures: vec![ItemFailure {
+                        rule: "TransitionToIA".into(),
+                        action: "move_to_cold".into(),
+                        target: "ab".repeat(32),
+                        error: "the cold tier is not writable".into(),
+                    }],
                 }),
             },
         ),
     ])
 }
 
+/// Golden files of versions no longer written, and what each must read as: its upcast to the
+/// current version.
+fn upcast_samples() -> BTreeMap<&'static str, Envelope> {
+    const T: u64 = 1_795_000_000_000;
+    BTreeMap::from([(
+        "JanitorRan.1",
+        Envelope {
+            seq: 15,
+            at_unix_ms: T + 15,
+            stream: StreamId::janitor(),
+            event: Event::JanitorRan(JanitorRan {
+                run: 3,
+                trigger: "schedule".into(),
+                started_at_unix_ms: T + 10,
+                finished_at_unix_ms: T + 14,
+                outcome: "failed".into(),
+                error: Some("expire tts/a.mp3 (ExpireTts): file store I/O: disk full".into()),
+                rules: vec![RuleTally { rule: "DeleteTempFiles".into(), items: 2, bytes: 96_000 }],
+                failed: Vec::new(),
+                failures: Vec::new(),
+            }),
+        },
+    )])
+}
+
 #[test]
 fn every_golden_event_decodes_to_its_sample() {
     let dir = snapshots().join("events");
-    let samples = event_samples();
-    for (tag, sample) in &samples {
+    let current = event_samples();
+    for (tag, sample) in &current {
         assert_eq!(sample.event.tag(), *tag, "sample filed under the wrong tag");
+    }
+    let old = upcast_samples();
+    for tag in old.keys() {
+        assert!(!current.contains_key(tag), "{tag} is both current and old");
+    }
+    let samples: BTreeMap<&str, Envelope> = current.into_iter().chain(old).collect();
+    for (tag, sample) in &samples {
         let path = dir.join(format!("{tag}.msgpack"));
         if !path.exists() && updating() {
             std::fs::write(&path, encode(sample)).expect("write golden event");

@@ -95,21 +95,6 @@ impl FileService {
         self
     }
 
-    /// What each lifecycle rule would do now (the janitor's dry run for files), over every key.
-    pub async fn lifecycle_plan(&self, now_ms: u64) -> Result<Vec<super::lifecycle::Planned>, FileError> {
-        self.caught_up().await;
-        let mut plan = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.files.list("", after.as_deref(), 1000).map_err(|e| FileError::Storage(e.to_string()))?;
-            plan.extend(self.lifecycle.plan(&page, now_ms));
-            match page.last() {
-                Some(last) if page.len() == 1000 => after = Some(last.key.to_string()),
-                _ => return Ok(plan),
-            }
-        }
-    }
-
     /// Where a key's content can be read now: its recorded tier first.
     pub async fn content_path(&self, entry: &FileEntry) -> Result<(Tier, std::path::PathBuf), FileError> {
         let recorded = self.files.tier(&entry.hash).map_err(storage)?;

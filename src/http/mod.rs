@@ -292,18 +292,25 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .and(admin(app.clone()))
         .and(with_app.clone())
         .and_then(api::status);
-    let lifecycle =
-        warp::path!("api" / "lifecycle" / "plan").and(warp::get()).and(admin(app.clone())).and(with_app.clone()).then(
-            |app: Arc<App>| async move {
-                match app.files.lifecycle_plan(app.sessions_clock_now()).await {
-                    Ok(plan) => {
-                        let bytes: u64 = plan.iter().map(|p| p.bytes).sum();
-                        warp::reply::json(&serde_json::json!({ "plan": plan, "bytes": bytes })).into_response()
-                    }
-                    Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, error.code(), &error.to_string()),
+    let lifecycle = warp::path!("api" / "lifecycle" / "plan")
+        .and(warp::get())
+        .and(admin(app.clone()))
+        .and(with_app.clone())
+        .then(|app: Arc<App>| async move {
+            // The janitor's own plan, its lifecycle part: one planner, so this lists exactly
+            // what the next run does (no moves of content already cold).
+            match app.janitor.plan().await {
+                Ok(plan) => {
+                    let lifecycle = |action: &str| action == "expire" || action == "move_to_cold";
+                    let items: Vec<_> = plan.items.iter().filter(|i| lifecycle(i.action)).collect();
+                    let bytes: u64 = items.iter().map(|i| i.bytes).sum();
+                    let unreadable: Vec<_> = plan.unreadable.iter().filter(|u| u.rule == "lifecycle").collect();
+                    let body = serde_json::json!({ "plan": items, "bytes": bytes, "unreadable": unreadable });
+                    warp::reply::json(&body).into_response()
                 }
-            },
-        );
+                Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "janitor_unavailable", &error.to_string()),
+            }
+        });
     let search =
         warp::path!("api" / "search").and(warp::get()).and(credentials()).and(with_app.clone()).then(api::search);
     let messages =
