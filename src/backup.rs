@@ -130,12 +130,20 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackupError {
 /// Writes an archive to `out` (through a temporary file, renamed when complete and synced).
 /// `next_records` yields the records after `after_seq` up to the cut, in order, in chunks,
 /// and an empty chunk at the end; the content their keys name at the cut is read from `store`.
+/// What an archive carries besides the log and the content: the configuration the server runs
+/// with, and the token secret files (none with `--without-secret`).
+#[derive(Debug, Clone, Copy)]
+pub struct Carried<'a> {
+    pub config_toml: &'a str,
+    pub secrets: &'a [(String, Vec<u8>)],
+}
+
 pub fn write_archive(
     out: &Path,
     after_seq: u64,
     through_seq: u64,
     base: Option<Base>,
-    config_toml: &str,
+    carried: Carried<'_>,
     store: &BlobStore,
     mut next_records: impl FnMut(u64) -> Result<Vec<(u64, Vec<u8>)>, BackupError>,
 ) -> Result<Manifest, BackupError> {
@@ -211,12 +219,19 @@ pub fn write_archive(
         }
         parts.push(Part { path, bytes, blake3 });
     }
+    let Carried { config_toml, secrets } = carried;
     append(&mut tar, "config.toml", config_toml.as_bytes())?;
     parts.push(Part {
         path: "config.toml".into(),
         bytes: config_toml.len() as u64,
         blake3: blake3::hash(config_toml.as_bytes()).to_hex().to_string(),
     });
+    // The token secret: without it a restored server refuses every token issued before.
+    for (name, bytes) in secrets {
+        let path = format!("auth/{name}");
+        append(&mut tar, &path, bytes)?;
+        parts.push(Part { path, bytes: bytes.len() as u64, blake3: blake3::hash(bytes).to_hex().to_string() });
+    }
     let manifest = Manifest {
         format: FORMAT.into(),
         roomlog_version: env!("CARGO_PKG_VERSION").into(),
@@ -285,6 +300,8 @@ pub struct Verified {
     /// Records, in seq order.
     pub records: Vec<Record>,
     pub config_toml: String,
+    /// The token secret files the archive carries (`secret`, `secret.previous`), if any.
+    pub secrets: Vec<(String, Vec<u8>)>,
 }
 
 /// Reads an archive and checks everything: the manifest's hash, every part's size and hash,
@@ -326,6 +343,7 @@ pub fn verify(path: &Path) -> Result<Verified, BackupError> {
     }
     let mut records = Vec::new();
     let mut config_toml = String::new();
+    let mut secrets = Vec::new();
     let mut last = manifest.after_seq;
     for part in &manifest.parts {
         if part.path.starts_with("content/") {
@@ -341,6 +359,10 @@ pub fn verify(path: &Path) -> Result<Verified, BackupError> {
         }
         if part.path == "config.toml" {
             config_toml = String::from_utf8(bytes).map_err(|_| corrupt("config.toml is not UTF-8".into()))?;
+            continue;
+        }
+        if let Some(name) = part.path.strip_prefix("auth/") {
+            secrets.push((name.to_owned(), bytes));
             continue;
         }
         let mut rest = bytes.as_slice();
@@ -375,7 +397,7 @@ pub fn verify(path: &Path) -> Result<Verified, BackupError> {
     if let Some(extra) = entries.keys().chain(content.keys()).next() {
         return Err(corrupt(format!("{extra} is not in the manifest")));
     }
-    Ok(Verified { manifest, manifest_blake3, records, config_toml })
+    Ok(Verified { manifest, manifest_blake3, records, config_toml, secrets })
 }
 
 /// Calls `each` with every entry of the archive at `path` and its name, in archive order.
@@ -408,6 +430,8 @@ pub struct Restored {
     /// Content files installed in the file store, and their bytes.
     pub content_files: u64,
     pub content_bytes: u64,
+    /// Whether the archive's token secret was installed (tokens issued before still work).
+    pub secret_restored: bool,
 }
 
 /// Restores a full archive and the incrementals on top of it, in order, into `data`, which
@@ -420,6 +444,7 @@ pub fn restore(
     log_dir: &Path,
     store: &BlobStore,
     data: &Path,
+    secrets: &crate::token::SecretFiles,
     until: Until,
 ) -> Result<Restored, BackupError> {
     if data.exists() && std::fs::read_dir(data).map_err(io(format!("reading {}", data.display())))?.next().is_some() {
@@ -493,7 +518,17 @@ pub fn restore(
         let mut file = File::create(&config).map_err(io(format!("writing {}", config.display())))?;
         file.write_all(first.config_toml.as_bytes()).map_err(io("writing the restored config"))?;
     }
-    Ok(Restored { events: kept.len() as u64, last_seq: kept.last().map_or(0, |r| r.seq), content_files, content_bytes })
+    // The newest archive's secret: the one the tokens in use were signed with.
+    let archived = verified.iter().rev().find(|a| !a.secrets.is_empty()).map_or(&[][..], |a| a.secrets.as_slice());
+    let secret_restored =
+        secrets.install(archived).map_err(io(format!("installing the token secret in {}", secrets.dir.display())))?;
+    Ok(Restored {
+        events: kept.len() as u64,
+        last_seq: kept.last().map_or(0, |r| r.seq),
+        content_files,
+        content_bytes,
+        secret_restored,
+    })
 }
 
 /// Takes one full backup of `log` into `dir` (named by time) and deletes the oldest archives
@@ -504,11 +539,12 @@ pub fn scheduled(
     dir: &Path,
     keep: usize,
     config_toml: &str,
+    secrets: &[(String, Vec<u8>)],
 ) -> Result<(PathBuf, Manifest), BackupError> {
     crate::durable::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let out = dir.join(format!("roomlog-{now:015}.tar"));
-    let manifest = write_archive(&out, 0, log.head(), None, config_toml, store, |after| {
+    let manifest = write_archive(&out, 0, log.head(), None, Carried { config_toml, secrets }, store, |after| {
         Ok(log.read_raw(after.saturating_add(1), 4096)?)
     })?;
     let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -79,6 +79,9 @@ enum Command {
         /// that it leaves the CPU to chat (0: as fast as possible).
         #[arg(long, default_value_t = 40_000)]
         max_events_per_sec: u64,
+        /// Leave the token secret out of the archive (a restore then voids every token).
+        #[arg(long)]
+        without_secret: bool,
     },
     /// Restore archives (a full one, then incrementals on top) into an empty data folder and
     /// rebuild the projections.
@@ -278,9 +281,9 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Backup { action: None, out, since, addr, max_events_per_sec } => {
+        Command::Backup { action: None, out, since, addr, max_events_per_sec, without_secret } => {
             let out = out.context("give --out FILE for the archive")?;
-            backup(config, out, since, addr, max_events_per_sec).await
+            backup(config, out, since, addr, max_events_per_sec, without_secret).await
         }
         Command::Restore { files, until_seq, until_time } => {
             let at_unix_ms = until_time
@@ -292,7 +295,14 @@ async fn main() -> anyhow::Result<()> {
                 .transpose()?;
             let until = roomlog::backup::Until { seq: until_seq, at_unix_ms };
             let store = roomlog::blob::BlobStore::at(&config.blob_dir(), config.files.cold_dir.as_deref());
-            let restored = roomlog::backup::restore(&files, &config.log_dir(), &store, &config.data, until)?;
+            let secrets = roomlog::token::SecretFiles { dir: config.secret_dir() };
+            let restored = roomlog::backup::restore(&files, &config.log_dir(), &store, &config.data, &secrets, until)?;
+            if restored.secret_restored {
+                println!(
+                    "token secret restored into {} (mode 0600): tokens issued before still work",
+                    secrets.dir.display()
+                );
+            }
             println!(
                 "restored {} events (through seq {}) and {} content files ({:.1} MiB) into {}",
                 restored.events,
@@ -552,6 +562,7 @@ async fn backup(
     since: Option<PathBuf>,
     addr: Option<std::net::SocketAddr>,
     max_events_per_sec: u64,
+    without_secret: bool,
 ) -> anyhow::Result<()> {
     let (after_seq, base) = match &since {
         Some(previous) => {
@@ -564,7 +575,13 @@ async fn backup(
         }
         None => (0, None),
     };
-    let config_toml = toml::to_string_pretty(&config)?;
+    let mut config_toml = toml::to_string_pretty(&config)?;
+    let secrets = match without_secret {
+        true => Vec::new(),
+        false => roomlog::token::SecretFiles { dir: config.secret_dir() }.export().with_context(|| {
+            format!("reading the token secret in {} (or give --without-secret)", config.secret_dir().display())
+        })?,
+    };
     let store = roomlog::blob::BlobStore::at(&config.blob_dir(), config.files.cold_dir.as_deref());
     let addr = addr.or_else(|| config.recorded_addr());
     let client = operator_client(&config, std::time::Duration::from_secs(30))?;
@@ -580,6 +597,15 @@ async fn backup(
         },
         None => None,
     };
+    if let Some((addr, _)) = live_head {
+        // The configuration the server runs with, not this command's own.
+        let running = client.get(format!("http://{addr}/api/config")).send().await.and_then(|r| r.error_for_status());
+        config_toml = running
+            .context("asking the running server for its configuration")?
+            .text()
+            .await
+            .context("reading the running server's configuration")?;
+    }
     let started = Instant::now();
     let manifest = match live_head {
         Some((addr, head)) => {
@@ -588,7 +614,8 @@ async fn backup(
             let paced_from = Instant::now();
             let mut fetched = 0u64;
             tokio::task::spawn_blocking(move || {
-                roomlog::backup::write_archive(&target, after_seq, head, base, &config_toml, &store, |after| {
+                let carried = roomlog::backup::Carried { config_toml: &config_toml, secrets: &secrets };
+                roomlog::backup::write_archive(&target, after_seq, head, base, carried, &store, |after| {
                     if max_events_per_sec > 0 {
                         // Sleep until the events fetched so far fit the pace.
                         let due = std::time::Duration::from_secs_f64(fetched as f64 / max_events_per_sec as f64);
@@ -615,10 +642,10 @@ async fn backup(
         None => {
             let log = open_log(&config)?;
             let head = log.head();
-            let manifest =
-                roomlog::backup::write_archive(&out, after_seq, head, base, &config_toml, &store, |after| {
-                    Ok(log.read_raw(after.saturating_add(1), 4096)?)
-                })?;
+            let carried = roomlog::backup::Carried { config_toml: &config_toml, secrets: &secrets };
+            let manifest = roomlog::backup::write_archive(&out, after_seq, head, base, carried, &store, |after| {
+                Ok(log.read_raw(after.saturating_add(1), 4096)?)
+            })?;
             log.close().await;
             manifest
         }

@@ -443,8 +443,14 @@ async fn backup_schedule(app: Arc<App>, every: std::time::Duration, mut stopping
         }
         let (log, store, dir, keep) = (app.log.clone(), app.files.store.clone(), dir.clone(), app.config.backup.keep);
         let config_toml = config_toml.clone();
-        let result =
-            tokio::task::spawn_blocking(move || crate::backup::scheduled(&log, &store, &dir, keep, &config_toml)).await;
+        let secret_files = crate::token::SecretFiles { dir: app.config.secret_dir() };
+        let result = tokio::task::spawn_blocking(move || {
+            let secrets = secret_files
+                .export()
+                .map_err(|source| crate::backup::BackupError::Io { what: "reading the token secret".into(), source })?;
+            crate::backup::scheduled(&log, &store, &dir, keep, &config_toml, &secrets)
+        })
+        .await;
         match result {
             Ok(Ok((archive, manifest))) => {
                 let now =

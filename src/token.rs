@@ -204,6 +204,43 @@ impl SecretFiles {
         }))
     }
 
+    /// The secret files as they are (`secret`, and `secret.previous` during a rotation's
+    /// grace), for a backup to carry: a restore without them voids every token.
+    pub fn export(&self) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+        let mut files = Vec::new();
+        for path in [self.current_path(), self.previous_path()] {
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    files.push((path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), bytes))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(files)
+    }
+
+    /// Installs secret files a backup carried (mode 0600), unless a secret is already there
+    /// (it is kept: tokens signed with it stay valid); returns whether they were installed.
+    pub fn install(&self, files: &[(String, Vec<u8>)]) -> std::io::Result<bool> {
+        if files.is_empty() || self.current_path().exists() {
+            return Ok(false);
+        }
+        crate::durable::create_dir_all(&self.dir)?;
+        for (name, bytes) in files {
+            let path = match name.as_str() {
+                "secret" => self.current_path(),
+                "secret.previous" => self.previous_path(),
+                _ => continue,
+            };
+            let text = std::str::from_utf8(bytes).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the archived {name} is not text"))
+            })?;
+            write_private(&path, text)?;
+        }
+        Ok(true)
+    }
+
     /// Makes a new current secret; the old one stays accepted until `until_ms`.
     pub fn rotate(&self, until_ms: u64) -> std::io::Result<()> {
         let old = self.load_or_create()?;

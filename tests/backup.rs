@@ -358,3 +358,49 @@ async fn scheduled_backups_are_taken_and_only_the_newest_are_kept() {
     assert!(out.contains("full backup"), "{out}");
     server.shutdown().await;
 }
+
+/// Issue 17: a restore voided every token (the secret was not in the archive), and the archive
+/// held the backup command's configuration, not the running server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_keeps_the_token_secret_and_the_running_servers_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("live");
+    let server = common::spawn_with(&data, &[("ROOMLOG_CHAT__RECENT_COUNT", "77")], std::process::Stdio::inherit());
+    let (code, token, err) = roomlog(&["token", "issue", "--user", "ann", "--rooms", "*"], &data);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_owned();
+    let mut ann = Client::connect_query(server.addr, &format!("token={token}"), "ann").await.expect("token works");
+    ann.join("lobby", None).await;
+    ann.say("lobby", "before the backup", "c1").await;
+    let archive = dir.path().join("full.tar");
+    let kept_out = dir.path().join("without.tar");
+    assert_eq!(roomlog(&["backup", "--out", &archive.display().to_string()], &data).0, 0);
+    assert_eq!(roomlog(&["backup", "--without-secret", "--out", &kept_out.display().to_string()], &data).0, 0);
+    drop(ann);
+    drop(server);
+
+    let restored = dir.path().join("restored");
+    let (code, out, err) = roomlog(&["restore", &archive.display().to_string()], &restored);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("token secret restored"), "{out}");
+    let config = std::fs::read_to_string(restored.join("config.restored.toml")).expect("config");
+    assert!(config.contains("recent_count = 77"), "the running server's configuration: {config}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(restored.join("auth/secret")).expect("secret").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the secret is private");
+    }
+    let server = spawn(&restored);
+    let mut ann =
+        Client::connect_query(server.addr, &format!("token={token}"), "ann").await.expect("the old token works");
+    ann.join("lobby", Some(0)).await;
+    drop(ann);
+    drop(server);
+
+    let without = dir.path().join("without");
+    assert_eq!(roomlog(&["restore", &kept_out.display().to_string()], &without).0, 0);
+    let server = spawn(&without);
+    let refused = Client::connect_query(server.addr, &format!("token={token}"), "ann").await;
+    assert_eq!(refused.err(), Some(401), "without the secret, old tokens are refused");
+}

@@ -292,6 +292,18 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .and(admin(app.clone()))
         .and(with_app.clone())
         .and_then(api::status);
+    // The configuration the server runs with, as TOML: what `roomlog backup` puts in an
+    // archive (not the backup command's own, which may differ).
+    let running_config = warp::path!("api" / "config")
+        .and(warp::get())
+        .and(admin(app.clone()))
+        .and(with_app.clone())
+        .then(|app: Arc<App>| async move {
+            match toml::to_string_pretty(&app.config) {
+                Ok(text) => warp::reply::with_header(text, "content-type", "application/toml").into_response(),
+                Err(error) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, "config_unavailable", &error.to_string()),
+            }
+        });
     let lifecycle = warp::path!("api" / "lifecycle" / "plan")
         .and(warp::get())
         .and(admin(app.clone()))
@@ -344,6 +356,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .or(metrics)
         .unify()
         .or(status)
+        .unify()
+        .or(running_config)
         .unify()
         .or(export)
         .unify()
