@@ -68,7 +68,14 @@ fn fill(dir: &Path, file: &Path, leave: u64) {
 }
 
 fn start(data: &Path) -> Binary {
-    spawn_with(data, &[("ROOMLOG_DISK__CHECK_EVERY", "100ms")], Stdio::inherit())
+    // The shipped thresholds: this test's small filesystem is meant to cross them.
+    let env = [
+        ("ROOMLOG_DISK__CHECK_EVERY", "100ms"),
+        ("ROOMLOG_DISK__WARNING", "0.50"),
+        ("ROOMLOG_DISK__CRITICAL", "0.75"),
+        ("ROOMLOG_DISK__DANGER", "0.85"),
+    ];
+    spawn_with(data, &env, Stdio::inherit())
 }
 
 /// Waits until `/readyz` says ready (the projections applied everything, nothing refused).

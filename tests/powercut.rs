@@ -124,6 +124,7 @@ async fn start(data: &Path, log: &Path, env: &[(&str, &str)]) -> Result<Server, 
         .env("ROOMLOG_AUTH__ANONYMOUS", "write")
         .env("ROOMLOG_LIMITS__FRAMES_PER_SECOND", "0")
         .env("ROOMLOG_AUTH__ADMIN_FROM_HOST", "true")
+        .envs(common::HOST_DISK_INDEPENDENT)
         // A starting room reads its ring (whole messages) and its duplicate window from the
         // history: 1,000 and 10,000 messages of up to 64 KiB by default, read through FUSE by a
         // debug build at every restart. Durability does not depend on either size, and both

@@ -120,6 +120,7 @@ async fn start(data: &Path, log: &Path, env: &[(&str, &str)]) -> Result<Server, 
         .env("ROOMLOG_AUTH__ANONYMOUS", "write")
         .env("ROOMLOG_LIMITS__FRAMES_PER_SECOND", "0")
         .env("ROOMLOG_AUTH__ADMIN_FROM_HOST", "true")
+        .envs(common::HOST_DISK_INDEPENDENT)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(stderr)

@@ -26,9 +26,21 @@ pub fn config(dir: &Path) -> Config {
     config.limits.frames_per_second = 0;
     config.auth.admin_from_host = true;
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    host_disk_independent(&mut config.disk);
     config.normalise();
     config
 }
+
+/// Disk thresholds no disk reaches: how full the test machine's disk is must not decide a test
+/// (a shared CI disk may well be past the default 85 % danger line). Tests of the thresholds set
+/// their own.
+pub fn host_disk_independent(disk: &mut roomlog::disk::DiskConfig) {
+    (disk.warning, disk.critical, disk.danger) = (1.0, 1.0, 1.0);
+}
+
+/// [`host_disk_independent`] as environment for a spawned server.
+pub const HOST_DISK_INDEPENDENT: [(&str, &str); 3] =
+    [("ROOMLOG_DISK__WARNING", "1.0"), ("ROOMLOG_DISK__CRITICAL", "1.0"), ("ROOMLOG_DISK__DANGER", "1.0")];
 
 /// Starts a server in this process.
 pub async fn start(config: Config) -> Server {
@@ -260,6 +272,7 @@ pub fn spawn_with(data: &Path, env: &[(&str, &str)], stderr: Stdio) -> Binary {
         .env("ROOMLOG_AUTH__ANONYMOUS", "write")
         .env("ROOMLOG_LIMITS__FRAMES_PER_SECOND", "0")
         .env("ROOMLOG_AUTH__ADMIN_FROM_HOST", "true")
+        .envs(HOST_DISK_INDEPENDENT)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(stderr)
