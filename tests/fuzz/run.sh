@@ -10,7 +10,7 @@ seconds=${1:-10}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(client_frame event_decode lifecycle_rules token file_key)
+  targets=(client_frame event_decode lifecycle_rules token file_key http_request ws_session)
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "== installing cargo-fuzz"
@@ -34,7 +34,7 @@ for target in "${targets[@]}"; do
   status=0
   cargo fuzz run --fuzz-dir tests/fuzz -s none "${profile[@]}" "$target" "$work/$target" "${seeds[@]}" \
     -- -max_total_time="$seconds" -max_len=65536 >"$work/$target.log" 2>&1 || status=$?
-  runs=$(grep -oE '^#[0-9]+' "$work/$target.log" | tail -1 | tr -d '#')
+  runs=$(grep -oE '^#[0-9]+' "$work/$target.log" | tail -1 | tr -d '#' || true) # none if it failed at once
   echo "fuzz $target: ${runs:-0} inputs in ${seconds}s, $(ls "$work/$target" | wc -l) new corpus entries, exit $status"
   if [ "$status" -ne 0 ]; then
     tail -40 "$work/$target.log" >&2
