@@ -161,7 +161,8 @@ enum Command {
 enum JanitorAction {
     /// What a run would do now, without doing it.
     Plan,
-    /// Run now (after a run under way, if any). Exits 2 if the run failed.
+    /// Run now (after a run under way, if any). Exits 2 if the run was `partial` or `failed`
+    /// (it still prints the record), 1 if the command itself failed (no server).
     Run,
     /// The last runs, newest first.
     Runs {
@@ -745,16 +746,30 @@ async fn janitor_command(
         JanitorAction::Run => (reqwest::Method::POST, "/api/janitor/run".to_owned()),
         JanitorAction::Runs { limit } => (reqwest::Method::GET, format!("/api/janitor/runs?limit={limit}")),
     };
-    let answer = match ask_server(config, addr, method, &path).await {
-        Ok(answer) => answer,
-        // A failed run answers 500 with its record: show it.
-        Err(error) if matches!(action, JanitorAction::Run) => bail!("janitor run: {error:#}"),
-        Err(error) => return Err(error),
-    };
+    let (status, answer) = ask_server_answer(config, addr, method, &path).await?;
+    // A run that did not do everything answers 500 with its record (`outcome` partial or
+    // failed): show the record, then exit 2, as documented; any other error answer is an error.
+    let run_incomplete = matches!(action, JanitorAction::Run) && answer["outcome"].is_string() && !status.is_success();
+    if !status.is_success() && !run_incomplete {
+        return Err(error_answer(&path, status, &answer));
+    }
     if json {
         println!("{answer}");
-        return Ok(());
+    } else {
+        print_janitor_answer(&action, &answer);
     }
+    if run_incomplete {
+        std::process::exit(JANITOR_RUN_INCOMPLETE_EXIT);
+    }
+    Ok(())
+}
+
+/// The exit code of `roomlog janitor run` when the run was `partial` (some items failed) or
+/// `failed` (none could be done): not 1, which says the command itself failed (no server).
+const JANITOR_RUN_INCOMPLETE_EXIT: i32 = 2;
+
+/// What `roomlog janitor plan|run|runs` prints for a person.
+fn print_janitor_answer(action: &JanitorAction, answer: &serde_json::Value) {
     match action {
         JanitorAction::Plan => {
             let items = answer["items"].as_array().map_or(0, Vec::len);
@@ -802,7 +817,6 @@ async fn janitor_command(
             }
         }
     }
-    Ok(())
 }
 
 /// An HTTP client for the operator's commands: it carries an admin token signed with the
@@ -827,6 +841,21 @@ async fn ask_server(
     method: reqwest::Method,
     path: &str,
 ) -> anyhow::Result<serde_json::Value> {
+    let (status, body) = ask_server_answer(config, addr, method, path).await?;
+    if !status.is_success() {
+        return Err(error_answer(path, status, &body));
+    }
+    Ok(body)
+}
+
+/// Sends one request to the running server and returns its status and JSON answer, whatever
+/// the status.
+async fn ask_server_answer(
+    config: &Config,
+    addr: Option<std::net::SocketAddr>,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
     let addr = addr.or_else(|| config.recorded_addr()).unwrap_or(config.listen);
     let client = operator_client(config, std::time::Duration::from_secs(3600))?;
     let response = client
@@ -836,13 +865,17 @@ async fn ask_server(
         .with_context(|| format!("nothing answers on {addr}: is roomlog running? (--addr to name it)"))?;
     let status = response.status();
     let body: serde_json::Value = response.json().await.with_context(|| format!("{path}: not a JSON answer"))?;
-    if !status.is_success() {
-        match body["error"]["message"].as_str() {
-            Some(message) => bail!("{path}: {status}: {message} ({})", body["error"]["code"].as_str().unwrap_or("")),
-            None => bail!("{path}: {status}: {body}"),
+    Ok((status, body))
+}
+
+/// An error answer as an error naming its code.
+fn error_answer(path: &str, status: reqwest::StatusCode, body: &serde_json::Value) -> anyhow::Error {
+    match body["error"]["message"].as_str() {
+        Some(message) => {
+            anyhow::anyhow!("{path}: {status}: {message} ({})", body["error"]["code"].as_str().unwrap_or(""))
         }
+        None => anyhow::anyhow!("{path}: {status}: {body}"),
     }
-    Ok(body)
 }
 
 /// Prints the server's status; returns the exit code: 0 ready, 1 unreachable, 2 not ready.

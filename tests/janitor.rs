@@ -238,3 +238,41 @@ async fn runs_until(server: &Server, n: usize) -> Vec<Value> {
     }
     panic!("the janitor did not run {n} times");
 }
+
+/// `roomlog janitor run` against `server`: its exit code and what it printed (stdout, stderr).
+async fn janitor_run_command(server: &Server, data: &std::path::Path) -> (i32, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_roomlog"));
+    command.args(["janitor", "run", "--addr", &server.addr().to_string(), "--data"]).arg(data);
+    let output = tokio::task::spawn_blocking(move || command.output()).await.expect("join").expect("roomlog runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// Issue 17: `roomlog janitor run` exited 1, as for "cannot reach the server", when the run
+/// itself failed; a cron job or a script tells them apart by the documented 2, for a failed and
+/// a partial run alike, and still sees what the run did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_command_exits_2_when_the_run_failed_or_was_partial() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_800_000_000_000);
+    let server = start(dir.path(), &clock).await;
+    let data = dir.path().join("data");
+    a_month_of_files(&server, dir.path(), &clock).await;
+
+    roomlog::fault::fail_once("janitor:item", 1);
+    let (code, text) = janitor_run_command(&server, &data).await;
+    assert_eq!(code, 2, "a partial run: {text}");
+    assert!(text.contains("partial") && text.contains("injected failure"), "{text}");
+
+    // One item left (the one that failed), and it fails again: nothing could be done.
+    roomlog::fault::fail_once("janitor:item", 0);
+    let (code, text) = janitor_run_command(&server, &data).await;
+    assert_eq!(code, 2, "a failed run: {text}");
+    assert!(text.contains("failed"), "{text}");
+
+    let (code, text) = janitor_run_command(&server, &data).await;
+    assert_eq!(code, 0, "a run that did everything: {text}");
+    assert!(text.contains("succeeded"), "{text}");
+    server.shutdown().await;
+}
