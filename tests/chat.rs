@@ -479,3 +479,20 @@ async fn a_client_reads_its_own_acknowledged_message_over_http_at_once() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_closes_gets_its_close_frame_echoed() {
+    // RFC 6455 §5.5.1: an endpoint that receives a Close frame answers with one; without it
+    // the client sees 1006 (abnormal closure) instead of the code it sent.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path())).await;
+    let mut ann = Client::connect(server.addr(), "ann").await;
+    ann.join("lobby", None).await;
+    let bye = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    ann.send_raw(Message::Close(Some(bye))).await;
+    assert_eq!(ann.close_code().await, Some(1000), "the server echoes the client's close code");
+    server.shutdown().await;
+}

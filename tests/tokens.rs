@@ -386,3 +386,39 @@ async fn private_metrics_need_an_admin_token_and_public_ones_need_none() {
     assert_eq!(status(http.get(&url)).await, 200, "public metrics (the default) need no token");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_without_an_admin_token_is_a_page_that_asks_for_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::None;
+    config.auth.admin_from_host = false;
+    let secrets = SecretFiles { dir: config.secret_dir() }.load_or_create().expect("secret");
+    let server = common::start(config).await;
+    let addr = server.addr();
+    let admin = secrets.issue(&claims("ops", &[], true, now_s() + 3600));
+    let user = secrets.issue(&claims("alice", &[("*", true)], false, now_s() + 3600));
+    let http = reqwest::Client::new();
+    let fetch = |query: String| {
+        let http = http.clone();
+        async move {
+            let response = http.get(format!("http://{addr}/admin{query}")).send().await.expect("admin page");
+            let status = response.status().as_u16();
+            let html = response.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+            (status, html, response.text().await.unwrap_or_default())
+        }
+    };
+    let (status, html, body) = fetch(String::new()).await;
+    assert_eq!(status, 401, "no token is 401, as README documents: {body}");
+    assert!(html && body.contains("name=\"token\""), "a page with a field for the admin token: {body}");
+    let (status, html, body) = fetch(format!("?token={user}")).await;
+    assert_eq!(status, 403, "a token without the admin scope: {body}");
+    assert!(html && body.contains("name=\"token\"") && body.contains("admin scope"), "it says why: {body}");
+    let (status, html, body) = fetch("?token=rl1.forged.AAAA".into()).await;
+    assert_eq!(status, 401, "a token that is not valid: {body}");
+    assert!(html && body.contains("name=\"token\""), "{body}");
+    let (status, _, body) = fetch(format!("?token={admin}")).await;
+    assert_eq!(status, 200, "an admin token opens the dashboard");
+    assert!(body.contains("id=\"gauge\""), "the dashboard itself");
+    server.shutdown().await;
+}

@@ -429,12 +429,6 @@ pub fn admin_check(
     }
 }
 
-/// The 403 of an admin endpoint.
-pub fn admin_only(what: &str) -> warp::reply::Response {
-    let text = format!("{what} needs an admin token (?token= or Authorization: Bearer)");
-    error_reply(StatusCode::FORBIDDEN, "forbidden", &text)
-}
-
 /// A request refused by [`admin`].
 #[derive(Debug)]
 pub struct AdminOnly(Refusal);

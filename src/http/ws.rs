@@ -142,6 +142,8 @@ pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: O
     metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).increment(1.0);
     // The close frame the server sends, when it is the one ending the connection.
     let mut farewell: Option<(u16, &'static str)> = None;
+    // Whether the client closed first: its close frame is answered (RFC 6455 §5.5.1).
+    let mut closed_by_client = false;
     loop {
         let step = tokio::select! {
             biased;
@@ -164,6 +166,10 @@ pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: O
                 conn.sink.send(Message::Ping(Default::default())).await.map_err(|_| Gone)
             }
             incoming = stream.next() => match incoming {
+                Some(Ok(Message::Close(_))) => {
+                    closed_by_client = true;
+                    break;
+                }
                 Some(Ok(message)) => {
                     heard = Instant::now();
                     conn.on_message(message).await
@@ -195,6 +201,10 @@ pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: O
             }
         })
         .await;
+    } else if closed_by_client {
+        // tungstenite has queued the echo of the client's close frame (same code); flushing
+        // sends it. Bounded, like the linger above: a client that stopped reading gets a reset.
+        let _ = tokio::time::timeout(CLOSE_LINGER, conn.sink.close()).await;
     }
     for (room, joined) in conn.joined.drain() {
         let _ = joined.actor.cast(RoomMsg::Leave { member: id });
