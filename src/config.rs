@@ -298,6 +298,14 @@ pub struct ChatConfig {
     pub restarts_max: usize,
     #[serde(with = "humantime_serde")]
     pub restart_window: Duration,
+    /// Whether members of a room are told when a user arrives (its first connection joins)
+    /// or departs (its last one leaves), with `member_joined` and `member_left` frames. Off by
+    /// default: a large room would hear of every reconnect of every member.
+    pub join_leave: bool,
+    /// This node's name in presence answers: several nodes sharing one log must have distinct
+    /// ones (1 to 64 characters of `A-Z a-z 0-9 _ . -`; another value stops the start with
+    /// an error).
+    pub node_id: String,
 }
 
 impl Default for ChatConfig {
@@ -312,6 +320,8 @@ impl Default for ChatConfig {
             room_inflight_max: 8192,
             restarts_max: 5,
             restart_window: Duration::from_secs(10),
+            join_leave: false,
+            node_id: "local".into(),
         }
     }
 }
@@ -467,6 +477,13 @@ impl Config {
                 let why = format!("{key} = {value} is over its limit of {limit} bytes: a larger message would not fit a durable log record");
                 return Err(ConfigError(Box::new(figment::Error::from(why))));
             }
+        }
+        if crate::event::RoomId::parse(&config.chat.node_id).is_err() {
+            let why = format!(
+                "chat.node_id = {:?}: use 1 to 64 characters of A-Z a-z 0-9 _ . -",
+                config.chat.node_id.chars().take(80).collect::<String>()
+            );
+            return Err(ConfigError(Box::new(figment::Error::from(why))));
         }
         if let Some(folder) = file.and_then(Path::parent) {
             for path in [&mut config.files.lifecycle, &mut config.files.cold_dir].into_iter().flatten() {

@@ -11,6 +11,7 @@
 //! - [`actor`]: ractor actors — a `RoomActor` per active room under a `RoomSupervisor`, a
 //!   `SessionActor` per live session under a `SessionSupervisor` that also sweeps due times.
 //! - [`room`]: what a room decides (ring, de-duplication, replay), as plain state.
+//! - [`presence`]: who is in a room, by user with connection counts; ephemeral, per node.
 //! - [`log`]: the append-only event log in sled, with group commit and a durable seq floor.
 //! - [`state`]: the projections' own sled store, set aside and rebuilt when damaged.
 //! - [`durable`]: file-system steps and sled settings that survive a power cut.
@@ -47,6 +48,7 @@ pub mod janitor;
 pub mod layout;
 pub mod log;
 pub mod metrics;
+pub mod presence;
 pub mod projection;
 pub mod recent_errors;
 pub mod room;

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::presence::PresentUser;
 use crate::projection::history::{Amendment, StoredMessage};
 use crate::projection::search::{Hits, Sort};
 
@@ -39,11 +40,13 @@ pub enum ClientFrame {
         cursor: Option<String>,
         sort: Option<Sort>,
     },
+    /// Who is in a room (joined or not): the users present with their connection counts.
+    Members { room: String },
     /// Liveness check; `id` is echoed.
     Ping { id: Option<serde_json::Value> },
 }
 
-const CLIENT_TYPES: &[&str] = &["join", "send", "edit", "delete", "leave", "history", "search", "ping"];
+const CLIENT_TYPES: &[&str] = &["join", "send", "edit", "delete", "leave", "history", "search", "members", "ping"];
 
 /// Stable machine-readable error codes; the wording of messages may change, these do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -163,6 +166,12 @@ pub enum ServerFrame<'a> {
         #[serde(flatten)]
         results: &'a Hits,
     },
+    /// Answer to `members`: the users present in the room, by name, with their connections.
+    Members { room: &'a str, members: &'a [PresentUser] },
+    /// A user's first connection joined the room (sent when `chat.join_leave` is on).
+    MemberJoined { room: &'a str, user: &'a str },
+    /// A user's last connection left the room, however it ended (`chat.join_leave`).
+    MemberLeft { room: &'a str, user: &'a str },
     /// Answer to `ping`.
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]

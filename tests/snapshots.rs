@@ -12,6 +12,7 @@ use roomlog::event::{decode, encode, Envelope, Event, MessagePosted, MessagesExp
 use roomlog::event::{ContentMoved, ContentQuarantined, FileDeleted, FileStored, SessionPaid, SessionTouched};
 use roomlog::event::{DueSession, ItemFailure, JanitorRan, RuleTally, SessionsDue};
 use roomlog::event::{MessageDeleted, MessageEdited, SessionCreated, SessionDue, SessionEnded, SessionId};
+use roomlog::presence::PresentUser;
 use roomlog::projection::history::{Amendment, StoredMessage};
 use roomlog::projection::search::{Hit, Hits};
 use roomlog::wire::amendment_frame;
@@ -364,6 +365,8 @@ fn wire_samples() -> Vec<(&'static str, String)> {
         indexed_through_seq: 44,
     };
     let id = serde_json::json!(1);
+    let present =
+        [PresentUser { user: "ann".into(), connections: 2 }, PresentUser { user: "bob".into(), connections: 1 }];
     vec![
         ("client.join.json", r#"{"type":"join","room":"lobby"}"#.into()),
         ("client.join_since.json", r#"{"type":"join","room":"lobby","since":41}"#.into()),
@@ -376,6 +379,7 @@ fn wire_samples() -> Vec<(&'static str, String)> {
         ),
         ("client.leave.json", r#"{"type":"leave","room":"lobby"}"#.into()),
         ("client.history.json", r#"{"type":"history","room":"lobby","before":42,"limit":50}"#.into()),
+        ("client.members.json", r#"{"type":"members","room":"lobby"}"#.into()),
         ("client.ping.json", r#"{"type":"ping","id":1}"#.into()),
         ("server.joined.json", render(&ServerFrame::Joined { room: "lobby", removed_through_seq: None })),
         ("server.joined_removed.json", render(&ServerFrame::Joined { room: "lobby", removed_through_seq: Some(12) })),
@@ -395,6 +399,9 @@ fn wire_samples() -> Vec<(&'static str, String)> {
                 removed_through_seq: None,
             }),
         ),
+        ("server.members.json", render(&ServerFrame::Members { room: "lobby", members: &present })),
+        ("server.member_joined.json", render(&ServerFrame::MemberJoined { room: "lobby", user: "ann" })),
+        ("server.member_left.json", render(&ServerFrame::MemberLeft { room: "lobby", user: "ann" })),
         ("server.pong.json", render(&ServerFrame::Pong { id: Some(&id) })),
         (
             "server.error.json",

@@ -40,6 +40,8 @@ pub struct Outbound {
 #[derive(Debug)]
 pub struct Member {
     pub id: MemberId,
+    /// Who the connection is (the token's user or the name given): the key of presence.
+    pub user: String,
     /// Bounded queue of frames for this connection in this room. When it is full the
     /// connection is too slow: the room drops it and rings `kick`.
     pub tx: mpsc::Sender<Outbound>,

@@ -6,9 +6,11 @@
 //!   back, so the room fans out in seq order and never waits one flush per message;
 //! - a message is sent to members only once it is durable (DESIGN.md invariant 1);
 //! - a join registers the member in the same step that computes its replay, so replay and
-//!   live messages meet with no gap and no overlap (invariant 2).
+//!   live messages meet with no gap and no overlap (invariant 2);
+//! - presence follows the members map: every way a member leaves it (a `Leave`, a dead or too
+//!   slow queue) counts its connection out, in one place ([`RoomActorState::forget`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -19,6 +21,7 @@ use super::rooms::RoomsMsg;
 use super::{ChatContext, ChatError, Member, Outbound};
 use crate::event::{Envelope, Event, MessageDeleted, MessageEdited, MessagePosted, RoomId};
 use crate::log::{LogError, PendingAppend};
+use crate::presence::{NodeMembers, PresenceChange, RoomPresence};
 use crate::projection::history::{Amendment, StoredMessage};
 use crate::room::{ChatMessage, DedupKey, MemberId, PostDecision, RoomState};
 use crate::wire::{error_frame, render, ErrorCode, ServerFrame};
@@ -38,8 +41,9 @@ pub struct JoinReply {
 /// Messages a room handles.
 #[derive(Debug)]
 pub enum RoomMsg {
-    /// Join (or resume after `since`).
-    Join { member: Member, since: Option<u64>, reply: RpcReplyPort<Result<JoinReply, ChatError>> },
+    /// Join (or resume after `since`). `quiet`: a connection coming back after the room's
+    /// actor restarted, whose user nobody saw leave, so no `member_joined` is announced.
+    Join { member: Member, since: Option<u64>, quiet: bool, reply: RpcReplyPort<Result<JoinReply, ChatError>> },
     /// Leave; also sent when a connection closes.
     Leave { member: MemberId },
     /// Post a message; the acknowledgement goes to the member's queue.
@@ -50,6 +54,8 @@ pub enum RoomMsg {
     /// From the forwarder, in submission order: an append is durable, or failed. `posted_at`
     /// is when the post reached the room, for the delivery latency.
     Committed { waiter: Waiter, result: Result<Envelope, Arc<LogError>>, posted_at: Instant },
+    /// This node's members of the room.
+    Members { reply: RpcReplyPort<NodeMembers> },
     /// Periodic check for idleness.
     IdleCheck,
     /// Makes the actor fail, for tests of supervision.
@@ -83,6 +89,8 @@ pub struct RoomActor;
 pub struct RoomActorState {
     state: RoomState,
     members: HashMap<MemberId, Member>,
+    /// Who the members are, by user: kept in step with `members` (ephemeral, never logged).
+    presence: RoomPresence,
     ctx: ChatContext,
     supervisor: ActorRef<RoomsMsg>,
     forwarder: mpsc::Sender<(Waiter, PendingAppend, Instant)>,
@@ -114,6 +122,7 @@ impl Actor for RoomActor {
         Ok(RoomActorState {
             state,
             members: HashMap::new(),
+            presence: RoomPresence::default(),
             ctx,
             supervisor,
             forwarder,
@@ -129,14 +138,27 @@ impl Actor for RoomActor {
         s: &mut RoomActorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RoomMsg::Join { member, since, reply } => {
+            RoomMsg::Join { member, since, quiet, reply } => {
                 s.last_active = Instant::now();
+                let (id, user) = (member.id, member.user.clone());
                 let result = s.join(member, since).await;
-                let _ = reply.send(result);
+                let registered = matches!(result, Ok(JoinReply { registered: true, .. }));
+                let answered = reply.send(result).is_ok();
+                // After the reply: the joiner does not wait for the others' notices. A joiner
+                // that is gone (its task ended while it asked) never learns it joined and so
+                // never leaves: it is forgotten now rather than listed until a send fails.
+                match (registered, answered) {
+                    (true, true) => s.arrived(id, &user, quiet),
+                    (true, false) => s.forget(id),
+                    _ => {}
+                }
             }
             RoomMsg::Leave { member } => {
                 s.last_active = Instant::now();
-                s.members.remove(&member);
+                s.forget(member);
+            }
+            RoomMsg::Members { reply } => {
+                let _ = reply.send(s.presence.snapshot(&s.ctx.chat.node_id));
             }
             RoomMsg::Post { member, author, client_id, body } => {
                 s.last_active = Instant::now();
@@ -296,7 +318,7 @@ impl RoomActorState {
                     self.ack(member, &message.client_id, message.seq);
                 }
                 let outbound = Outbound { seq: Some(message.seq), frame: message.frame.clone() };
-                self.members.retain(|_, member| deliver(member, outbound.clone()));
+                self.broadcast(outbound, None);
                 metrics::counter!(crate::metrics::MESSAGES_APPENDED_TOTAL).increment(1);
                 metrics::counter!(crate::metrics::MESSAGES_DELIVERED_TOTAL).increment(self.members.len() as u64);
                 metrics::histogram!(crate::metrics::DELIVERY_SECONDS).record(posted_at.elapsed().as_secs_f64());
@@ -413,7 +435,7 @@ impl RoomActorState {
         let notice = self.state.amended(&amendment, edited.as_ref());
         self.ack(member, client_id, envelope.seq);
         let outbound = Outbound { seq: Some(notice.seq), frame: notice.frame.clone() };
-        self.members.retain(|_, member| deliver(member, outbound.clone()));
+        self.broadcast(outbound, None);
     }
 
     fn ack(&mut self, member: MemberId, client_id: &str, seq: u64) {
@@ -424,7 +446,63 @@ impl RoomActorState {
     fn send_to(&mut self, id: MemberId, outbound: Outbound) {
         if let Some(member) = self.members.get(&id) {
             if !deliver(member, outbound) {
-                self.members.remove(&id);
+                self.forget(id);
+            }
+        }
+    }
+
+    /// Counts a registered member's connection in, and announces its user to the others when
+    /// this is the user's first connection here (and `chat.join_leave` is on, and the join is
+    /// not a `quiet` return after a restart).
+    fn arrived(&mut self, id: MemberId, user: &str, quiet: bool) {
+        let Some(change) = self.presence.arrive(id, user) else { return };
+        if let Some(notice) = self.notice(&change).filter(|_| !quiet) {
+            self.broadcast(notice, Some(id));
+        }
+    }
+
+    /// Removes a member, however it goes (a `Leave`, the connection's drop guard, a dead or too
+    /// slow queue): its connection is counted out of presence and, when it was its user's
+    /// last, the user's departure announced. Idempotent.
+    fn forget(&mut self, id: MemberId) {
+        self.members.remove(&id);
+        if let Some(notice) = self.presence.depart(id).and_then(|change| self.notice(&change)) {
+            self.broadcast(notice, None);
+        }
+    }
+
+    /// The `member_joined` or `member_left` frame of a change, when `chat.join_leave` is on.
+    fn notice(&self, change: &PresenceChange) -> Option<Outbound> {
+        if !self.ctx.chat.join_leave {
+            return None;
+        }
+        let room = self.state.room().as_str();
+        let frame = match change {
+            PresenceChange::Arrived(user) => render(&ServerFrame::MemberJoined { room, user }),
+            PresenceChange::Departed(user) => render(&ServerFrame::MemberLeft { room, user }),
+        };
+        Some(Outbound { seq: None, frame: frame.into() })
+    }
+
+    /// Queues a frame for every member but `except`. A member that cannot take it is dropped
+    /// (and [`deliver`] kicks a slow one); its user's departure, if that was its last
+    /// connection, is announced in turn, iteratively, to those who remain.
+    fn broadcast(&mut self, outbound: Outbound, mut except: Option<MemberId>) {
+        let mut pending = VecDeque::from([outbound]);
+        while let Some(outbound) = pending.pop_front() {
+            let mut gone = Vec::new();
+            self.members.retain(|id, member| {
+                let kept = except == Some(*id) || deliver(member, outbound.clone());
+                if !kept {
+                    gone.push(*id);
+                }
+                kept
+            });
+            except = None;
+            for id in gone {
+                if let Some(notice) = self.presence.depart(id).and_then(|change| self.notice(&change)) {
+                    pending.push_back(notice);
+                }
             }
         }
     }

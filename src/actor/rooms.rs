@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::room::{RoomActor, RoomArgs, RoomMsg};
 use super::{ChatContext, ChatError};
 use crate::event::RoomId;
+use crate::presence::NodeMembers;
 
 /// Messages the supervisor handles.
 #[derive(Debug)]
@@ -24,6 +25,8 @@ pub enum RoomsMsg {
     IdleStop { room: RoomId, actor: ActorId },
     /// How many room actors are running.
     Count { reply: RpcReplyPort<usize> },
+    /// The actor of a room if it runs; a read that must not start one (presence).
+    Find { room: RoomId, reply: RpcReplyPort<Option<ActorRef<RoomMsg>>> },
 }
 
 /// The supervisor actor.
@@ -78,6 +81,9 @@ impl Actor for RoomSupervisor {
             }
             RoomsMsg::Count { reply } => {
                 let _ = reply.send(s.rooms.len());
+            }
+            RoomsMsg::Find { room, reply } => {
+                let _ = reply.send(s.rooms.get(&room).cloned());
             }
         }
         Ok(())
@@ -149,13 +155,16 @@ impl SupervisorState {
 #[derive(Debug, Clone)]
 pub struct Rooms {
     supervisor: ActorRef<RoomsMsg>,
+    /// This node's id in presence answers (`chat.node_id`).
+    node_id: String,
 }
 
 impl Rooms {
     /// Starts the supervisor.
     pub async fn start(ctx: ChatContext) -> Result<Self, ActorProcessingErr> {
+        let node_id = ctx.chat.node_id.clone();
         let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx).await?;
-        Ok(Self { supervisor })
+        Ok(Self { supervisor, node_id })
     }
 
     /// The actor of `room`, started if needed.
@@ -164,6 +173,25 @@ impl Rooms {
         match self.supervisor.call(|reply| RoomsMsg::Get { room, reply }, None).await {
             Ok(ractor::rpc::CallResult::Success(result)) => result,
             _ => Err(ChatError::ShuttingDown),
+        }
+    }
+
+    /// This node's members of `room`. A room without a running actor has nobody in it (its
+    /// actor runs while anyone is joined), so none is started to answer: a read of presence
+    /// costs no history load, whatever room name a caller tries.
+    pub async fn members(&self, room: &RoomId) -> Result<NodeMembers, ChatError> {
+        let node = || NodeMembers { node: self.node_id.clone(), ..NodeMembers::default() };
+        let room = room.clone();
+        let actor = match self.supervisor.call(|reply| RoomsMsg::Find { room, reply }, None).await {
+            Ok(ractor::rpc::CallResult::Success(Some(actor))) => actor,
+            Ok(ractor::rpc::CallResult::Success(None)) => return Ok(node()),
+            _ => return Err(ChatError::ShuttingDown),
+        };
+        match actor.call(|reply| RoomMsg::Members { reply }, None).await {
+            Ok(ractor::rpc::CallResult::Success(members)) => Ok(members),
+            // The actor stopped meanwhile: idle, so nobody was in it; or failed, and its
+            // members are joining its successor, which would answer a moment later.
+            _ => Ok(node()),
         }
     }
 

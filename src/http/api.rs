@@ -127,6 +127,31 @@ pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> 
     }
 }
 
+/// `GET /api/rooms/{room}/members`: who is in the room now, with their connection counts
+/// (`{"room":"lobby","members":[{"user":"ann","connections":2}]}`). Refused exactly as
+/// the room's history is: 400 `invalid_room`, 401 `unauthorized`, 403 `forbidden`. A room
+/// nobody is in answers an empty list, whether or not it has messages.
+pub async fn members(room: String, query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
+    let room = match RoomId::parse(&room) {
+        Ok(room) => room,
+        Err(error) => return error_reply(StatusCode::BAD_REQUEST, "invalid_room", &error.to_string()),
+    };
+    match identity_of(&query, &app) {
+        Ok(identity) if identity.may_read(&room) => {}
+        Ok(_) => return error_reply(StatusCode::FORBIDDEN, "forbidden", &format!("you may not read room {room}")),
+        Err(refusal) => return unauthorized(refusal),
+    }
+    if let Some(unknown) = query.keys().find(|k| !["name", "token"].contains(&k.as_str())) {
+        return error_reply(StatusCode::BAD_REQUEST, "invalid_query", &format!("unknown parameter {unknown:?}"));
+    }
+    match app.members(&room).await {
+        Ok(members) => {
+            warp::reply::json(&serde_json::json!({ "room": room.as_str(), "members": members })).into_response()
+        }
+        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, error.code().as_str(), &error.to_string()),
+    }
+}
+
 /// Why the server is not ready, if it is not: a failed log writer, a disk below the log's
 /// floor or in danger, a projection paused, retrying or stopped, or a shutdown under way. A
 /// projection a few group commits behind is normal under load.

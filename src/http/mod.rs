@@ -150,6 +150,14 @@ impl App {
         result
     }
 
+    /// Who is in `room`: the users present with their connection counts, merged over every
+    /// node's set (see [`crate::presence`]). One node answers today; when nodes share a log,
+    /// the sets the others publish join this one here, and nothing above this call changes.
+    pub async fn members(&self, room: &RoomId) -> Result<Vec<crate::presence::PresentUser>, crate::actor::ChatError> {
+        let local = self.rooms.members(room).await?;
+        Ok(crate::presence::merge([local]))
+    }
+
     /// Now, by the sessions' clock.
     pub fn sessions_clock_now(&self) -> u64 {
         self.sessions.now_ms()
@@ -325,6 +333,11 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         });
     let search =
         warp::path!("api" / "search").and(warp::get()).and(credentials()).and(with_app.clone()).then(api::search);
+    let members = warp::path!("api" / "rooms" / String / "members")
+        .and(warp::get())
+        .and(credentials())
+        .and(with_app.clone())
+        .then(api::members);
     let messages =
         warp::path!("api" / "rooms" / String / "messages").and(warp::get()).and(credentials()).and(with_app).then(
             |room, query, app: Arc<App>| async move {
@@ -352,6 +365,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .or(rooms)
         .unify()
         .or(messages)
+        .unify()
+        .or(members)
         .unify()
         .or(metrics)
         .unify()

@@ -190,6 +190,8 @@ pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: O
     // The closing handshake (RFC 6455 §7): send the close frame, then read until the client's
     // own close, so that its unread frames and the close code are not lost to a TCP reset;
     // bounded, since a client that stopped reading never answers.
+    // Out of every room first, so that presence does not wait for the closing handshake.
+    conn.leave_all();
     if let Some((code, reason)) = farewell {
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             if conn.sink.send(close(code, reason)).await.is_ok() {
@@ -205,10 +207,6 @@ pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: O
         // tungstenite has queued the echo of the client's close frame (same code); flushing
         // sends it. Bounded, like the linger above: a client that stopped reading gets a reset.
         let _ = tokio::time::timeout(CLOSE_LINGER, conn.sink.close()).await;
-    }
-    for (room, joined) in conn.joined.drain() {
-        let _ = joined.actor.cast(RoomMsg::Leave { member: id });
-        tracing::trace!(conn = id, room = %room, "left on close");
     }
     metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
     tracing::debug!(conn = id, "connection closed");
@@ -231,7 +229,25 @@ fn close_for(error: &tungstenite::Error) -> Option<(u16, &'static str)> {
     }
 }
 
+/// The drop guard of presence: however the connection's task ends (a close frame, a read error,
+/// the idle timeout, a client killed without a close, a slow consumer kicked, the shutdown, a
+/// panic, or the task dropped), its rooms are told it left, so no user stays listed.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.leave_all();
+    }
+}
+
 impl Connection {
+    /// Leaves every joined room (each room counts this connection out of its presence).
+    /// Idempotent: the rooms are forgotten as they are left.
+    fn leave_all(&mut self) {
+        for (room, joined) in self.joined.drain() {
+            let _ = joined.actor.cast(RoomMsg::Leave { member: self.id });
+            tracing::trace!(conn = self.id, room = %room, "left on close");
+        }
+    }
+
     async fn on_message(&mut self, message: Message) -> Result<(), Gone> {
         if matches!(message, Message::Text(_) | Message::Binary(_)) && !self.bucket.take(Instant::now()) {
             metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL).increment(1);
@@ -311,6 +327,21 @@ impl Connection {
             }
             ClientFrame::Delete { room, seq, client_id } => {
                 self.send(room, Change::Amend { seq, body: None }, client_id).await
+            }
+            ClientFrame::Members { room } => {
+                let Some(room) = self.room(&room).await? else { return Ok(()) };
+                // The same check as reading the room's history.
+                if !self.identity.may_read(&room) {
+                    return self
+                        .error(ErrorCode::Forbidden, "you may not read this room", Some(room.as_str()), None)
+                        .await;
+                }
+                match self.app.members(&room).await {
+                    Ok(members) => {
+                        self.write(render(&ServerFrame::Members { room: room.as_str(), members: &members })).await
+                    }
+                    Err(error) => self.error(error.code(), &error.to_string(), Some(room.as_str()), None).await,
+                }
             }
             ClientFrame::History { room, before, limit } => {
                 let Some(room) = self.room(&room).await? else { return Ok(()) };
@@ -407,9 +438,15 @@ impl Connection {
         let actor = loop {
             let outcome = match self.app.rooms.get(&room).await {
                 Ok(actor) => {
-                    let member =
-                        Member { id: self.id, tx: tx.clone(), kick: self.kick.clone(), queued: self.queued.clone() };
-                    match actor.call(|reply| RoomMsg::Join { member, since, reply }, None).await {
+                    let member = Member {
+                        id: self.id,
+                        user: self.identity.user.clone(),
+                        tx: tx.clone(),
+                        kick: self.kick.clone(),
+                        queued: self.queued.clone(),
+                    };
+                    let quiet = !announce;
+                    match actor.call(|reply| RoomMsg::Join { member, since, quiet, reply }, None).await {
                         Ok(CallResult::Success(result)) => result.map(|reply| Some((actor, reply))),
                         _ => Ok(None), // the actor stopped while we asked: ask its successor
                     }

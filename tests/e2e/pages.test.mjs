@@ -120,6 +120,25 @@ test("two pages chat with each other", async () => {
   await bob.close();
 });
 
+/** The members list of a page as "user ×count" strings, once it has `n` entries. */
+async function members(page, n) {
+  await page.locator("#members li").nth(n - 1).waitFor();
+  return page.locator("#members li").evaluateAll((lis) => lis.map((li) => li.textContent));
+}
+
+test("the page lists who is in the room, with their connections", async () => {
+  const ann = await chatPage("ann", "team");
+  const bob = await chatPage("bob", "team");
+  assert.deepEqual(await members(bob, 2), ["ann×1", "bob×1"]);
+  const annAgain = await chatPage("ann", "team"); // a second tab of ann's
+  await annAgain.locator("#members li", { hasText: "ann×2" }).waitFor();
+  assert.deepEqual(await members(annAgain, 2), ["ann×2", "bob×1"]);
+  await shot(annAgain, "members");
+  await annAgain.close();
+  await ann.close();
+  await bob.close();
+});
+
 test("after a server restart the page reconnects and shows every message once", async () => {
   const ann = await chatPage("ann", "restart");
   const bob = await chatPage("bob", "restart");
