@@ -107,3 +107,41 @@ async fn a_tier_move_killed_at_each_step_leaves_exactly_one_good_copy() {
         assert_eq!(tier, "cold");
     }
 }
+
+/// Moves `key` to `tier`, waiting for the answer; its status and JSON.
+async fn move_now(addr: std::net::SocketAddr, key: &str, tier: &str) -> (u16, serde_json::Value) {
+    let response =
+        reqwest::Client::new().post(format!("http://{addr}/api/files/{key}?tier={tier}")).send().await.expect("post");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_go_both_ways_and_on_after_the_cold_folder_is_recreated_while_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, cold) = (dir.path().join("data"), dir.path().join("cold"));
+    let cold_env = cold.display().to_string();
+    let binary = spawn_with(&data, &[("ROOMLOG_FILES__COLD_DIR", &cold_env)], Stdio::inherit());
+    let key = "permanent/photos/both.jpg";
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    put(binary.addr, key, content.clone()).await;
+    let round_trip = |when: &'static str| {
+        let content = content.clone();
+        async move {
+            for tier in ["cold", "hot"] {
+                let (status, answer) = move_now(binary.addr, key, tier).await;
+                assert_eq!(status, 200, "{when}: to {tier}: {answer}");
+                assert_eq!(answer["tier"], tier, "{when}: {answer}");
+                let (bytes, read_from) = download(binary.addr, key).await;
+                assert!(bytes == content, "{when}: the key reads back its bytes from {tier}");
+                assert_eq!(read_from, tier, "{when}");
+            }
+        }
+    };
+    round_trip("first").await;
+    // The operator replaces the (now empty) cold folder, as a remounted disk would.
+    std::fs::remove_dir_all(&cold).expect("remove the cold folder");
+    std::fs::create_dir(&cold).expect("recreate it empty");
+    round_trip("after the cold folder was recreated").await;
+    assert_eq!((copies(&data.join("blobs/hot")).len(), copies(&cold).len()), (1, 0), "one copy, hot");
+}
