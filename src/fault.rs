@@ -7,7 +7,8 @@
 //! `tier-move:recorded` (the move is in the log, the source copy not yet removed).
 //!
 //! [`fail_once`] is the in-process counterpart: a test arms a point and the code there returns
-//! an error once (`janitor:item`, before the janitor applies an item).
+//! an error once (`janitor:item`, before the janitor applies an item; `log:commit`, before the
+//! log writer's fsync of a group).
 
 /// The environment variable naming the point to stop at.
 pub const ENV: &str = "ROOMLOG_FAULT_PAUSE";

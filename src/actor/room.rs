@@ -328,7 +328,9 @@ impl RoomActorState {
                 let code = ErrorCode::of_append(&error);
                 let text = match code {
                     ErrorCode::ShuttingDown => "the server is shutting down; retry with the same client_id".to_owned(),
-                    _ => format!("message not stored ({error}); retry with the same client_id"),
+                    _ => format!(
+                        "message not acknowledged ({error}); it may have been stored: retry with the same client_id, which is never stored twice"
+                    ),
                 };
                 let frame: Arc<str> = error_frame(code, &text, Some(self.state.room().as_str()), Some(&key.1)).into();
                 for member in self.state.failed(&key) {
@@ -410,7 +412,7 @@ impl RoomActorState {
             Ok(envelope) => envelope,
             Err(error) => {
                 tracing::warn!(room = %self.state.room(), error = %error, "amendment not stored");
-                let text = format!("not stored ({error}); retry");
+                let text = format!("not acknowledged ({error}); retry");
                 let frame =
                     error_frame(ErrorCode::of_append(&error), &text, Some(self.state.room().as_str()), Some(client_id));
                 self.send_to(member, Outbound { seq: None, frame: frame.into() });

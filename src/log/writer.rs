@@ -237,6 +237,7 @@ impl Writer {
             .reserve(last_seq, durable_head)
             .map_err(LogError::from)
             .and_then(|()| self.store.write_encoded(&records))
+            .and_then(|()| crate::fault::fail("log:commit").map_err(|e| LogError::Io(std::io::Error::other(e))))
             .and_then(|()| self.store.sync());
         metrics::histogram!(crate::metrics::APPEND_BATCH_EVENTS).record(group.len() as f64);
         match result {
