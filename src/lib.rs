@@ -16,6 +16,7 @@
 //! - [`durable`]: file-system steps and sled settings that survive a power cut.
 //! - [`space`]: the free-space floors that keep sled and tantivy away from a full disk.
 //! - [`layout`]: what lives where in the data folder, and the move from the old layout.
+//! - [`data_lock`]: one server per data folder, and who holds it when a second one starts.
 //! - [`event`]: the events, their versions and their encoding.
 //! - [`projection`]: folds over the log with checkpoints — chat history, message search,
 //!   sessions with their deadline index.
@@ -37,6 +38,7 @@ pub mod blob;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod data_lock;
 pub mod disk;
 pub mod durable;
 pub mod event;

@@ -422,6 +422,10 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
     }
     roomlog::durable::create_dir_all(&config.data)
         .with_context(|| format!("creating data folder {}", config.data.display()))?;
+    // Checked before binding and compacting: a second server on a folder in use says which
+    // one holds it, not that the port is taken or the database locked. `Server::start` takes
+    // the lock for good.
+    let checked = roomlog::data_lock::DataLock::acquire(&config.data, &config.addr_file())?;
     // `Server::start` moves an old layout itself (and says so in /api/status); compaction
     // before it needs the new layout first.
     if config.log.compact_at_start {
@@ -440,6 +444,7 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
     }
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    drop(checked);
     let server = Server::start(config, listener).await?;
     println!("roomlog listening on {}", server.addr());
     let failure = tokio::select! {
