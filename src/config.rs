@@ -332,8 +332,10 @@ pub struct AuthConfig {
     /// loopback, so it would hand the admin scope to the internet. The operator's commands
     /// (`roomlog stats`, `janitor run`, ...) sign their own admin token with the secret.
     pub admin_from_host: bool,
-    /// Whether `/metrics` needs the admin scope too (an admin token, or the host when
-    /// `admin_from_host`).
+    /// Whether `/metrics` needs the admin scope (an admin token, or the host when
+    /// `admin_from_host`). On by default: behind a tunnel (cloudflared, ngrok, ssh -R) every
+    /// client connects from loopback, so a public `/metrics` would be public to the internet.
+    /// Prometheus sends an admin token (`ops/prometheus/prometheus.yml`).
     pub metrics_private: bool,
 }
 
@@ -343,7 +345,7 @@ impl Default for AuthConfig {
             anonymous: crate::auth::Anonymous::None,
             secret_dir: None,
             admin_from_host: false,
-            metrics_private: false,
+            metrics_private: true,
         }
     }
 }
