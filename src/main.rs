@@ -1034,15 +1034,17 @@ fn init_tracing(
         tracing_subscriber::EnvFilter::try_from_env("ROOMLOG_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
-    let writer = if to_stderr {
-        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    use std::io::IsTerminal;
+    // Colour only on a terminal: journald and files keep escape codes as text.
+    let (writer, ansi) = if to_stderr {
+        (tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal())
     } else {
-        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+        (tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout), std::io::stdout().is_terminal())
     };
     let stdout = if logging.json {
         tracing_subscriber::fmt::layer().json().with_writer(writer).boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(writer).boxed()
+        tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer).boxed()
     };
     let (files, guard) = match &logging.dir {
         Some(dir) => {
@@ -1056,7 +1058,8 @@ fn init_tracing(
                 .with_context(|| format!("log files in {}", dir.display()))?;
             let (writer, guard) = tracing_appender::non_blocking(appender);
             let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer);
-            let layer = if logging.json { layer.json().boxed() } else { layer.boxed() };
+            let layer =
+                if logging.json { layer.json().boxed() } else { layer.fmt_fields(FileFields::default()).boxed() };
             (Some(layer.with_filter(filter())), Some(guard))
         }
         None => (None, None),
@@ -1068,4 +1071,18 @@ fn init_tracing(
         .with(roomlog::recent_errors::RecentErrorsLayer.with_filter(tracing::level_filters::LevelFilter::WARN))
         .init();
     Ok(guard)
+}
+
+/// The log files' span field formatter: `DefaultFields` under a type of its own. Span fields
+/// are formatted once per formatter type and shared between layers, so with the terminal's
+/// formatter type the files got the terminal's colour codes in span fields (issue 17).
+#[derive(Debug, Default)]
+struct FileFields(tracing_subscriber::fmt::format::DefaultFields);
+
+impl<'a> tracing_subscriber::field::MakeVisitor<tracing_subscriber::fmt::format::Writer<'a>> for FileFields {
+    type Visitor = tracing_subscriber::fmt::format::DefaultVisitor<'a>;
+
+    fn make_visitor(&self, target: tracing_subscriber::fmt::format::Writer<'a>) -> Self::Visitor {
+        self.0.make_visitor(target)
+    }
 }
