@@ -23,7 +23,8 @@ const NOT_CONFIG_KEYS: &[&str] = &["log", "config", "fault_pause"];
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the HTTP and WebSocket facade listens on. Port 0 picks a free port; the bound
-    /// address is written to `<data>/roomlog.addr` for tools and tests.
+    /// address is written to `<data>/roomlog.addr` for tools and tests, and stays there after
+    /// a stop (the address last used).
     pub listen: SocketAddr,
     /// Folder holding the log, the projections and (later) the file store.
     pub data: PathBuf,

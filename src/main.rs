@@ -265,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&config)?);
+            print!("{}", config_listing(&config)?);
             Ok(())
         }
         Command::Backup { action: Some(BackupAction::Verify { file }), .. } => {
@@ -356,7 +356,13 @@ async fn main() -> anyhow::Result<()> {
             for (room, total) in storage["messages"].as_object().into_iter().flatten() {
                 println!("  {room:<24} {:>10} messages {:>10.1} MiB", total["messages"], mib(&total["bytes"]));
             }
-            println!("sessions: {}", storage["sessions"]);
+            let sessions: Vec<String> = storage["sessions"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(state, count)| format!("{} {state}", count.as_u64().unwrap_or(0)))
+                .collect();
+            println!("sessions: {}", if sessions.is_empty() { "none".to_owned() } else { sessions.join(", ") });
             let growth = &storage["growth"];
             for (span, rate) in [("7 days", &growth["last_7_days"]), ("30 days", &growth["last_30_days"])] {
                 match rate["fs_used_bytes_per_day"].as_f64() {
@@ -1085,4 +1091,74 @@ impl<'a> tracing_subscriber::field::MakeVisitor<tracing_subscriber::fmt::format:
     fn make_visitor(&self, target: tracing_subscriber::fmt::format::Writer<'a>) -> Self::Visitor {
         self.0.make_visitor(target)
     }
+}
+
+/// The configuration in force as TOML, with every key: TOML has no null, so a key without a
+/// value (`files.cold_dir`, `logging.dir`, ...) is listed commented out, and an empty list of
+/// tables (`files.on_pay`) as `[]`.
+fn config_listing(config: &Config) -> anyhow::Result<String> {
+    fn leaves(value: &serde_json::Value, section: &str, out: &mut Vec<(String, String, serde_json::Value)>) {
+        for (key, child) in value.as_object().into_iter().flatten() {
+            match child {
+                serde_json::Value::Object(_) => {
+                    let inner = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
+                    leaves(child, &inner, out);
+                }
+                _ => out.push((section.to_owned(), key.clone(), child.clone())),
+            }
+        }
+    }
+    let text = toml::to_string_pretty(config)?;
+    // (header, lines) in order; the first has no header (the top-level keys).
+    let mut sections: Vec<(String, Vec<String>)> = vec![(String::new(), Vec::new())];
+    for line in text.lines() {
+        match line.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            Some(header) if !header.starts_with('[') => sections.push((header.to_owned(), Vec::new())),
+            _ => {
+                if let Some(last) = sections.last_mut() {
+                    last.1.push(line.to_owned());
+                }
+            }
+        }
+    }
+    let mut all = Vec::new();
+    leaves(&serde_json::to_value(config)?, "", &mut all);
+    for (section, key, value) in all {
+        let path = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
+        if text.contains(&format!("[[{path}]]")) {
+            continue;
+        }
+        let line = match &value {
+            serde_json::Value::Null => format!("# {key} =   (unset)"),
+            other => format!("{key} = {}", toml::Value::try_from(other)?),
+        };
+        let index = match sections.iter().position(|(header, _)| *header == section) {
+            Some(index) => index,
+            None => {
+                sections.push((section.clone(), Vec::new()));
+                sections.len() - 1
+            }
+        };
+        let lines = &mut sections[index].1;
+        if lines.iter().any(|l| l.trim_start().starts_with(&format!("{key} ="))) {
+            continue;
+        }
+        // Before the blank line that ends the section.
+        let at = lines.iter().rposition(|l| !l.trim().is_empty()).map_or(0, |i| i + 1);
+        lines.insert(at, line);
+    }
+    let mut out = String::new();
+    for (header, lines) in sections {
+        if !header.is_empty() {
+            if !out.is_empty() && !out.ends_with("\n\n") {
+                out.push('\n');
+            }
+            out.push_str(&format!("[{header}]\n"));
+        }
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
 }

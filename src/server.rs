@@ -345,7 +345,7 @@ impl Server {
         for projection in self.projections {
             let _ = projection.await;
         }
-        let _ = std::fs::remove_file(self.app.config.addr_file());
+        // roomlog.addr stays: `roomlog status` on a stopped folder names the address last used.
         drop(self.lock);
         tracing::info!("roomlog stopped");
     }

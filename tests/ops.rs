@@ -431,7 +431,12 @@ fn config_lists_every_key_the_unset_ones_commented_out() {
     let mut listed = std::collections::HashSet::new();
     let mut section = String::new();
     for line in text.lines().map(str::trim) {
-        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+        if let Some(tables) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            // An array of tables lists its key in the table above.
+            let (parent, key) = tables.rsplit_once('.').unwrap_or(("", tables));
+            listed.insert((parent.to_owned(), key.to_owned()));
+            section = tables.to_owned();
+        } else if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = header.to_owned();
         } else if let Some(key) = line.trim_start_matches("# ").split([' ', '=']).next() {
             listed.insert((section.clone(), key.to_owned()));
