@@ -23,7 +23,8 @@ const NOT_CONFIG_KEYS: &[&str] = &["log", "config", "fault_pause"];
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the HTTP and WebSocket facade listens on. Port 0 picks a free port; the bound
-    /// address is written to `<data>/roomlog.addr` for tools and tests.
+    /// address is written to `<data>/roomlog.addr` for tools and tests, and stays there after
+    /// a stop (the address last used).
     pub listen: SocketAddr,
     /// Folder holding the log, the projections and (later) the file store.
     pub data: PathBuf,
@@ -342,8 +343,10 @@ pub struct AuthConfig {
     /// loopback, so it would hand the admin scope to the internet. The operator's commands
     /// (`roomlog stats`, `janitor run`, ...) sign their own admin token with the secret.
     pub admin_from_host: bool,
-    /// Whether `/metrics` needs the admin scope too (an admin token, or the host when
-    /// `admin_from_host`).
+    /// Whether `/metrics` needs the admin scope (an admin token, or the host when
+    /// `admin_from_host`). On by default: behind a tunnel (cloudflared, ngrok, ssh -R) every
+    /// client connects from loopback, so a public `/metrics` would be public to the internet.
+    /// Prometheus sends an admin token (`ops/prometheus/prometheus.yml`).
     pub metrics_private: bool,
 }
 
@@ -353,7 +356,7 @@ impl Default for AuthConfig {
             anonymous: crate::auth::Anonymous::None,
             secret_dir: None,
             admin_from_host: false,
-            metrics_private: false,
+            metrics_private: true,
         }
     }
 }

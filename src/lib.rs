@@ -1,5 +1,5 @@
-//! roomlog: durable real-time chat rooms with search, sessions and file storage (and, as the
-//! issues land, a janitor) in one binary, event-sourced over one append-only log.
+//! roomlog: durable real-time chat rooms with search, sessions, file storage and a janitor in
+//! one binary, event-sourced over one append-only log.
 //!
 //! # Layout
 //!
@@ -8,6 +8,7 @@
 //! - [`http`]: the warp facade — WebSocket connections, the JSON HTTP API, health.
 //! - [`wire`]: the WebSocket frames and their stable error codes.
 //! - [`auth`]: who a connection is and what it may do; the seam for authentication.
+//! - [`token`]: signed tokens (blake3 keyed hash under the server secret), issue and rotation.
 //! - [`actor`]: ractor actors — a `RoomActor` per active room under a `RoomSupervisor`, a
 //!   `SessionActor` per live session under a `SessionSupervisor` that also sweeps due times.
 //! - [`room`]: what a room decides (ring, de-duplication, replay), as plain state.
@@ -17,17 +18,23 @@
 //! - [`durable`]: file-system steps and sled settings that survive a power cut.
 //! - [`space`]: the free-space floors that keep sled and tantivy away from a full disk.
 //! - [`layout`]: what lives where in the data folder, and the move from the old layout.
+//! - [`data_lock`]: one server per data folder, and who holds it when a second one starts.
 //! - [`event`]: the events, their versions and their encoding.
 //! - [`projection`]: folds over the log with checkpoints — chat history, message search,
 //!   sessions with their deadline index.
 //! - [`clock`]: wall-clock time for due times, injectable for tests.
 //! - [`blob`]: the content-addressed file store and the file service over it.
+//! - [`janitor`]: the planner and runs of clean-up (sessions, lifecycle, orphans, retention,
+//!   log files), on a schedule and on demand.
+//! - [`disk`]: the disk thresholds (healthy, warning, critical, danger) and their watcher.
+//! - [`growth`]: daily samples of the data folder's size, and the days until each threshold.
 //! - [`config`]: configuration from defaults, a TOML file and the environment.
 //! - [`metrics`]: Prometheus metric names, rendered on `/metrics`.
 //! - [`recent_errors`]: the last warnings and errors, for `roomlog status`.
 //! - [`server`]: starts and stops all of the above in order.
 //! - [`backup`]: archives of a cut of the log; verification and restore.
 //! - [`check`]: `roomlog check`, the report on a stopped server's data folder.
+//! - [`fault`]: fault points for crash and failure tests (inert in production).
 //!
 //! `ARCHITECTURE.md` walks the same pipeline and states the runtime guarantees.
 
@@ -38,6 +45,7 @@ pub mod blob;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod data_lock;
 pub mod disk;
 pub mod durable;
 pub mod event;

@@ -265,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&config)?);
+            print!("{}", config_listing(&config)?);
             Ok(())
         }
         Command::Backup { action: Some(BackupAction::Verify { file }), .. } => {
@@ -356,7 +356,13 @@ async fn main() -> anyhow::Result<()> {
             for (room, total) in storage["messages"].as_object().into_iter().flatten() {
                 println!("  {room:<24} {:>10} messages {:>10.1} MiB", total["messages"], mib(&total["bytes"]));
             }
-            println!("sessions: {}", storage["sessions"]);
+            let sessions: Vec<String> = storage["sessions"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(state, count)| format!("{} {state}", count.as_u64().unwrap_or(0)))
+                .collect();
+            println!("sessions: {}", if sessions.is_empty() { "none".to_owned() } else { sessions.join(", ") });
             let growth = &storage["growth"];
             for (span, rate) in [("7 days", &growth["last_7_days"]), ("30 days", &growth["last_30_days"])] {
                 match rate["fs_used_bytes_per_day"].as_f64() {
@@ -422,6 +428,10 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
     }
     roomlog::durable::create_dir_all(&config.data)
         .with_context(|| format!("creating data folder {}", config.data.display()))?;
+    // Checked before binding and compacting: a second server on a folder in use says which
+    // one holds it, not that the port is taken or the database locked. `Server::start` takes
+    // the lock for good.
+    let checked = roomlog::data_lock::DataLock::acquire(&config.data, &config.addr_file())?;
     // `Server::start` moves an old layout itself (and says so in /api/status); compaction
     // before it needs the new layout first.
     if config.log.compact_at_start {
@@ -440,6 +450,7 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
     }
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    drop(checked);
     let server = Server::start(config, listener).await?;
     println!("roomlog listening on {}", server.addr());
     let failure = tokio::select! {
@@ -1029,15 +1040,17 @@ fn init_tracing(
         tracing_subscriber::EnvFilter::try_from_env("ROOMLOG_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
-    let writer = if to_stderr {
-        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    use std::io::IsTerminal;
+    // Colour only on a terminal: journald and files keep escape codes as text.
+    let (writer, ansi) = if to_stderr {
+        (tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal())
     } else {
-        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+        (tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout), std::io::stdout().is_terminal())
     };
     let stdout = if logging.json {
         tracing_subscriber::fmt::layer().json().with_writer(writer).boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(writer).boxed()
+        tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer).boxed()
     };
     let (files, guard) = match &logging.dir {
         Some(dir) => {
@@ -1051,7 +1064,8 @@ fn init_tracing(
                 .with_context(|| format!("log files in {}", dir.display()))?;
             let (writer, guard) = tracing_appender::non_blocking(appender);
             let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer);
-            let layer = if logging.json { layer.json().boxed() } else { layer.boxed() };
+            let layer =
+                if logging.json { layer.json().boxed() } else { layer.fmt_fields(FileFields::default()).boxed() };
             (Some(layer.with_filter(filter())), Some(guard))
         }
         None => (None, None),
@@ -1063,4 +1077,88 @@ fn init_tracing(
         .with(roomlog::recent_errors::RecentErrorsLayer.with_filter(tracing::level_filters::LevelFilter::WARN))
         .init();
     Ok(guard)
+}
+
+/// The log files' span field formatter: `DefaultFields` under a type of its own. Span fields
+/// are formatted once per formatter type and shared between layers, so with the terminal's
+/// formatter type the files got the terminal's colour codes in span fields (issue 17).
+#[derive(Debug, Default)]
+struct FileFields(tracing_subscriber::fmt::format::DefaultFields);
+
+impl<'a> tracing_subscriber::field::MakeVisitor<tracing_subscriber::fmt::format::Writer<'a>> for FileFields {
+    type Visitor = tracing_subscriber::fmt::format::DefaultVisitor<'a>;
+
+    fn make_visitor(&self, target: tracing_subscriber::fmt::format::Writer<'a>) -> Self::Visitor {
+        self.0.make_visitor(target)
+    }
+}
+
+/// The configuration in force as TOML, with every key: TOML has no null, so a key without a
+/// value (`files.cold_dir`, `logging.dir`, ...) is listed commented out, and an empty list of
+/// tables (`files.on_pay`) as `[]`.
+fn config_listing(config: &Config) -> anyhow::Result<String> {
+    fn leaves(value: &serde_json::Value, section: &str, out: &mut Vec<(String, String, serde_json::Value)>) {
+        for (key, child) in value.as_object().into_iter().flatten() {
+            match child {
+                serde_json::Value::Object(_) => {
+                    let inner = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
+                    leaves(child, &inner, out);
+                }
+                _ => out.push((section.to_owned(), key.clone(), child.clone())),
+            }
+        }
+    }
+    let text = toml::to_string_pretty(config)?;
+    // (header, lines) in order; the first has no header (the top-level keys).
+    let mut sections: Vec<(String, Vec<String>)> = vec![(String::new(), Vec::new())];
+    for line in text.lines() {
+        match line.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            Some(header) if !header.starts_with('[') => sections.push((header.to_owned(), Vec::new())),
+            _ => {
+                if let Some(last) = sections.last_mut() {
+                    last.1.push(line.to_owned());
+                }
+            }
+        }
+    }
+    let mut all = Vec::new();
+    leaves(&serde_json::to_value(config)?, "", &mut all);
+    for (section, key, value) in all {
+        let path = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
+        if text.contains(&format!("[[{path}]]")) {
+            continue;
+        }
+        let line = match &value {
+            serde_json::Value::Null => format!("# {key} =   (unset)"),
+            other => format!("{key} = {}", toml::Value::try_from(other)?),
+        };
+        let index = match sections.iter().position(|(header, _)| *header == section) {
+            Some(index) => index,
+            None => {
+                sections.push((section.clone(), Vec::new()));
+                sections.len() - 1
+            }
+        };
+        let lines = &mut sections[index].1;
+        if lines.iter().any(|l| l.trim_start().starts_with(&format!("{key} ="))) {
+            continue;
+        }
+        // Before the blank line that ends the section.
+        let at = lines.iter().rposition(|l| !l.trim().is_empty()).map_or(0, |i| i + 1);
+        lines.insert(at, line);
+    }
+    let mut out = String::new();
+    for (header, lines) in sections {
+        if !header.is_empty() {
+            if !out.is_empty() && !out.ends_with("\n\n") {
+                out.push('\n');
+            }
+            out.push_str(&format!("[{header}]\n"));
+        }
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
 }

@@ -72,6 +72,7 @@ pub fn handle() -> Option<PrometheusHandle> {
             match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => {
                     describe();
+                    zero();
                     Some(handle)
                 }
                 Err(error) => {
@@ -124,7 +125,7 @@ fn describe() {
     describe_histogram!(SEARCH_SECONDS, Unit::Seconds, "message searches, query and snippets");
     describe_gauge!(SEARCH_INDEX_DOCUMENTS, "messages in the search index as last committed");
     describe_gauge!(SEARCH_INDEX_DISK_BYTES, Unit::Bytes, "bytes of the search index on disk");
-    describe_counter!(JANITOR_RUNS_TOTAL, "janitor runs, by outcome (succeeded, failed)");
+    describe_counter!(JANITOR_RUNS_TOTAL, "janitor runs, by outcome (succeeded, partial, failed)");
     describe_histogram!(JANITOR_RUN_SECONDS, Unit::Seconds, "duration of janitor runs");
     describe_counter!(JANITOR_FREED_BYTES_TOTAL, Unit::Bytes, "bytes of keys, content and orphans the janitor removed");
     describe_counter!(FILE_TIER_MOVES_TOTAL, "content moved between tiers, by target tier");
@@ -132,6 +133,56 @@ fn describe() {
     describe_counter!(FILE_UPLOADS_TOTAL, "uploads stored under a key");
     describe_counter!(FILE_UPLOAD_BYTES_TOTAL, Unit::Bytes, "bytes of uploads stored under a key");
     describe_gauge!(FILE_BYTES, Unit::Bytes, "bytes of content stored, by tier");
+}
+
+/// Why a WebSocket connection is refused: the values of `reason` on [`CONNECTIONS_REFUSED_TOTAL`].
+pub const REFUSED_REASONS: [&str; 4] =
+    ["too_many_failures", "unauthorized", "too_many_from_address", "too_many_connections"];
+
+/// How a janitor run ends: the values of `outcome` on [`JANITOR_RUNS_TOTAL`].
+pub const JANITOR_OUTCOMES: [&str; 3] = ["succeeded", "partial", "failed"];
+
+/// Registers every counter, with every label value it can take, and every histogram, at 0.
+///
+/// A counter that first appears at 1 hides its first increase from PromQL (`increase()` needs
+/// two samples), so the alert on the first failure after a start never fired (issue 17).
+fn zero() {
+    for name in [
+        CONNECTIONS_TOTAL,
+        ACCEPT_ERRORS_TOTAL,
+        RATE_LIMITED_TOTAL,
+        IDLE_CLOSED_TOTAL,
+        JOINS_TOTAL,
+        MESSAGES_APPENDED_TOTAL,
+        MESSAGES_DELIVERED_TOTAL,
+        SLOW_CONSUMERS_TOTAL,
+        APPEND_FAILURES_TOTAL,
+        LOG_EVENTS_TOTAL,
+        ROOM_RESTARTS_TOTAL,
+        BACKUP_FAILURES_TOTAL,
+        SESSION_DUE_APPLIED_TOTAL,
+        JANITOR_FREED_BYTES_TOTAL,
+        FILE_UPLOADS_TOTAL,
+        FILE_UPLOAD_BYTES_TOTAL,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in REFUSED_REASONS {
+        metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(0);
+    }
+    for code in crate::wire::ErrorCode::ALL {
+        metrics::counter!(FRAME_ERRORS_TOTAL, "code" => code.as_str()).increment(0);
+    }
+    for outcome in JANITOR_OUTCOMES {
+        metrics::counter!(JANITOR_RUNS_TOTAL, "outcome" => outcome).increment(0);
+    }
+    for to in ["hot", "cold"] {
+        metrics::counter!(FILE_TIER_MOVES_TOTAL, "to" => to).increment(0);
+    }
+    // A histogram handle renders its buckets at 0 until the first sample.
+    for name in [DELIVERY_SECONDS, APPEND_BATCH_EVENTS, APPEND_DURABLE_SECONDS, SEARCH_SECONDS, JANITOR_RUN_SECONDS] {
+        let _ = metrics::histogram!(name);
+    }
 }
 
 /// Used fraction (0 to 1) of the filesystem holding `dir`; `None` if it cannot be read.

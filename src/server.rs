@@ -42,6 +42,10 @@ pub enum ServerError {
     Config(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    /// Another server holds the data folder (or its lock file cannot be used): `roomlog serve`
+    /// prints this and exits 1.
+    #[error(transparent)]
+    Locked(#[from] crate::data_lock::DataLockError),
 }
 
 /// A running server.
@@ -53,6 +57,8 @@ pub struct Server {
     serving: JoinHandle<()>,
     /// Projection tasks; they end when the log closes.
     projections: Vec<JoinHandle<()>>,
+    /// Held from before the databases open until after they close.
+    lock: crate::data_lock::DataLock,
 }
 
 impl Server {
@@ -93,6 +99,10 @@ impl Server {
     ) -> Result<Self, ServerError> {
         // Checked before anything opens: a bad rule stops start-up with nothing held.
         let lifecycle = config.lifecycle_rules().map_err(|e| ServerError::Config(e.to_string()))?;
+        // Before anything in the folder is touched: a second server names the first.
+        crate::durable::create_dir_all(&config.data)
+            .map_err(|source| ServerError::Io { what: format!("creating {}", config.data.display()), source })?;
+        let lock = crate::data_lock::DataLock::acquire(&config.data, &config.addr_file())?;
         let (data, cache_bytes_max) = (config.data.clone(), config.log.cache_bytes_max);
         // Below the log floor, the reserve makes room for opening the databases (sled writes a
         // snapshot at recovery) and for the janitor's clean-up.
@@ -263,6 +273,7 @@ impl Server {
             stop,
             serving,
             projections: vec![history_following, search_following, sessions_following, files_following],
+            lock,
         })
     }
 
@@ -334,7 +345,8 @@ impl Server {
         for projection in self.projections {
             let _ = projection.await;
         }
-        let _ = std::fs::remove_file(self.app.config.addr_file());
+        // roomlog.addr stays: `roomlog status` on a stopped folder names the address last used.
+        drop(self.lock);
         tracing::info!("roomlog stopped");
     }
 }

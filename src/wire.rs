@@ -95,6 +95,29 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for the metrics that count them (exported at 0 from the start).
+    pub const ALL: [ErrorCode; 19] = [
+        ErrorCode::MalformedJson,
+        ErrorCode::BinaryFrame,
+        ErrorCode::UnknownType,
+        ErrorCode::MissingField,
+        ErrorCode::UnknownField,
+        ErrorCode::InvalidField,
+        ErrorCode::InvalidRoom,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::InvalidClientId,
+        ErrorCode::NotJoined,
+        ErrorCode::TooManyRooms,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::NotFound,
+        ErrorCode::InvalidQuery,
+        ErrorCode::StorageUnavailable,
+        ErrorCode::DiskFull,
+        ErrorCode::RoomUnavailable,
+        ErrorCode::ShuttingDown,
+    ];
+
     /// The code of a failed append: the disk, the shutdown, or the storage.
     pub fn of_append(error: &crate::log::LogError) -> Self {
         match error {

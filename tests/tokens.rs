@@ -381,9 +381,32 @@ async fn private_metrics_need_an_admin_token_and_public_ones_need_none() {
     let mut config = common::config(dir.path());
     config.auth.anonymous = Anonymous::None;
     config.auth.admin_from_host = false;
+    config.auth.metrics_private = false;
     let server = common::start(config).await;
     let url = format!("http://{}/metrics", server.addr());
-    assert_eq!(status(http.get(&url)).await, 200, "public metrics (the default) need no token");
+    assert_eq!(status(http.get(&url)).await, 200, "public metrics (auth.metrics_private = false) need no token");
+    server.shutdown().await;
+}
+
+/// Issue 17: `/metrics` was public by default, and so public to the internet through a tunnel
+/// (cloudflared, ngrok, `ssh -R` connect from loopback, so "loopback is trusted" is no
+/// defence). By default it needs an admin token, from loopback too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_an_admin_token_by_default_even_from_loopback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = roomlog::Config { data: dir.path().to_path_buf(), ..roomlog::Config::default() };
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    common::host_disk_independent(&mut config.disk);
+    config.normalise();
+    let secrets = SecretFiles { dir: config.secret_dir() }.load_or_create().expect("secret");
+    let server = common::start(config).await;
+    let url = format!("http://{}/metrics", server.addr());
+    let http = reqwest::Client::new();
+    let refused = http.get(&url).send().await.expect("metrics").status().as_u16();
+    assert_eq!(refused, 401, "a scrape from loopback without a token, as a tunnel's would be");
+    let admin = secrets.issue(&claims("prometheus", &[], true, now_s() + 3600));
+    let scraped = http.get(&url).bearer_auth(&admin).send().await.expect("metrics").status().as_u16();
+    assert_eq!(scraped, 200, "an admin token, as ops/prometheus/prometheus.yml sends it");
     server.shutdown().await;
 }
 

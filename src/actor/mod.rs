@@ -1,5 +1,7 @@
 //! Actors (ractor on tokio): one [`room::RoomActor`] per active room under one
-//! [`rooms::RoomSupervisor`]. Sessions and the janitor join them here as their issues land.
+//! [`rooms::RoomSupervisor`], and one [`session::SessionActor`] per live session under the
+//! supervisor in [`sessions`], which also sweeps due expiries and purges. The janitor is its own
+//! actor in `crate::janitor`.
 
 pub mod room;
 pub mod rooms;
