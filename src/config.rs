@@ -335,6 +335,9 @@ pub struct AuthConfig {
     /// Whether `/metrics` needs the admin scope too (an admin token, or the host when
     /// `admin_from_host`).
     pub metrics_private: bool,
+    /// Names no caller without a token may take (compared case-insensitively), besides the
+    /// ones reserved by token users themselves (see `auth::ReservedNames`).
+    pub reserved_names: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -344,6 +347,7 @@ impl Default for AuthConfig {
             secret_dir: None,
             admin_from_host: false,
             metrics_private: false,
+            reserved_names: Vec::new(),
         }
     }
 }

@@ -422,3 +422,69 @@ async fn the_dashboard_without_an_admin_token_is_a_page_that_asks_for_one() {
     assert!(body.contains("id=\"gauge\""), "the dashboard itself");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_created_paid_and_listed_by_an_admin_only_even_when_anonymous_callers_may_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::Write;
+    config.auth.admin_from_host = false;
+    let secrets = SecretFiles { dir: config.secret_dir() }.load_or_create().expect("secret");
+    let server = common::start(config).await;
+    let addr = server.addr();
+    let admin = secrets.issue(&claims("app", &[], true, now_s() + 3600));
+    let http = reqwest::Client::new();
+    let status = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.expect("http");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    };
+    let base = format!("http://{addr}/api/sessions");
+    for (what, request) in [
+        ("create", http.post(&base)),
+        ("create under a name", http.post(format!("{base}?name=eve"))),
+        ("list", http.get(&base)),
+        ("stats", http.get(format!("{base}/stats"))),
+    ] {
+        let (code, body) = status(request).await;
+        assert_eq!(code, 401, "an anonymous caller may not {what} sessions: {body}");
+        assert!(body.contains("\"unauthorized\""), "{what}: {body}");
+    }
+    let id = create_session(addr, &admin).await;
+    let (code, body) = status(http.post(format!("{base}/{id}/pay?name=eve"))).await;
+    assert_eq!(code, 401, "nor pay one (a free paid session): {body}");
+    let (code, body) = status(http.get(format!("{base}/{id}"))).await;
+    assert_eq!(code, 200, "the session is unpaid still: {body}");
+    assert!(body.contains("\"active\""), "{body}");
+    let (code, body) = status(http.post(format!("{base}/{id}/pay")).bearer_auth(&admin)).await;
+    assert_eq!(code, 200, "the app's backend pays it: {body}");
+    let (code, body) = status(http.get(&base).bearer_auth(&admin)).await;
+    assert_eq!(code, 200, "and lists them: {body}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_caller_may_not_take_a_name_reserved_by_a_token_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::Write;
+    config.auth.reserved_names = vec!["Ops".into()];
+    let secrets = SecretFiles { dir: config.secret_dir() }.load_or_create().expect("secret");
+    let alice = secrets.issue(&claims("alice", &[("*", true)], false, now_s() + 3600));
+    let server = common::start(config).await;
+    let addr = server.addr();
+    let mut real = Client::connect_query(addr, &format!("token={alice}"), "alice").await.expect("alice's token");
+    real.join("lobby", None).await;
+    for taken in ["alice", "ALICE", "ops"] {
+        let refused = Client::connect_query(addr, &format!("name={taken}"), "mallory").await.err();
+        assert_eq!(refused, Some(401), "{taken} is reserved for a token user");
+        let (status, body) = common::get(addr, &format!("/api/search?q=hello&name={taken}")).await;
+        assert_eq!(status, 401, "over HTTP too ({taken}): {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("reserved"), "the refusal says why: {body}");
+    }
+    let mut zoe = Client::connect_query(addr, "name=zoe", "zoe").await.expect("a free name");
+    zoe.join("lobby", None).await;
+    assert!(zoe.say("lobby", "hi", "1").await > 0);
+    drop((real, zoe));
+    server.shutdown().await;
+}

@@ -429,6 +429,18 @@ pub fn admin_check(
     }
 }
 
+/// [`admin_check`] as a value rather than a rejection, for routes that also serve other callers
+/// (sessions: creating, paying and listing them is for the admin scope in every
+/// `auth.anonymous` mode; reading one is for its own token too).
+pub type AdminStatus = Result<(), Refusal>;
+
+/// The [`AdminStatus`] of a request.
+pub fn admin_status(app: Arc<App>) -> impl Filter<Extract = (AdminStatus,), Error = Rejection> + Clone {
+    listen::peer()
+        .and(credentials())
+        .map(move |peer: Option<std::net::SocketAddr>, query: HashMap<String, String>| admin_check(peer, &query, &app))
+}
+
 /// A request refused by [`admin`].
 #[derive(Debug)]
 pub struct AdminOnly(Refusal);
