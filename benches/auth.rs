@@ -30,6 +30,7 @@ fn token_costs(c: &mut Criterion) {
         anonymous: Anonymous::None,
         clock: Arc::new(SystemClock),
         sessions: std::sync::OnceLock::new(),
+        reserved: Default::default(),
     };
     let with_token = Credentials { query: HashMap::from([("token".to_owned(), token.clone())]) };
     group.bench_function("authenticate with a token (per connection)", |b| {

@@ -145,6 +145,44 @@ pub struct TokenAuth {
     pub clock: std::sync::Arc<dyn Clock>,
     /// For tokens bound to a session; set by the server once the projection is open.
     pub sessions: std::sync::OnceLock<crate::projection::sessions::Sessions>,
+    /// The names callers without a token may not take.
+    pub reserved: ReservedNames,
+}
+
+/// Names a caller without a token (`auth.anonymous = "read"` or `"write"`) may not take, so
+/// that nobody can post as a token user: the operator's `auth.reserved_names`, and every user
+/// that has connected with a valid token since the server started. Compared lower-cased
+/// (`Alice` is `alice`). Bounded: past [`RESERVED_NAMES_MAX`] names learnt from tokens, new
+/// ones are no longer learnt (the configured ones always hold).
+#[derive(Debug, Default)]
+pub struct ReservedNames {
+    names: std::sync::RwLock<std::collections::HashSet<String>>,
+}
+
+/// Most names [`ReservedNames`] learns from tokens.
+pub const RESERVED_NAMES_MAX: usize = 100_000;
+
+impl ReservedNames {
+    /// The operator's list (`auth.reserved_names`).
+    pub fn new(configured: &[String]) -> Self {
+        Self { names: std::sync::RwLock::new(configured.iter().map(|n| n.trim().to_lowercase()).collect()) }
+    }
+
+    /// Reserves `user`, a token's user.
+    pub fn learn(&self, user: &str) {
+        if self.is_reserved(user) {
+            return;
+        }
+        let mut names = self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if names.len() < RESERVED_NAMES_MAX {
+            names.insert(user.to_lowercase());
+        }
+    }
+
+    pub fn is_reserved(&self, name: &str) -> bool {
+        let names = self.names.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        names.contains(&name.trim().to_lowercase())
+    }
 }
 
 impl Authenticator for TokenAuth {
@@ -163,6 +201,7 @@ impl Authenticator for TokenAuth {
                     return Err(AuthError(format!("the token's session {id} is {}", state.as_str())));
                 }
             }
+            self.reserved.learn(&claims.user);
             return Ok(Identity {
                 user: claims.user,
                 admin: claims.admin,
@@ -171,15 +210,25 @@ impl Authenticator for TokenAuth {
                 session: claims.session,
             });
         }
+        let named = |credentials: &Credentials| {
+            let identity = NameOnly.authenticate(credentials)?;
+            if self.reserved.is_reserved(&identity.user) {
+                return Err(AuthError(format!(
+                    "the name {:?} is reserved for a user with a token: connect with your token, or pick another name",
+                    identity.user
+                )));
+            }
+            Ok(identity)
+        };
         match self.anonymous {
             Anonymous::None => Err(AuthError("a token is required: connect with ?token=TOKEN".into())),
             Anonymous::Read => {
-                let mut identity = NameOnly.authenticate(credentials)?;
+                let mut identity = named(credentials)?;
                 identity.grants = Some(vec![RoomGrant { pattern: "*".into(), write: false }]);
                 identity.files = Some(vec![FileGrant { prefix: String::new(), write: false }]);
                 Ok(identity)
             }
-            Anonymous::Write => NameOnly.authenticate(credentials),
+            Anonymous::Write => named(credentials),
         }
     }
 

@@ -348,6 +348,15 @@ pub struct AuthConfig {
     /// client connects from loopback, so a public `/metrics` would be public to the internet.
     /// Prometheus sends an admin token (`ops/prometheus/prometheus.yml`).
     pub metrics_private: bool,
+    /// Names no caller without a token may take (compared case-insensitively), besides the
+    /// ones reserved by token users themselves (see `auth::ReservedNames`).
+    pub reserved_names: Vec<String>,
+    /// Peers whose forwarding headers (`CF-Connecting-IP`, `Forwarded`, `X-Forwarded-For`)
+    /// say who the client is: a tunnel or reverse proxy on this host (cloudflared, ngrok,
+    /// nginx), typically `["127.0.0.1", "::1"]`. Empty by default: from any other peer those
+    /// headers are the client's own word, and a client that could name its address would get a
+    /// fresh failure budget per request.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for AuthConfig {
@@ -357,6 +366,8 @@ impl Default for AuthConfig {
             secret_dir: None,
             admin_from_host: false,
             metrics_private: true,
+            reserved_names: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

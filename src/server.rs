@@ -77,6 +77,7 @@ impl Server {
             anonymous: config.auth.anonymous,
             clock: Arc::new(SystemClock),
             sessions: Default::default(),
+            reserved: crate::auth::ReservedNames::new(&config.auth.reserved_names),
         };
         Self::start_with(config, listener, Arc::new(auth)).await
     }

@@ -336,3 +336,32 @@ async fn a_cursor_past_the_relevance_window_is_refused_and_the_server_goes_on() 
     assert_eq!((status, answer["total"].as_u64()), (200, Some(1)), "{answer}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_chinese_or_japanese_character_finds_the_messages_that_contain_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path())).await;
+    let addr = server.addr();
+    let mut ann = Client::connect(addr, "ann").await;
+    ann.join("dev", None).await;
+    let mut seq = std::collections::HashMap::new();
+    let posts = [
+        ("a", "我们的团队今天发布了新版本"),
+        ("b", "团队"),
+        ("c", "东京へ行く"),
+        ("d", "好"),
+        ("e", "no ideographs here"),
+    ];
+    for (key, body) in posts {
+        seq.insert(key, post(&mut ann, "dev", body, key).await);
+    }
+    projections_caught_up(addr).await;
+    let s = |keys: &[&str]| keys.iter().map(|k| seq[k]).collect::<BTreeSet<u64>>();
+    assert_eq!(found(addr, "q=团").await, s(&["a", "b"]), "at the start of a bigram and in the middle of a run");
+    assert_eq!(found(addr, "q=队").await, s(&["a", "b"]), "at the end of a bigram");
+    assert_eq!(found(addr, "q=本").await, s(&["a"]), "at the end of a run");
+    assert_eq!(found(addr, "q=行").await, s(&["c"]), "japanese");
+    assert_eq!(found(addr, "q=好").await, s(&["d"]), "a lone character");
+    assert_eq!(found(addr, "q=团+-本").await, s(&["b"]), "excluded too");
+    server.shutdown().await;
+}

@@ -109,6 +109,9 @@ async fn the_permission_matrix_refuses_every_unauthorized_case_and_allows_every_
     config.auth.anonymous = Anonymous::None;
     // The tests' host is no admin here: only an admin token is.
     config.auth.admin_from_host = false;
+    // Every refused token of the matrix comes from this one address, over HTTP too since those
+    // failures count: the limit (tested on its own below) must not answer for the permissions.
+    config.limits.auth_failures_per_minute = 10_000;
     // Three secrets in turn: the first is rotated out, the second is within its grace period.
     let files = SecretFiles { dir: config.secret_dir() };
     let hour = now_s() + 3600;
@@ -274,8 +277,9 @@ async fn an_address_that_keeps_failing_to_authenticate_is_refused_for_a_while() 
     }
     let refused = Client::connect_query(addr, "token=rl1.forged.AAAA", "mallory").await.err();
     assert_eq!(refused, Some(429), "the sixth failure in a minute is refused before authentication");
-    let refused = Client::connect_query(addr, &format!("token={good}"), "alice").await.err();
-    assert_eq!(refused, Some(429), "the whole address waits, a good token too");
+    let client = Client::connect_query(addr, &format!("token={good}"), "alice").await;
+    assert!(client.is_ok(), "a valid token is never refused because of failures from its address");
+    drop(client);
     server.shutdown().await;
 }
 
@@ -443,5 +447,161 @@ async fn the_dashboard_without_an_admin_token_is_a_page_that_asks_for_one() {
     let (status, _, body) = fetch(format!("?token={admin}")).await;
     assert_eq!(status, 200, "an admin token opens the dashboard");
     assert!(body.contains("id=\"gauge\""), "the dashboard itself");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_created_paid_and_listed_by_an_admin_only_even_when_anonymous_callers_may_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::Write;
+    config.auth.admin_from_host = false;
+    let secrets = SecretFiles { dir: config.secret_dir() }.load_or_create().expect("secret");
+    let server = common::start(config).await;
+    let addr = server.addr();
+    let admin = secrets.issue(&claims("app", &[], true, now_s() + 3600));
+    let http = reqwest::Client::new();
+    let status = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.expect("http");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    };
+    let base = format!("http://{addr}/api/sessions");
+    for (what, request) in [
+        ("create", http.post(&base)),
+        ("create under a name", http.post(format!("{base}?name=eve"))),
+        ("list", http.get(&base)),
+        ("stats", http.get(format!("{base}/stats"))),
+    ] {
+        let (code, body) = status(request).await;
+        assert_eq!(code, 401, "an anonymous caller may not {what} sessions: {body}");
+        assert!(body.contains("\"unauthorized\""), "{what}: {body}");
+    }
+    let id = create_session(addr, &admin).await;
+    let (code, body) = status(http.post(format!("{base}/{id}/pay?name=eve"))).await;
+    assert_eq!(code, 401, "nor pay one (a free paid session): {body}");
+    let (code, body) = status(http.get(format!("{base}/{id}"))).await;
+    assert_eq!(code, 200, "the session is unpaid still: {body}");
+    assert!(body.contains("\"active\""), "{body}");
+    let (code, body) = status(http.post(format!("{base}/{id}/pay")).bearer_auth(&admin)).await;
+    assert_eq!(code, 200, "the app's backend pays it: {body}");
+    let (code, body) = status(http.get(&base).bearer_auth(&admin)).await;
+    assert_eq!(code, 200, "and lists them: {body}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_caller_may_not_take_a_name_reserved_by_a_token_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::Write;
+    config.auth.reserved_names = vec!["Ops".into()];
+    let secrets = SecretFiles { dir: config.secret_dir() }.load_or_create().expect("secret");
+    let alice = secrets.issue(&claims("alice", &[("*", true)], false, now_s() + 3600));
+    let server = common::start(config).await;
+    let addr = server.addr();
+    let mut real = Client::connect_query(addr, &format!("token={alice}"), "alice").await.expect("alice's token");
+    real.join("lobby", None).await;
+    for taken in ["alice", "ALICE", "ops"] {
+        let refused = Client::connect_query(addr, &format!("name={taken}"), "mallory").await.err();
+        assert_eq!(refused, Some(401), "{taken} is reserved for a token user");
+        let (status, body) = common::get(addr, &format!("/api/search?q=hello&name={taken}")).await;
+        assert_eq!(status, 401, "over HTTP too ({taken}): {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("reserved"), "the refusal says why: {body}");
+    }
+    let mut zoe = Client::connect_query(addr, "name=zoe", "zoe").await.expect("a free name");
+    zoe.join("lobby", None).await;
+    assert!(zoe.say("lobby", "hi", "1").await > 0);
+    drop((real, zoe));
+    server.shutdown().await;
+}
+
+/// Connects through a "tunnel": to the server from 127.0.0.1, with forwarding `headers` naming
+/// the client. The refusal's HTTP status if the server does not upgrade.
+async fn connect_forwarded(addr: std::net::SocketAddr, query: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/ws?{query}").into_client_request().expect("request");
+    for (name, value) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("name");
+        request.headers_mut().append(name, value.parse().expect("header value"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(Client::from_stream(ws, "forwarded")),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(error) => panic!("ws connect failed: {error}"),
+    }
+}
+
+/// An HTTP search through the "tunnel" with `token` and forwarding `headers`: its status.
+async fn search_forwarded(addr: std::net::SocketAddr, token: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut request = reqwest::Client::new().get(format!("http://{addr}/api/search?q=hello")).bearer_auth(token);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("search").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_tunnel_one_stranger_failing_locks_out_only_itself() {
+    // cloudflared, ngrok and the like connect from 127.0.0.1 and name the client in a header.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::None;
+    config.auth.admin_from_host = false;
+    config.auth.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+    config.limits.auth_failures_per_minute = 5;
+    let secrets = SecretFiles { dir: config.secret_dir() }.load_or_create().expect("secret");
+    let good = secrets.issue(&claims("alice", &[("*", true)], false, now_s() + 3600));
+    let server = common::start(config).await;
+    let addr = server.addr();
+    let stranger = [("x-forwarded-for", "203.0.113.9")];
+    for n in 0..5 {
+        assert_eq!(connect_forwarded(addr, "token=rl1.forged.AAAA", &stranger).await.err(), Some(401), "failure {n}");
+    }
+    assert_eq!(
+        connect_forwarded(addr, "token=rl1.forged.AAAA", &stranger).await.err(),
+        Some(429),
+        "the stranger waits"
+    );
+    assert_eq!(search_forwarded(addr, "rl1.forged.AAAA", &stranger).await, 429, "over HTTP too");
+    // Everyone else behind the same tunnel, named by any of the three headers, is not affected.
+    for other in [
+        [("x-forwarded-for", "198.51.100.7")],
+        [("cf-connecting-ip", "198.51.100.8")],
+        [("forwarded", "for=\"[2001:db8::7]:4711\";proto=https")],
+    ] {
+        assert_eq!(connect_forwarded(addr, "token=rl1.forged.AAAA", &other).await.err(), Some(401), "{other:?}");
+        let client = connect_forwarded(addr, &format!("token={good}"), &other).await;
+        assert!(client.is_ok(), "{other:?}: a valid token connects");
+    }
+    let client = connect_forwarded(addr, &format!("token={good}"), &stranger).await;
+    assert!(client.is_ok(), "a valid token is never refused, even from the stranger's address");
+    assert_eq!(search_forwarded(addr, &good, &stranger).await, 200, "nor over HTTP");
+    // HTTP failures count as well: five bad tokens over HTTP, then the WebSocket is refused.
+    let prober = [("x-forwarded-for", "192.0.2.50")];
+    for n in 0..5 {
+        assert_eq!(search_forwarded(addr, "rl1.forged.AAAA", &prober).await, 401, "http failure {n}");
+    }
+    assert_eq!(search_forwarded(addr, "rl1.forged.AAAA", &prober).await, 429, "the sixth http failure");
+    assert_eq!(connect_forwarded(addr, "token=rl1.forged.AAAA", &prober).await.err(), Some(429));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_from_a_peer_that_is_not_a_trusted_proxy_are_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::None;
+    config.limits.auth_failures_per_minute = 5;
+    let server = common::start(config).await;
+    let addr = server.addr();
+    // No trusted proxy (the default): a client that names a new address each time gains nothing.
+    for n in 0..5 {
+        let fake = format!("203.0.113.{n}");
+        let refused = connect_forwarded(addr, "token=rl1.forged.AAAA", &[("x-forwarded-for", fake.as_str())]).await;
+        assert_eq!(refused.err(), Some(401), "failure {n}");
+    }
+    let refused = connect_forwarded(addr, "token=rl1.forged.AAAA", &[("x-forwarded-for", "203.0.113.99")]).await;
+    assert_eq!(refused.err(), Some(429), "counted by the peer's own address");
     server.shutdown().await;
 }

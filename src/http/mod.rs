@@ -3,6 +3,7 @@
 //! Errors over HTTP are `{"error": {"code": "...", "message": "..."}}` with a stable code.
 
 pub mod api;
+pub mod client_addr;
 pub mod files;
 pub mod janitor;
 pub mod listen;
@@ -237,8 +238,70 @@ pub fn error_reply(status: StatusCode, code: &str, message: &str) -> warp::reply
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
-/// All routes.
+/// All routes, behind the failure limit: a client (see [`client_addr`]) whose tokens were
+/// refused `limits.auth_failures_per_minute` times this minute gets 429 for another token that
+/// is not valid, over HTTP and WebSocket alike; a valid token is never refused for it (behind
+/// a tunnel that names no client, others' failures would otherwise lock everyone out).
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let trusted: Arc<[std::net::IpAddr]> = app.config.auth.trusted_proxies.clone().into();
+    let inner = inner_routes(app.clone(), trusted.clone());
+    let lenient = credentials().or(warp::any().map(HashMap::new)).unify();
+    let (gate_app, count_app) = (app.clone(), app);
+    client_addr::client(trusted)
+        .and(lenient)
+        .and_then(move |ip: Option<std::net::IpAddr>, query: HashMap<String, String>| {
+            let refused = failure_gate(ip, &query, &gate_app);
+            let presented = query.contains_key("token");
+            async move {
+                match refused {
+                    Some(refusal) => Err(warp::reject::custom(TooManyFailures(refusal))),
+                    None => Ok((ip, presented)),
+                }
+            }
+        })
+        .untuple_one()
+        .and(inner)
+        .map(move |ip: Option<std::net::IpAddr>, presented: bool, response: warp::reply::Response| {
+            // A token that was refused (a missing one is no guess at a token).
+            if presented && response.status() == StatusCode::UNAUTHORIZED {
+                if let Some(ip) = ip {
+                    count_app.auth_failures.failed(ip);
+                }
+            }
+            response
+        })
+        .recover(|rejection: Rejection| async move {
+            match rejection.find::<TooManyFailures>() {
+                Some(TooManyFailures(refusal)) => Ok(refusal.reply()),
+                None => self::rejection(rejection).await,
+            }
+        })
+        .unify()
+}
+
+/// A request refused by the failure limit.
+#[derive(Debug)]
+struct TooManyFailures(Refusal);
+impl warp::reject::Reject for TooManyFailures {}
+
+/// The 429 for a request whose client is over the failure limit and whose token is not valid.
+fn failure_gate(ip: Option<std::net::IpAddr>, query: &HashMap<String, String>, app: &App) -> Option<Refusal> {
+    let ip = ip?;
+    if !query.contains_key("token") || !app.auth_failures.blocked(ip) || api::identity_of(query, app).is_ok() {
+        return None;
+    }
+    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => "too_many_failures").increment(1);
+    let message = format!(
+        "more than {} failed authentications from your address this minute; wait and retry",
+        app.config.limits.auth_failures_per_minute
+    );
+    Some(Refusal { status: StatusCode::TOO_MANY_REQUESTS, code: "too_many_failures", message })
+}
+
+fn inner_routes(
+    app: Arc<App>,
+    trusted: Arc<[std::net::IpAddr]>,
+) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let with_app = {
         let app = app.clone();
         warp::any().map(move || app.clone())
@@ -246,7 +309,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(upgrade::request())
-        .and(crate::http::listen::peer())
+        .and(client_addr::client(trusted))
         .and(credentials())
         .and(with_app.clone())
         .map(upgrade);
@@ -382,6 +445,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .unify()
         .recover(rejection)
         .unify()
+        .boxed()
 }
 
 /// A caller's credentials: the query string, with `token` taken from an `Authorization:
@@ -444,6 +508,18 @@ pub fn admin_check(
     }
 }
 
+/// [`admin_check`] as a value rather than a rejection, for routes that also serve other callers
+/// (sessions: creating, paying and listing them is for the admin scope in every
+/// `auth.anonymous` mode; reading one is for its own token too).
+pub type AdminStatus = Result<(), Refusal>;
+
+/// The [`AdminStatus`] of a request.
+pub fn admin_status(app: Arc<App>) -> impl Filter<Extract = (AdminStatus,), Error = Rejection> + Clone {
+    listen::peer()
+        .and(credentials())
+        .map(move |peer: Option<std::net::SocketAddr>, query: HashMap<String, String>| admin_check(peer, &query, &app))
+}
+
 /// A request refused by [`admin`].
 #[derive(Debug)]
 pub struct AdminOnly(Refusal);
@@ -462,28 +538,17 @@ pub fn admin(app: Arc<App>) -> impl Filter<Extract = (), Error = Rejection> + Cl
 
 fn upgrade(
     request: upgrade::UpgradeRequest,
-    peer: Option<std::net::SocketAddr>,
+    ip: Option<std::net::IpAddr>,
     query: HashMap<String, String>,
     app: Arc<App>,
 ) -> warp::reply::Response {
     if *app.shutdown.borrow() {
         return error_reply(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down");
     }
-    let ip = peer.map(|p| p.ip());
-    if ip.is_some_and(|ip| app.auth_failures.blocked(ip)) {
-        metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => "too_many_failures").increment(1);
-        let text = format!(
-            "more than {} failed authentications from your address this minute; wait and retry",
-            app.config.limits.auth_failures_per_minute
-        );
-        return error_reply(StatusCode::TOO_MANY_REQUESTS, "too_many_failures", &text);
-    }
+    // The failure limit is in front of every route (see `routes`), which also counts this 401.
     let identity = match app.auth.authenticate(&Credentials { query }) {
         Ok(identity) => identity,
         Err(error) => {
-            if let Some(ip) = ip {
-                app.auth_failures.failed(ip);
-            }
             metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => "unauthorized").increment(1);
             return error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &error.0);
         }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use super::{error_reply, App, Caller, Refusal};
+use super::{error_reply, AdminStatus, App, Caller, Refusal};
 use crate::actor::session::{Command, SessionError};
 use crate::auth::Identity;
 use crate::event::{Envelope, SessionId};
@@ -41,14 +41,15 @@ struct EventView<'a> {
 /// Boxed: the route types are deep enough otherwise to overflow the compiler's recursion limit.
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let caller = super::caller(app.clone());
+    let admin = super::admin_status(app.clone());
     let with_app = warp::any().map(move || app.clone());
     let create = warp::path!("api" / "sessions")
         .and(warp::post())
         .and(warp::body::stream())
-        .and(caller.clone())
+        .and(admin.clone())
         .and(with_app.clone())
-        .then(|body, caller: Caller, app: Arc<App>| async move {
-            if let Err(refusal) = manager(caller) {
+        .then(|body, admin: AdminStatus, app: Arc<App>| async move {
+            if let Err(refusal) = admin {
                 return refusal.reply();
             }
             // Read at most CREATE_BODY_MAX bytes; no Content-Length (curl -X POST) is an empty body.
@@ -69,9 +70,9 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
             create(&bytes, &app).await
         });
     let stats =
-        warp::path!("api" / "sessions" / "stats").and(warp::get()).and(caller.clone()).and(with_app.clone()).then(
-            |caller: Caller, app: Arc<App>| async move {
-                match manager(caller) {
+        warp::path!("api" / "sessions" / "stats").and(warp::get()).and(admin.clone()).and(with_app.clone()).then(
+            |admin: AdminStatus, app: Arc<App>| async move {
+                match admin {
                     Ok(()) => stats(&app).await,
                     Err(refusal) => refusal.reply(),
                 }
@@ -82,34 +83,24 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .and(caller.clone())
         .and(with_app.clone())
         .then(|id: String, caller: Caller, app: Arc<App>| async move { get(&id, caller, &app).await });
-    let act =
-        warp::path!("api" / "sessions" / String / String)
-            .and(warp::post())
-            .and(caller.clone())
-            .and(with_app.clone())
-            .then(|id: String, verb: String, caller: Caller, app: Arc<App>| async move {
-                act(&id, &verb, caller, &app).await
-            });
+    let act = warp::path!("api" / "sessions" / String / String)
+        .and(warp::post())
+        .and(caller.clone())
+        .and(admin.clone())
+        .and(with_app.clone())
+        .then(|id: String, verb: String, caller: Caller, admin: AdminStatus, app: Arc<App>| async move {
+            act(&id, &verb, caller, admin, &app).await
+        });
     let list =
-        warp::path!("api" / "sessions").and(warp::get()).and(super::credentials()).and(caller).and(with_app).then(
-            |query: HashMap<String, String>, caller: Caller, app: Arc<App>| async move {
-                match manager(caller) {
+        warp::path!("api" / "sessions").and(warp::get()).and(super::credentials()).and(admin).and(with_app).then(
+            |query: HashMap<String, String>, admin: AdminStatus, app: Arc<App>| async move {
+                match admin {
                     Ok(()) => list(&query, &app).await,
                     Err(refusal) => refusal.reply(),
                 }
             },
         );
     create.or(stats).unify().or(get).unify().or(act).unify().or(list).unify().boxed()
-}
-
-/// Creating, paying and listing sessions is for the app's backend: an admin token (or any
-/// caller when `auth.anonymous = "write"` trusts everyone).
-fn manager(caller: Caller) -> Result<(), Refusal> {
-    match caller {
-        Ok(identity) if identity.manages_all() => Ok(()),
-        Ok(_) => Err(Refusal::forbidden("creating, paying and listing sessions needs an admin token")),
-        Err(refusal) => Err(refusal),
-    }
 }
 
 /// A session id the caller may read, touch or end: its own (a token bound to it), or any
@@ -168,10 +159,17 @@ async fn get(id: &str, caller: Caller, app: &App) -> warp::reply::Response {
     warp::reply::json(&serde_json::json!({ "session": session, "events": events })).into_response()
 }
 
-async fn act(id: &str, verb: &str, caller: Caller, app: &App) -> warp::reply::Response {
-    let (id, identity) = match own_session(id, caller) {
-        Ok(pair) => pair,
-        Err(refusal) => return refusal.reply(),
+/// Touches, pays or ends a session. Paying is for the app's backend (the admin scope, as
+/// `admin` says), in every `auth.anonymous` mode: otherwise anyone could pay themselves.
+async fn act(id: &str, verb: &str, caller: Caller, admin: AdminStatus, app: &App) -> warp::reply::Response {
+    // The admin scope may act on any session (the host, with `auth.admin_from_host`, too).
+    let id = match (own_session(id, caller), &admin) {
+        (Ok((id, _)), _) => id,
+        (Err(_), Ok(())) => match SessionId::parse(id) {
+            Ok(id) => id,
+            Err(error) => return Refusal::bad_request("invalid_session_id", error.to_string()).reply(),
+        },
+        (Err(refusal), Err(_)) => return refusal.reply(),
     };
     let command = match verb {
         "touch" => Command::Touch,
@@ -180,8 +178,10 @@ async fn act(id: &str, verb: &str, caller: Caller, app: &App) -> warp::reply::Re
         _ => return error_reply(StatusCode::NOT_FOUND, "not_found", "no such route: use touch, pay or end"),
     };
     let paying = matches!(command, Command::Pay);
-    if paying && !identity.manages_all() {
-        return Refusal::forbidden("paying a session needs an admin token").reply();
+    if paying {
+        if let Err(refusal) = admin {
+            return refusal.reply();
+        }
     }
     let session = match app.sessions.command(&id, command).await {
         Ok(session) => session,

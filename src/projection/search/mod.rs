@@ -21,7 +21,9 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::sort_key::{SortBySimilarityScore, SortByStaticFastValue};
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery};
+use tantivy::query::{
+    BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery,
+};
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
 };
@@ -464,6 +466,14 @@ impl SearchIndex {
                     self.expand_prefix(&searcher, &last, &mut highlight)?;
                 }
                 Box::new(query)
+            } else if let Some(c) = lone_cjk(&tokens) {
+                // The index holds CJK text as bigrams (see `tokenizer`): one character is
+                // found in every term that holds it, first or second, or alone. The pattern
+                // matches terms of at most three characters, so the walk stays small.
+                Box::new(
+                    RegexQuery::from_pattern(&format!(".?{c}.?"), f.body)
+                        .map_err(|e| ProjectionError::Task(format!("search pattern: {e}")))?,
+                )
             } else if terms.len() == 1 {
                 Box::new(TermQuery::new(terms[0].clone(), IndexRecordOption::WithFreqs))
             } else {
@@ -605,6 +615,17 @@ fn counted<C: tantivy::collector::Collector>(
             Ok(fruit)
         }
         None => searcher.search(query, &collector),
+    }
+}
+
+/// The character of a query that is one CJK character (no regex syntax: a CJK character is
+/// not a metacharacter).
+fn lone_cjk(tokens: &[String]) -> Option<char> {
+    let [token] = tokens else { return None };
+    let mut chars = token.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) if tokenizer::is_cjk(c) => Some(c),
+        _ => None,
     }
 }
 

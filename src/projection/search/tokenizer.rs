@@ -62,7 +62,7 @@ impl TokenStream for ChatTokenStream {
 }
 
 /// Whether `c` belongs to a script written without spaces between words.
-fn is_cjk(c: char) -> bool {
+pub(crate) fn is_cjk(c: char) -> bool {
     matches!(c as u32,
         0x3040..=0x30FF      // Hiragana, Katakana
         | 0x31F0..=0x31FF    // Katakana phonetic extensions
