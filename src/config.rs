@@ -617,6 +617,20 @@ mod tests {
     }
 
     #[test]
+    fn a_node_id_that_is_not_a_plain_name_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("node.toml", "[chat]\nnode_id = \"a b/c\"\n")?;
+            let err = Config::load(Some(Path::new("node.toml"))).expect_err("not a plain name");
+            assert!(err.to_string().contains("chat.node_id"), "{err}");
+            jail.create_file("good.toml", "[chat]\nnode_id = \"node-2\"\njoin_leave = true\n")?;
+            let config = Config::load(Some(Path::new("good.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!((config.chat.node_id.as_str(), config.chat.join_leave), ("node-2", true));
+            assert_eq!((Config::default().chat.node_id.as_str(), Config::default().chat.join_leave), ("local", false));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error_naming_it() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "[chat]\nrecnt_count = 20\n")?;

@@ -303,3 +303,27 @@ async fn members_are_refused_to_exactly_those_refused_the_history() {
     rita_ws.ping(1).await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_room_restarts_its_members_are_back_and_nobody_is_announced_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.chat.join_leave = true;
+    let server = start(config).await;
+    let addr = server.addr();
+    let mut bob = Client::connect(addr, "bob").await;
+    bob.join("lobby", None).await;
+    let mut ann = Client::connect(addr, "ann").await;
+    ann.join("lobby", None).await;
+    assert_eq!(bob.recv().await, json!({"type": "member_joined", "room": "lobby", "user": "ann"}));
+
+    // The room's actor fails; its successor starts empty and the connections come back.
+    let room = roomlog::event::RoomId::parse("lobby").expect("room");
+    server.rooms().inject_failure(&room).await.expect("inject");
+    let seen = members_become(addr, "lobby", &[("ann", 1), ("bob", 1)]).await;
+    assert_eq!(seen, expect(&[("ann", 1), ("bob", 1)]), "presence is rebuilt from the connections");
+    // Nobody left or arrived as far as users can tell: no notice precedes the next message.
+    ann.say("lobby", "still here", "1").await;
+    next_is_message(&mut bob, "still here").await;
+    server.shutdown().await;
+}

@@ -187,11 +187,12 @@ pub async fn serve(socket: Socket, identity: Identity, app: Arc<App>, _permit: O
             break;
         }
     }
+    // Out of every room first, so that presence does not wait for the closing handshake (the
+    // drop guard below covers the paths that never reach this line).
+    conn.leave_all();
     // The closing handshake (RFC 6455 §7): send the close frame, then read until the client's
     // own close, so that its unread frames and the close code are not lost to a TCP reset;
     // bounded, since a client that stopped reading never answers.
-    // Out of every room first, so that presence does not wait for the closing handshake.
-    conn.leave_all();
     if let Some((code, reason)) = farewell {
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             if conn.sink.send(close(code, reason)).await.is_ok() {
