@@ -5,7 +5,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, existsSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -118,6 +118,47 @@ test("two pages chat with each other", async () => {
   await shot(bob, "chat");
   await ann.close();
   await bob.close();
+});
+
+/** A token for `user`, signed with the running server's secret by `roomlog token issue`. */
+const issueToken = (user) =>
+  execFileSync(bin, ["token", "issue", "--config", join(dir, "roomlog.toml"), "--data", data, "--user", user, "--rooms", "*"], {
+    encoding: "utf8",
+  }).trim();
+
+test("a token alone connects, and its user is the author even when a name is typed too", async () => {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(timeout);
+  await page.goto(`http://${addr}/`);
+  await page.getByLabel("Name").fill("");
+  await page.getByLabel("Token").fill(issueToken("carol"));
+  await page.getByRole("button", { name: "Connect" }).click();
+  await page.locator("#status.online").waitFor();
+  assert.equal(await page.locator("#status").textContent(), "online as carol");
+  await joinRoom(page, "tokens");
+  await say(page, "from carol's token");
+  await waitForBody(page, "from carol's token");
+  assert.deepEqual(await page.locator("#list .msg:not(.pending) .who").allTextContents(), ["carol"]);
+
+  // A name and a token: the token's user is used, and the page says so rather than silently.
+  await page.getByLabel("Name").fill("mallory");
+  await page.getByRole("button", { name: "Connect" }).click();
+  await page.locator("#status.online", { hasText: "the token's user" }).waitFor();
+  assert.match(await page.locator("#status").textContent(), /^online as carol \(the token's user/);
+  await say(page, "still carol");
+  await waitForBody(page, "still carol");
+  assert.deepEqual(await page.locator("#list .msg:not(.pending) .who").allTextContents(), ["carol", "carol"]);
+  await page.close();
+});
+
+test("with neither a name nor a token the page asks for one", async () => {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(timeout);
+  await page.goto(`http://${addr}/`);
+  await page.getByLabel("Name").fill("");
+  await page.getByRole("button", { name: "Connect" }).click();
+  await page.locator("#status", { hasText: "enter a name, or paste a token" }).waitFor();
+  await page.close();
 });
 
 /** The members list of a page as "user ×count" strings, once it has `n` entries. */
