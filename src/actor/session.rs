@@ -51,12 +51,14 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    pub fn code(&self) -> &'static str {
+    /// How the edges report this error (its HTTP status is the code's).
+    pub fn code(&self) -> crate::error_code::ErrorCode {
+        use crate::error_code::ErrorCode;
         match self {
-            SessionError::NotFound(_) => "not_found",
-            SessionError::Conflict { .. } => "session_conflict",
-            SessionError::Storage(_) => "storage_unavailable",
-            SessionError::ShuttingDown => "shutting_down",
+            SessionError::NotFound(_) => ErrorCode::NotFound,
+            SessionError::Conflict { .. } => ErrorCode::SessionConflict,
+            SessionError::Storage(_) => ErrorCode::StorageUnavailable,
+            SessionError::ShuttingDown => ErrorCode::ShuttingDown,
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::{watch, Mutex};
 
 use super::{BlobError, BlobStore, ContentHash, FileKey, Tier};
 use crate::config::PrefixMove;
+use crate::error_code::ErrorCode;
 use crate::event::{ContentMoved, ContentQuarantined, Event, FileDeleted, FileStored, SessionId};
 use crate::log::EventLog;
 use crate::projection::files::{FileEntry, Files};
@@ -32,13 +33,14 @@ pub enum FileError {
 }
 
 impl FileError {
-    pub fn code(&self) -> &'static str {
+    /// How the edges report this error (its HTTP status is the code's).
+    pub fn code(&self) -> ErrorCode {
         match self {
-            FileError::NotFound(_) => "not_found",
-            FileError::NoSession(_) => "no_session",
+            FileError::NotFound(_) => ErrorCode::NotFound,
+            FileError::NoSession(_) => ErrorCode::NoSession,
             FileError::Blob(e) => e.code(),
-            FileError::Storage(_) => "storage_unavailable",
-            FileError::ContentMissing(_) => "content_missing",
+            FileError::Storage(_) => ErrorCode::StorageUnavailable,
+            FileError::ContentMissing(_) => ErrorCode::ContentMissing,
         }
     }
 }
