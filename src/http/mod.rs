@@ -589,7 +589,19 @@ async fn rejection(rejection: Rejection) -> Result<warp::reply::Response, Infall
 
 #[cfg(test)]
 mod tests {
-    use super::host_only;
+    use super::{host_only, ErrorCode, SearchFailure};
+
+    /// `GET /api/search` (through `From<SearchFailure> for ApiError`) and the WebSocket's
+    /// `search` (ws.rs answers `error.code()`) both take the code from here: an index that
+    /// cannot answer is `search_unavailable` on both (it was `storage_unavailable` over the
+    /// WebSocket).
+    #[test]
+    fn a_failed_search_has_one_code_for_both_edges() {
+        let unavailable = SearchFailure::unavailable(std::io::Error::other("index reader gone"));
+        assert_eq!(unavailable.code(), ErrorCode::SearchUnavailable);
+        assert_eq!(super::ApiError::from(unavailable).code(), ErrorCode::SearchUnavailable);
+        assert_eq!(SearchFailure::Invalid("bad sort".into()).code(), ErrorCode::InvalidQuery);
+    }
 
     #[test]
     fn only_loopback_peers_may_export_the_log() {
