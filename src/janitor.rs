@@ -52,6 +52,17 @@ pub enum JanitorError {
     Stopped,
 }
 
+impl JanitorError {
+    /// How the edges report this error (HTTP 503 either way).
+    pub fn code(&self) -> crate::error_code::ErrorCode {
+        use crate::error_code::ErrorCode;
+        match self {
+            JanitorError::Read(_) => ErrorCode::StorageUnavailable,
+            JanitorError::Stopped => ErrorCode::ShuttingDown,
+        }
+    }
+}
+
 impl From<FileError> for JanitorError {
     fn from(error: FileError) -> Self {
         JanitorError::Read(error.to_string())

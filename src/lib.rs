@@ -6,7 +6,8 @@
 //! In pipeline order, from the client down to the disk and back up:
 //!
 //! - [`http`]: the warp facade — WebSocket connections, the JSON HTTP API, health.
-//! - [`wire`]: the WebSocket frames and their stable error codes.
+//! - [`wire`]: the WebSocket frames.
+//! - [`error_code`]: the registry of error codes with their HTTP status, for HTTP and WebSocket.
 //! - [`auth`]: who a connection is and what it may do; the seam for authentication.
 //! - [`token`]: signed tokens (blake3 keyed hash under the server secret), issue and rotation.
 //! - [`actor`]: ractor actors — a `RoomActor` per active room under a `RoomSupervisor`, a
@@ -48,6 +49,7 @@ pub mod config;
 pub mod data_lock;
 pub mod disk;
 pub mod durable;
+pub mod error_code;
 pub mod event;
 pub mod fault;
 pub mod growth;

@@ -170,7 +170,7 @@ fn zero() {
     for reason in REFUSED_REASONS {
         metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(0);
     }
-    for code in crate::wire::ErrorCode::ALL {
+    for code in crate::error_code::ErrorCode::frame_codes() {
         metrics::counter!(FRAME_ERRORS_TOTAL, "code" => code.as_str()).increment(0);
     }
     for outcome in JANITOR_OUTCOMES {

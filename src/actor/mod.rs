@@ -13,11 +13,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::{ChatConfig, Limits};
+use crate::error_code::ErrorCode;
 use crate::log::EventLog;
 use crate::projection::history::History;
 use crate::projection::Runner;
 use crate::room::MemberId;
-use crate::wire::ErrorCode;
 
 /// What every room actor needs, shared.
 #[derive(Debug, Clone)]

@@ -325,7 +325,7 @@ impl RoomActorState {
             }
             Err(error) => {
                 tracing::warn!(room = %self.state.room(), error = %error, "append failed; senders told to retry");
-                let code = ErrorCode::of_append(&error);
+                let code = error.code();
                 let text = match code {
                     ErrorCode::ShuttingDown => "the server is shutting down; retry with the same client_id".to_owned(),
                     _ => format!(
@@ -413,8 +413,7 @@ impl RoomActorState {
             Err(error) => {
                 tracing::warn!(room = %self.state.room(), error = %error, "amendment not stored");
                 let text = format!("not acknowledged ({error}); retry");
-                let frame =
-                    error_frame(ErrorCode::of_append(&error), &text, Some(self.state.room().as_str()), Some(client_id));
+                let frame = error_frame(error.code(), &text, Some(self.state.room().as_str()), Some(client_id));
                 self.send_to(member, Outbound { seq: None, frame: frame.into() });
                 return;
             }

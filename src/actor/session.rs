@@ -44,19 +44,32 @@ pub enum SessionError {
     /// The session is not in a state that allows the command.
     #[error("session {id} is {state}: it cannot be {verb}")]
     Conflict { id: String, state: &'static str, verb: &'static str },
+    /// The log or the sessions projection failed under the command; the cause is kept.
     #[error("the session could not be stored: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<dyn std::error::Error + Send + Sync>),
     #[error("the server is shutting down")]
     ShuttingDown,
 }
 
 impl SessionError {
-    pub fn code(&self) -> &'static str {
+    /// A store failed under the command (clonable: an actor's reply may be cloned).
+    pub fn storage(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        SessionError::Storage(Arc::new(error))
+    }
+
+    /// The command could not be carried out, for a reason with no error value behind it.
+    pub fn storage_because(reason: impl Into<String>) -> Self {
+        SessionError::Storage(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(reason.into())))
+    }
+
+    /// How the edges report this error (its HTTP status is the code's).
+    pub fn code(&self) -> crate::error_code::ErrorCode {
+        use crate::error_code::ErrorCode;
         match self {
-            SessionError::NotFound(_) => "not_found",
-            SessionError::Conflict { .. } => "session_conflict",
-            SessionError::Storage(_) => "storage_unavailable",
-            SessionError::ShuttingDown => "shutting_down",
+            SessionError::NotFound(_) => ErrorCode::NotFound,
+            SessionError::Conflict { .. } => ErrorCode::SessionConflict,
+            SessionError::Storage(_) => ErrorCode::StorageUnavailable,
+            SessionError::ShuttingDown => ErrorCode::ShuttingDown,
         }
     }
 }
@@ -218,7 +231,7 @@ impl SessionActorState {
     async fn append(&mut self, event: Event) -> Result<(), SessionError> {
         let envelope = self.ctx.log.append(event).await.map_err(|e| match e.as_ref() {
             crate::log::LogError::Closed => SessionError::ShuttingDown,
-            other => SessionError::Storage(other.to_string()),
+            _ => SessionError::storage(Arc::clone(&e)),
         })?;
         self.session.apply(&envelope.event);
         Ok(())

@@ -212,11 +212,11 @@ impl SessionSupervisorState {
         match self.ctx.sessions.get(&id) {
             Ok(Some(_)) => {}
             Ok(None) => return Err(SessionError::NotFound(id.to_string())),
-            Err(e) => return Err(SessionError::Storage(e.to_string())),
+            Err(e) => return Err(SessionError::storage(e)),
         }
         let (actor, _) = Actor::spawn_linked(None, SessionActor, (id.clone(), self.ctx.clone()), myself.get_cell())
             .await
-            .map_err(|e| SessionError::Storage(e.to_string()))?;
+            .map_err(SessionError::storage)?;
         self.by_actor.insert(actor.get_id(), id.clone());
         self.actors.insert(id, actor.clone());
         Ok(actor)
@@ -251,7 +251,7 @@ impl SessionsHandle {
             purge_at_unix_ms: now.saturating_add(crate::clock::millis(config.purge_after)),
             sliding: sliding.unwrap_or(config.sliding),
         };
-        self.ctx.log.append(Event::SessionCreated(created)).await.map_err(|e| SessionError::Storage(e.to_string()))?;
+        self.ctx.log.append(Event::SessionCreated(created)).await.map_err(SessionError::storage)?;
         // Starting the actor waits for the projection, so the session is readable on return.
         self.actor(&id).await?;
         self.get(&id).await?.ok_or_else(|| SessionError::NotFound(id.to_string()))
@@ -260,7 +260,7 @@ impl SessionsHandle {
     /// A session as the projection has it, after every acknowledged command.
     pub async fn get(&self, id: &SessionId) -> Result<Option<Session>, SessionError> {
         self.ctx.caught_up().await;
-        self.ctx.sessions.get(id).map_err(|e| SessionError::Storage(e.to_string()))
+        self.ctx.sessions.get(id).map_err(SessionError::storage)
     }
 
     /// Runs a command through the session's actor.
@@ -272,14 +272,14 @@ impl SessionsHandle {
                 _ => continue, // the actor stopped as we asked (idle, or no longer live): ask again
             }
         }
-        Err(SessionError::Storage("the session's actor keeps stopping".into()))
+        Err(SessionError::storage_because("the session's actor keeps stopping"))
     }
 
     /// What happened to a session, oldest first (at most `limit` events): the events of its
     /// stream, and its part of the sweeper's batch events that changed it, told as the
     /// single-session event (`SessionExpired`, `SessionPurged`) at the batch's seq.
     pub fn history(&self, session: &Session, limit: usize) -> Result<Vec<crate::event::Envelope>, SessionError> {
-        let storage = |e: crate::log::LogError| SessionError::Storage(e.to_string());
+        let storage = |e: crate::log::LogError| SessionError::storage(e);
         let stream = crate::event::StreamId::session(&session.id);
         let mut events = self.ctx.log.read_stream(&stream, 0, limit).map_err(storage)?;
         for &seq in &session.sweeps {
@@ -340,7 +340,7 @@ impl SessionsHandle {
     /// purge. The sweeper applies them within a second of their time; a list that is not empty
     /// means it fell behind or the server was down.
     pub fn purges_due(&self, now: u64, limit: usize) -> Result<Vec<(u64, SessionId)>, SessionError> {
-        let due = self.ctx.sessions.due(now, limit).map_err(|e| SessionError::Storage(e.to_string()))?;
+        let due = self.ctx.sessions.due(now, limit).map_err(SessionError::storage)?;
         Ok(due.into_iter().filter(|(_, kind, _)| *kind == Due::Purge).map(|(at, _, id)| (at, id)).collect())
     }
 
@@ -352,7 +352,7 @@ impl SessionsHandle {
                 self.ctx.caught_up().await;
                 Ok(())
             }
-            _ => Err(SessionError::Storage(format!("session {id} did not apply its purge"))),
+            _ => Err(SessionError::storage_because(format!("session {id} did not apply its purge"))),
         }
     }
 

@@ -153,13 +153,15 @@ pub enum BlobError {
 }
 
 impl BlobError {
-    pub fn code(&self) -> &'static str {
+    /// How the edges report this error (its HTTP status is the code's).
+    pub fn code(&self) -> crate::error_code::ErrorCode {
+        use crate::error_code::ErrorCode;
         match self {
-            BlobError::TooLarge { .. } => "upload_too_large",
-            BlobError::HashMismatch { .. } => "hash_mismatch",
-            BlobError::Cut(_) => "upload_cut",
-            BlobError::NoTier(_) => "no_tier",
-            BlobError::Io(_) => "storage_unavailable",
+            BlobError::TooLarge { .. } => ErrorCode::UploadTooLarge,
+            BlobError::HashMismatch { .. } => ErrorCode::HashMismatch,
+            BlobError::Cut(_) => ErrorCode::UploadCut,
+            BlobError::NoTier(_) => ErrorCode::NoTier,
+            BlobError::Io(_) => ErrorCode::StorageUnavailable,
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::{watch, Mutex};
 
 use super::{BlobError, BlobStore, ContentHash, FileKey, Tier};
 use crate::config::PrefixMove;
+use crate::error_code::ErrorCode;
 use crate::event::{ContentMoved, ContentQuarantined, Event, FileDeleted, FileStored, SessionId};
 use crate::log::EventLog;
 use crate::projection::files::{FileEntry, Files};
@@ -25,26 +26,28 @@ pub enum FileError {
     NoSession(String),
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// The log or the files projection failed under the operation; the cause is kept.
     #[error("the file store cannot record this now: {0}")]
-    Storage(String),
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the content of {0} is missing from the store (quarantined by a scrub?); upload it again")]
     ContentMissing(String),
 }
 
 impl FileError {
-    pub fn code(&self) -> &'static str {
+    /// How the edges report this error (its HTTP status is the code's).
+    pub fn code(&self) -> ErrorCode {
         match self {
-            FileError::NotFound(_) => "not_found",
-            FileError::NoSession(_) => "no_session",
+            FileError::NotFound(_) => ErrorCode::NotFound,
+            FileError::NoSession(_) => ErrorCode::NoSession,
             FileError::Blob(e) => e.code(),
-            FileError::Storage(_) => "storage_unavailable",
-            FileError::ContentMissing(_) => "content_missing",
+            FileError::Storage(_) => ErrorCode::StorageUnavailable,
+            FileError::ContentMissing(_) => ErrorCode::ContentMissing,
         }
     }
 }
 
-fn storage(error: impl std::fmt::Display) -> FileError {
-    FileError::Storage(error.to_string())
+fn storage(error: impl std::error::Error + Send + Sync + 'static) -> FileError {
+    FileError::Storage(Box::new(error))
 }
 
 /// Content on disk that no key references.
@@ -122,7 +125,7 @@ impl FileService {
             Ok(envelope) => envelope,
             Err(e) => {
                 let _ = self.store.drop_from_tier(hash, to).await;
-                return Err(FileError::Storage(e.to_string()));
+                return Err(storage(e));
             }
         };
         self.runner.wait_applied(envelope.seq).await;
@@ -210,7 +213,7 @@ impl FileService {
     /// A key's entry, after every acknowledged change.
     pub async fn get(&self, key: &FileKey) -> Result<Option<FileEntry>, FileError> {
         self.caught_up().await;
-        self.files.get(key).map_err(|e| FileError::Storage(e.to_string()))
+        self.files.get(key).map_err(storage)
     }
 
     /// Streams an upload under `key` (replacing what the key named).
@@ -297,7 +300,7 @@ impl FileService {
         let entry = self.get(key).await?.ok_or_else(|| FileError::NotFound(key.to_string()))?;
         let event =
             Event::FileDeleted(FileDeleted { key: key.clone(), hash: entry.hash.clone(), reason: reason.into() });
-        self.log.append(event).await.map_err(|e| FileError::Storage(e.to_string()))?;
+        self.log.append(event).await.map_err(storage)?;
         Ok(entry)
     }
 
@@ -306,7 +309,7 @@ impl FileService {
         match self.sessions.get(id) {
             Ok(Some(s)) if s.state != SessionState::Purged => Ok(()),
             Ok(_) => Err(FileError::NoSession(id.to_string())),
-            Err(e) => Err(FileError::Storage(e.to_string())),
+            Err(e) => Err(storage(e)),
         }
     }
 
@@ -319,9 +322,9 @@ impl FileService {
                 return Err(FileError::Storage("the content was removed meanwhile; upload again".into()));
             }
         }
-        let envelope = self.log.append(event).await.map_err(|e| FileError::Storage(e.to_string()))?;
+        let envelope = self.log.append(event).await.map_err(storage)?;
         self.runner.wait_applied(envelope.seq).await;
-        self.files.get(&key).map_err(|e| FileError::Storage(e.to_string()))?.ok_or(FileError::NotFound(key.to_string()))
+        self.files.get(&key).map_err(storage)?.ok_or(FileError::NotFound(key.to_string()))
     }
 
     /// Deletes content no key references, every second until `stopping`.
@@ -340,16 +343,16 @@ impl FileService {
     /// One pass of the reaper; returns the content deleted.
     pub async fn reap_once(&self) -> Result<Vec<ContentHash>, FileError> {
         self.caught_up().await;
-        let candidates = self.files.unreferenced(1000).map_err(|e| FileError::Storage(e.to_string()))?;
+        let candidates = self.files.unreferenced(1000).map_err(storage)?;
         let mut reaped = Vec::new();
         for hash in candidates {
             let _held = self.commit.lock().await;
             self.caught_up().await;
-            if self.files.references(&hash).map_err(|e| FileError::Storage(e.to_string()))? > 0 {
+            if self.files.references(&hash).map_err(storage)? > 0 {
                 continue; // referenced again
             }
-            self.store.remove(&hash).await.map_err(|e| FileError::Storage(e.to_string()))?;
-            self.files.reaped(&hash).map_err(|e| FileError::Storage(e.to_string()))?;
+            self.store.remove(&hash).await.map_err(storage)?;
+            self.files.reaped(&hash).map_err(storage)?;
             tracing::debug!(%hash, "unreferenced content deleted");
             reaped.push(hash);
         }

@@ -7,7 +7,8 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::Reply;
 
-use super::{error_reply, App};
+use super::{ApiError, App};
+use crate::error_code::ErrorCode;
 use crate::event::RoomId;
 use crate::wire::WireMessage;
 
@@ -21,7 +22,6 @@ struct RoomView<'a> {
     removed_through_seq: Option<u64>,
 }
 
-/// `GET /api/rooms`: every room with its message count and last activity.
 /// Who an HTTP caller is, from the same credentials as a WebSocket's (`?token=`, or `?name=`
 /// where `auth.anonymous` allows it); a caller that presents nothing is `auth.anonymous`'s
 /// anonymous identity. A refusal is answered 401 `unauthorized` with its text.
@@ -37,78 +37,76 @@ pub fn identity_of(
     }
 }
 
-fn unauthorized(error: crate::auth::AuthError) -> warp::reply::Response {
-    super::Refusal::unauthorized(error.to_string()).reply()
+/// A handler's answer: the reply, or the error to answer with.
+type Answer = Result<warp::reply::Response, ApiError>;
+
+/// [`identity_of`], refused with 401 `unauthorized`.
+fn caller(query: &HashMap<String, String>, app: &App) -> Result<crate::auth::Identity, ApiError> {
+    identity_of(query, app).map_err(|error| ApiError::unauthorized(error.to_string()))
+}
+
+/// The room a path names, or 400 `invalid_room`.
+fn room_of(room: &str) -> Result<RoomId, ApiError> {
+    RoomId::parse(room).map_err(|error| ApiError::new(ErrorCode::InvalidRoom, error.to_string()))
+}
+
+/// Whether the caller may read `room`: 401 `unauthorized` or 403 `forbidden` if not.
+fn may_read(room: &RoomId, query: &HashMap<String, String>, app: &App) -> Result<(), ApiError> {
+    if !caller(query, app)?.may_read(room) {
+        return Err(ApiError::forbidden(format!("you may not read room {room}")));
+    }
+    Ok(())
 }
 
 /// `GET /api/rooms`: the rooms the caller may read, with their summaries.
-pub fn rooms(query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
-    let identity = match identity_of(&query, &app) {
-        Ok(identity) => identity,
-        Err(refusal) => return unauthorized(refusal),
-    };
-    match app.history.rooms() {
-        Ok(rooms) => {
-            let rooms: Vec<_> = rooms
-                .iter()
-                .filter(|(room, _)| identity.may_read(room))
-                .map(|(room, s)| RoomView {
-                    room: room.as_str(),
-                    message_count: s.message_count,
-                    last_seq: s.last_seq,
-                    last_at_unix_ms: s.last_at_unix_ms,
-                    removed_through_seq: (s.removed_through_seq > 0).then_some(s.removed_through_seq),
-                })
-                .collect();
-            warp::reply::json(&serde_json::json!({ "rooms": rooms })).into_response()
-        }
-        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
-    }
+pub fn rooms(query: HashMap<String, String>, app: Arc<App>) -> Answer {
+    let identity = caller(&query, &app)?;
+    let rooms = app.history.rooms().map_err(ApiError::storage)?;
+    let rooms: Vec<_> = rooms
+        .iter()
+        .filter(|(room, _)| identity.may_read(room))
+        .map(|(room, s)| RoomView {
+            room: room.as_str(),
+            message_count: s.message_count,
+            last_seq: s.last_seq,
+            last_at_unix_ms: s.last_at_unix_ms,
+            removed_through_seq: (s.removed_through_seq > 0).then_some(s.removed_through_seq),
+        })
+        .collect();
+    Ok(warp::reply::json(&serde_json::json!({ "rooms": rooms })).into_response())
 }
 
 /// `GET /api/rooms/{room}/messages?before=&after=&limit=`: a page of history, oldest first.
 /// Without `before` or `after`, the newest page.
-pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
-    let room = match RoomId::parse(&room) {
-        Ok(room) => room,
-        Err(error) => return error_reply(StatusCode::BAD_REQUEST, "invalid_room", &error.to_string()),
-    };
+pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> Answer {
+    let room = room_of(&room)?;
     let number = |key: &str| -> Result<Option<u64>, String> {
         query
             .get(key)
             .map(|v| v.parse::<u64>().map_err(|_| format!("{key} must be a whole number, got {v:?}")))
             .transpose()
     };
-    let (before, after, limit) = match (number("before"), number("after"), number("limit")) {
-        (Ok(b), Ok(a), Ok(l)) => (b, a, l),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            return error_reply(StatusCode::BAD_REQUEST, "invalid_query", &e);
-        }
-    };
-    match identity_of(&query, &app) {
-        Ok(identity) if identity.may_read(&room) => {}
-        Ok(_) => return error_reply(StatusCode::FORBIDDEN, "forbidden", &format!("you may not read room {room}")),
-        Err(refusal) => return unauthorized(refusal),
-    }
+    // A bad number is reported before who is asking, as it always was.
+    let (before, after, limit) = (number("before"), number("after"), number("limit"));
+    let (before, after, limit) = (
+        before.map_err(ApiError::invalid_query)?,
+        after.map_err(ApiError::invalid_query)?,
+        limit.map_err(ApiError::invalid_query)?,
+    );
+    may_read(&room, &query, &app)?;
     if let Some(unknown) = query.keys().find(|k| !["before", "after", "limit", "name", "token"].contains(&k.as_str())) {
-        return error_reply(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            &format!("unknown parameter {unknown:?}; use before, after, limit"),
-        );
+        return Err(ApiError::invalid_query(format!("unknown parameter {unknown:?}; use before, after, limit")));
     }
     if before.is_some() && after.is_some() {
-        return error_reply(StatusCode::BAD_REQUEST, "invalid_query", "give before or after, not both");
+        return Err(ApiError::invalid_query("give before or after, not both"));
     }
     let page_max = app.config.chat.history_page_max;
     let limit = limit.map_or(app.config.chat.recent_count, |l| l as usize).clamp(1, page_max);
-    let summary = match app.history.summary(&room) {
-        Ok(Some(summary)) => summary,
-        Ok(None) => {
-            return error_reply(StatusCode::NOT_FOUND, "room_not_found", &format!("room {room} has no messages"))
-        }
-        Err(error) => return error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
-    };
+    let summary = app
+        .history
+        .summary(&room)
+        .map_err(ApiError::storage)?
+        .ok_or_else(|| ApiError::new(ErrorCode::RoomNotFound, format!("room {room} has no messages")))?;
     let page = match after {
         Some(after) => app.history.after(&room, after, limit + 1).map(|mut m| {
             let more = m.len() > limit;
@@ -117,39 +115,24 @@ pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> 
         }),
         None => app.history_page(&room, before.unwrap_or(u64::MAX), limit).map(|(m, more, _)| (m, more)),
     };
-    match page {
-        Ok((messages, more)) => {
-            let messages: Vec<_> = messages.iter().map(|m| WireMessage::of(room.as_str(), m)).collect();
-            let removed = (summary.removed_through_seq > 0).then_some(summary.removed_through_seq);
-            warp::reply::json(&serde_json::json!({ "room": room.as_str(), "messages": messages, "more": more, "removed_through_seq": removed })).into_response()
-        }
-        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
-    }
+    let (messages, more) = page.map_err(ApiError::storage)?;
+    let messages: Vec<_> = messages.iter().map(|m| WireMessage::of(room.as_str(), m)).collect();
+    let removed = (summary.removed_through_seq > 0).then_some(summary.removed_through_seq);
+    Ok(warp::reply::json(&serde_json::json!({ "room": room.as_str(), "messages": messages, "more": more, "removed_through_seq": removed })).into_response())
 }
 
 /// `GET /api/rooms/{room}/members`: who is in the room now, with their connection counts
 /// (`{"room":"lobby","members":[{"user":"ann","connections":2}]}`). Refused exactly as
 /// the room's history is: 400 `invalid_room`, 401 `unauthorized`, 403 `forbidden`. A room
 /// nobody is in answers an empty list, whether or not it has messages.
-pub async fn members(room: String, query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
-    let room = match RoomId::parse(&room) {
-        Ok(room) => room,
-        Err(error) => return error_reply(StatusCode::BAD_REQUEST, "invalid_room", &error.to_string()),
-    };
-    match identity_of(&query, &app) {
-        Ok(identity) if identity.may_read(&room) => {}
-        Ok(_) => return error_reply(StatusCode::FORBIDDEN, "forbidden", &format!("you may not read room {room}")),
-        Err(refusal) => return unauthorized(refusal),
-    }
+pub async fn members(room: String, query: HashMap<String, String>, app: Arc<App>) -> Answer {
+    let room = room_of(&room)?;
+    may_read(&room, &query, &app)?;
     if let Some(unknown) = query.keys().find(|k| !["name", "token"].contains(&k.as_str())) {
-        return error_reply(StatusCode::BAD_REQUEST, "invalid_query", &format!("unknown parameter {unknown:?}"));
+        return Err(ApiError::invalid_query(format!("unknown parameter {unknown:?}")));
     }
-    match app.members(&room).await {
-        Ok(members) => {
-            warp::reply::json(&serde_json::json!({ "room": room.as_str(), "members": members })).into_response()
-        }
-        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, error.code().as_str(), &error.to_string()),
-    }
+    let members = app.members(&room).await?;
+    Ok(warp::reply::json(&serde_json::json!({ "room": room.as_str(), "members": members })).into_response())
 }
 
 /// Why the server is not ready, if it is not: a failed log writer, a disk below the log's
@@ -286,11 +269,8 @@ pub async fn metrics(app: Arc<App>) -> Result<warp::reply::Response, std::conver
         Some(handle) => {
             warp::reply::with_header(handle.render(), "content-type", "text/plain; version=0.0.4").into_response()
         }
-        None => error_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics_unavailable",
-            "another metrics recorder is installed in this process",
-        ),
+        None => ApiError::new(ErrorCode::MetricsUnavailable, "another metrics recorder is installed in this process")
+            .into_response(),
     })
 }
 
@@ -318,22 +298,11 @@ pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert
 /// `GET /api/search?q=&room=&author=&since=&until=&limit=&cursor=&sort=`: messages that
 /// match, from the rooms the caller may read. The caller's identity comes from the same
 /// credentials as a WebSocket's (`?name=` until tokens exist).
-pub async fn search(query: HashMap<String, String>, app: Arc<App>) -> warp::reply::Response {
-    let identity = match identity_of(&query, &app) {
-        Ok(identity) => identity,
-        Err(refusal) => return unauthorized(refusal),
-    };
-    let params = match search_params(&query) {
-        Ok(params) => params,
-        Err(text) => return error_reply(StatusCode::BAD_REQUEST, "invalid_query", &text),
-    };
-    match app.search(&identity, &params).await {
-        Ok(hits) => warp::reply::json(&hits).into_response(),
-        Err(error @ super::SearchFailure::Invalid(_)) => {
-            error_reply(StatusCode::BAD_REQUEST, "invalid_query", &error.to_string())
-        }
-        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "search_unavailable", &error.to_string()),
-    }
+pub async fn search(query: HashMap<String, String>, app: Arc<App>) -> Answer {
+    let identity = caller(&query, &app)?;
+    let params = search_params(&query).map_err(ApiError::invalid_query)?;
+    let hits = app.search(&identity, &params).await?;
+    Ok(warp::reply::json(&hits).into_response())
 }
 
 /// The search options of a query string; `name` (the caller) is not one of them.
@@ -367,7 +336,7 @@ pub async fn export(
 ) -> Result<warp::reply::Response, std::convert::Infallible> {
     let parse = |key: &str, default: u64| query.get(key).map_or(Ok(default), |v| v.parse::<u64>());
     let (Ok(after), Ok(limit)) = (parse("after", 0), parse("limit", EXPORT_LIMIT_MAX as u64)) else {
-        return Ok(error_reply(StatusCode::BAD_REQUEST, "invalid_query", "after and limit must be whole numbers"));
+        return Ok(ApiError::invalid_query("after and limit must be whole numbers").into_response());
     };
     let limit = (limit as usize).clamp(1, EXPORT_LIMIT_MAX);
     // Reading and framing a page takes milliseconds: off the async threads that serve chat.
@@ -384,11 +353,12 @@ pub async fn export(
         })
     })
     .await;
-    Ok(match page {
-        Ok(Ok(body)) => warp::reply::with_header(body, "content-type", "application/octet-stream").into_response(),
-        Ok(Err(error)) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
-        Err(error) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, "internal", &error.to_string()),
-    })
+    let page = match page {
+        Ok(Ok(body)) => Ok(warp::reply::with_header(body, "content-type", "application/octet-stream")),
+        Ok(Err(error)) => Err(ApiError::storage(error)),
+        Err(error) => Err(ApiError::new(ErrorCode::Internal, error.to_string())),
+    };
+    Ok(page.into_response())
 }
 
 /// Parses an export body back into records.

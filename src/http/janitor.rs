@@ -6,19 +6,10 @@ use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use super::{error_reply, App};
-use crate::janitor::JanitorError;
+use super::{ApiError, App};
 
 /// Most runs one answer lists.
 const RUNS_MAX: usize = 1000;
-
-fn janitor_error(error: &JanitorError) -> warp::reply::Response {
-    let code = match error {
-        JanitorError::Read(_) => "storage_unavailable",
-        JanitorError::Stopped => "shutting_down",
-    };
-    error_reply(StatusCode::SERVICE_UNAVAILABLE, code, &error.to_string())
-}
 
 /// All janitor routes. Boxed, as the other route groups are.
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
@@ -26,54 +17,47 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
     let with_app = warp::any().map(move || app.clone());
     let plan = warp::path!("api" / "janitor" / "plan").and(warp::get()).and(gate.clone()).and(with_app.clone()).then(
         |app: Arc<App>| async move {
-            match app.janitor.plan().await {
-                Ok(plan) => warp::reply::json(&plan).into_response(),
-                Err(error) => janitor_error(&error),
-            }
+            app.janitor.plan().await.map(|plan| warp::reply::json(&plan)).map_err(ApiError::from).into_response()
         },
     );
-    let run = warp::path!("api" / "janitor" / "run").and(warp::post()).and(gate.clone()).and(with_app.clone()).then(
-        |app: Arc<App>| async move {
-            match app.janitor.run("manual").await {
-                Ok(ran) => {
-                    let status = if ran.error.is_none() { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
-                    warp::reply::with_status(warp::reply::json(&ran), status).into_response()
-                }
-                Err(error) => janitor_error(&error),
-            }
-        },
-    );
+    let run = warp::path!("api" / "janitor" / "run")
+        .and(warp::post())
+        .and(gate.clone())
+        .and(with_app.clone())
+        .then(|app: Arc<App>| async move { run(&app).await })
+        .map(Reply::into_response);
     let runs = warp::path!("api" / "janitor" / "runs")
         .and(warp::get())
         .and(gate)
         .and(super::credentials())
         .and(with_app)
-        .then(|query: HashMap<String, String>, app: Arc<App>| async move {
-            let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
-                None => 20,
-                Some(Ok(l)) if (1..=RUNS_MAX).contains(&l) => l,
-                _ => {
-                    return error_reply(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_query",
-                        &format!("limit must be 1 to {RUNS_MAX}"),
-                    )
-                }
-            };
-            match app.janitor.runs(limit) {
-                Ok(runs) => {
-                    let runs: Vec<_> = runs
-                        .into_iter()
-                        .map(|(seq, ran)| {
-                            let mut value = serde_json::to_value(&ran).unwrap_or_default();
-                            value["seq"] = seq.into();
-                            value
-                        })
-                        .collect();
-                    warp::reply::json(&serde_json::json!({ "runs": runs })).into_response()
-                }
-                Err(error) => janitor_error(&error),
-            }
-        });
+        .map(|query: HashMap<String, String>, app: Arc<App>| runs(&query, &app).into_response());
     plan.or(run).unify().or(runs).unify().boxed()
+}
+
+/// `POST /api/janitor/run`: a run now; 500 with the run's record when it failed part way.
+async fn run(app: &App) -> Result<impl Reply, ApiError> {
+    let ran = app.janitor.run("manual").await?;
+    let status = if ran.error.is_none() { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+    Ok(warp::reply::with_status(warp::reply::json(&ran), status))
+}
+
+/// `GET /api/janitor/runs?limit=`: the last `limit` runs, each with its seq.
+fn runs(query: &HashMap<String, String>, app: &App) -> Result<impl Reply, ApiError> {
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => 20,
+        Some(Ok(l)) if (1..=RUNS_MAX).contains(&l) => l,
+        _ => return Err(ApiError::invalid_query(format!("limit must be 1 to {RUNS_MAX}"))),
+    };
+    let runs: Vec<_> = app
+        .janitor
+        .runs(limit)?
+        .into_iter()
+        .map(|(seq, ran)| {
+            let mut value = serde_json::to_value(&ran).unwrap_or_default();
+            value["seq"] = seq.into();
+            value
+        })
+        .collect();
+    Ok(warp::reply::json(&serde_json::json!({ "runs": runs })))
 }

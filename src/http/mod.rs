@@ -1,9 +1,11 @@
 //! The warp facade: WebSocket upgrade, the JSON HTTP API, and health.
 //!
-//! Errors over HTTP are `{"error": {"code": "...", "message": "..."}}` with a stable code.
+//! Errors over HTTP are `{"error": {"code": "...", "message": "..."}}` with a stable code from
+//! the registry in [`crate::error_code`] (see [`ApiError`]).
 
 pub mod api;
 pub mod client_addr;
+pub mod error;
 pub mod files;
 pub mod janitor;
 pub mod listen;
@@ -28,12 +30,15 @@ use crate::actor::sessions::SessionsHandle;
 use crate::auth::{Authenticator, Credentials};
 use crate::blob::service::FileService;
 use crate::config::Config;
+use crate::error_code::ErrorCode;
 use crate::event::RoomId;
 use crate::log::EventLog;
 use crate::projection::history::{History, StoredMessage};
 use crate::projection::search::SearchIndex;
 use crate::projection::sessions::Sessions;
 use crate::projection::Runner;
+
+pub use error::ApiError;
 
 /// Longest a history read waits for the projection to catch up with the log head; past it,
 /// the read answers with what is applied (it trails the head by one group commit normally).
@@ -138,15 +143,15 @@ impl App {
         params: &crate::projection::search::SearchParams,
     ) -> Result<crate::projection::search::Hits, SearchFailure> {
         use crate::projection::search::SearchRequest;
-        let readable = self.readable_rooms(identity).map_err(|e| SearchFailure::Unavailable(e.to_string()))?;
+        let readable = self.readable_rooms(identity).map_err(SearchFailure::unavailable)?;
         let request = SearchRequest::new(params, readable, self.config.search.limit_max, std::time::SystemTime::now())
             .map_err(|e| SearchFailure::Invalid(e.0))?;
         let index = self.search.clone();
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || index.search(&request))
             .await
-            .map_err(|e| SearchFailure::Unavailable(e.to_string()))?
-            .map_err(|e| SearchFailure::Unavailable(e.to_string()));
+            .map_err(SearchFailure::unavailable)?
+            .map_err(SearchFailure::unavailable);
         metrics::histogram!(crate::metrics::SEARCH_SECONDS).record(started.elapsed().as_secs_f64());
         result
     }
@@ -193,7 +198,7 @@ impl App {
     }
 }
 
-/// Why a search has no answer.
+/// Why a search has no answer, over HTTP and WebSocket alike.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchFailure {
     /// The query or an option is wrong (`invalid_query`).
@@ -201,41 +206,21 @@ pub enum SearchFailure {
     Invalid(String),
     /// The index cannot be read now (`search_unavailable`).
     #[error("search is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// A refused request, small enough to pass around before it becomes a reply.
-#[derive(Debug)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, code, message: message.into() }
+impl SearchFailure {
+    /// How the edges report this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SearchFailure::Invalid(_) => ErrorCode::InvalidQuery,
+            SearchFailure::Unavailable(_) => ErrorCode::SearchUnavailable,
+        }
     }
 
-    /// A caller without valid credentials.
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::UNAUTHORIZED, code: "unauthorized", message: message.into() }
+    fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        SearchFailure::Unavailable(Box::new(error))
     }
-
-    /// A caller whose token does not cover what it asked.
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into() }
-    }
-
-    pub fn reply(&self) -> warp::reply::Response {
-        error_reply(self.status, self.code, &self.message)
-    }
-}
-
-/// An HTTP error body with its status.
-pub fn error_reply(status: StatusCode, code: &str, message: &str) -> warp::reply::Response {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
 /// All routes, behind the failure limit: a client (see [`client_addr`]) whose tokens were
@@ -272,7 +257,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         })
         .recover(|rejection: Rejection| async move {
             match rejection.find::<TooManyFailures>() {
-                Some(TooManyFailures(refusal)) => Ok(refusal.reply()),
+                Some(TooManyFailures(refusal)) => Ok(refusal.clone().into_response()),
                 None => self::rejection(rejection).await,
             }
         })
@@ -281,11 +266,11 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
 
 /// A request refused by the failure limit.
 #[derive(Debug)]
-struct TooManyFailures(Refusal);
+struct TooManyFailures(ApiError);
 impl warp::reject::Reject for TooManyFailures {}
 
 /// The 429 for a request whose client is over the failure limit and whose token is not valid.
-fn failure_gate(ip: Option<std::net::IpAddr>, query: &HashMap<String, String>, app: &App) -> Option<Refusal> {
+fn failure_gate(ip: Option<std::net::IpAddr>, query: &HashMap<String, String>, app: &App) -> Option<ApiError> {
     let ip = ip?;
     if !query.contains_key("token") || !app.auth_failures.blocked(ip) || api::identity_of(query, app).is_ok() {
         return None;
@@ -295,7 +280,7 @@ fn failure_gate(ip: Option<std::net::IpAddr>, query: &HashMap<String, String>, a
         "more than {} failed authentications from your address this minute; wait and retry",
         app.config.limits.auth_failures_per_minute
     );
-    Some(Refusal { status: StatusCode::TOO_MANY_REQUESTS, code: "too_many_failures", message })
+    Some(ApiError::new(ErrorCode::TooManyFailures, message))
 }
 
 fn inner_routes(
@@ -312,7 +297,7 @@ fn inner_routes(
         .and(client_addr::client(trusted))
         .and(credentials())
         .and(with_app.clone())
-        .map(upgrade);
+        .map(|request, ip, query, app| upgrade(request, ip, query, app).into_response());
     let healthz = warp::path("healthz")
         .and(warp::path::end())
         .and(warp::get())
@@ -322,7 +307,7 @@ fn inner_routes(
     let rooms = warp::path!("api" / "rooms").and(warp::get()).and(credentials()).and(with_app.clone()).then(
         |query, app: Arc<App>| async move {
             app.history_barrier().await;
-            api::rooms(query, app)
+            api::rooms(query, app).into_response()
         },
     );
     let metrics_gate = {
@@ -365,47 +350,52 @@ fn inner_routes(
         .and_then(api::status);
     // The configuration the server runs with, as TOML: what `roomlog backup` puts in an
     // archive (not the backup command's own, which may differ).
-    let running_config = warp::path!("api" / "config")
-        .and(warp::get())
-        .and(admin(app.clone()))
-        .and(with_app.clone())
-        .then(|app: Arc<App>| async move {
-            match toml::to_string_pretty(&app.config) {
-                Ok(text) => warp::reply::with_header(text, "content-type", "application/toml").into_response(),
-                Err(error) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, "config_unavailable", &error.to_string()),
-            }
-        });
-    let lifecycle = warp::path!("api" / "lifecycle" / "plan")
-        .and(warp::get())
-        .and(admin(app.clone()))
-        .and(with_app.clone())
-        .then(|app: Arc<App>| async move {
-            // The janitor's own plan, its lifecycle part: one planner, so this lists exactly
-            // what the next run does (no moves of content already cold).
-            match app.janitor.plan().await {
-                Ok(plan) => {
-                    let lifecycle = |action: &str| action == "expire" || action == "move_to_cold";
-                    let items: Vec<_> = plan.items.iter().filter(|i| lifecycle(i.action)).collect();
-                    let bytes: u64 = items.iter().map(|i| i.bytes).sum();
-                    let unreadable: Vec<_> = plan.unreadable.iter().filter(|u| u.rule == "lifecycle").collect();
-                    let body = serde_json::json!({ "plan": items, "bytes": bytes, "unreadable": unreadable });
-                    warp::reply::json(&body).into_response()
+    let running_config =
+        warp::path!("api" / "config").and(warp::get()).and(admin(app.clone())).and(with_app.clone()).then(
+            |app: Arc<App>| async move {
+                toml::to_string_pretty(&app.config)
+                    .map(|text| warp::reply::with_header(text, "content-type", "application/toml"))
+                    .map_err(|error| ApiError::new(ErrorCode::ConfigUnavailable, error.to_string()))
+                    .into_response()
+            },
+        );
+    let lifecycle =
+        warp::path!("api" / "lifecycle" / "plan").and(warp::get()).and(admin(app.clone())).and(with_app.clone()).then(
+            |app: Arc<App>| async move {
+                // The janitor's own plan, its lifecycle part: one planner, so this lists exactly
+                // what the next run does (no moves of content already cold).
+                match app.janitor.plan().await {
+                    Ok(plan) => {
+                        let lifecycle = |action: &str| action == "expire" || action == "move_to_cold";
+                        let items: Vec<_> = plan.items.iter().filter(|i| lifecycle(i.action)).collect();
+                        let bytes: u64 = items.iter().map(|i| i.bytes).sum();
+                        let unreadable: Vec<_> = plan.unreadable.iter().filter(|u| u.rule == "lifecycle").collect();
+                        let body = serde_json::json!({ "plan": items, "bytes": bytes, "unreadable": unreadable });
+                        warp::reply::json(&body).into_response()
+                    }
+                    // Not the janitor's own codes (`/api/janitor/plan` answers those): this route
+                    // has always said janitor_unavailable, and clients may rely on it.
+                    Err(error) => ApiError::new(ErrorCode::JanitorUnavailable, error.to_string()).into_response(),
                 }
-                Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "janitor_unavailable", &error.to_string()),
-            }
-        });
-    let search =
-        warp::path!("api" / "search").and(warp::get()).and(credentials()).and(with_app.clone()).then(api::search);
+            },
+        );
+    let search = warp::path!("api" / "search")
+        .and(warp::get())
+        .and(credentials())
+        .and(with_app.clone())
+        .then(api::search)
+        .map(Reply::into_response);
     let members = warp::path!("api" / "rooms" / String / "members")
         .and(warp::get())
         .and(credentials())
         .and(with_app.clone())
-        .then(api::members);
+        .then(api::members)
+        .map(Reply::into_response);
     let messages =
         warp::path!("api" / "rooms" / String / "messages").and(warp::get()).and(credentials()).and(with_app).then(
             |room, query, app: Arc<App>| async move {
                 app.history_barrier().await;
-                api::messages(room, query, app)
+                api::messages(room, query, app).into_response()
             },
         );
     ws.or(sessions::routes(app.clone()))
@@ -467,12 +457,12 @@ pub fn credentials() -> impl Filter<Extract = (HashMap<String, String>,), Error 
 }
 
 /// Who is calling (see [`api::identity_of`]), or the 401 to answer.
-pub type Caller = Result<crate::auth::Identity, Refusal>;
+pub type Caller = Result<crate::auth::Identity, ApiError>;
 
 /// Who is calling (see [`api::identity_of`]); the error is the 401 to answer.
 pub fn caller(app: Arc<App>) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     credentials().map(move |query: HashMap<String, String>| {
-        api::identity_of(&query, &app).map_err(|error| Refusal::unauthorized(error.to_string()))
+        api::identity_of(&query, &app).map_err(|error| ApiError::unauthorized(error.to_string()))
     })
 }
 
@@ -493,25 +483,25 @@ pub fn admin_check(
     peer: Option<std::net::SocketAddr>,
     query: &HashMap<String, String>,
     app: &App,
-) -> Result<(), Refusal> {
+) -> Result<(), ApiError> {
     if app.config.auth.admin_from_host && host_only(peer) {
         return Ok(());
     }
     let needed = "this endpoint needs an admin token (?token= or Authorization: Bearer)";
     if !query.contains_key("token") {
-        return Err(Refusal::unauthorized(needed));
+        return Err(ApiError::unauthorized(needed));
     }
     match api::identity_of(query, app) {
         Ok(identity) if identity.admin => Ok(()),
-        Ok(_) => Err(Refusal::forbidden(needed)),
-        Err(error) => Err(Refusal::unauthorized(error.to_string())),
+        Ok(_) => Err(ApiError::forbidden(needed)),
+        Err(error) => Err(ApiError::unauthorized(error.to_string())),
     }
 }
 
 /// [`admin_check`] as a value rather than a rejection, for routes that also serve other callers
 /// (sessions: creating, paying and listing them is for the admin scope in every
 /// `auth.anonymous` mode; reading one is for its own token too).
-pub type AdminStatus = Result<(), Refusal>;
+pub type AdminStatus = Result<(), ApiError>;
 
 /// The [`AdminStatus`] of a request.
 pub fn admin_status(app: Arc<App>) -> impl Filter<Extract = (AdminStatus,), Error = Rejection> + Clone {
@@ -522,7 +512,7 @@ pub fn admin_status(app: Arc<App>) -> impl Filter<Extract = (AdminStatus,), Erro
 
 /// A request refused by [`admin`].
 #[derive(Debug)]
-pub struct AdminOnly(Refusal);
+pub struct AdminOnly(ApiError);
 impl warp::reject::Reject for AdminOnly {}
 
 /// Passes only callers that [`admin_allowed`]; others are refused as [`admin_check`] says.
@@ -541,16 +531,16 @@ fn upgrade(
     ip: Option<std::net::IpAddr>,
     query: HashMap<String, String>,
     app: Arc<App>,
-) -> warp::reply::Response {
+) -> Result<warp::reply::Response, ApiError> {
     if *app.shutdown.borrow() {
-        return error_reply(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down");
+        return Err(ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down"));
     }
     // The failure limit is in front of every route (see `routes`), which also counts this 401.
     let identity = match app.auth.authenticate(&Credentials { query }) {
         Ok(identity) => identity,
         Err(error) => {
             metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => "unauthorized").increment(1);
-            return error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &error.0);
+            return Err(ApiError::unauthorized(error.0));
         }
     };
     let slot = match ip.map(|ip| app.address_slots.take(ip)) {
@@ -561,46 +551,57 @@ fn upgrade(
                 "your address has {} connections open, as many as one address may; close one and retry",
                 app.config.limits.connections_per_address_max
             );
-            return error_reply(StatusCode::TOO_MANY_REQUESTS, "too_many_connections_from_address", &text);
+            return Err(ApiError::new(ErrorCode::TooManyConnectionsFromAddress, text));
         }
         Some(Some(slot)) => Some(slot),
         None => None,
     };
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
         metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => "too_many_connections").increment(1);
-        return error_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
+        return Err(ApiError::new(
+            ErrorCode::TooManyConnections,
             "the server has as many connections as it accepts; retry later",
-        );
+        ));
     };
     let for_connection = app.clone();
-    request.accept(&app, move |socket| async move {
+    Ok(request.accept(&app, move |socket| async move {
         let _slot = slot; // held while the connection is open
         ws::serve(socket, identity, for_connection, permit).await
-    })
+    }))
 }
 
 async fn rejection(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
-    let (status, code, message) = if let Some(AdminOnly(refusal)) = rejection.find::<AdminOnly>() {
-        (refusal.status, refusal.code, refusal.message.clone())
+    let error = if let Some(AdminOnly(refusal)) = rejection.find::<AdminOnly>() {
+        refusal.clone()
     } else if rejection.is_not_found() {
-        (StatusCode::NOT_FOUND, "not_found", "no such route".to_owned())
+        ApiError::new(ErrorCode::NotFound, "no such route")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route".to_owned())
+        ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
     } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
-        (StatusCode::BAD_REQUEST, "invalid_query", e.to_string())
+        ApiError::invalid_query(e.to_string())
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body too large".to_owned())
+        ApiError::new(ErrorCode::BodyTooLarge, "request body too large")
     } else {
-        (StatusCode::BAD_REQUEST, "bad_request", format!("{rejection:?}"))
+        ApiError::new(ErrorCode::BadRequest, format!("{rejection:?}"))
     };
-    Ok(error_reply(status, code, &message))
+    Ok(error.into_response())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::host_only;
+    use super::{host_only, ErrorCode, SearchFailure};
+
+    /// `GET /api/search` (through `From<SearchFailure> for ApiError`) and the WebSocket's
+    /// `search` (ws.rs answers `error.code()`) both take the code from here: an index that
+    /// cannot answer is `search_unavailable` on both (it was `storage_unavailable` over the
+    /// WebSocket).
+    #[test]
+    fn a_failed_search_has_one_code_for_both_edges() {
+        let unavailable = SearchFailure::unavailable(std::io::Error::other("index reader gone"));
+        assert_eq!(unavailable.code(), ErrorCode::SearchUnavailable);
+        assert_eq!(super::ApiError::from(unavailable).code(), ErrorCode::SearchUnavailable);
+        assert_eq!(SearchFailure::Invalid("bad sort".into()).code(), ErrorCode::InvalidQuery);
+    }
 
     #[test]
     fn only_loopback_peers_may_export_the_log() {

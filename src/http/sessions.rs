@@ -8,9 +8,10 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use super::{error_reply, AdminStatus, App, Caller, Refusal};
+use super::{AdminStatus, ApiError, App, Caller};
 use crate::actor::session::{Command, SessionError};
 use crate::auth::Identity;
+use crate::error_code::ErrorCode;
 use crate::event::{Envelope, SessionId};
 use crate::projection::sessions::{Session, SessionState};
 
@@ -21,14 +22,8 @@ const CREATE_BODY_MAX: usize = 4096;
 /// Most events of one session shown.
 const EVENTS_MAX: usize = 1000;
 
-fn session_error(error: &SessionError) -> warp::reply::Response {
-    let status = match error {
-        SessionError::NotFound(_) => StatusCode::NOT_FOUND,
-        SessionError::Conflict { .. } => StatusCode::CONFLICT,
-        SessionError::Storage(_) | SessionError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error_reply(status, error.code(), &error.to_string())
-}
+/// A handler's answer: the reply, or the error to answer with.
+type Answer = Result<warp::reply::Response, ApiError>;
 
 #[derive(Serialize)]
 struct EventView<'a> {
@@ -49,40 +44,25 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .and(admin.clone())
         .and(with_app.clone())
         .then(|body, admin: AdminStatus, app: Arc<App>| async move {
-            if let Err(refusal) = admin {
-                return refusal.reply();
-            }
-            // Read at most CREATE_BODY_MAX bytes; no Content-Length (curl -X POST) is an empty body.
-            let mut body = Box::pin(body);
-            let mut bytes = Vec::new();
-            while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
-                let Ok(mut chunk) = chunk else { break };
-                while bytes::Buf::has_remaining(&chunk) {
-                    let part = bytes::Buf::chunk(&chunk);
-                    bytes.extend_from_slice(part);
-                    let n = part.len();
-                    bytes::Buf::advance(&mut chunk, n);
-                }
-                if bytes.len() > CREATE_BODY_MAX {
-                    return error_reply(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the body is over 4 KiB");
-                }
-            }
-            create(&bytes, &app).await
-        });
-    let stats =
-        warp::path!("api" / "sessions" / "stats").and(warp::get()).and(admin.clone()).and(with_app.clone()).then(
-            |admin: AdminStatus, app: Arc<App>| async move {
-                match admin {
-                    Ok(()) => stats(&app).await,
-                    Err(refusal) => refusal.reply(),
-                }
-            },
-        );
+            admin?;
+            create(&read_body(body).await?, &app).await
+        })
+        .map(Reply::into_response);
+    let stats = warp::path!("api" / "sessions" / "stats")
+        .and(warp::get())
+        .and(admin.clone())
+        .and(with_app.clone())
+        .then(|admin: AdminStatus, app: Arc<App>| async move {
+            admin?;
+            stats(&app).await
+        })
+        .map(Reply::into_response);
     let get = warp::path!("api" / "sessions" / String)
         .and(warp::get())
         .and(caller.clone())
         .and(with_app.clone())
-        .then(|id: String, caller: Caller, app: Arc<App>| async move { get(&id, caller, &app).await });
+        .then(|id: String, caller: Caller, app: Arc<App>| async move { get(&id, caller, &app).await })
+        .map(Reply::into_response);
     let act = warp::path!("api" / "sessions" / String / String)
         .and(warp::post())
         .and(caller.clone())
@@ -90,31 +70,59 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .and(with_app.clone())
         .then(|id: String, verb: String, caller: Caller, admin: AdminStatus, app: Arc<App>| async move {
             act(&id, &verb, caller, admin, &app).await
-        });
-    let list =
-        warp::path!("api" / "sessions").and(warp::get()).and(super::credentials()).and(admin).and(with_app).then(
-            |query: HashMap<String, String>, admin: AdminStatus, app: Arc<App>| async move {
-                match admin {
-                    Ok(()) => list(&query, &app).await,
-                    Err(refusal) => refusal.reply(),
-                }
-            },
-        );
+        })
+        .map(Reply::into_response);
+    let list = warp::path!("api" / "sessions")
+        .and(warp::get())
+        .and(super::credentials())
+        .and(admin)
+        .and(with_app)
+        .then(|query: HashMap<String, String>, admin: AdminStatus, app: Arc<App>| async move {
+            admin?;
+            list(&query, &app).await
+        })
+        .map(Reply::into_response);
     create.or(stats).unify().or(get).unify().or(act).unify().or(list).unify().boxed()
 }
 
 /// A session id the caller may read, touch or end: its own (a token bound to it), or any
 /// for a manager. A refusal does not say whether the session exists.
-fn own_session(id: &str, caller: Caller) -> Result<(SessionId, Identity), Refusal> {
+fn own_session(id: &str, caller: Caller) -> Result<(SessionId, Identity), ApiError> {
     let identity = caller?;
-    let id = SessionId::parse(id).map_err(|error| Refusal::bad_request("invalid_session_id", error.to_string()))?;
+    let id = session_id(id)?;
     if !identity.may_session(&id) {
-        return Err(Refusal::forbidden("your token is not bound to this session"));
+        return Err(ApiError::forbidden("your token is not bound to this session"));
     }
     Ok((id, identity))
 }
 
-async fn create(body: &[u8], app: &App) -> warp::reply::Response {
+fn session_id(id: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(id).map_err(|error| ApiError::new(ErrorCode::InvalidSessionId, error.to_string()))
+}
+
+/// The body of a create request: at most CREATE_BODY_MAX bytes; no Content-Length (curl -X
+/// POST) is an empty body.
+async fn read_body(
+    body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
+) -> Result<Vec<u8>, ApiError> {
+    let mut body = Box::pin(body);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+        let Ok(mut chunk) = chunk else { break };
+        while bytes::Buf::has_remaining(&chunk) {
+            let part = bytes::Buf::chunk(&chunk);
+            bytes.extend_from_slice(part);
+            let n = part.len();
+            bytes::Buf::advance(&mut chunk, n);
+        }
+        if bytes.len() > CREATE_BODY_MAX {
+            return Err(ApiError::new(ErrorCode::BodyTooLarge, "the body is over 4 KiB"));
+        }
+    }
+    Ok(bytes)
+}
+
+async fn create(body: &[u8], app: &App) -> Answer {
     #[derive(serde::Deserialize, Default)]
     #[serde(deny_unknown_fields)]
     struct Create {
@@ -123,75 +131,47 @@ async fn create(body: &[u8], app: &App) -> warp::reply::Response {
     let request: Create = if body.iter().all(u8::is_ascii_whitespace) {
         Create::default()
     } else {
-        match serde_json::from_slice(body) {
-            Ok(request) => request,
-            Err(e) => {
-                return error_reply(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    &format!("expected {{\"sliding\": bool}}: {e}"),
-                )
-            }
-        }
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("expected {{\"sliding\": bool}}: {e}")))?
     };
-    match app.sessions.create(request.sliding).await {
-        Ok(session) => warp::reply::with_status(warp::reply::json(&session), StatusCode::CREATED).into_response(),
-        Err(error) => session_error(&error),
-    }
+    let session = app.sessions.create(request.sliding).await?;
+    Ok(warp::reply::with_status(warp::reply::json(&session), StatusCode::CREATED).into_response())
 }
 
-async fn get(id: &str, caller: Caller, app: &App) -> warp::reply::Response {
-    let id = match own_session(id, caller) {
-        Ok((id, _)) => id,
-        Err(refusal) => return refusal.reply(),
-    };
-    let session = match app.sessions.get(&id).await {
-        Ok(Some(session)) => session,
-        Ok(None) => return session_error(&SessionError::NotFound(id.to_string())),
-        Err(error) => return session_error(&error),
-    };
-    let events: Vec<Envelope> = match app.sessions.history(&session, EVENTS_MAX) {
-        Ok(events) => events,
-        Err(error) => return session_error(&error),
-    };
+async fn get(id: &str, caller: Caller, app: &App) -> Answer {
+    let (id, _) = own_session(id, caller)?;
+    let session = app.sessions.get(&id).await?.ok_or_else(|| SessionError::NotFound(id.to_string()))?;
+    let events: Vec<Envelope> = app.sessions.history(&session, EVENTS_MAX)?;
     let events: Vec<EventView> =
         events.iter().map(|e| EventView { seq: e.seq, at_unix_ms: e.at_unix_ms, event: &e.event }).collect();
-    warp::reply::json(&serde_json::json!({ "session": session, "events": events })).into_response()
+    Ok(warp::reply::json(&serde_json::json!({ "session": session, "events": events })).into_response())
 }
 
 /// Touches, pays or ends a session. Paying is for the app's backend (the admin scope, as
 /// `admin` says), in every `auth.anonymous` mode: otherwise anyone could pay themselves.
-async fn act(id: &str, verb: &str, caller: Caller, admin: AdminStatus, app: &App) -> warp::reply::Response {
+async fn act(id: &str, verb: &str, caller: Caller, admin: AdminStatus, app: &App) -> Answer {
     // The admin scope may act on any session (the host, with `auth.admin_from_host`, too).
     let id = match (own_session(id, caller), &admin) {
         (Ok((id, _)), _) => id,
-        (Err(_), Ok(())) => match SessionId::parse(id) {
-            Ok(id) => id,
-            Err(error) => return Refusal::bad_request("invalid_session_id", error.to_string()).reply(),
-        },
-        (Err(refusal), Err(_)) => return refusal.reply(),
+        (Err(_), Ok(())) => session_id(id)?,
+        (Err(refusal), Err(_)) => return Err(refusal),
     };
     let command = match verb {
         "touch" => Command::Touch,
         "pay" => Command::Pay,
         "end" => Command::End,
-        _ => return error_reply(StatusCode::NOT_FOUND, "not_found", "no such route: use touch, pay or end"),
+        _ => return Err(ApiError::new(ErrorCode::NotFound, "no such route: use touch, pay or end")),
     };
     let paying = matches!(command, Command::Pay);
     if paying {
-        if let Err(refusal) = admin {
-            return refusal.reply();
-        }
+        admin?;
     }
-    let session = match app.sessions.command(&id, command).await {
-        Ok(session) => session,
-        Err(error) => return session_error(&error),
-    };
+    let session = app.sessions.command(&id, command).await?;
     // Read your writes: once answered, everything that reads the projection (a token bound to
     // this session, the session list) sees the change.
     app.sessions.caught_up().await;
     if !paying {
-        return warp::reply::json(&session).into_response();
+        return Ok(warp::reply::json(&session).into_response());
     }
     // A paid session's temp_ keys become permanent ones. Should this fail half way, the
     // janitor's next run finishes it; the payment itself is recorded already.
@@ -204,61 +184,51 @@ async fn act(id: &str, verb: &str, caller: Caller, admin: AdminStatus, app: &App
     };
     let mut answer = serde_json::to_value(&session).unwrap_or_default();
     answer["files_moved"] = serde_json::json!(moved);
-    warp::reply::json(&answer).into_response()
+    Ok(warp::reply::json(&answer).into_response())
 }
 
-async fn list(query: &HashMap<String, String>, app: &App) -> warp::reply::Response {
-    let bad = |text: String| error_reply(StatusCode::BAD_REQUEST, "invalid_query", &text);
+async fn list(query: &HashMap<String, String>, app: &App) -> Answer {
     let state = match query.get("state").map(|s| SessionState::parse(s).ok_or(s)) {
         None => None,
         Some(Ok(state)) => Some(state),
-        Some(Err(s)) => return bad(format!("state {s:?}: use active, expired, paid, ended or purged")),
+        Some(Err(s)) => {
+            return Err(ApiError::invalid_query(format!("state {s:?}: use active, expired, paid, ended or purged")))
+        }
     };
     let now = app.sessions_clock_now();
     let created_before = match query.get("older_than").map(|t| humantime::parse_duration(t)) {
         None => None,
         Some(Ok(age)) => Some(now.saturating_sub(crate::clock::millis(age))),
-        Some(Err(e)) => return bad(format!("older_than: {e} (use 7d, 12h)")),
+        Some(Err(e)) => return Err(ApiError::invalid_query(format!("older_than: {e} (use 7d, 12h)"))),
     };
-    let after = match query.get("after").map(|a| SessionId::parse(a)) {
-        None => None,
-        Some(Ok(id)) => Some(id),
-        Some(Err(e)) => return bad(e.to_string()),
-    };
+    let after = query
+        .get("after")
+        .map(|a| SessionId::parse(a))
+        .transpose()
+        .map_err(|e| ApiError::invalid_query(e.to_string()))?;
     let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
         None => 100,
         Some(Ok(l)) if (1..=LIST_LIMIT_MAX).contains(&l) => l,
-        _ => return bad(format!("limit must be 1 to {LIST_LIMIT_MAX}")),
+        _ => return Err(ApiError::invalid_query(format!("limit must be 1 to {LIST_LIMIT_MAX}"))),
     };
     app.sessions.caught_up().await;
-    match app.sessions_read.list(state, created_before, after.as_ref(), limit) {
-        Ok(sessions) => {
-            let next: Option<&Session> = (sessions.len() == limit).then(|| sessions.last()).flatten();
-            let body = serde_json::json!({ "sessions": sessions, "next_after": next.map(|s| s.id.as_str()) });
-            warp::reply::json(&body).into_response()
-        }
-        Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
-    }
+    let sessions = app.sessions_read.list(state, created_before, after.as_ref(), limit).map_err(ApiError::storage)?;
+    let next: Option<&Session> = (sessions.len() == limit).then(|| sessions.last()).flatten();
+    let body = serde_json::json!({ "sessions": sessions, "next_after": next.map(|s| s.id.as_str()) });
+    Ok(warp::reply::json(&body).into_response())
 }
 
-async fn stats(app: &App) -> warp::reply::Response {
+async fn stats(app: &App) -> Answer {
     app.sessions.caught_up().await;
     let now = app.sessions_clock_now();
-    let counts = app.sessions_read.counts();
-    let overdue = app.sessions_read.overdue_purges(now);
-    match (counts, overdue) {
-        (Ok(counts), Ok(overdue)) => {
-            let by_state: serde_json::Map<String, serde_json::Value> =
-                SessionState::ALL.iter().map(|s| (s.as_str().to_owned(), counts[s].into())).collect();
-            let body = serde_json::json!({
-                "total": counts.values().sum::<u64>(),
-                "by_state": by_state,
-                "unpaid_older_than_purge_age": overdue,
-            });
-            warp::reply::json(&body).into_response()
-        }
-        (Err(error), _) | (_, Err(error)) => {
-            error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string())
-        }
-    }
+    let counts = app.sessions_read.counts().map_err(ApiError::storage)?;
+    let overdue = app.sessions_read.overdue_purges(now).map_err(ApiError::storage)?;
+    let by_state: serde_json::Map<String, serde_json::Value> =
+        SessionState::ALL.iter().map(|s| (s.as_str().to_owned(), counts[s].into())).collect();
+    let body = serde_json::json!({
+        "total": counts.values().sum::<u64>(),
+        "by_state": by_state,
+        "unpaid_older_than_purge_age": overdue,
+    });
+    Ok(warp::reply::json(&body).into_response())
 }

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
-use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use super::{error_reply, App};
+use super::{ApiError, App};
 use crate::blob::Tier;
 
 /// Keys and bytes under one prefix (the key's first segment) in one tier.
@@ -112,10 +111,12 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
     let history_app = app.clone();
     let history =
         warp::path!("api" / "storage" / "history").and(warp::get()).and(super::admin(app.clone())).map(move || {
-            match history_app.growth.samples() {
-                Ok(samples) => warp::reply::json(&serde_json::json!({ "samples": samples })).into_response(),
-                Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error.to_string()),
-            }
+            history_app
+                .growth
+                .samples()
+                .map(|samples| warp::reply::json(&serde_json::json!({ "samples": samples })))
+                .map_err(ApiError::storage)
+                .into_response()
         });
     history
         .or(warp::path!("api" / "storage")
@@ -123,10 +124,11 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
             .and(super::admin(app.clone()))
             .and(warp::any().map(move || app.clone()))
             .then(|app: Arc<App>| async move {
-                match measure(&app).await {
-                    Ok(storage) => warp::reply::json(&storage).into_response(),
-                    Err(error) => error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", &error),
-                }
+                measure(&app)
+                    .await
+                    .map(|storage| warp::reply::json(&storage))
+                    .map_err(ApiError::storage)
+                    .into_response()
             }))
         .unify()
         .boxed()

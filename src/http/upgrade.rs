@@ -13,10 +13,11 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
-use warp::{Filter, Rejection};
+use warp::{Filter, Rejection, Reply};
 
-use super::{error_reply, App};
+use super::{ApiError, App};
 use crate::config::Limits;
+use crate::error_code::ErrorCode;
 
 /// The WebSocket of one upgraded connection.
 pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -69,11 +70,11 @@ impl UpgradeRequest {
             has_token(header::UPGRADE, "websocket"),
             version_ok,
         ) else {
-            return error_reply(
-                StatusCode::BAD_REQUEST,
-                "not_a_websocket_upgrade",
+            return ApiError::new(
+                ErrorCode::NotAWebsocketUpgrade,
                 "expected a WebSocket upgrade: Connection: upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key",
-            );
+            )
+            .into_response();
         };
         let config = socket_config(&app.config.limits);
         tokio::spawn(async move {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use warp::{Filter, Reply};
 
 use super::{admin_check, App};
+use crate::error_code::ErrorCode;
 
 const CHAT: &str = include_str!("web/chat.html");
 const ADMIN: &str = include_str!("web/admin.html");
@@ -52,15 +53,16 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .map(move |peer: Option<std::net::SocketAddr>, query: HashMap<String, String>| {
             match admin_check(peer, &query, &app) {
                 Ok(()) => page(ADMIN),
-                Err(refusal) if refusal.status == warp::http::StatusCode::FORBIDDEN => {
-                    admin_token_page(refusal.status, "This token does not have the admin scope.")
+                Err(refusal) if refusal.code() == ErrorCode::Forbidden => {
+                    admin_token_page(refusal.code().status(), "This token does not have the admin scope.")
                 }
                 Err(_) if !query.contains_key("token") => {
                     admin_token_page(warp::http::StatusCode::UNAUTHORIZED, "No admin token was given.")
                 }
-                Err(refusal) => {
-                    admin_token_page(refusal.status, &format!("This token was refused: {}.", refusal.message))
-                }
+                Err(refusal) => admin_token_page(
+                    refusal.code().status(),
+                    &format!("This token was refused: {}.", refusal.message()),
+                ),
             }
         });
     chat.or(admin).unify().boxed()

@@ -22,7 +22,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
 use super::upgrade::Socket;
-use super::{App, SearchFailure};
+use super::App;
 use crate::actor::room::RoomMsg;
 use crate::actor::{ChatError, Member, Outbound, QueuedBytes};
 use crate::auth::Identity;
@@ -284,10 +284,8 @@ impl Connection {
                     Ok(results) => {
                         self.write(render(&ServerFrame::SearchResults { id: id.as_ref(), results: &results })).await
                     }
-                    Err(error @ SearchFailure::Invalid(_)) => {
-                        self.error(ErrorCode::InvalidQuery, &error.to_string(), None, None).await
-                    }
-                    Err(error) => self.error(ErrorCode::StorageUnavailable, &error.to_string(), None, None).await,
+                    // The same code as `GET /api/search` answers: the registry's, not a local choice.
+                    Err(error) => self.error(error.code(), &error.to_string(), None, None).await,
                 }
             }
             ClientFrame::Join { room, since } => {

@@ -97,7 +97,7 @@ pub enum LogError {
     #[error("the log writer failed and stores nothing until the server restarts: {0}")]
     WriterFailed(#[source] Arc<LogError>),
     /// A record over the size sled keeps durable (`durable::VALUE_BYTES_MAX`); nothing of its
-    /// group was stored (HTTP 413, code `too_large`).
+    /// group was stored.
     #[error("record {seq} is {bytes} bytes encoded, over the {max}-byte limit of a log record; nothing was stored")]
     RecordTooLarge { seq: u64, bytes: usize, max: usize },
     /// An event of a stream longer than the log indexes (`StreamId::LEN_MAX`); nothing of its
@@ -117,12 +117,24 @@ pub enum LogError {
     LostRecords { head: u64, acked_through: u64 },
     #[error("compacting the log: {what}: {source}")]
     Compact { what: String, source: std::io::Error },
-    /// A stored record does not decode (HTTP 500, code `corrupt_record`).
+    /// A stored record does not decode.
     #[error(transparent)]
     Decode(#[from] DecodeError),
     /// The writer has stopped: the server is shutting down (HTTP 503, code `shutting_down`).
     #[error("the log is closed")]
     Closed,
+}
+
+impl LogError {
+    /// How the edges report this error: the disk, the shutdown, or the storage.
+    pub fn code(&self) -> crate::error_code::ErrorCode {
+        use crate::error_code::ErrorCode;
+        match self {
+            LogError::Closed => ErrorCode::ShuttingDown,
+            LogError::DiskFull { .. } => ErrorCode::DiskFull,
+            _ => ErrorCode::StorageUnavailable,
+        }
+    }
 }
 
 /// An append handed to the writer, not yet durable. Await it for the stored envelope.
