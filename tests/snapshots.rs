@@ -322,6 +322,56 @@ fn every_golden_event_decodes_to_its_sample() {
     }
 }
 
+/// The stored tags `Event` reads: serde's list of its stored shapes' variants, caught by a
+/// deserializer that answers nothing else.
+fn stored_tags() -> Vec<&'static str> {
+    #[derive(Debug, thiserror::Error)]
+    enum Probe {
+        #[error("variants {0:?}")]
+        Variants(&'static [&'static str]),
+        #[error("{0}")]
+        Other(String),
+    }
+    impl serde::de::Error for Probe {
+        fn custom<T: std::fmt::Display>(message: T) -> Self {
+            Probe::Other(message.to_string())
+        }
+    }
+    struct VariantNames;
+    impl<'de> serde::Deserializer<'de> for VariantNames {
+        type Error = Probe;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Probe> {
+            Err(Probe::Other("not an enum".into()))
+        }
+        fn deserialize_enum<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Probe> {
+            Err(Probe::Variants(variants))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+            unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier ignored_any
+        }
+    }
+    match <Event as serde::Deserialize>::deserialize(VariantNames) {
+        Err(Probe::Variants(variants)) => variants.to_vec(),
+        other => panic!("Event does not deserialize as an enum: {other:?}"),
+    }
+}
+
+#[test]
+fn every_stored_event_shape_has_a_golden_file_and_every_golden_file_a_shape() {
+    let tags: std::collections::BTreeSet<String> = stored_tags().into_iter().map(str::to_owned).collect();
+    let files: std::collections::BTreeSet<String> = std::fs::read_dir(snapshots().join("events"))
+        .expect("snapshots/events")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().trim_end_matches(".msgpack").to_owned())
+        .collect();
+    assert_eq!(tags, files, "each shape the log reads has a golden file, and nothing else does");
+}
+
 #[test]
 fn the_current_version_of_each_event_encodes_as_its_golden_bytes() {
     // Events of the current versions are written today; their bytes must not drift silently.
