@@ -490,6 +490,43 @@ async fn sessions_are_created_paid_and_listed_by_an_admin_only_even_when_anonymo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_moves_are_for_the_admin_scope_even_when_anonymous_callers_may_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.anonymous = Anonymous::Write;
+    config.auth.admin_from_host = false;
+    config.files.cold_dir = Some(dir.path().join("cold"));
+    let secrets = SecretFiles { dir: config.secret_dir() }.load_or_create().expect("secret");
+    let server = common::start(config).await;
+    let addr = server.addr();
+    let admin = secrets.issue(&claims("ops", &[], true, now_s() + 3600));
+    let writer = secrets.issue(&claims("app", &[("*", true)], false, now_s() + 3600));
+    let (stored, answer) = common::put_file(addr, "tts/a.mp3", vec![1; 4096], "audio/mpeg").await;
+    assert_eq!(stored, 201, "anonymous callers may still upload: {answer}");
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/api/files/tts/a.mp3?tier=cold");
+    for (who, request, expected) in [
+        ("an anonymous caller", http.post(&url), 401),
+        ("a token without the admin scope", http.post(&url).bearer_auth(&writer), 403),
+    ] {
+        let response = request.send().await.expect("http");
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, expected, "{who} may not move content between tiers: {body}");
+    }
+    let tier = |response: reqwest::Response| response.headers().get("x-roomlog-tier").cloned();
+    let before = tier(reqwest::get(format!("http://{addr}/api/files/tts/a.mp3")).await.expect("get")).expect("tier");
+    assert_eq!(before, "hot", "nothing moved");
+    let response = http.post(&url).bearer_auth(&admin).send().await.expect("http");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("json");
+    assert_eq!((status, &body["tier"]), (200, &json!("cold")), "the admin scope moves it: {body}");
+    let after = tier(reqwest::get(format!("http://{addr}/api/files/tts/a.mp3")).await.expect("get")).expect("tier");
+    assert_eq!(after, "cold");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_anonymous_caller_may_not_take_a_name_reserved_by_a_token_user() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = common::config(dir.path());

@@ -39,6 +39,7 @@ fn owner_of(query: &HashMap<String, String>) -> Result<Option<SessionId>, ApiErr
 /// Boxed: the route types are deep enough otherwise to overflow the compiler's recursion limit.
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let caller = super::caller(app.clone());
+    let admin = super::admin_status(app.clone());
     let with_app = warp::any().map(move || app.clone());
     let files = warp::path("api").and(warp::path("files"));
     let list = files
@@ -83,10 +84,20 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
             delete(tail.as_str(), caller, &app).await.into_response()
         },
     );
-    let copy =
-        files.and(warp::path::tail()).and(warp::post()).and(super::credentials()).and(caller).and(with_app).then(
-            |tail: warp::path::Tail, query: HashMap<String, String>, caller: Caller, app: Arc<App>| async move {
-                copy(tail.as_str(), &query, caller, &app).await.into_response()
+    let copy = files
+        .and(warp::path::tail())
+        .and(warp::post())
+        .and(super::credentials())
+        .and(caller)
+        .and(admin)
+        .and(with_app)
+        .then(
+            |tail: warp::path::Tail,
+             query: HashMap<String, String>,
+             caller: Caller,
+             admin: super::AdminStatus,
+             app: Arc<App>| async move {
+                copy(tail.as_str(), &query, caller, admin, &app).await.into_response()
             },
         );
     list.or(put).unify().or(get).unify().or(delete).unify().or(copy).unify().boxed()
@@ -149,16 +160,22 @@ async fn delete(tail: &str, caller: Caller, app: &App) -> Answer {
     Ok(warp::reply::json(&serde_json::json!({ "deleted": entry })).into_response())
 }
 
-/// `POST /api/files/{key}?copy_to=OTHER_KEY`, or `?tier=hot|cold` (an admin moving content).
-async fn copy(tail: &str, query: &HashMap<String, String>, caller: Caller, app: &App) -> Answer {
+/// `POST /api/files/{key}?copy_to=OTHER_KEY`, or `?tier=hot|cold` (the admin scope moving
+/// content, as for the other operator's endpoints: not a caller trusted by
+/// `auth.anonymous = "write"`).
+async fn copy(
+    tail: &str,
+    query: &HashMap<String, String>,
+    caller: Caller,
+    admin: super::AdminStatus,
+    app: &App,
+) -> Answer {
+    if let Some(tier) = query.get("tier") {
+        admin?;
+        return move_tier(&key_of(tail)?, tier, app).await;
+    }
     let identity = caller?;
     let from = key_of(tail)?;
-    if let Some(tier) = query.get("tier") {
-        if !identity.manages_all() {
-            return Err(ApiError::forbidden("moving content between tiers is for an admin token"));
-        }
-        return move_tier(&from, tier, app).await;
-    }
     let Some(to) = query.get("copy_to") else {
         return Err(ApiError::invalid_query(
             "POST a key with ?copy_to=OTHER_KEY, or ?tier=hot|cold to move its content",
