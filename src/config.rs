@@ -341,7 +341,8 @@ pub struct AuthConfig {
     /// Whether a caller on this host (a loopback peer) may use the admin endpoints without an
     /// admin token. Off by default: a tunnel (cloudflared, ngrok, ssh -R) also connects from
     /// loopback, so it would hand the admin scope to the internet. The operator's commands
-    /// (`roomlog stats`, `janitor run`, ...) sign their own admin token with the secret.
+    /// (`roomlog stats`, `janitor run`, ...) sign their own admin token with the secret. A peer
+    /// listed in `trusted_proxies` never counts as this host: it relays callers from anywhere.
     pub admin_from_host: bool,
     /// Whether `/metrics` needs the admin scope (an admin token, or the host when
     /// `admin_from_host`). On by default: behind a tunnel (cloudflared, ngrok, ssh -R) every

@@ -625,6 +625,23 @@ async fn behind_a_tunnel_one_stranger_failing_locks_out_only_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_on_this_host_does_not_get_the_admin_scope_of_the_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::config(dir.path());
+    config.auth.admin_from_host = true;
+    let server = common::start(config.clone()).await;
+    assert_eq!(common::get(server.addr(), "/api/status").await.0, 200, "this host is the admin");
+    server.shutdown().await;
+
+    // The same host behind cloudflared: every caller connects from 127.0.0.1, the proxy.
+    config.auth.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+    let server = common::start(config).await;
+    let (status, body) = common::get(server.addr(), "/api/status").await;
+    assert_eq!(status, 401, "a caller through the tunnel needs an admin token: {body}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_from_a_peer_that_is_not_a_trusted_proxy_are_ignored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = common::config(dir.path());

@@ -484,7 +484,10 @@ pub fn admin_check(
     query: &HashMap<String, String>,
     app: &App,
 ) -> Result<(), ApiError> {
-    if app.config.auth.admin_from_host && host_only(peer) {
+    // A trusted proxy on this host (a tunnel) relays callers from anywhere: its loopback
+    // address says nothing about who is calling.
+    let relayed = peer.is_some_and(|p| app.config.auth.trusted_proxies.contains(&p.ip()));
+    if app.config.auth.admin_from_host && host_only(peer) && !relayed {
         return Ok(());
     }
     let needed = "this endpoint needs an admin token (?token= or Authorization: Bearer)";
