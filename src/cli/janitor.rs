@@ -1,5 +1,8 @@
 //! `roomlog janitor plan|run|runs`: the running server's janitor.
 
+use anyhow::Context;
+use roomlog::event::{JanitorRan, RuleTally};
+use roomlog::views::{JanitorRunRecord, JanitorRuns};
 use roomlog::Config;
 
 use super::args::JanitorAction;
@@ -27,7 +30,7 @@ pub async fn run(
     if json {
         println!("{answer}");
     } else {
-        print_janitor_answer(&action, &answer);
+        print_janitor_answer(&action, answer)?;
     }
     if run_incomplete {
         std::process::exit(JANITOR_RUN_INCOMPLETE_EXIT);
@@ -39,13 +42,18 @@ pub async fn run(
 /// `failed` (none could be done): not 1, which says the command itself failed (no server).
 const JANITOR_RUN_INCOMPLETE_EXIT: i32 = 2;
 
-/// What `roomlog janitor plan|run|runs` prints for a person.
-fn print_janitor_answer(action: &JanitorAction, answer: &serde_json::Value) {
+/// What `roomlog janitor plan|run|runs` prints for a person. A run and the runs are read as
+/// the server's own types ([`JanitorRan`], [`JanitorRuns`]), so that a field renamed there
+/// fails here instead of printing `?`; so are a plan's rules. The plan's items stay JSON: their
+/// type carries what the janitor does with them, which no client should build.
+fn print_janitor_answer(action: &JanitorAction, answer: serde_json::Value) -> anyhow::Result<()> {
     match action {
         JanitorAction::Plan => {
             let items = answer["items"].as_array().map_or(0, Vec::len);
             println!("janitor plan: {items} items (nothing deleted; `roomlog janitor run` applies it)");
-            print_rules(&answer["rules"]);
+            let rules: Vec<RuleTally> =
+                serde_json::from_value(answer["rules"].clone()).context("/api/janitor/plan: its rules")?;
+            print_rules(&rules);
             for item in answer["items"].as_array().into_iter().flatten().take(50) {
                 println!(
                     "    {} {} ({}, {} bytes)",
@@ -60,44 +68,42 @@ fn print_janitor_answer(action: &JanitorAction, answer: &serde_json::Value) {
             }
         }
         JanitorAction::Run => {
-            let seconds = (answer["finished_at_unix_ms"].as_u64().unwrap_or(0))
-                .saturating_sub(answer["started_at_unix_ms"].as_u64().unwrap_or(0)) as f64
-                / 1000.0;
-            println!(
-                "janitor run {}: {} in {seconds:.1} s{}",
-                answer["run"],
-                answer["outcome"].as_str().unwrap_or("?"),
-                answer["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
-            );
-            print_rules(&answer["rules"]);
+            let ran: JanitorRan = serde_json::from_value(answer).context("/api/janitor/run: not a run's record")?;
+            println!("janitor run {}: {} in {:.1} s{}", ran.run, ran.outcome, seconds(&ran), error_suffix(&ran));
+            print_rules(&ran.rules);
         }
         JanitorAction::Runs { .. } => {
-            for run in answer["runs"].as_array().into_iter().flatten() {
-                let seconds = (run["finished_at_unix_ms"].as_u64().unwrap_or(0))
-                    .saturating_sub(run["started_at_unix_ms"].as_u64().unwrap_or(0))
-                    as f64
-                    / 1000.0;
+            let runs: JanitorRuns = serde_json::from_value(answer).context("/api/janitor/runs: not a list of runs")?;
+            for JanitorRunRecord { ran, .. } in &runs.runs {
                 println!(
-                    "run {} ({}): {} in {seconds:.1} s{}",
-                    run["run"],
-                    run["trigger"].as_str().unwrap_or("?"),
-                    run["outcome"].as_str().unwrap_or("?"),
-                    run["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+                    "run {} ({}): {} in {:.1} s{}",
+                    ran.run,
+                    ran.trigger,
+                    ran.outcome,
+                    seconds(ran),
+                    error_suffix(ran)
                 );
-                print_rules(&run["rules"]);
+                print_rules(&ran.rules);
             }
         }
     }
+    Ok(())
+}
+
+/// How long a run took, in seconds.
+fn seconds(ran: &JanitorRan) -> f64 {
+    ran.finished_at_unix_ms.saturating_sub(ran.started_at_unix_ms) as f64 / 1000.0
+}
+
+/// `: why` when the run did not do everything, else nothing.
+fn error_suffix(ran: &JanitorRan) -> String {
+    ran.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
 }
 
 /// One line per rule of a plan or a run: items and bytes.
-fn print_rules(rules: &serde_json::Value) {
-    for rule in rules.as_array().into_iter().flatten() {
-        println!(
-            "  {:<28} {:>8} items {:>12.1} MiB",
-            rule["rule"].as_str().unwrap_or("?"),
-            rule["items"],
-            rule["bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0)
-        );
+fn print_rules(rules: &[RuleTally]) {
+    for rule in rules {
+        // `items` without a width, as when it was printed from JSON (which ignores widths).
+        println!("  {:<28} {} items {:>12.1} MiB", rule.rule, rule.items, rule.bytes as f64 / (1024.0 * 1024.0));
     }
 }

@@ -1,5 +1,6 @@
 //! `roomlog status`: asks the running server how it is (`GET /api/status`).
 
+use roomlog::views::Status;
 use roomlog::Config;
 
 use super::remote::operator_client;
@@ -32,11 +33,17 @@ pub async fn status(config: &Config, addr: Option<std::net::SocketAddr>, json: b
             return 1;
         }
     };
-    let ready = status["ready"].as_bool().unwrap_or(false);
+    // `--json` prints the answer as it came; the summary and the exit code read it as the
+    // server's own `Status`, so that a field renamed there fails here instead of printing `?`.
+    let typed = serde_json::from_value::<Status>(status.clone());
+    let ready = typed.as_ref().is_ok_and(|s| s.ready);
     if json {
         println!("{status}");
     } else {
-        print!("{}", summary(&status));
+        match &typed {
+            Ok(typed) => print!("{}", summary(typed)),
+            Err(error) => eprintln!("roomlog status: {addr} answered, but not with a status ({error}): {status}"),
+        }
     }
     if ready {
         0
@@ -46,47 +53,42 @@ pub async fn status(config: &Config, addr: Option<std::net::SocketAddr>, json: b
 }
 
 /// The human summary of `/api/status`.
-fn summary(s: &serde_json::Value) -> String {
-    let uptime = humantime::format_duration(std::time::Duration::from_secs(s["uptime_seconds"].as_u64().unwrap_or(0)));
+fn summary(s: &Status) -> String {
+    let uptime = humantime::format_duration(std::time::Duration::from_secs(s.uptime_seconds));
     let mut out = format!(
         "roomlog {} up {uptime} on {} (data {})\nready: {}\nlog: head seq {}, {:.1} MiB on disk\n",
-        s["version"].as_str().unwrap_or("?"),
-        s["listen"].as_str().unwrap_or("?"),
-        s["data"].as_str().unwrap_or("?"),
-        if s["ready"].as_bool().unwrap_or(false) { "yes" } else { "NO" },
-        s["log"]["head_seq"],
-        s["log"]["disk_bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0),
+        s.version,
+        s.listen,
+        s.data,
+        if s.ready { "yes" } else { "NO" },
+        s.log.head_seq,
+        s.log.disk_bytes as f64 / (1024.0 * 1024.0),
     );
-    for (name, p) in s["projections"].as_object().into_iter().flatten() {
+    for (name, p) in &s.projections {
         out.push_str(&format!(
             "{name} projection: applied {} (lag {} events{})\n",
-            p["applied_seq"],
-            p["lag_events"],
-            if p["running"].as_bool().unwrap_or(false) { "" } else { ", STOPPED" },
+            p.applied_seq,
+            p.lag_events,
+            if p.running { "" } else { ", STOPPED" },
         ));
     }
     out.push_str(&format!(
         "search index: {} messages, {:.1} MiB on disk\nrooms active: {}, connections open: {}\n",
-        s["search"]["documents"],
-        s["search"]["disk_bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0),
-        s["rooms_active"],
-        s["connections_open"],
+        s.search.documents,
+        s.search.disk_bytes as f64 / (1024.0 * 1024.0),
+        s.rooms_active,
+        s.connections_open,
     ));
-    for reason in s["not_ready_because"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  not ready: {}\n", reason.as_str().unwrap_or("?")));
+    for reason in &s.not_ready_because {
+        out.push_str(&format!("  not ready: {reason}\n"));
     }
-    let errors = s["recent_errors"].as_array().cloned().unwrap_or_default();
+    let errors = &s.recent_errors;
     if errors.is_empty() {
         out.push_str("recent errors: none\n");
     } else {
         out.push_str(&format!("recent errors ({}, newest last):\n", errors.len()));
         for e in errors.iter().rev().take(5).rev() {
-            out.push_str(&format!(
-                "  {} {} {}\n",
-                e["level"].as_str().unwrap_or("?"),
-                e["target"].as_str().unwrap_or("?"),
-                e["message"].as_str().unwrap_or("?")
-            ));
+            out.push_str(&format!("  {} {} {}\n", e.level, e.target, e.message));
         }
     }
     out

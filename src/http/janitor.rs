@@ -62,15 +62,8 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
             };
             match app.janitor.runs(limit) {
                 Ok(runs) => {
-                    let runs: Vec<_> = runs
-                        .into_iter()
-                        .map(|(seq, ran)| {
-                            let mut value = serde_json::to_value(&ran).unwrap_or_default();
-                            value["seq"] = seq.into();
-                            value
-                        })
-                        .collect();
-                    warp::reply::json(&serde_json::json!({ "runs": runs })).into_response()
+                    let runs = runs.into_iter().map(|(seq, ran)| crate::views::JanitorRunRecord { seq, ran }).collect();
+                    warp::reply::json(&crate::views::JanitorRuns { runs }).into_response()
                 }
                 Err(error) => janitor_error(&error),
             }
