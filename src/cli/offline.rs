@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use roomlog::log::EventLog;
-use roomlog::projection::{self, history, search};
+use roomlog::projection::{self, history, search, Kind};
 use roomlog::Config;
 
 /// `roomlog compact`: rewrites the log without what retention and deletions superseded.
@@ -71,19 +71,20 @@ fn check_summary(report: &roomlog::check::CheckReport) -> String {
 
 /// `roomlog rebuild`: drops a projection (or `all`) and rebuilds it from the log, with a progress bar.
 pub fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
-    let names: &[&str] = match name {
-        "all" => &["history", "search", "sessions", "files"],
-        "history" => &["history"],
-        "search" => &["search"],
-        "sessions" => &["sessions"],
-        "files" => &["files"],
-        other => bail!("no projection named {other:?}; known: history, search, sessions, files, all"),
+    let kinds: Vec<Kind> = match (name, Kind::parse(name)) {
+        ("all", _) => Kind::ALL.to_vec(),
+        (_, Some(kind)) => vec![kind],
+        (other, None) => {
+            let known: Vec<&str> = Kind::ALL.iter().map(|kind| kind.name()).collect();
+            bail!("no projection named {other:?}; known: {}, all", known.join(", "))
+        }
     };
     let log = open_log(config)?;
     let state = roomlog::state::StateDb::open(&config.state_dir(), config.log.cache_bytes_max).with_context(|| {
         format!("opening the projections' store in {} (is a server running on it?)", config.state_dir().display())
     })?;
-    for &name in names {
+    for kind in kinds {
+        let name = kind.name();
         let head = log.head();
         let started = Instant::now();
         let bar = indicatif::ProgressBar::new(head).with_prefix(name);
@@ -92,20 +93,20 @@ pub fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
                 .progress_chars("=> "),
         );
         let progress = |applied: u64| bar.set_position(applied);
-        let (applied, rate) = match name {
-            "history" => {
+        let (applied, rate) = match kind {
+            Kind::History => {
                 let (_, mut projection) = history::open(&state)?;
                 projection::rebuild(&log, &mut projection, progress)?
             }
-            "sessions" => {
+            Kind::Sessions => {
                 let (_, mut projection) = roomlog::projection::sessions::open(&state)?;
                 projection::rebuild(&log, &mut projection, progress)?
             }
-            "files" => {
+            Kind::Files => {
                 let (_, mut projection) = roomlog::projection::files::open(&state)?;
                 projection::rebuild(&log, &mut projection, progress)?
             }
-            _ => {
+            Kind::Search => {
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let (_, mut projection) = search::open(&config.search_dir(), &config.search, threads)
                     .context("opening the search index (is the server running?)")?;

@@ -211,7 +211,6 @@ pub async fn readyz(app: Arc<App>) -> Result<warp::reply::Response, std::convert
 /// Each projection's applied seq, lag behind `head` and whether it runs, by name.
 fn projections(app: &App, head: u64) -> std::collections::BTreeMap<String, crate::views::ProjectionStatus> {
     app.runners()
-        .iter()
         .map(|r| {
             let view = crate::views::ProjectionStatus {
                 applied_seq: r.applied(),
