@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::log::floor::SeqFloor;
 use crate::log::Store;
-use crate::projection::{files, history, search, sessions, Projection};
+use crate::projection::{files, history, search, sessions, Kind, Projection};
 use crate::state::StateDb;
 
 /// What `roomlog check` found.
@@ -89,9 +89,9 @@ pub fn check(data: &Path, cache_bytes_max: u64) -> CheckReport {
             search::open_reader(&search_dir).map(|index| index.indexed_through()).map_err(|e| e.to_string())
         });
         match indexed {
-            Ok(seq) => report.projections.push(("search".into(), Some(seq))),
+            Ok(seq) => report.projections.push((Kind::Search.name().into(), Some(seq))),
             Err(why) => {
-                report.projections.push(("search".into(), None));
+                report.projections.push((Kind::Search.name().into(), None));
                 report
                     .findings
                     .push(format!("the search index does not open ({why}); the server rebuilds it from the log"));
@@ -159,9 +159,9 @@ fn check_projections(state_dir: &Path, cache_bytes_max: u64, report: &mut CheckR
         ));
     }
     let checkpoints: [(&str, Result<u64, String>); 3] = [
-        ("history", guarded("history", || checkpoint_of(history::open(&state)))),
-        ("sessions", guarded("sessions", || checkpoint_of(sessions::open(&state)))),
-        ("files", guarded("files", || checkpoint_of(files::open(&state)))),
+        (Kind::History.name(), guarded("history", || checkpoint_of(history::open(&state)))),
+        (Kind::Sessions.name(), guarded("sessions", || checkpoint_of(sessions::open(&state)))),
+        (Kind::Files.name(), guarded("files", || checkpoint_of(files::open(&state)))),
     ];
     for (name, checkpoint) in checkpoints {
         match checkpoint {

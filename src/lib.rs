@@ -32,6 +32,7 @@
 //! - [`config`]: configuration from defaults, a TOML file and the environment.
 //! - [`metrics`]: Prometheus metric names, rendered on `/metrics`.
 //! - [`recent_errors`]: the last warnings and errors, for `roomlog status`.
+//! - [`views`]: the operator's views (`/api/status`, janitor runs), typed for server and CLI.
 //! - [`server`]: starts and stops all of the above in order.
 //! - [`backup`]: archives of a cut of the log; verification and restore.
 //! - [`check`]: `roomlog check`, the report on a stopped server's data folder.
@@ -66,6 +67,7 @@ pub mod server;
 pub mod space;
 pub mod state;
 pub mod token;
+pub mod views;
 pub mod wire;
 
 pub use config::Config;

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
@@ -20,7 +20,7 @@ pub const RING_MAX: usize = 100;
 static RING: Mutex<VecDeque<RecentError>> = Mutex::new(VecDeque::new());
 
 /// One warning or error.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RecentError {
     pub at_unix_ms: u64,
     pub level: String,

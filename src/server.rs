@@ -22,7 +22,7 @@ use crate::disk::Disk;
 use crate::http::App;
 use crate::janitor::{JanitorContext, JanitorHandle};
 use crate::log::{EventLog, LogError};
-use crate::projection::{files, history, search, sessions, Projection, ProjectionError, Runner, SpaceFloor};
+use crate::projection::{files, history, search, sessions, Kind, Projection, ProjectionError, Runner, SpaceFloor};
 use crate::state::{Opened, StateDb};
 
 /// Why a server could not start.
@@ -151,18 +151,18 @@ impl Server {
             recovered: &mut recovered,
         };
         let (history, history_runner, history_following) =
-            start_projection("history", &mut starting, || history::open(&state), no_repair).await?;
+            start_projection(Kind::History, &mut starting, || history::open(&state), no_repair).await?;
         let search_dir = config.search_dir();
         let search_config = config.search.clone();
         let open_search = || search::open(&search_dir, &search_config, 1);
         let set_search_aside = || set_aside(&config.search_dir());
         let (search_index, search_runner, search_following) =
-            start_projection("search", &mut starting, open_search, set_search_aside).await?;
+            start_projection(Kind::Search, &mut starting, open_search, set_search_aside).await?;
         let (sessions_read, sessions_runner, sessions_following) =
-            start_projection("sessions", &mut starting, || sessions::open(&state), no_repair).await?;
+            start_projection(Kind::Sessions, &mut starting, || sessions::open(&state), no_repair).await?;
         auth.attach_sessions(sessions_read.clone());
         let (files_read, files_runner, files_following) =
-            start_projection("files", &mut starting, || files::open(&state), no_repair).await?;
+            start_projection(Kind::Files, &mut starting, || files::open(&state), no_repair).await?;
         let blob_dir = config.blob_dir();
         let store = BlobStore::open(&blob_dir, config.files.cold_dir.as_deref()).map_err(|source| ServerError::Io {
             what: format!("opening the file store in {}", blob_dir.display()),
@@ -287,7 +287,7 @@ impl Server {
             if let Some(failure) = self.app.log.failure() {
                 return failure.to_string();
             }
-            if let Some((name, why)) = self.app.runners().iter().find_map(|r| Some((r.name(), r.failed()?))) {
+            if let Some((name, why)) = self.app.runners().find_map(|r| Some((r.name(), r.failed()?))) {
                 return format!("the {name} projection gave up: {why}");
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -365,11 +365,12 @@ struct Starting<'a> {
 /// `/api/status`, rather than stopping start-up: it is derived state (issue 18). Only a failure
 /// to read the log itself stops the server.
 async fn start_projection<R, P: Projection>(
-    name: &'static str,
+    kind: Kind,
     starting: &mut Starting<'_>,
     open: impl Fn() -> Result<(R, P), ProjectionError>,
     repair: impl FnOnce() -> Result<(), ProjectionError>,
 ) -> Result<(R, Runner, JoinHandle<()>), ServerError> {
+    let name = kind.name();
     let (log, space) = (starting.log, Some(starting.space.clone()));
     let failed = |source| ServerError::Projection { name, source };
     let first = match open() {

@@ -192,20 +192,17 @@ pub async fn readyz(app: Arc<App>) -> Result<warp::reply::Response, std::convert
 }
 
 /// Each projection's applied seq, lag behind `head` and whether it runs, by name.
-fn projections(app: &App, head: u64) -> serde_json::Value {
-    let map: serde_json::Map<String, serde_json::Value> = app
-        .runners()
-        .iter()
+fn projections(app: &App, head: u64) -> std::collections::BTreeMap<String, crate::views::ProjectionStatus> {
+    app.runners()
         .map(|r| {
-            let view = serde_json::json!({
-                "applied_seq": r.applied(),
-                "lag_events": head.saturating_sub(r.applied()),
-                "running": r.is_running(),
-            });
+            let view = crate::views::ProjectionStatus {
+                applied_seq: r.applied(),
+                lag_events: head.saturating_sub(r.applied()),
+                running: r.is_running(),
+            };
             (r.name().to_owned(), view)
         })
-        .collect();
-    serde_json::Value::Object(map)
+        .collect()
 }
 
 /// What `refresh_gauges` measured, for `/api/status` to show without measuring again.
@@ -277,21 +274,21 @@ pub async fn metrics(app: Arc<App>) -> Result<warp::reply::Response, std::conver
 /// `GET /api/status`: what `roomlog status` prints.
 pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert::Infallible> {
     let Gauges { head, rooms, log_disk, search_disk, not_ready_because: reasons } = refresh_gauges(&app).await;
-    let body = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": app.started.elapsed().as_secs(),
-        "listen": app.listen.to_string(),
-        "data": app.config.data.display().to_string(),
-        "ready": reasons.is_empty(),
-        "not_ready_because": reasons,
-        "log": { "head_seq": head, "disk_bytes": log_disk },
-        "projections": projections(&app, head),
-        "search": { "documents": app.search.documents(), "disk_bytes": search_disk },
-        "rooms_active": rooms,
-        "connections_open": app.config.limits.connections_max - app.connections.available_permits(),
-        "recent_errors": crate::recent_errors::snapshot(),
-        "recovered_at_start": app.recovered,
-    });
+    let body = crate::views::Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_seconds: app.started.elapsed().as_secs(),
+        listen: app.listen.to_string(),
+        data: app.config.data.display().to_string(),
+        ready: reasons.is_empty(),
+        not_ready_because: reasons,
+        log: crate::views::LogStatus { head_seq: head, disk_bytes: log_disk },
+        projections: projections(&app, head),
+        search: crate::views::SearchStatus { documents: app.search.documents(), disk_bytes: search_disk },
+        rooms_active: rooms,
+        connections_open: app.config.limits.connections_max - app.connections.available_permits(),
+        recent_errors: crate::recent_errors::snapshot(),
+        recovered_at_start: app.recovered.clone(),
+    };
     Ok(warp::reply::json(&body).into_response())
 }
 

@@ -49,15 +49,7 @@ fn runs(query: &HashMap<String, String>, app: &App) -> Result<impl Reply, ApiErr
         Some(Ok(l)) if (1..=RUNS_MAX).contains(&l) => l,
         _ => return Err(ApiError::invalid_query(format!("limit must be 1 to {RUNS_MAX}"))),
     };
-    let runs: Vec<_> = app
-        .janitor
-        .runs(limit)?
-        .into_iter()
-        .map(|(seq, ran)| {
-            let mut value = serde_json::to_value(&ran).unwrap_or_default();
-            value["seq"] = seq.into();
-            value
-        })
-        .collect();
-    Ok(warp::reply::json(&serde_json::json!({ "runs": runs })))
+    let runs =
+        app.janitor.runs(limit)?.into_iter().map(|(seq, ran)| crate::views::JanitorRunRecord { seq, ran }).collect();
+    Ok(warp::reply::json(&crate::views::JanitorRuns { runs }))
 }

@@ -36,7 +36,7 @@ use crate::log::EventLog;
 use crate::projection::history::{History, StoredMessage};
 use crate::projection::search::SearchIndex;
 use crate::projection::sessions::Sessions;
-use crate::projection::Runner;
+use crate::projection::{Kind, Runner};
 
 pub use error::ApiError;
 
@@ -121,9 +121,19 @@ impl App {
         }
     }
 
-    /// Every projection's runner, for readiness and lag.
-    pub fn runners(&self) -> [&Runner; 4] {
-        [&self.history_runner, &self.search_runner, &self.sessions_runner, &self.files_runner]
+    /// Every projection's runner, for readiness and lag, in [`Kind::ALL`]'s order.
+    pub fn runners(&self) -> impl Iterator<Item = &Runner> + '_ {
+        Kind::ALL.into_iter().map(|kind| self.runner(kind))
+    }
+
+    /// The runner of one projection.
+    pub fn runner(&self, kind: Kind) -> &Runner {
+        match kind {
+            Kind::History => &self.history_runner,
+            Kind::Search => &self.search_runner,
+            Kind::Sessions => &self.sessions_runner,
+            Kind::Files => &self.files_runner,
+        }
     }
 
     /// The rooms `identity` may read, for a search: `None` when it may read every room.

@@ -172,7 +172,7 @@ struct Pending {
 
 impl Projection for FilesProjection {
     fn name(&self) -> &'static str {
-        "files"
+        crate::projection::Kind::Files.name()
     }
 
     fn checkpoint(&self) -> Result<u64, ProjectionError> {

@@ -239,7 +239,7 @@ impl History {
 
 impl Projection for HistoryProjection {
     fn name(&self) -> &'static str {
-        "history"
+        crate::projection::Kind::History.name()
     }
 
     fn checkpoint(&self) -> Result<u64, ProjectionError> {

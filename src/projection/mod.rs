@@ -3,12 +3,16 @@
 //! A [`Projection`] stores its state and its checkpoint (the last applied seq) in one atomic
 //! write, so after a crash it resumes from the checkpoint and never applies an event twice or
 //! skips one (DESIGN.md, "Projections"). A [`Runner`] follows the log head and feeds it;
-//! [`rebuild`] drops a projection's state and replays the whole log into it.
+//! [`rebuild`] drops a projection's state and replays the whole log into it. [`Kind`] is the one
+//! list of them.
 
 pub mod files;
 pub mod history;
+pub mod registry;
 pub mod search;
 pub mod sessions;
+
+pub use registry::Kind;
 
 use std::time::Instant;
 

@@ -370,7 +370,7 @@ fn parse_deadline(key: &[u8]) -> Result<(u64, Due, SessionId), ProjectionError> 
 
 impl Projection for SessionsProjection {
     fn name(&self) -> &'static str {
-        "sessions"
+        crate::projection::Kind::Sessions.name()
     }
 
     fn checkpoint(&self) -> Result<u64, ProjectionError> {

@@ -176,7 +176,7 @@ fn payload(index: &Index) -> Result<Option<Payload>, ProjectionError> {
 
 impl Projection for SearchProjection {
     fn name(&self) -> &'static str {
-        "search"
+        crate::projection::Kind::Search.name()
     }
 
     fn checkpoint(&self) -> Result<u64, ProjectionError> {

@@ -1,0 +1,104 @@
+//! The operator's views of a running server: the JSON answers of `/api/status` and
+//! `/api/janitor/runs` as typed structs. The HTTP handlers serialize them and `roomlog status`
+//! and `roomlog janitor` read them back, so that a field renamed on one side breaks the build
+//! or a test instead of printing `?` (issue 15). `/api/janitor/run` answers with
+//! [`JanitorRan`] itself and `/api/janitor/plan` with [`crate::janitor::Plan`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::JanitorRan;
+use crate::recent_errors::RecentError;
+
+/// `GET /api/status`: how the server is, for `roomlog status` and the admin page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The server's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    pub uptime_seconds: u64,
+    /// The address it listens on.
+    pub listen: String,
+    /// Its data folder.
+    pub data: String,
+    /// What `/readyz` says: ready when `not_ready_because` is empty.
+    pub ready: bool,
+    pub not_ready_because: Vec<String>,
+    pub log: LogStatus,
+    /// Each projection, by name.
+    pub projections: BTreeMap<String, ProjectionStatus>,
+    pub search: SearchStatus,
+    pub rooms_active: usize,
+    pub connections_open: usize,
+    /// The last warnings and errors, oldest first.
+    pub recent_errors: Vec<RecentError>,
+    /// What the server repaired or moved as it started, in a sentence each.
+    pub recovered_at_start: Vec<String>,
+}
+
+/// The log's part of [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogStatus {
+    pub head_seq: u64,
+    pub disk_bytes: u64,
+}
+
+/// One projection's part of [`Status`] (and of `/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionStatus {
+    /// The last seq it applied.
+    pub applied_seq: u64,
+    /// How far it is behind the log's head.
+    pub lag_events: u64,
+    /// False when it stopped (a failure it could not get past).
+    pub running: bool,
+}
+
+/// The search index's part of [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchStatus {
+    pub documents: u64,
+    pub disk_bytes: u64,
+}
+
+/// `GET /api/janitor/runs`: the last runs, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JanitorRuns {
+    pub runs: Vec<JanitorRunRecord>,
+}
+
+/// One run of [`JanitorRuns`]: its record, and the seq of the log record that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JanitorRunRecord {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub ran: JanitorRan,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::RuleTally;
+
+    /// Each run of `/api/janitor/runs` is the run's record with its `seq` beside its fields, as
+    /// the admin page and `roomlog janitor runs --json` readers expect, and reads back as it was.
+    #[test]
+    fn a_janitor_run_record_is_the_run_with_its_seq_beside_it() {
+        let ran = JanitorRan {
+            run: 3,
+            trigger: "manual".to_owned(),
+            started_at_unix_ms: 1_000,
+            finished_at_unix_ms: 2_500,
+            outcome: "succeeded".to_owned(),
+            error: None,
+            rules: vec![RuleTally { rule: "orphans".to_owned(), items: 2, bytes: 10 }],
+            failed: Vec::new(),
+            failures: Vec::new(),
+        };
+        let runs = JanitorRuns { runs: vec![JanitorRunRecord { seq: 42, ran }] };
+        let json = serde_json::to_value(&runs).expect("serializes");
+        assert_eq!((&json["runs"][0]["seq"], &json["runs"][0]["run"]), (&serde_json::json!(42), &serde_json::json!(3)));
+        assert_eq!(json["runs"][0]["rules"][0]["rule"], "orphans");
+        assert_eq!(serde_json::from_value::<JanitorRuns>(json).expect("reads back"), runs);
+    }
+}
