@@ -4,19 +4,7 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::config;
-use roomlog::auth::NameOnly;
-use roomlog::clock::ManualClock;
-use roomlog::Server;
-
-async fn start(dir: &std::path::Path, clock: &ManualClock) -> Server {
-    let config = config(dir);
-    std::fs::create_dir_all(&config.data).expect("data");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    Server::start_with_clock(config, listener, Arc::new(NameOnly), Arc::new(clock.clone())).await.expect("starts")
-}
+use common::{config, start};
 
 /// Resident memory of this process (server and client both), in KiB.
 fn rss_kib() -> u64 {
@@ -34,7 +22,7 @@ async fn a_100_mb_upload_and_download_stream_with_bounded_memory() {
     const SIZE: usize = 100 << 20;
     const CHUNK: usize = 1 << 20;
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(dir.path(), &ManualClock::new(1_800_000_000_000)).await;
+    let server = start(config(dir.path())).await;
     let before = rss_kib();
     let chunk = |i: usize| -> Vec<u8> { (0..CHUNK).map(|j| ((i * 31 + j * 7) % 251) as u8).collect() };
 
