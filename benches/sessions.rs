@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while seen < due && Instant::now() < deadline {
         let _ = tokio::time::timeout(Duration::from_millis(50), head.changed()).await;
-        let batch = server.log().read_range(next, 10_000)?;
+        let batch = server.log().read_range(next, 10_000).await?;
         let at = jumped.elapsed();
         for envelope in &batch {
             next = envelope.seq + 1;

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob::{BlobError, BlobStore, ContentHash, FileKey, Tier};
 use crate::event::{decode, DecodeError, Event, StreamId};
-use crate::log::{LogError, Store};
+use crate::log::LogError;
 
 /// Archive format written by this build.
 pub const FORMAT: &str = "roomlog-backup/1";
@@ -478,12 +478,12 @@ pub fn restore(
         }
         verified.push(archive);
     }
-    let log = Store::open(log_dir, 64 * 1024 * 1024)?;
+    let log = crate::log::open_backend(log_dir, 64 * 1024 * 1024)?;
     let past = |r: &Record| until.seq.is_some_and(|s| r.seq > s) || until.at_unix_ms.is_some_and(|t| r.at_unix_ms > t);
     let kept: Vec<&Record> = verified.iter().flat_map(|a| &a.records).take_while(|r| !past(r)).collect();
     for chunk in kept.chunks(4096) {
         let encoded: Vec<_> = chunk.iter().map(|r| (r.seq, &r.stream, r.bytes.as_slice())).collect();
-        log.write_encoded(&encoded)?;
+        log.write(&encoded)?;
     }
     log.sync()?;
     let mut refs = ContentRefs::default();
@@ -545,7 +545,7 @@ pub fn scheduled(
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let out = dir.join(format!("roomlog-{now:015}.tar"));
     let manifest = write_archive(&out, 0, log.head(), None, Carried { config_toml, secrets }, store, |after| {
-        Ok(log.read_raw(after.saturating_add(1), 4096)?)
+        Ok(log.read_raw_blocking(after.saturating_add(1), 4096)?)
     })?;
     let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io(format!("listing {}", dir.display())))?

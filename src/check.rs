@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::log::floor::SeqFloor;
-use crate::log::Store;
 use crate::projection::{files, history, search, sessions, Kind, Projection};
 use crate::state::StateDb;
 
@@ -103,7 +102,8 @@ pub fn check(data: &Path, cache_bytes_max: u64) -> CheckReport {
 }
 
 fn check_log(log_dir: &Path, cache_bytes_max: u64, report: &mut CheckReport) {
-    let opened = guarded("opening the log", || Store::open(log_dir, cache_bytes_max).map_err(|e| e.to_string()));
+    let opened =
+        guarded("opening the log", || crate::log::open_backend(log_dir, cache_bytes_max).map_err(|e| e.to_string()));
     let store = match opened {
         Ok(store) => store,
         Err(why) => {
@@ -114,19 +114,25 @@ fn check_log(log_dir: &Path, cache_bytes_max: u64, report: &mut CheckReport) {
             return;
         }
     };
-    let blob_files = store.blob_files();
+    let blob_files = store.unsafe_files();
     if blob_files > 0 {
         report.findings.push(format!(
             "{blob_files} page files under {}/blobs: sled wrote pages past its blob threshold, which a power cut can lose",
             log_dir.display()
         ));
     }
-    match guarded("reading the log", || store.verify().map_err(|e| e.to_string())) {
+    match guarded("reading the log", || crate::log::verify(store.as_ref()).map_err(|e| e.to_string())) {
         Ok(count) => report.log_records = Some(count),
         Err(why) => report.findings.push(format!("the log does not read to its end: {why}")),
     }
-    match guarded("reading the log's head", || store.last().map_err(|e| e.to_string())) {
-        Ok(last) => report.log_head_seq = Some(last.map_or(0, |e| e.seq)),
+    let head = || -> Result<u64, crate::log::LogError> {
+        Ok(match store.last()? {
+            Some((seq, bytes)) => crate::event::decode(seq, &bytes)?.seq,
+            None => 0,
+        })
+    };
+    match guarded("reading the log's head", || head().map_err(|e| e.to_string())) {
+        Ok(seq) => report.log_head_seq = Some(seq),
         Err(why) => report.findings.push(format!("the log's newest record does not read: {why}")),
     }
     match SeqFloor::open(log_dir) {

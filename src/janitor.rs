@@ -98,15 +98,38 @@ pub struct PlanItem {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
-    Purge { id: SessionId, at: u64 },
-    Rename { owner: SessionId, from: FileKey, to: FileKey },
-    Expire { key: FileKey },
-    Move { hash: ContentHash, reason: String },
+    Purge {
+        id: SessionId,
+        at: u64,
+    },
+    Rename {
+        owner: SessionId,
+        from: FileKey,
+        to: FileKey,
+    },
+    Expire {
+        key: FileKey,
+    },
+    Move {
+        hash: ContentHash,
+        reason: String,
+    },
     Orphan(Orphan),
-    ExpireMessages { room: RoomId, through_seq: u64, policy: String },
+    ExpireMessages {
+        room: RoomId,
+        through_seq: u64,
+        policy: String,
+    },
     CompressLog(std::path::PathBuf),
     DeleteLog(std::path::PathBuf),
+    /// Done by the run itself after every other item (see `JanitorState::purge_log`), never
+    /// planned: finding what is superseded reads the whole log.
+    PurgeLog,
 }
+
+/// Records removed per turn of an online purge: between turns the writer takes the appends
+/// queued behind it, so chat goes on while a large purge runs.
+const PURGE_GROUP: usize = 4096;
 
 /// What a run would do now, item by item and per rule, and the parts of the plan that could
 /// not be read (a broken cold tier does not hide what the other rules would do).
@@ -436,6 +459,7 @@ impl JanitorContext {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || gzip_file(&path)).await.map_err(|e| e.to_string())?
             }
+            Op::PurgeLog => Ok(false),
             Op::DeleteLog(path) => match tokio::fs::remove_file(path).await {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
                 other => other.map(|()| true).map_err(|e| format!("deleting {}: {e}", path.display())),
@@ -545,7 +569,7 @@ impl Actor for Janitor {
         _: ActorRef<JanitorMsg>,
         ctx: JanitorContext,
     ) -> Result<JanitorState, ActorProcessingErr> {
-        let runs = ctx.log.read_stream(&StreamId::janitor(), 0, usize::MAX)?.len() as u64;
+        let runs = ctx.log.read_stream(&StreamId::janitor(), 0, usize::MAX).await?.len() as u64;
         Ok(JanitorState { ctx, runs })
     }
 
@@ -570,7 +594,39 @@ impl Actor for Janitor {
     }
 }
 
+/// The rule under which the log's superseded records are removed.
+const PURGE_RULE: &str = "log_purge";
+
 impl JanitorState {
+    /// Removes from the log the records that retention cuts and file deletions superseded
+    /// (`log::compact`), while the server serves. Runs after a run that removed anything, and
+    /// after the first run since start-up (deletions by users since the last purge).
+    async fn purge_log(&self) -> Result<Option<PlanItem>, String> {
+        let purged = crate::log::compact::purge(&self.ctx.log, PURGE_GROUP).await.map_err(|e| e.to_string())?;
+        if purged.removed() == 0 {
+            return Ok(None);
+        }
+        tracing::info!(
+            messages = purged.removed_message_events,
+            files = purged.removed_file_events,
+            bytes = purged.removed_bytes,
+            "log records superseded by retention cuts and file deletions removed"
+        );
+        Ok(Some(PlanItem {
+            rule: PURGE_RULE.into(),
+            action: "purge_log",
+            target: "the log".into(),
+            count: purged.removed(),
+            bytes: purged.removed_bytes,
+            keys: Vec::new(),
+            detail: format!(
+                "{} message events at or below a retention cut and {} uploads of keys deleted later: superseded, their effect already undone",
+                purged.removed_message_events, purged.removed_file_events
+            ),
+            op: Op::PurgeLog,
+        }))
+    }
+
     async fn run(&mut self, trigger: String) -> Result<JanitorRan, JanitorError> {
         let started_at = self.ctx.clock.now_ms();
         let started = Instant::now();
@@ -613,6 +669,18 @@ impl JanitorState {
                         }
                     }
                 }
+            }
+        }
+        if !done.is_empty() || self.runs == 0 {
+            match self.purge_log().await {
+                Ok(Some(item)) => done.push(item),
+                Ok(None) => {}
+                Err(error) => failures.push(ItemFailure {
+                    rule: PURGE_RULE.into(),
+                    action: "purge_log".into(),
+                    target: String::new(),
+                    error: error.chars().take(500).collect(),
+                }),
             }
         }
         self.runs += 1;
@@ -698,9 +766,12 @@ impl JanitorHandle {
     }
 
     /// The last `limit` runs, newest first.
-    pub fn runs(&self, limit: usize) -> Result<Vec<(u64, JanitorRan)>, JanitorError> {
-        let all =
-            self.log.read_stream(&StreamId::janitor(), 0, usize::MAX).map_err(|e| JanitorError::Read(e.to_string()))?;
+    pub async fn runs(&self, limit: usize) -> Result<Vec<(u64, JanitorRan)>, JanitorError> {
+        let all = self
+            .log
+            .read_stream(&StreamId::janitor(), 0, usize::MAX)
+            .await
+            .map_err(|e| JanitorError::Read(e.to_string()))?;
         Ok(all
             .into_iter()
             .rev()

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use crate::durable::{self, SledDb, SledOpenError};
 use crate::event::decode;
-use crate::log::floor::{Floor, SeqFloor};
-use crate::log::{LogError, Store};
+use crate::log::floor::Floor;
+use crate::log::LogError;
 use crate::state::StateDb;
 
 /// The folder of the log's database.
@@ -110,7 +110,7 @@ pub fn migrate(data: &Path, cache_bytes_max: u64) -> Result<Option<Migrated>, Mi
             to.insert(key, value)?;
         }
     }
-    new_state.sync().map_err(|e| MigrateError::NewLog(LogError::Sync(e)))?;
+    new_state.sync().map_err(|e| MigrateError::NewLog(LogError::Storage(Box::new(e))))?;
     drop((old, new_state));
     durable::rename(&state_new, &state).map_err(io("moving the new state store in"))?;
     // The commit point: from here on the folder is of the new layout.
@@ -129,12 +129,12 @@ pub fn migrate(data: &Path, cache_bytes_max: u64) -> Result<Option<Migrated>, Mi
 /// the old next seq as the new log's seq floor.
 fn copy_log(old: &sled::Db, to: &Path, cache_bytes_max: u64) -> Result<Migrated, MigrateError> {
     let (records, streams) = (old.open_tree("log")?, old.open_tree("log.streams")?);
-    let new = Store::open(to, cache_bytes_max)?;
+    let new = crate::log::open_backend(to, cache_bytes_max)?;
     let mut done = Migrated { records: 0, head_seq: 0 };
     let mut chunk: Vec<(u64, crate::event::StreamId, Vec<u8>)> = Vec::with_capacity(CHUNK);
     let flush = |chunk: &mut Vec<(u64, crate::event::StreamId, Vec<u8>)>| -> Result<(), MigrateError> {
         let encoded: Vec<_> = chunk.iter().map(|(seq, stream, bytes)| (*seq, stream, bytes.as_slice())).collect();
-        new.write_encoded(&encoded)?;
+        new.write(&encoded)?;
         chunk.clear();
         Ok(())
     };
@@ -157,9 +157,9 @@ fn copy_log(old: &sled::Db, to: &Path, cache_bytes_max: u64) -> Result<Migrated,
         .get(b"\xffindexed")?
         .and_then(|v| v.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
         .unwrap_or(1);
-    let mut floor = SeqFloor::open(to).map_err(io("reading the new seq floor"))?;
-    floor
-        .write(Floor { reserved_through: old_next.saturating_sub(1).max(done.head_seq), acked_through: done.head_seq })
-        .map_err(io("writing the new seq floor"))?;
+    new.set_floor(Floor {
+        reserved_through: old_next.saturating_sub(1).max(done.head_seq),
+        acked_through: done.head_seq,
+    })?;
     Ok(done)
 }

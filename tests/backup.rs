@@ -186,7 +186,7 @@ fn holds_upload(data: &Path, first: usize) -> bool {
 /// The log and the history projection of the data folder `data`.
 fn log_and_history(data: &Path) -> (Vec<roomlog::event::Envelope>, Vec<history::Entry>) {
     let log = EventLog::open(&roomlog::layout::log_dir(data), &LogConfig::default()).expect("open restored log");
-    let events = log.read_range(1, 100_000).expect("read");
+    let events = log.read_range_blocking(1, 100_000).expect("read");
     let state = roomlog::state::StateDb::open(&roomlog::layout::state_dir(data), 1 << 24).expect("state");
     let (history, _) = history::open(&state).expect("history");
     (events, history.dump().expect("dump"))
@@ -217,7 +217,7 @@ async fn incremental_on_full_equals_a_full_backup_and_a_restore_stops_where_aske
     assert_eq!(chained_log, single_log, "the same events, seqs and times");
     let raw = |log_dir: &Path| {
         let log = EventLog::open(log_dir, &LogConfig::default()).expect("open log");
-        log.read_raw(1, 100_000).expect("read raw")
+        log.read_raw_blocking(1, 100_000).expect("read raw")
     };
     assert_eq!(
         raw(&roomlog::layout::log_dir(&chained)),

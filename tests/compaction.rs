@@ -156,7 +156,7 @@ async fn compaction_after_purging_half_frees_the_disk_and_rebuilds_to_the_live_s
     {
         let log = EventLog::open(&log_dir, &LogConfig::default()).expect("open compacted log");
         assert_eq!(log.head(), head);
-        let events = log.read_range(1, 1_000_000).expect("read");
+        let events = log.read_range(1, 1_000_000).await.expect("read");
         let posted = events.iter().filter(|e| matches!(e.event, Event::MessagePosted(_))).count();
         assert_eq!(posted, KEPT + SMALL, "only the kept messages remain");
         assert!(events.iter().any(|e| matches!(e.event, Event::MessagesExpired(_))), "the cut stays as the record");

@@ -102,7 +102,7 @@ async fn retention_by_count_and_by_age_removes_messages_at_their_time_from_histo
     // Nothing left to do until more messages arrive; the cut is recorded with its rule.
     let (_, plan) = get(server.addr(), "/api/janitor/plan").await;
     assert_eq!(plan["items"], serde_json::json!([]), "{plan}");
-    let events = server.log().read_range(1, 1000).expect("read log");
+    let events = server.log().read_range(1, 1000).await.expect("read log");
     let policies: Vec<String> = events
         .iter()
         .filter_map(|e| match &e.event {

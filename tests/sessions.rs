@@ -170,6 +170,7 @@ async fn sessions_survive_a_restart_in_every_state_and_overdue_times_apply_at_st
     let batches: Vec<usize> = server
         .log()
         .read_range(1, 10_000)
+        .await
         .expect("read the log")
         .iter()
         .filter_map(|e| match &e.event {

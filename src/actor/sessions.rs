@@ -278,12 +278,14 @@ impl SessionsHandle {
     /// What happened to a session, oldest first (at most `limit` events): the events of its
     /// stream, and its part of the sweeper's batch events that changed it, told as the
     /// single-session event (`SessionExpired`, `SessionPurged`) at the batch's seq.
-    pub fn history(&self, session: &Session, limit: usize) -> Result<Vec<crate::event::Envelope>, SessionError> {
+    pub async fn history(&self, session: &Session, limit: usize) -> Result<Vec<crate::event::Envelope>, SessionError> {
         let storage = |e: crate::log::LogError| SessionError::storage(e);
         let stream = crate::event::StreamId::session(&session.id);
-        let mut events = self.ctx.log.read_stream(&stream, 0, limit).map_err(storage)?;
+        let mut events = self.ctx.log.read_stream(&stream, 0, limit).await.map_err(storage)?;
         for &seq in &session.sweeps {
-            for mut envelope in self.ctx.log.read_range(seq, 1).map_err(storage)?.into_iter().filter(|e| e.seq == seq) {
+            for mut envelope in
+                self.ctx.log.read_range(seq, 1).await.map_err(storage)?.into_iter().filter(|e| e.seq == seq)
+            {
                 envelope.event = match &envelope.event {
                     Event::SessionsExpired(batch) => match batch.for_session(&session.id) {
                         Some(one) => Event::SessionExpired(one),

@@ -149,7 +149,7 @@ pub async fn backup(
             let head = log.head();
             let carried = roomlog::backup::Carried { config_toml: &config_toml, secrets: &secrets };
             let manifest = roomlog::backup::write_archive(&out, after_seq, head, base, carried, &store, |after| {
-                Ok(log.read_raw(after.saturating_add(1), 4096)?)
+                Ok(log.read_raw_blocking(after.saturating_add(1), 4096)?)
             })?;
             log.close().await;
             manifest

@@ -339,7 +339,7 @@ pub async fn export(
     // Reading and framing a page takes milliseconds: off the async threads that serve chat.
     let log = app.log.clone();
     let page = tokio::task::spawn_blocking(move || {
-        log.read_raw(after.saturating_add(1), limit).map(|records| {
+        log.read_raw_blocking(after.saturating_add(1), limit).map(|records| {
             let mut body = Vec::with_capacity(records.iter().map(|(_, r)| r.len() + 12).sum());
             for (seq, record) in records {
                 body.extend_from_slice(&seq.to_be_bytes());

@@ -31,7 +31,7 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .and(gate)
         .and(super::credentials())
         .and(with_app)
-        .map(|query: HashMap<String, String>, app: Arc<App>| runs(&query, &app).into_response());
+        .then(|query: HashMap<String, String>, app: Arc<App>| async move { runs(&query, &app).await.into_response() });
     plan.or(run).unify().or(runs).unify().boxed()
 }
 
@@ -43,13 +43,18 @@ async fn run(app: &App) -> Result<impl Reply, ApiError> {
 }
 
 /// `GET /api/janitor/runs?limit=`: the last `limit` runs, each with its seq.
-fn runs(query: &HashMap<String, String>, app: &App) -> Result<impl Reply, ApiError> {
+async fn runs(query: &HashMap<String, String>, app: &App) -> Result<impl Reply, ApiError> {
     let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
         None => 20,
         Some(Ok(l)) if (1..=RUNS_MAX).contains(&l) => l,
         _ => return Err(ApiError::invalid_query(format!("limit must be 1 to {RUNS_MAX}"))),
     };
-    let runs =
-        app.janitor.runs(limit)?.into_iter().map(|(seq, ran)| crate::views::JanitorRunRecord { seq, ran }).collect();
+    let runs = app
+        .janitor
+        .runs(limit)
+        .await?
+        .into_iter()
+        .map(|(seq, ran)| crate::views::JanitorRunRecord { seq, ran })
+        .collect();
     Ok(warp::reply::json(&crate::views::JanitorRuns { runs }))
 }

@@ -141,7 +141,7 @@ async fn create(body: &[u8], app: &App) -> Answer {
 async fn get(id: &str, caller: Caller, app: &App) -> Answer {
     let (id, _) = own_session(id, caller)?;
     let session = app.sessions.get(&id).await?.ok_or_else(|| SessionError::NotFound(id.to_string()))?;
-    let events: Vec<Envelope> = app.sessions.history(&session, EVENTS_MAX)?;
+    let events: Vec<Envelope> = app.sessions.history(&session, EVENTS_MAX).await?;
     let events: Vec<EventView> =
         events.iter().map(|e| EventView { seq: e.seq, at_unix_ms: e.at_unix_ms, event: &e.event }).collect();
     Ok(warp::reply::json(&serde_json::json!({ "session": session, "events": events })).into_response())

@@ -1,9 +1,15 @@
-//! Compaction: the log without the events that later removals made history, written into a
-//! fresh database and swapped in, the way SQLite's VACUUM rewrites a file.
+//! Compaction: the log without the events that later removals made history. Two ways, one rule:
 //!
-//! sled does not give back the space of removed keys (its file stays large: sled issue #1333),
-//! and the log removes nothing by itself: a retention cut or a deleted key leaves the old
-//! events in place. Compaction drops, keeping every seq as it was:
+//! - online, [`purge`]: while the server serves, the superseded records are found through the
+//!   log's API and removed through it (`EventLog::remove`), whatever the backend. The janitor
+//!   runs it. sled reuses the space of removed keys for later writes, so the log stops
+//!   growing by what retention and deletions remove; its files do not shrink (sled issue
+//!   #1333).
+//! - offline, [`compact`] (`roomlog compact`, or `log.compact_at_start`): the sled log is
+//!   rewritten into a fresh database and swapped in, the way SQLite's VACUUM rewrites a file,
+//!   which gives the space back to the filesystem.
+//!
+//! The rule ([`Removals`], backend-neutral) drops, keeping every seq as it was:
 //! - a room's `MessagePosted`, `MessageEdited` and `MessageDeleted` at or below the room's
 //!   last `MessagesExpired` cut (the cut itself stays, as the record);
 //! - a key's `FileStored` events before its last `FileDeleted` (which stays).
@@ -20,8 +26,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::store::Store;
-use super::LogError;
+use super::backend::Backend;
+use super::sled_store::SledBackend;
+use super::{EventLog, LogError};
 use crate::blob::FileKey;
 use crate::event::{decode, Event, RoomId};
 
@@ -105,6 +112,73 @@ impl Removals {
     }
 }
 
+/// What an online purge found and removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Purged {
+    pub records_read: u64,
+    pub removed_message_events: u64,
+    pub removed_file_events: u64,
+    /// Encoded bytes of the removed records.
+    pub removed_bytes: u64,
+}
+
+impl Purged {
+    pub fn removed(&self) -> u64 {
+        self.removed_message_events + self.removed_file_events
+    }
+}
+
+/// The seqs of records that later removals superseded, read through the log (two passes over
+/// it, [`CHUNK`] records at a time), with how many are message and file events. Blocking.
+pub fn superseded(log: &EventLog) -> Result<(Vec<u64>, Purged), LogError> {
+    let mut removals = Removals::default();
+    let mut done = Purged::default();
+    for_each_record(log, |seq, event, _| {
+        removals.learn(seq, event);
+        done.records_read += 1;
+    })?;
+    let mut seqs = Vec::new();
+    for_each_record(log, |seq, event, bytes| {
+        match removals.drops(seq, event) {
+            Some(true) => done.removed_message_events += 1,
+            Some(false) => done.removed_file_events += 1,
+            None => return,
+        }
+        seqs.push(seq);
+        done.removed_bytes += bytes as u64;
+    })?;
+    Ok((seqs, done))
+}
+
+fn for_each_record(log: &EventLog, mut each: impl FnMut(u64, &Event, usize)) -> Result<(), LogError> {
+    let mut from = 1;
+    loop {
+        let chunk = log.read_raw_blocking(from, CHUNK)?;
+        let Some(&(last, _)) = chunk.last() else { return Ok(()) };
+        for (seq, bytes) in &chunk {
+            each(*seq, &decode(*seq, bytes)?.event, bytes.len());
+        }
+        from = last + 1;
+    }
+}
+
+/// Removes, while the server serves, the records that later removals superseded, in groups of
+/// `group` so that appends keep flowing between them (each removal waits its turn in the
+/// writer's queue like an append).
+pub async fn purge(log: &EventLog, group: usize) -> Result<Purged, std::sync::Arc<LogError>> {
+    let reader = log.clone();
+    let (seqs, done) = tokio::task::spawn_blocking(move || superseded(&reader))
+        .await
+        .map_err(|join| std::sync::Arc::new(LogError::Io(std::io::Error::other(join.to_string()))))?
+        .map_err(std::sync::Arc::new)?;
+    // A superseded record is older than the removal that supersedes it, so never the newest
+    // record, which the log keeps whatever it is asked.
+    for chunk in seqs.chunks(group.max(1)) {
+        log.remove(chunk.to_vec()).await?;
+    }
+    Ok(done)
+}
+
 /// Rewrites the (closed) log in `log_dir` without what removals superseded, and swaps it in.
 pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogError> {
     let io = |what: &str| {
@@ -123,7 +197,7 @@ pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogErr
         bytes_after: 0,
     };
     {
-        let old = Store::open(log_dir, cache_bytes_max)?;
+        let old = SledBackend::open(log_dir, cache_bytes_max)?;
         let mut removals = Removals::default();
         let mut from = 1;
         loop {
@@ -134,7 +208,7 @@ pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogErr
             }
             from = last + 1;
         }
-        let fresh = Store::open(&fresh_dir, cache_bytes_max)?;
+        let fresh = SledBackend::open(&fresh_dir, cache_bytes_max)?;
         let mut from = 1;
         loop {
             let chunk = old.read_raw(from, u64::MAX, CHUNK)?;
@@ -150,14 +224,13 @@ pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogErr
                 }
             }
             let encoded: Vec<_> = kept.iter().map(|(seq, stream, bytes)| (*seq, stream, *bytes)).collect();
-            fresh.write_encoded(&encoded)?;
+            fresh.write(&encoded)?;
             done.records_after += encoded.len() as u64;
             from = last + 1;
         }
         fresh.sync()?;
         // The seq floor goes with the log: no seq handed out before is handed out again.
-        let floor = super::floor::SeqFloor::open(log_dir)?.floor();
-        super::floor::SeqFloor::open(&fresh_dir)?.write(floor)?;
+        fresh.set_floor(old.floor())?;
     }
     std::fs::rename(log_dir, &old_dir).map_err(io("moving the old log aside"))?;
     std::fs::rename(&fresh_dir, log_dir).map_err(io("moving the compacted log in"))?;

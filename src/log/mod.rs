@@ -1,16 +1,22 @@
 //! The event log: one append-only sequence of [`Envelope`]s, the single source of truth.
 //!
-//! The narrow interface of [`EventLog`] (append, read a range, read a stream, follow the head)
-//! is what actors and projections see; the sled storage ([`store`]) and the group-commit writer
-//! ([`writer`]) stay behind it, so that another backend can stand beside this one later
-//! (DESIGN.md, "Beyond one machine").
+//! The narrow interface of [`EventLog`] (append, read a range, read a stream, follow the head,
+//! remove superseded records) is what actors, projections, backup and the janitor see. Behind
+//! it, the group-commit [`writer`] assigns seqs and timestamps and hands each group to a
+//! [`Backend`]: [`SledBackend`], the embedded default, or [`MemoryBackend`] (tests). Nothing
+//! outside this module names the storage engine.
 //!
-//! Durability: [`EventLog::append`] answers only after the record is written, sled has flushed,
-//! and the `db` file has been fsynced (DESIGN.md invariant 1, "acknowledged means durable").
+//! Durability: [`EventLog::append`] answers only after the backend has made the record durable
+//! (for sled: written, flushed, and its `db` file fsynced; DESIGN.md invariant 1,
+//! "acknowledged means durable").
 
+mod backend;
 pub mod compact;
+#[cfg(test)]
+mod conformance;
 pub mod floor;
-mod store;
+mod memory;
+mod sled_store;
 mod writer;
 
 use std::path::Path;
@@ -18,8 +24,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::event::{DecodeError, Envelope, Event, StreamId};
-pub use store::{Encoded, Store};
+pub use backend::{Backend, Encoded, Raw};
+pub use memory::MemoryBackend;
+pub use sled_store::SledBackend;
+
+use crate::event::{decode, DecodeError, Envelope, Event, StreamId};
 use writer::WriterMsg;
 
 /// The highest seq the log hands out or accepts: 2^53 − 1, the largest integer a JavaScript
@@ -76,16 +85,11 @@ impl Default for LogConfig {
 /// (HTTP 503, WebSocket code `storage_unavailable`) except where noted.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// sled refused a read or a write.
+    /// The backend did not open, or refused a read, a write or a sync; its own error is the
+    /// source.
     #[error("log storage: {0}")]
-    Storage(#[from] sled::Error),
-    /// The log's database did not open.
-    #[error("opening the log database: {0}")]
-    Open(#[from] crate::durable::SledOpenError),
-    /// A group commit could not be made durable.
-    #[error("making the log durable: {0}")]
-    Sync(#[from] crate::durable::SledSyncError),
-    /// A file of the log beside sled's (the seq floor), or the writer thread, failed.
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A file of the log beside the backend's (the seq floor), or the writer thread, failed.
     #[error("log: {0}")]
     Io(#[from] std::io::Error),
     /// The disk is below the log's floor of free space (HTTP 507, code `disk_full`).
@@ -96,8 +100,8 @@ pub enum LogError {
     /// supervisor restarts it (HTTP 503, code `storage_unavailable`).
     #[error("the log writer failed and stores nothing until the server restarts: {0}")]
     WriterFailed(#[source] Arc<LogError>),
-    /// A record over the size sled keeps durable (`durable::VALUE_BYTES_MAX`); nothing of its
-    /// group was stored.
+    /// A record over the size the backend keeps durable ([`Backend::record_bytes_max`]);
+    /// nothing was stored.
     #[error("record {seq} is {bytes} bytes encoded, over the {max}-byte limit of a log record; nothing was stored")]
     RecordTooLarge { seq: u64, bytes: usize, max: usize },
     /// An event of a stream longer than the log indexes (`StreamId::LEN_MAX`); nothing of its
@@ -174,7 +178,7 @@ impl Gone {
 /// A handle to the log; cheap to clone, shared by every actor and projection.
 #[derive(Debug, Clone)]
 pub struct EventLog {
-    store: Store,
+    backend: Arc<dyn Backend>,
     writer: mpsc::Sender<WriterMsg>,
     head: watch::Receiver<u64>,
     gone: Gone,
@@ -183,18 +187,33 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// Opens (or creates) the log in `dir` and starts its writer thread.
+    /// Opens (or creates) the log in `dir` on the embedded default backend (sled) and starts
+    /// its writer thread.
     ///
     /// The newest record is decoded before anything is served: a damaged tail stops start-up
     /// with an error naming its seq.
     pub fn open(dir: &Path, config: &LogConfig) -> Result<Self, LogError> {
         compact::recover(dir)
             .map_err(|source| LogError::Compact { what: "settling an earlier compaction".into(), source })?;
-        let store = Store::open(dir, config.cache_bytes_max)?;
-        let last = store.last()?;
+        let backend = SledBackend::open(dir, config.cache_bytes_max)?;
+        let floors = crate::space::Floors::for_dir(config.min_free_bytes, dir);
+        Self::start(Arc::new(backend), config, floors)
+    }
+
+    /// A log in memory (see [`MemoryBackend`]), for tests.
+    pub fn in_memory(config: &LogConfig) -> Result<Self, LogError> {
+        Self::on(Arc::new(MemoryBackend::new()), config)
+    }
+
+    /// Starts a log on `backend`, as it is: the way to reopen a [`MemoryBackend`] ("restart").
+    pub fn on(backend: Arc<dyn Backend>, config: &LogConfig) -> Result<Self, LogError> {
+        Self::start(backend, config, crate::space::Floors::for_volume(config.min_free_bytes, 0))
+    }
+
+    fn start(backend: Arc<dyn Backend>, config: &LogConfig, floors: crate::space::Floors) -> Result<Self, LogError> {
+        let last = backend.last()?.map(|(seq, bytes)| decode(seq, &bytes)).transpose()?;
         let head = last.as_ref().map_or(0, |e| e.seq);
-        let floor = floor::SeqFloor::open(dir)?;
-        let recorded = floor.floor();
+        let recorded = backend.floor();
         if recorded.acked_through > head {
             let lost = LogError::LostRecords { head, acked_through: recorded.acked_through };
             if !config.accept_lost_records {
@@ -203,7 +222,7 @@ impl EventLog {
             tracing::error!(error = %lost, "starting anyway: log.accept_lost_records is set");
         }
         // Above every seq the log, its index or the floor says may have been handed out.
-        let next_seq = [head.saturating_add(1), store.next_seq_floor()?, recorded.reserved_through.saturating_add(1)]
+        let next_seq = [head.saturating_add(1), backend.next_seq_floor()?, recorded.reserved_through.saturating_add(1)]
             .into_iter()
             .max()
             .unwrap_or(1);
@@ -214,16 +233,25 @@ impl EventLog {
         let (failure_tx, failure) = watch::channel(None);
         let (refusing_tx, refusing) = watch::channel(0);
         let (writer, rx) = mpsc::channel(config.queue_max.max(1));
-        let floors = crate::space::Floors::for_dir(config.min_free_bytes, dir);
         let limits = writer::Limits {
             batch_max: config.batch_max.max(1),
             batch_bytes_max: config.batch_bytes_max.max(1),
             floors,
         };
         let outputs = writer::Outputs { head: head_tx, failure: failure_tx, refusing: refusing_tx };
-        writer::spawn(store.clone(), floor, rx, outputs, next_seq, last_at, limits)?;
+        writer::spawn(backend.clone(), rx, outputs, next_seq, last_at, limits)?;
         let gone = Gone { closing: Arc::default(), failure };
-        Ok(Self { store, writer, head, gone, refusing, floors })
+        Ok(Self { backend, writer, head, gone, refusing, floors })
+    }
+
+    /// The largest encoded record the log takes.
+    pub fn record_bytes_max(&self) -> usize {
+        self.backend.record_bytes_max()
+    }
+
+    /// The backend's name ("sled", "memory").
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
     }
 
     /// Hands an event to the writer without waiting for it to be durable, so that a caller can
@@ -272,25 +300,70 @@ impl EventLog {
 
     /// Up to `limit` events with seq ≥ `from_seq`, in seq order, through the durable head
     /// only: no reader sees a record before it is durable (a projection that applied one could
-    /// otherwise be ahead of the log after a power cut).
-    pub fn read_range(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
-        self.store.read_range(from_seq, self.head(), limit)
+    /// otherwise be ahead of the log after a power cut). Blocking: for callers already off the
+    /// async threads (projection runners, backups); async callers use [`EventLog::read_range`].
+    pub fn read_range_blocking(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
+        decode_all(self.backend.read_raw(from_seq, self.head(), limit)?)
     }
 
     /// Up to `limit` durable records with seq ≥ `from_seq`, as stored: (seq, encoded envelope).
-    pub fn read_raw(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-        self.store.read_raw(from_seq, self.head(), limit)
+    /// Blocking, as [`EventLog::read_range_blocking`].
+    pub fn read_raw_blocking(&self, from_seq: u64, limit: usize) -> Result<Vec<Raw>, LogError> {
+        self.backend.read_raw(from_seq, self.head(), limit)
     }
 
     /// Up to `limit` durable events of one stream with seq > `after_seq`, in seq order.
-    pub fn read_stream(&self, stream: &StreamId, after_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
-        self.store.read_stream(stream, after_seq, self.head(), limit)
+    /// Blocking, as [`EventLog::read_range_blocking`].
+    pub fn read_stream_blocking(
+        &self,
+        stream: &StreamId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, LogError> {
+        decode_all(self.backend.read_stream_raw(stream, after_seq, self.head(), limit)?)
+    }
+
+    /// [`EventLog::read_range_blocking`] on a blocking thread.
+    pub async fn read_range(&self, from_seq: u64, limit: usize) -> Result<Vec<Envelope>, LogError> {
+        let log = self.clone();
+        off_async(move || log.read_range_blocking(from_seq, limit)).await
+    }
+
+    /// [`EventLog::read_raw_blocking`] on a blocking thread.
+    pub async fn read_raw(&self, from_seq: u64, limit: usize) -> Result<Vec<Raw>, LogError> {
+        let log = self.clone();
+        off_async(move || log.read_raw_blocking(from_seq, limit)).await
+    }
+
+    /// [`EventLog::read_stream_blocking`] on a blocking thread.
+    pub async fn read_stream(
+        &self,
+        stream: &StreamId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, LogError> {
+        let (log, stream) = (self.clone(), stream.clone());
+        off_async(move || log.read_stream_blocking(&stream, after_seq, limit)).await
+    }
+
+    /// Removes records that later removals superseded (see [`compact::superseded`]), in order
+    /// with the appends before it, and returns how many went, once that is durable. The
+    /// newest record always stays, and no seq is handed out again.
+    pub async fn remove(&self, seqs: Vec<u64>) -> Result<u64, Arc<LogError>> {
+        let (reply, rx) = oneshot::channel();
+        self.writer.send(WriterMsg::Remove { seqs, reply }).await.map_err(|_| Arc::new(self.gone.why()))?;
+        rx.await.map_err(|_| Arc::new(self.gone.why()))?
     }
 
     /// Decodes every record, oldest first, and returns how many there are: the check an
-    /// operator runs on a log they suspect (`roomlog check`).
+    /// operator runs on a log they suspect (`roomlog check`). Blocking.
     pub fn verify(&self) -> Result<u64, LogError> {
-        self.store.verify()
+        verify(self.backend.as_ref())
+    }
+
+    /// Files the backend wrote that a power cut could lose (see [`Backend::unsafe_files`]).
+    pub fn unsafe_files(&self) -> usize {
+        self.backend.unsafe_files()
     }
 
     /// Stops the writer after everything already submitted is durable.
@@ -303,83 +376,31 @@ impl EventLog {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{MessagePosted, RoomId};
+/// The embedded default backend on the log folder `dir`, opened for an offline command
+/// (restore, migration, check) that writes or reads records without a writer.
+pub fn open_backend(dir: &Path, cache_bytes_max: u64) -> Result<Arc<dyn Backend>, LogError> {
+    Ok(Arc::new(SledBackend::open(dir, cache_bytes_max)?))
+}
 
-    pub(crate) fn posted(room: &str, n: usize) -> Event {
-        Event::MessagePosted(MessagePosted {
-            room: RoomId::parse(room).expect("valid test room"),
-            author: "ann".into(),
-            client_id: format!("c{n}"),
-            body: format!("message {n}"),
-        })
+/// Decodes every record of `backend`, oldest first, and returns how many there are.
+pub fn verify(backend: &dyn Backend) -> Result<u64, LogError> {
+    let (mut from, mut count) = (1, 0);
+    loop {
+        let chunk = backend.read_raw(from, u64::MAX, 4096)?;
+        let Some(&(last, _)) = chunk.last() else { return Ok(count) };
+        count += decode_all(chunk)?.len() as u64;
+        from = last.saturating_add(1);
     }
+}
 
-    #[tokio::test]
-    async fn appends_get_consecutive_seqs_and_survive_reopening() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open");
-            let mut pending = Vec::new();
-            for n in 0..100 {
-                pending.push(log.submit(posted(if n % 2 == 0 { "a" } else { "b" }, n)).await.expect("submit"));
-            }
-            for (n, p) in pending.into_iter().enumerate() {
-                assert_eq!(p.durable().await.expect("durable").seq, n as u64 + 1);
-            }
-            assert_eq!(log.head(), 100);
-            log.close().await;
-        }
-        let log = EventLog::open(dir.path(), &LogConfig::default()).expect("reopen");
-        assert_eq!(log.head(), 100);
-        assert_eq!(log.append(posted("a", 100)).await.expect("append").seq, 101);
-        let range = log.read_range(99, 10).expect("range");
-        assert_eq!(range.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![99, 100, 101]);
-        let room_b = StreamId::room(&RoomId::parse("b").expect("room"));
-        let b = log.read_stream(&room_b, 90, 100).expect("stream");
-        assert_eq!(b.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![92, 94, 96, 98, 100]);
-        assert!(b.iter().all(|e| e.stream == room_b));
-        assert_eq!(log.verify().expect("verify"), 101);
-    }
+fn decode_all(records: Vec<Raw>) -> Result<Vec<Envelope>, LogError> {
+    records.iter().map(|(seq, bytes)| Ok(decode(*seq, bytes)?)).collect()
+}
 
-    #[tokio::test]
-    async fn records_whose_index_write_was_lost_are_indexed_at_the_next_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let room_a = StreamId::room(&RoomId::parse("a").expect("room"));
-        {
-            let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open");
-            for n in 0..3 {
-                log.append(posted("a", n)).await.expect("append");
-            }
-            // A crash after the records of seqs 4..=6 were written, before their index entries.
-            let lost: Vec<Envelope> = (4..=6)
-                .map(|seq| Envelope { seq, at_unix_ms: seq, stream: room_a.clone(), event: posted("a", seq as usize) })
-                .collect();
-            log.store.write_records_only_for_test(&lost).expect("records only");
-            log.close().await;
-        }
-        let log = EventLog::open(dir.path(), &LogConfig::default()).expect("reopen");
-        let seqs: Vec<u64> = log.read_stream(&room_a, 0, 100).expect("stream").iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
-        assert_eq!(log.append(posted("a", 7)).await.expect("append").seq, 7, "seqs continue after the repaired ones");
-        let after: Vec<u64> = log.read_stream(&room_a, 5, 100).expect("stream").iter().map(|e| e.seq).collect();
-        assert_eq!(after, vec![6, 7]);
-    }
-
-    #[tokio::test]
-    async fn a_corrupt_record_stops_opening_with_its_seq() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open");
-            log.append(posted("a", 1)).await.expect("append");
-            log.append(posted("a", 2)).await.expect("append");
-            log.close().await;
-            log.store.corrupt_for_test(2).expect("corrupt");
-            log.store.sync().expect("sync");
-        }
-        let err = EventLog::open(dir.path(), &LogConfig::default()).expect_err("must refuse");
-        assert!(err.to_string().contains("log record 2 does not decode"), "{err}");
-    }
+async fn off_async<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .unwrap_or_else(|join| Err(LogError::Io(std::io::Error::other(format!("a log read stopped: {join}")))))
 }

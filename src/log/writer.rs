@@ -18,9 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::floor::SeqFloor;
-use super::{Encoded, LogError, Store};
-use crate::durable::VALUE_BYTES_MAX;
+use super::backend::{Backend, Encoded};
+use super::LogError;
 use crate::event::{encode, Envelope, Event};
 use crate::space::Floors;
 
@@ -30,6 +29,12 @@ pub enum WriterMsg {
     Append {
         event: Event,
         reply: Reply,
+    },
+    /// Remove these records (ascending), after what was queued before this message is
+    /// durable; answers how many were removed, once the removal is durable.
+    Remove {
+        seqs: Vec<u64>,
+        reply: oneshot::Sender<Result<u64, Arc<LogError>>>,
     },
     /// Finish what was queued before this message, then stop.
     Stop {
@@ -57,8 +62,7 @@ pub struct Outputs {
 }
 
 pub fn spawn(
-    store: Store,
-    floor: SeqFloor,
+    backend: Arc<dyn Backend>,
     rx: mpsc::Receiver<WriterMsg>,
     outputs: Outputs,
     next_seq: u64,
@@ -67,7 +71,7 @@ pub fn spawn(
 ) -> Result<(), LogError> {
     std::thread::Builder::new().name("roomlog-log-writer".into()).spawn(move || {
         let failure = outputs.failure.clone();
-        let writer = Writer { store, floor, rx, out: outputs, next_seq, last_at, limits, failed: None };
+        let writer = Writer { backend, rx, out: outputs, next_seq, last_at, limits, failed: None };
         if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.run())) {
             let what = panic
                 .downcast_ref::<&str>()
@@ -85,9 +89,9 @@ pub fn spawn(
 }
 
 struct Writer {
-    store: Store,
-    /// Seqs are handed out only below a durable reservation (see `log::floor`).
-    floor: SeqFloor,
+    /// Where records go. Seqs are handed out only below its durable reservation (see
+    /// `log::floor`).
+    backend: Arc<dyn Backend>,
     rx: mpsc::Receiver<WriterMsg>,
     out: Outputs,
     next_seq: u64,
@@ -116,7 +120,7 @@ impl Writer {
         let mut group: Vec<Stamped> = Vec::with_capacity(self.limits.batch_max);
         while let Some(first) = self.rx.blocking_recv() {
             let space = self.space_check();
-            let (mut stop, mut bytes) = (None, 0usize);
+            let (mut stop, mut remove, mut bytes) = (None, None, 0usize);
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
@@ -125,6 +129,10 @@ impl Writer {
                             bytes += stamped.encoded.len();
                             group.push(stamped);
                         }
+                    }
+                    WriterMsg::Remove { seqs, reply } => {
+                        remove = Some((seqs, reply));
+                        break;
                     }
                     WriterMsg::Stop { done } => {
                         stop = Some(done);
@@ -138,6 +146,9 @@ impl Writer {
             if !group.is_empty() {
                 self.commit(&mut group);
             }
+            if let Some((seqs, reply)) = remove {
+                let _ = reply.send(self.remove(&seqs));
+            }
             if let Some(done) = stop {
                 self.stop(done);
                 return;
@@ -147,23 +158,23 @@ impl Writer {
 
     /// Gives back the unused seqs, releases the database and ends the head watch before
     /// answering, so that a caller that awaited `close` can reopen the folder at once.
-    fn stop(mut self, done: oneshot::Sender<()>) {
+    fn stop(self, done: oneshot::Sender<()>) {
         let durable_head = *self.out.head.borrow();
         if self.failed.is_none() {
-            if let Err(error) = self.floor.release(durable_head) {
+            if let Err(error) = self.backend.release(durable_head) {
                 // Harmless: the next start goes on above the reservation instead.
                 tracing::warn!(error = %error, "could not give back the unused seq reservation");
             }
         }
-        let Writer { mut rx, store, out, .. } = self;
+        let Writer { mut rx, backend, out, .. } = self;
         rx.close();
-        drop((store, out));
+        drop((backend, out));
         let _ = done.send(());
     }
 
     /// Bytes free now, and whether new content (`.0`) and clean-up (`.1`) may be appended.
     fn space_check(&mut self) -> Option<(u64, bool, bool)> {
-        let available = self.store.available_bytes()?;
+        let available = self.backend.available_bytes()?;
         let floors = self.limits.floors;
         let (content, cleanup) = (available >= floors.log, available >= floors.cleanup);
         let was_refusing = *self.out.refusing.borrow() > 0;
@@ -202,11 +213,12 @@ impl Writer {
         let envelope = Envelope { seq: self.next_seq, at_unix_ms: self.last_at, stream: event.stream(), event };
         let encoded = encode(&envelope);
         let stream_bytes = envelope.stream.as_str().len();
-        if encoded.len() > VALUE_BYTES_MAX || stream_bytes > crate::event::StreamId::LEN_MAX {
+        let bytes_max = self.backend.record_bytes_max();
+        if encoded.len() > bytes_max || stream_bytes > crate::event::StreamId::LEN_MAX {
             let error = if stream_bytes > crate::event::StreamId::LEN_MAX {
                 LogError::StreamTooLong { seq: envelope.seq, bytes: stream_bytes, max: crate::event::StreamId::LEN_MAX }
             } else {
-                LogError::RecordTooLarge { seq: envelope.seq, bytes: encoded.len(), max: VALUE_BYTES_MAX }
+                LogError::RecordTooLarge { seq: envelope.seq, bytes: encoded.len(), max: bytes_max }
             };
             tracing::warn!(error = %error, event = envelope.event.tag(), "append refused");
             let _ = reply.send(Err(Arc::new(error)));
@@ -233,12 +245,11 @@ impl Writer {
         let records: Vec<Encoded<'_>> =
             group.iter().map(|s| (s.envelope.seq, &s.envelope.stream, s.encoded.as_slice())).collect();
         let result = self
-            .floor
+            .backend
             .reserve(last_seq, durable_head)
-            .map_err(LogError::from)
-            .and_then(|()| self.store.write_encoded(&records))
+            .and_then(|()| self.backend.write(&records))
             .and_then(|()| crate::fault::fail("log:commit").map_err(|e| LogError::Io(std::io::Error::other(e))))
-            .and_then(|()| self.store.sync());
+            .and_then(|()| self.backend.sync());
         metrics::histogram!(crate::metrics::APPEND_BATCH_EVENTS).record(group.len() as f64);
         match result {
             Ok(()) => {
@@ -262,6 +273,28 @@ impl Writer {
                 for stamped in group.drain(..) {
                     let _ = stamped.reply.send(Err(Arc::new(LogError::WriterFailed(error.clone()))));
                 }
+            }
+        }
+    }
+
+    /// Removes records a later removal superseded (see `log::compact`) and makes that durable.
+    /// A failure is the writer's failure, as a failed commit is: the backend may have removed
+    /// part, and fails until it is reopened.
+    fn remove(&mut self, seqs: &[u64]) -> Result<u64, Arc<LogError>> {
+        if let Some(failed) = &self.failed {
+            return Err(Arc::new(LogError::WriterFailed(failed.clone())));
+        }
+        let head = *self.out.head.borrow();
+        // The head record stays, so that the log's newest seq never goes back.
+        let seqs: Vec<u64> = seqs.iter().copied().filter(|&seq| seq < head).collect();
+        match self.backend.remove(&seqs).and_then(|removed| self.backend.sync().map(|()| removed)) {
+            Ok(removed) => Ok(removed),
+            Err(error) => {
+                tracing::error!(error = %error, "log removal failed: the log stores nothing more until the server restarts");
+                let error = Arc::new(error);
+                self.failed = Some(error.clone());
+                self.out.failure.send_replace(Some(error.clone()));
+                Err(Arc::new(LogError::WriterFailed(error)))
             }
         }
     }

@@ -134,7 +134,7 @@ pub fn catch_up<P: Projection>(
     let mut applied = 0;
     loop {
         let from = projection.checkpoint()? + 1;
-        let batch = log.read_range(from, APPLY_BATCH_MAX)?;
+        let batch = log.read_range_blocking(from, APPLY_BATCH_MAX)?;
         if batch.is_empty() {
             return Ok(applied);
         }

@@ -1,0 +1,339 @@
+//! One suite of tests run against every log backend (sled and memory), through [`EventLog`]:
+//! order, durable-then-acknowledged, the head, reads by stream after a removal, seqs never
+//! reused, and what a restart keeps. A new backend joins by adding a [`Place`] and one line to
+//! the `conformance!` list at the bottom.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::backend::{Backend, Encoded, Raw};
+use super::floor::Floor;
+use super::{EventLog, LogConfig, LogError, MemoryBackend, SledBackend};
+use crate::event::{Event, MessagePosted, RoomId, StreamId};
+
+pub(crate) fn posted(room: &str, n: usize) -> Event {
+    Event::MessagePosted(MessagePosted {
+        room: RoomId::parse(room).expect("valid test room"),
+        author: "ann".into(),
+        client_id: format!("c{n}"),
+        body: format!("message {n}"),
+    })
+}
+
+fn room(name: &str) -> StreamId {
+    StreamId::room(&RoomId::parse(name).expect("room"))
+}
+
+/// Where a backend keeps its records between "restarts" of the log.
+trait Place {
+    fn new() -> Self;
+    /// The backend as it is now (reopened, for one that persists).
+    fn backend(&self) -> Arc<dyn Backend>;
+}
+
+struct SledPlace(tempfile::TempDir);
+
+impl Place for SledPlace {
+    fn new() -> Self {
+        Self(tempfile::tempdir().expect("tempdir"))
+    }
+    fn backend(&self) -> Arc<dyn Backend> {
+        // A log dropped without `close` releases the database when its writer thread ends,
+        // a moment later.
+        for _ in 0..500 {
+            match SledBackend::open(self.0.path(), 8 << 20) {
+                Ok(backend) => return Arc::new(backend),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        Arc::new(SledBackend::open(self.0.path(), 8 << 20).expect("open sled backend"))
+    }
+}
+
+struct MemoryPlace(MemoryBackend);
+
+impl Place for MemoryPlace {
+    fn new() -> Self {
+        Self(MemoryBackend::new())
+    }
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::new(self.0.clone())
+    }
+}
+
+/// Wraps a backend and records what reached it, to check the writer's order of calls.
+#[derive(Debug)]
+struct Spy {
+    inner: Arc<dyn Backend>,
+    written_through: AtomicU64,
+    synced_through: AtomicU64,
+    groups: Mutex<Vec<usize>>,
+}
+
+impl Backend for Spy {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn last(&self) -> Result<Option<Raw>, LogError> {
+        self.inner.last()
+    }
+    fn next_seq_floor(&self) -> Result<u64, LogError> {
+        self.inner.next_seq_floor()
+    }
+    fn floor(&self) -> Floor {
+        self.inner.floor()
+    }
+    fn reserve(&self, through: u64, acked_through: u64) -> Result<(), LogError> {
+        self.inner.reserve(through, acked_through)
+    }
+    fn release(&self, head: u64) -> Result<(), LogError> {
+        self.inner.release(head)
+    }
+    fn set_floor(&self, floor: Floor) -> Result<(), LogError> {
+        self.inner.set_floor(floor)
+    }
+    fn write(&self, records: &[Encoded<'_>]) -> Result<(), LogError> {
+        self.inner.write(records)?;
+        if let Some(&(seq, _, _)) = records.last() {
+            self.written_through.store(seq, Ordering::SeqCst);
+        }
+        self.groups.lock().expect("groups").push(records.len());
+        Ok(())
+    }
+    fn sync(&self) -> Result<(), LogError> {
+        self.inner.sync()?;
+        self.synced_through.store(self.written_through.load(Ordering::SeqCst), Ordering::SeqCst);
+        Ok(())
+    }
+    fn read_raw(&self, from_seq: u64, through_seq: u64, limit: usize) -> Result<Vec<Raw>, LogError> {
+        self.inner.read_raw(from_seq, through_seq, limit)
+    }
+    fn read_stream_raw(&self, stream: &StreamId, after: u64, through: u64, limit: usize) -> Result<Vec<Raw>, LogError> {
+        self.inner.read_stream_raw(stream, after, through, limit)
+    }
+    fn remove(&self, seqs: &[u64]) -> Result<u64, LogError> {
+        self.inner.remove(seqs)
+    }
+    fn record_bytes_max(&self) -> usize {
+        self.inner.record_bytes_max()
+    }
+    fn available_bytes(&self) -> Option<u64> {
+        self.inner.available_bytes()
+    }
+}
+
+/// Stops the log and lets go of it, as a server that stops does: the backend is free to
+/// reopen.
+async fn close(log: EventLog) {
+    log.close().await;
+}
+
+fn open<P: Place>(place: &P) -> EventLog {
+    EventLog::on(place.backend(), &LogConfig::default()).expect("open log")
+}
+
+async fn seqs_of_stream(log: &EventLog, stream: &StreamId, after: u64) -> Vec<u64> {
+    log.read_stream(stream, after, usize::MAX).await.expect("read stream").iter().map(|e| e.seq).collect()
+}
+
+async fn appends_get_consecutive_seqs_in_submission_order<P: Place>() {
+    let place = P::new();
+    let log = open(&place);
+    let mut pending = Vec::new();
+    for n in 0..300 {
+        pending.push(log.submit(posted(if n % 3 == 0 { "a" } else { "b" }, n)).await.expect("submit"));
+    }
+    for (n, p) in pending.into_iter().enumerate() {
+        let envelope = p.durable().await.expect("durable");
+        assert_eq!(envelope.seq, n as u64 + 1);
+        assert_eq!(envelope.event, posted(if n % 3 == 0 { "a" } else { "b" }, n));
+    }
+    let all = log.read_range(1, usize::MAX).await.expect("range");
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=300).collect::<Vec<_>>());
+    assert!(all.windows(2).all(|w| w[0].at_unix_ms <= w[1].at_unix_ms), "timestamps never go back");
+    assert_eq!(log.read_range(299, 10).await.expect("range").len(), 2);
+    let a = seqs_of_stream(&log, &room("a"), 0).await;
+    assert_eq!(a, (1..=300).step_by(3).collect::<Vec<_>>());
+    assert_eq!(seqs_of_stream(&log, &room("a"), 280).await, vec![283, 286, 289, 292, 295, 298]);
+    assert_eq!(log.read_stream(&room("b"), 0, 5).await.expect("limit").len(), 5);
+    assert_eq!(log.verify().expect("verify"), 300);
+    close(log).await;
+}
+
+async fn nothing_is_acknowledged_before_the_backend_synced_it<P: Place>() {
+    let place = P::new();
+    let spy = Arc::new(Spy {
+        inner: place.backend(),
+        written_through: AtomicU64::new(0),
+        synced_through: AtomicU64::new(0),
+        groups: Mutex::default(),
+    });
+    let log = EventLog::on(spy.clone(), &LogConfig::default()).expect("open log");
+    let mut pending = Vec::new();
+    for n in 0..500 {
+        pending.push(log.submit(posted("a", n)).await.expect("submit"));
+    }
+    for p in pending {
+        let seq = p.durable().await.expect("durable").seq;
+        assert!(spy.synced_through.load(Ordering::SeqCst) >= seq, "seq {seq} acknowledged before it was synced");
+        assert!(log.head() >= seq, "the head is at least every acknowledged seq");
+    }
+    let groups = spy.groups.lock().expect("groups").clone();
+    assert_eq!(groups.iter().sum::<usize>(), 500);
+    assert!(groups.len() < 500, "pipelined appends share group commits: {groups:?}");
+    close(log).await;
+}
+
+async fn the_head_follows_durable_appends<P: Place>() {
+    let place = P::new();
+    let log = open(&place);
+    assert_eq!(log.head(), 0);
+    assert!(log.read_range(1, 10).await.expect("empty").is_empty());
+    let mut head = log.watch_head();
+    let seq = log.append(posted("a", 1)).await.expect("append").seq;
+    assert_eq!(log.head(), seq);
+    head.changed().await.expect("head moves");
+    assert_eq!(*head.borrow(), seq);
+    close(log).await;
+    let reopened = open(&place);
+    assert_eq!(reopened.head(), seq, "the head is the newest record after a restart");
+    close(reopened).await;
+}
+
+async fn removed_records_are_not_read_by_range_or_stream<P: Place>() {
+    let place = P::new();
+    let log = open(&place);
+    for n in 0..10 {
+        log.append(posted(if n % 2 == 0 { "a" } else { "b" }, n)).await.expect("append");
+    }
+    // Room a holds 1, 3, 5, 7, 9; the newest record (10, room b) is kept whatever is asked.
+    assert_eq!(log.remove(vec![1, 3, 5, 10]).await.expect("remove"), 3);
+    assert_eq!(seqs_of_stream(&log, &room("a"), 0).await, vec![7, 9]);
+    assert_eq!(seqs_of_stream(&log, &room("b"), 0).await, vec![2, 4, 6, 8, 10]);
+    let range: Vec<u64> = log.read_range(1, usize::MAX).await.expect("range").iter().map(|e| e.seq).collect();
+    assert_eq!(range, vec![2, 4, 6, 7, 8, 9, 10]);
+    assert_eq!(log.remove(vec![1, 3]).await.expect("again"), 0, "removing what is gone removes nothing");
+    assert_eq!(log.head(), 10);
+    close(log).await;
+    let reopened = open(&place);
+    assert_eq!(seqs_of_stream(&reopened, &room("a"), 0).await, vec![7, 9], "a removal survives a restart");
+    assert_eq!(reopened.verify().expect("verify"), 7);
+    close(reopened).await;
+}
+
+async fn seqs_are_never_reused<P: Place>() {
+    let place = P::new();
+    let log = open(&place);
+    for n in 0..5 {
+        log.append(posted("a", n)).await.expect("append");
+    }
+    log.remove(vec![2, 3, 4]).await.expect("remove");
+    assert_eq!(log.append(posted("a", 5)).await.expect("append").seq, 6);
+    close(log).await;
+    // A clean stop gives the unused reservation back: the next start goes on after the head.
+    let reopened = open(&place);
+    assert_eq!(reopened.append(posted("a", 6)).await.expect("append").seq, 7);
+    // A crash (no clean stop) leaves the reservation: the next start goes on above it.
+    drop(reopened);
+    let backend = place.backend();
+    let floor = backend.floor();
+    assert!(floor.reserved_through > 7, "seqs are reserved ahead of those handed out: {floor:?}");
+    drop(backend);
+    let after_crash = open(&place);
+    let seq = after_crash.append(posted("a", 7)).await.expect("append").seq;
+    assert!(seq > floor.reserved_through, "seq {seq} is above the reservation {floor:?}");
+    close(after_crash).await;
+}
+
+async fn a_record_over_the_limit_is_refused_and_the_log_goes_on<P: Place>() {
+    let place = P::new();
+    let log = open(&place);
+    let max = log.record_bytes_max();
+    let big = Event::MessagePosted(MessagePosted {
+        room: RoomId::parse("a").expect("room"),
+        author: "ann".into(),
+        client_id: "big".into(),
+        body: "x".repeat(max + 1),
+    });
+    let refused = log.append(big).await.expect_err("too large");
+    assert!(matches!(*refused, LogError::RecordTooLarge { .. }), "{refused}");
+    assert_eq!(log.append(posted("a", 1)).await.expect("append").seq, 1, "a refused append takes no seq");
+    assert_eq!(log.verify().expect("verify"), 1);
+    close(log).await;
+}
+
+async fn a_restart_keeps_records_streams_and_bytes<P: Place>() {
+    let place = P::new();
+    let log = open(&place);
+    for n in 0..50 {
+        log.append(posted(if n % 2 == 0 { "a" } else { "b" }, n)).await.expect("append");
+    }
+    let before = log.read_raw(1, usize::MAX).await.expect("raw");
+    close(log).await;
+    let reopened = open(&place);
+    assert_eq!(reopened.read_raw(1, usize::MAX).await.expect("raw"), before, "the same bytes");
+    assert_eq!(seqs_of_stream(&reopened, &room("b"), 40).await, vec![42, 44, 46, 48, 50]);
+    assert_eq!(reopened.append(posted("a", 50)).await.expect("append").seq, 51);
+    close(reopened).await;
+}
+
+async fn a_log_that_lost_acknowledged_records_does_not_start<P: Place>() {
+    let place = P::new();
+    let log = open(&place);
+    for n in 0..3 {
+        log.append(posted("a", n)).await.expect("append");
+    }
+    close(log).await;
+    let backend = place.backend();
+    backend.set_floor(Floor { reserved_through: 10, acked_through: 8 }).expect("floor");
+    drop(backend);
+    let refused = EventLog::on(place.backend(), &LogConfig::default()).expect_err("lost records");
+    assert!(matches!(refused, LogError::LostRecords { head: 3, acked_through: 8 }), "{refused}");
+    let config = LogConfig { accept_lost_records: true, ..LogConfig::default() };
+    let accepted = EventLog::on(place.backend(), &config).expect("accepted");
+    assert_eq!(accepted.append(posted("a", 3)).await.expect("append").seq, 11, "above every reserved seq");
+    close(accepted).await;
+}
+
+macro_rules! conformance {
+    ($($backend:ident: $place:ty),* $(,)?) => {$(
+        mod $backend {
+            use super::*;
+
+            #[tokio::test]
+            async fn appends_get_consecutive_seqs_in_submission_order() {
+                super::appends_get_consecutive_seqs_in_submission_order::<$place>().await;
+            }
+            #[tokio::test]
+            async fn nothing_is_acknowledged_before_the_backend_synced_it() {
+                super::nothing_is_acknowledged_before_the_backend_synced_it::<$place>().await;
+            }
+            #[tokio::test]
+            async fn the_head_follows_durable_appends() {
+                super::the_head_follows_durable_appends::<$place>().await;
+            }
+            #[tokio::test]
+            async fn removed_records_are_not_read_by_range_or_stream() {
+                super::removed_records_are_not_read_by_range_or_stream::<$place>().await;
+            }
+            #[tokio::test]
+            async fn seqs_are_never_reused() {
+                super::seqs_are_never_reused::<$place>().await;
+            }
+            #[tokio::test]
+            async fn a_record_over_the_limit_is_refused_and_the_log_goes_on() {
+                super::a_record_over_the_limit_is_refused_and_the_log_goes_on::<$place>().await;
+            }
+            #[tokio::test]
+            async fn a_restart_keeps_records_streams_and_bytes() {
+                super::a_restart_keeps_records_streams_and_bytes::<$place>().await;
+            }
+            #[tokio::test]
+            async fn a_log_that_lost_acknowledged_records_does_not_start() {
+                super::a_log_that_lost_acknowledged_records_does_not_start::<$place>().await;
+            }
+        }
+    )*};
+}
+
+conformance!(sled: SledPlace, memory: MemoryPlace);

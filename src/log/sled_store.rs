@@ -1,0 +1,344 @@
+//! The log's embedded default backend: a sled database with the records, a stream index, the
+//! fsync that sled omits, and the seq floor file beside it (`log::floor`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::backend::{Backend, Encoded, Raw};
+use super::floor::{Floor, SeqFloor};
+use super::LogError;
+use crate::durable::{SledDb, SledOpenError, SledSyncError, VALUE_BYTES_MAX};
+use crate::event::{decode, StreamId};
+#[cfg(test)]
+use crate::event::{encode, Envelope};
+
+/// Tree of log records: key = seq as big-endian u64 (so byte order is seq order).
+pub(super) const LOG_TREE: &str = "log";
+/// Stream index: one entry per stream per group commit. Its key is the stream's length
+/// (2 bytes, big-endian: a file key's stream is up to 517 bytes; one byte once panicked the
+/// writer on a 256-byte key), the stream, and the first seq of that stream in the group; its
+/// value is the group's seqs of that stream. One entry per group instead of one per event keeps sled's
+/// per-key cost off the append path. The same tree holds [`INDEXED_KEY`] (the last seq
+/// indexed, with the next seq to assign), written in the same batch as the entries.
+pub(super) const STREAM_TREE: &str = "log.streams";
+/// Key of the stream index's checkpoint: last indexed seq and next seq, 16 bytes. Its first
+/// byte (0xff) is above the first length byte of every stream (names are at most
+/// `StreamId::LEN_MAX` long), so it never falls inside a stream's range.
+const INDEXED_KEY: &[u8] = b"\xffindexed";
+
+impl From<sled::Error> for LogError {
+    fn from(error: sled::Error) -> Self {
+        LogError::Storage(Box::new(error))
+    }
+}
+
+impl From<SledOpenError> for LogError {
+    fn from(error: SledOpenError) -> Self {
+        LogError::Storage(Box::new(error))
+    }
+}
+
+impl From<SledSyncError> for LogError {
+    fn from(error: SledSyncError) -> Self {
+        LogError::Storage(Box::new(error))
+    }
+}
+
+/// The sled database holding the log, and its seq floor.
+#[derive(Debug, Clone)]
+pub struct SledBackend {
+    db: SledDb,
+    log: sled::Tree,
+    streams: sled::Tree,
+    floor: Arc<Mutex<SeqFloor>>,
+}
+
+impl SledBackend {
+    /// Opens the database in `dir`, creating it if needed, and completes the stream index if a
+    /// crash came between writing a group's records and its index entries.
+    pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, LogError> {
+        let db = SledDb::open(dir, cache_bytes_max)?;
+        let floor = Arc::new(Mutex::new(SeqFloor::open(dir)?));
+        let store = Self { log: db.db().open_tree(LOG_TREE)?, streams: db.db().open_tree(STREAM_TREE)?, db, floor };
+        store.repair_index()?;
+        Ok(store)
+    }
+
+    fn with_floor<T>(&self, f: impl FnOnce(&mut SeqFloor) -> std::io::Result<T>) -> Result<T, LogError> {
+        // A writer that panicked while holding it left the floor as it was: still correct.
+        let mut floor = self.floor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(f(&mut floor)?)
+    }
+
+    /// The folder holding the database.
+    pub fn dir(&self) -> &Path {
+        self.db.dir()
+    }
+
+    /// (last indexed seq, next seq to assign) as recorded by the last complete group commit.
+    fn indexed(&self) -> Result<(u64, u64), LogError> {
+        Ok(match self.streams.get(INDEXED_KEY)? {
+            Some(v) if v.len() == 16 => (seq_of(&v[..8]), seq_of(&v[8..])),
+            _ => (0, 1),
+        })
+    }
+
+    /// Writes the stream-index entries of one group of (stream, seq), ascending by seq.
+    fn index<'a>(&self, group: impl Iterator<Item = (&'a StreamId, u64)>, last_seq: u64) -> Result<(), LogError> {
+        let mut by_stream: BTreeMap<&StreamId, Vec<u8>> = BTreeMap::new();
+        let mut firsts: BTreeMap<&StreamId, u64> = BTreeMap::new();
+        for (stream, seq) in group {
+            firsts.entry(stream).or_insert(seq);
+            by_stream.entry(stream).or_default().extend_from_slice(&seq.to_be_bytes());
+        }
+        let mut batch = sled::Batch::default();
+        for (stream, seqs) in by_stream {
+            batch.insert(stream_key(stream, firsts[stream]), seqs);
+        }
+        let next_seq = last_seq.max(self.indexed()?.1.saturating_sub(1)) + 1;
+        let mut checkpoint = last_seq.to_be_bytes().to_vec();
+        checkpoint.extend_from_slice(&next_seq.to_be_bytes());
+        batch.insert(INDEXED_KEY, checkpoint);
+        self.streams.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Indexes records written after the index checkpoint (a crash between the two writes of
+    /// a group commit), reading them in groups as the writer would have.
+    fn repair_index(&self) -> Result<(), LogError> {
+        let (indexed, _) = self.indexed()?;
+        loop {
+            let (checkpoint, _) = self.indexed()?;
+            let group = self.read_raw(checkpoint + 1, u64::MAX, 4096)?;
+            let Some(&(last, _)) = group.last() else { break };
+            let decoded =
+                group.iter().map(|(seq, bytes)| Ok(decode(*seq, bytes)?)).collect::<Result<Vec<_>, LogError>>()?;
+            self.index(decoded.iter().map(|e| (&e.stream, e.seq)), last)?;
+        }
+        let (now, _) = self.indexed()?;
+        if now > indexed {
+            tracing::warn!(
+                from_seq = indexed + 1,
+                through_seq = now,
+                "stream index completed after an interrupted commit"
+            );
+        }
+        Ok(())
+    }
+
+    /// Overwrites one record with bytes that do not decode, for tests of corruption handling.
+    #[cfg(test)]
+    pub fn corrupt_for_test(&self, seq: u64) -> Result<(), LogError> {
+        self.log.insert(seq.to_be_bytes(), &b"\xc1not an event"[..])?;
+        Ok(())
+    }
+
+    /// Writes records without their stream-index entries, as a crash between the two writes
+    /// of a group commit leaves them, for the test of `repair_index`.
+    #[cfg(test)]
+    pub fn write_records_only_for_test(&self, envelopes: &[Envelope]) -> Result<(), LogError> {
+        let mut records = sled::Batch::default();
+        for envelope in envelopes {
+            records.insert(&envelope.seq.to_be_bytes(), encode(envelope));
+        }
+        self.log.apply_batch(records)?;
+        Ok(())
+    }
+}
+
+impl Backend for SledBackend {
+    fn name(&self) -> &'static str {
+        "sled"
+    }
+
+    fn last(&self) -> Result<Option<Raw>, LogError> {
+        Ok(self.log.last()?.map(|(key, value)| (seq_of(&key), value.to_vec())))
+    }
+
+    fn next_seq_floor(&self) -> Result<u64, LogError> {
+        Ok(self.indexed()?.1)
+    }
+
+    fn floor(&self) -> Floor {
+        self.floor.lock().unwrap_or_else(std::sync::PoisonError::into_inner).floor()
+    }
+
+    fn reserve(&self, through: u64, acked_through: u64) -> Result<(), LogError> {
+        self.with_floor(|floor| floor.reserve(through, acked_through))
+    }
+
+    fn release(&self, head: u64) -> Result<(), LogError> {
+        self.with_floor(|floor| floor.release(head))
+    }
+
+    fn set_floor(&self, to: Floor) -> Result<(), LogError> {
+        self.with_floor(|floor| floor.write(to))
+    }
+
+    /// Writes the records as they are encoded (a restore keeps the bytes of old event versions
+    /// as they were written: DESIGN.md, "never rewritten"), then their stream-index entries
+    /// with the index checkpoint. The records are plain inserts, not one atomic batch: nothing
+    /// of the group is acknowledged before the sync that follows, sled recovers a prefix of its
+    /// writes after a crash, and `repair_index` indexes whatever prefix survived. (Measured
+    /// here, a sled `apply_batch` costs 6.3 µs a key against 4.5 µs for an insert, and a
+    /// transaction over the trees 16 µs an event.)
+    fn write(&self, records: &[Encoded<'_>]) -> Result<(), LogError> {
+        let Some(&(last_seq, _, _)) = records.last() else { return Ok(()) };
+        if let Some(&(seq, _, bytes)) = records.iter().find(|(_, _, bytes)| bytes.len() > VALUE_BYTES_MAX) {
+            return Err(LogError::RecordTooLarge { seq, bytes: bytes.len(), max: VALUE_BYTES_MAX });
+        }
+        if let Some(&(seq, stream, _)) = records.iter().find(|(_, stream, _)| stream.as_str().len() > StreamId::LEN_MAX)
+        {
+            return Err(LogError::StreamTooLong { seq, bytes: stream.as_str().len(), max: StreamId::LEN_MAX });
+        }
+        for &(seq, _, bytes) in records {
+            self.log.insert(seq.to_be_bytes(), bytes)?;
+        }
+        self.index(records.iter().map(|&(seq, stream, _)| (stream, seq)), last_seq)
+    }
+
+    /// See [`SledDb::sync`] for why an fsync of sled's data file is what makes "acknowledged"
+    /// mean on disk, and why that one file is all there is to sync.
+    fn sync(&self) -> Result<(), LogError> {
+        Ok(self.db.sync()?)
+    }
+
+    fn read_raw(&self, from_seq: u64, through_seq: u64, limit: usize) -> Result<Vec<Raw>, LogError> {
+        if from_seq > through_seq {
+            return Ok(Vec::new());
+        }
+        self.log
+            .range(from_seq.to_be_bytes()..=through_seq.to_be_bytes())
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((seq_of(&key), value.to_vec()))
+            })
+            .collect()
+    }
+
+    fn read_stream_raw(
+        &self,
+        stream: &StreamId,
+        after_seq: u64,
+        through_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Raw>, LogError> {
+        let Some(from) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
+        // The entry holding `from` may start before it: begin at the last entry at or below.
+        let start = match self.streams.range(stream_key(stream, 0)..=stream_key(stream, from)).next_back() {
+            Some(item) => item?.0.to_vec(),
+            None => stream_key(stream, from),
+        };
+        let mut out: Vec<Raw> = Vec::new();
+        for item in self.streams.range(start..=stream_key(stream, u64::MAX)) {
+            let (_, seqs) = item?;
+            for seq in seqs.chunks_exact(8).map(seq_of).filter(|&s| s >= from) {
+                if out.len() >= limit || seq > through_seq {
+                    return Ok(out);
+                }
+                if out.last().is_some_and(|(last, _)| *last >= seq) {
+                    continue; // entries never overlap; if they did, each seq still comes once
+                }
+                // A removed record's index entry may remain: a missing record is skipped.
+                if let Some(value) = self.log.get(seq.to_be_bytes())? {
+                    out.push((seq, value.to_vec()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the records; their stream-index entries stay (a read skips a missing record),
+    /// so that a removal is one key per record. sled reuses the space of removed keys for
+    /// later writes; its files do not shrink (only `roomlog compact` rewrites them).
+    fn remove(&self, seqs: &[u64]) -> Result<u64, LogError> {
+        let mut removed = 0;
+        for seq in seqs {
+            if self.log.remove(seq.to_be_bytes())?.is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn record_bytes_max(&self) -> usize {
+        VALUE_BYTES_MAX
+    }
+
+    fn available_bytes(&self) -> Option<u64> {
+        fs2::available_space(self.db.dir()).ok()
+    }
+
+    fn unsafe_files(&self) -> usize {
+        self.db.blob_files()
+    }
+}
+
+fn stream_key(stream: &StreamId, seq: u64) -> Vec<u8> {
+    let name = stream.as_str().as_bytes();
+    // Records of longer streams are refused before they are written (`write_encoded`).
+    let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    let mut key = Vec::with_capacity(2 + name.len() + 8);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(name);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Reads a big-endian seq key; a key of the wrong length reads as 0, which no record uses.
+fn seq_of(key: &[u8]) -> u64 {
+    key.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::conformance::posted;
+    use crate::log::{EventLog, LogConfig};
+
+    #[tokio::test]
+    async fn records_whose_index_write_was_lost_are_indexed_at_the_next_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let room_a = posted("a", 0).stream();
+        {
+            let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open");
+            for n in 0..3 {
+                log.append(posted("a", n)).await.expect("append");
+            }
+            log.close().await;
+            drop(log);
+            // A crash after the records of seqs 4..=6 were written, before their index entries.
+            let backend = SledBackend::open(dir.path(), 1 << 20).expect("backend");
+            let lost: Vec<Envelope> = (4..=6)
+                .map(|seq| Envelope { seq, at_unix_ms: seq, stream: room_a.clone(), event: posted("a", seq as usize) })
+                .collect();
+            backend.write_records_only_for_test(&lost).expect("records only");
+            backend.sync().expect("sync");
+        }
+        let log = EventLog::open(dir.path(), &LogConfig::default()).expect("reopen");
+        let seqs: Vec<u64> = log.read_stream(&room_a, 0, 100).await.expect("stream").iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(log.append(posted("a", 7)).await.expect("append").seq, 7, "seqs continue after the repaired ones");
+        let after: Vec<u64> = log.read_stream(&room_a, 5, 100).await.expect("stream").iter().map(|e| e.seq).collect();
+        assert_eq!(after, vec![6, 7]);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_stops_opening_with_its_seq() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open");
+            log.append(posted("a", 1)).await.expect("append");
+            log.append(posted("a", 2)).await.expect("append");
+            log.close().await;
+            drop(log);
+            let backend = SledBackend::open(dir.path(), 1 << 20).expect("backend");
+            backend.corrupt_for_test(2).expect("corrupt");
+            backend.sync().expect("sync");
+        }
+        let err = EventLog::open(dir.path(), &LogConfig::default()).expect_err("must refuse");
+        assert!(err.to_string().contains("log record 2 does not decode"), "{err}");
+    }
+}
