@@ -81,6 +81,11 @@ pub struct JanitorConfig {
     /// try comes this long after it, or at the next slot if that is sooner.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Remove from the log, while serving, the records that retention cuts and file
+    /// deletions superseded (rule `log_purge`), after each run that removed anything and after
+    /// the first run since start-up. The log then stops growing by what is removed; the files
+    /// shrink only with `roomlog compact`.
+    pub purge_log: bool,
 }
 
 impl Default for JanitorConfig {
@@ -90,6 +95,7 @@ impl Default for JanitorConfig {
             at: None,
             orphan_min_age: Duration::from_secs(3600),
             retry_after: Duration::from_secs(15 * 60),
+            purge_log: true,
         }
     }
 }

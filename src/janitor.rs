@@ -671,7 +671,7 @@ impl JanitorState {
                 }
             }
         }
-        if !done.is_empty() || self.runs == 0 {
+        if self.ctx.config.purge_log && (!done.is_empty() || self.runs == 0) {
             match self.purge_log().await {
                 Ok(Some(item)) => done.push(item),
                 Ok(None) => {}

@@ -104,6 +104,8 @@ async fn compaction_after_purging_half_frees_the_disk_and_rebuilds_to_the_live_s
     let data = dir.path().join("live");
     let mut config = common::config(&data);
     config.janitor.every = None;
+    // What `roomlog compact` drops offline; the online purge is tested in `tests/purge.rs`.
+    config.janitor.purge_log = false;
     config.retention.rooms.insert("big".into(), RoomRetention { max_messages: Some(KEPT as u64), max_age: None });
     let server = write_live_data(config.clone(), true).await;
     let client = reqwest::Client::new();
@@ -184,4 +186,76 @@ async fn compaction_after_purging_half_frees_the_disk_and_rebuilds_to_the_live_s
     ann.join("big", Some(u64::MAX)).await;
     assert!(ann.say("big", "after compaction", "x").await > head, "seqs continue after the head");
     server.shutdown().await;
+}
+
+/// The online purge (janitor rule `log_purge`): while the server serves, the janitor removes
+/// from the log the events that the retention cut and the file deletions superseded; history,
+/// search and files read as before; seqs go on; and every projection rebuilt from the purged
+/// log equals the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_janitor_purges_superseded_events_while_serving_and_rebuilds_equal_the_live_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("live");
+    let mut config = common::config(&data);
+    config.janitor.every = None;
+    config.retention.rooms.insert("big".into(), RoomRetention { max_messages: Some(KEPT as u64), max_age: None });
+    let server = write_live_data(config.clone(), true).await;
+    let client = reqwest::Client::new();
+    for n in 2..5 {
+        let url = format!("http://{}/api/files/tts/{n}.mp3", server.addr());
+        assert_eq!(client.delete(url).send().await.expect("delete").status().as_u16(), 200);
+    }
+    let posted = |events: &[roomlog::event::Envelope]| {
+        events.iter().filter(|e| matches!(e.event, Event::MessagePosted(_))).count()
+    };
+    assert_eq!(posted(&server.log().read_range(1, 1_000_000).await.expect("read")), BIG + SMALL);
+    let ran: Value = client
+        .post(format!("http://{}/api/janitor/run", server.addr()))
+        .send()
+        .await
+        .expect("run")
+        .json()
+        .await
+        .expect("json");
+    let purge = ran["rules"].as_array().expect("rules").iter().find(|r| r["rule"] == "log_purge").cloned();
+    let purge = purge.unwrap_or_else(|| panic!("the run names its purge: {ran}"));
+    assert_eq!(purge["items"], (BIG - KEPT + 3) as u64, "the cut's messages and the deleted keys' uploads: {ran}");
+    assert!(purge["bytes"].as_u64().is_some_and(|b| b > (BIG - KEPT) as u64 * 1000), "{ran}");
+
+    let events = server.log().read_range(1, 1_000_000).await.expect("read");
+    assert_eq!(posted(&events), KEPT + SMALL, "only the kept messages remain in the log");
+    assert!(events.iter().any(|e| matches!(e.event, Event::MessagesExpired(_))), "the cut stays as the record");
+    let stored = events.iter().filter(|e| matches!(e.event, Event::FileStored(_))).count();
+    assert_eq!(stored, 2, "the uploads of deleted keys are gone, the live ones stay");
+    assert!(events.iter().filter(|e| matches!(e.event, Event::FileDeleted(_))).count() == 3, "deletions stay");
+
+    // The server goes on serving what it served.
+    common::projections_caught_up(server.addr()).await;
+    let big = common::whole_history(server.addr(), "big").await;
+    assert_eq!(big.len(), KEPT);
+    assert_eq!(big[0]["body"], body("big", BIG - KEPT));
+    assert_eq!(common::search_all(server.addr(), "q=message1999").await.0, 1);
+    let head = server.log().head();
+    let mut ann = Client::connect(server.addr(), "ann").await;
+    ann.join("big", Some(u64::MAX)).await;
+    assert!(ann.say("big", "after the purge", "after").await > head, "seqs continue after the head");
+    let again: Value = client
+        .post(format!("http://{}/api/janitor/run", server.addr()))
+        .send()
+        .await
+        .expect("run")
+        .json()
+        .await
+        .expect("json");
+    // The new message put the room one over its limit: the cut moves by one, and the purge
+    // follows it.
+    let rules = again["rules"].as_array().expect("rules");
+    let items = |name: &str| rules.iter().find(|r| r["rule"] == name).map(|r| r["items"].clone());
+    assert_eq!(items("retention.rooms.big.max_messages"), Some(json!(1)), "{again}");
+    assert_eq!(items("log_purge"), Some(json!(1)), "{again}");
+    server.shutdown().await;
+
+    let live = state(&data).await;
+    roomlog(&["rebuild", "all"], &data);
+    assert_eq!(state(&data).await, live, "every projection rebuilt from the purged log equals the live one");
 }
