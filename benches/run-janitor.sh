@@ -35,7 +35,7 @@ $bin/roomlog-load --addr 127.0.0.1:7710 --clients 100 --senders 5 --rate 2000 --
 $bin/roomlog-load --addr 127.0.0.1:7710 --clients 100 --senders 5 --rate 2000 --secs "$SECS" --room chat-b --label "chat, janitor running" &
 load=$!
 sleep 1
-$bin/roomlog janitor run --addr 127.0.0.1:7710
+$bin/roomlog janitor run --addr 127.0.0.1:7710 --data "$work/data"
 wait "$load"
 live=$(live_bytes)
 kill "$server"; wait "$server" 2>/dev/null || true

@@ -81,10 +81,9 @@ pub struct JanitorConfig {
     /// try comes this long after it, or at the next slot if that is sooner.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
-    /// Remove from the log, while serving, the records that retention cuts and file
-    /// deletions superseded (rule `log_purge`), after each run that removed anything and after
-    /// the first run since start-up. The log then stops growing by what is removed; the files
-    /// shrink only with `roomlog compact`.
+    /// Plan and remove from the log, while serving, the records that retention cuts and file
+    /// deletions superseded (rule `log_purge`; planning it reads the whole log). The log then
+    /// stops growing by what is removed; the files shrink only with `roomlog compact`.
     pub purge_log: bool,
 }
 
@@ -150,13 +149,7 @@ impl RetentionConfig {
     }
 }
 
-/// One entry of `files.on_pay`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrefixMove {
-    pub from: String,
-    pub to: String,
-}
+pub use crate::blob::service::PrefixMove;
 
 impl Default for FilesConfig {
     fn default() -> Self {
@@ -207,27 +200,7 @@ impl Default for SessionsConfig {
     }
 }
 
-/// The message search index (`<data>/search`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SearchConfig {
-    /// Near-real-time delay: indexed messages become searchable (and durable in the index) at
-    /// most this long after the index receives them. Shorter is fresher and costs more commits.
-    #[serde(with = "humantime_serde")]
-    pub refresh: Duration,
-    /// Also commit once this many events are pending, whatever the time.
-    pub commit_events_max: usize,
-    /// Memory the index writer may use before it writes a segment, in bytes.
-    pub writer_bytes: usize,
-    /// Most hits one search page returns.
-    pub limit_max: usize,
-}
-
-impl Default for SearchConfig {
-    fn default() -> Self {
-        Self { refresh: Duration::from_millis(500), commit_events_max: 100_000, writer_bytes: 64 << 20, limit_max: 100 }
-    }
-}
+pub use crate::projection::search::SearchConfig;
 
 /// Backups the server takes by itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

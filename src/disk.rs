@@ -160,9 +160,10 @@ impl Disk {
         state
     }
 
-    /// Measures every `check_every`; says when the state changes, and asks the janitor to run
-    /// when it is critical or worse (at most once per `janitor_min_interval`).
-    pub async fn watch(self, janitor: crate::janitor::JanitorHandle, mut stopping: watch::Receiver<bool>) {
+    /// Measures every `check_every`; says when the state changes, and calls `critical` (the
+    /// server has it ask the janitor to run) when it is critical or worse, or below the log's
+    /// floor, at most once per `janitor_min_interval`.
+    pub async fn watch(self, critical: impl Fn() + Send + 'static, mut stopping: watch::Receiver<bool>) {
         let mut last = DiskState::Healthy;
         let mut janitor_asked: Option<Instant> = None;
         loop {
@@ -188,10 +189,7 @@ impl Disk {
             let due = janitor_asked.is_none_or(|at| at.elapsed() >= self.config.janitor_min_interval);
             if (state >= DiskState::Critical || below_floor) && due {
                 janitor_asked = Some(Instant::now());
-                let janitor = janitor.clone();
-                tokio::spawn(async move {
-                    let _ = janitor.run("disk_critical").await;
-                });
+                critical();
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.check_every) => {}

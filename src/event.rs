@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::blob::{ContentHash, FileKey, Tier};
+use crate::ids::{ContentHash, FileKey, Tier};
 
 /// Where an event belongs: the entity whose history it is part of.
 ///

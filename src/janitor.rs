@@ -122,9 +122,8 @@ enum Op {
     },
     CompressLog(std::path::PathBuf),
     DeleteLog(std::path::PathBuf),
-    /// Done by the run itself after every other item (see `JanitorState::purge_log`), never
-    /// planned: finding what is superseded reads the whole log.
-    PurgeLog,
+    /// Remove these superseded records from the log (see `JanitorContext::plan_log_purge`).
+    PurgeLog(Vec<u64>),
 }
 
 /// Records removed per turn of an online purge: between turns the writer takes the appends
@@ -198,12 +197,45 @@ impl JanitorContext {
         part("orphans", self.plan_orphans().await);
         part("retention", self.plan_retention(now).await);
         part("logging.keep_files", self.plan_log_files().await);
-        if unreadable.len() == 6 {
+        let parts = if self.config.purge_log {
+            part(PURGE_RULE, self.plan_log_purge().await);
+            7
+        } else {
+            6
+        };
+        if unreadable.len() == parts {
             return Err(JanitorError::Read(
                 unreadable.iter().map(|u| format!("{}: {}", u.rule, u.error)).collect::<Vec<_>>().join("; "),
             ));
         }
         Ok(Plan { at_unix_ms: now, rules: tally(&items), items, unreadable })
+    }
+
+    /// The log's records that retention cuts and key deletions superseded (`log::compact`):
+    /// one item, removed while the server serves. Finding them reads the whole log, off the
+    /// async threads. What this run's own cuts and deletions supersede is planned by the next.
+    async fn plan_log_purge(&self) -> Result<Vec<PlanItem>, JanitorError> {
+        let log = self.log.clone();
+        let (seqs, purged) = tokio::task::spawn_blocking(move || crate::log::compact::superseded(&log))
+            .await
+            .map_err(|e| JanitorError::Read(e.to_string()))?
+            .map_err(|e| JanitorError::Read(e.to_string()))?;
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![PlanItem {
+            rule: PURGE_RULE.into(),
+            action: "purge_log",
+            target: "the log".into(),
+            count: purged.removed(),
+            bytes: purged.removed_bytes,
+            keys: Vec::new(),
+            detail: format!(
+                "{} message events at or below a retention cut and {} uploads of keys deleted later: superseded, their effect already undone",
+                purged.removed_message_events, purged.removed_file_events
+            ),
+            op: Op::PurgeLog(seqs),
+        }])
     }
 
     /// Unpaid sessions whose purge is due.
@@ -459,7 +491,13 @@ impl JanitorContext {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || gzip_file(&path)).await.map_err(|e| e.to_string())?
             }
-            Op::PurgeLog => Ok(false),
+            Op::PurgeLog(seqs) => {
+                let mut removed = 0;
+                for group in seqs.chunks(PURGE_GROUP) {
+                    removed += self.log.remove(group.to_vec()).await.map_err(|e| e.to_string())?;
+                }
+                Ok(removed > 0)
+            }
             Op::DeleteLog(path) => match tokio::fs::remove_file(path).await {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
                 other => other.map(|()| true).map_err(|e| format!("deleting {}: {e}", path.display())),
@@ -598,35 +636,6 @@ impl Actor for Janitor {
 const PURGE_RULE: &str = "log_purge";
 
 impl JanitorState {
-    /// Removes from the log the records that retention cuts and file deletions superseded
-    /// (`log::compact`), while the server serves. Runs after a run that removed anything, and
-    /// after the first run since start-up (deletions by users since the last purge).
-    async fn purge_log(&self) -> Result<Option<PlanItem>, String> {
-        let purged = crate::log::compact::purge(&self.ctx.log, PURGE_GROUP).await.map_err(|e| e.to_string())?;
-        if purged.removed() == 0 {
-            return Ok(None);
-        }
-        tracing::info!(
-            messages = purged.removed_message_events,
-            files = purged.removed_file_events,
-            bytes = purged.removed_bytes,
-            "log records superseded by retention cuts and file deletions removed"
-        );
-        Ok(Some(PlanItem {
-            rule: PURGE_RULE.into(),
-            action: "purge_log",
-            target: "the log".into(),
-            count: purged.removed(),
-            bytes: purged.removed_bytes,
-            keys: Vec::new(),
-            detail: format!(
-                "{} message events at or below a retention cut and {} uploads of keys deleted later: superseded, their effect already undone",
-                purged.removed_message_events, purged.removed_file_events
-            ),
-            op: Op::PurgeLog,
-        }))
-    }
-
     async fn run(&mut self, trigger: String) -> Result<JanitorRan, JanitorError> {
         let started_at = self.ctx.clock.now_ms();
         let started = Instant::now();
@@ -669,18 +678,6 @@ impl JanitorState {
                         }
                     }
                 }
-            }
-        }
-        if self.ctx.config.purge_log && (!done.is_empty() || self.runs == 0) {
-            match self.purge_log().await {
-                Ok(Some(item)) => done.push(item),
-                Ok(None) => {}
-                Err(error) => failures.push(ItemFailure {
-                    rule: PURGE_RULE.into(),
-                    action: "purge_log".into(),
-                    target: String::new(),
-                    error: error.chars().take(500).collect(),
-                }),
             }
         }
         self.runs += 1;

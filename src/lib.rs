@@ -14,13 +14,15 @@
 //!   `SessionActor` per live session under a `SessionSupervisor` that also sweeps due times.
 //! - [`room`]: what a room decides (ring, de-duplication, replay), as plain state.
 //! - [`presence`]: who is in a room, by user with connection counts; ephemeral, per node.
-//! - [`log`]: the append-only event log in sled, with group commit and a durable seq floor.
+//! - [`log`]: the append-only event log behind a backend seam (sled, memory), with group
+//!   commit, a durable seq floor, and the removal of superseded records.
 //! - [`state`]: the projections' own sled store, set aside and rebuilt when damaged.
 //! - [`durable`]: file-system steps and sled settings that survive a power cut.
 //! - [`space`]: the free-space floors that keep sled and tantivy away from a full disk.
 //! - [`layout`]: what lives where in the data folder, and the move from the old layout.
 //! - [`data_lock`]: one server per data folder, and who holds it when a second one starts.
 //! - [`event`]: the events, their versions and their encoding.
+//! - [`ids`]: the checked ids events carry: file keys, content hashes, tiers.
 //! - [`projection`]: folds over the log with checkpoints — chat history, message search,
 //!   sessions with their deadline index.
 //! - [`clock`]: wall-clock time for due times, injectable for tests.
@@ -55,6 +57,7 @@ pub mod event;
 pub mod fault;
 pub mod growth;
 pub mod http;
+pub mod ids;
 pub mod janitor;
 pub mod layout;
 pub mod log;

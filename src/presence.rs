@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::room::MemberId;
+/// A connection's id, unique within the process.
+pub type MemberId = u64;
 
 /// A change the room may announce (`chat.join_leave`): a user's first connection arrived, or
 /// its last one departed. A second connection of the same user changes only its count.

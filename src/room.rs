@@ -10,8 +10,7 @@ use crate::event::RoomId;
 use crate::projection::history::{Amendment, StoredMessage};
 use crate::wire::{amendment_frame, message_frame, WireMessage};
 
-/// A connection's id, unique within the process.
-pub type MemberId = u64;
+pub use crate::presence::MemberId;
 
 /// A client message id is unique per author within a room.
 pub type DedupKey = (String, String);

@@ -228,7 +228,14 @@ impl Server {
         let disk =
             Disk::new(watched, config.disk.clone()).with_reserve(crate::space::Reserve::of(&config.data), log.floors());
         disk.measure();
-        tokio::spawn(disk.clone().watch(janitor.clone(), stopping.clone()));
+        let janitor_for_disk = janitor.clone();
+        let ask_janitor = move || {
+            let janitor = janitor_for_disk.clone();
+            tokio::spawn(async move {
+                let _ = janitor.run("disk_critical").await;
+            });
+        };
+        tokio::spawn(disk.clone().watch(ask_janitor, stopping.clone()));
         let growth = crate::growth::Growth::open(&state)
             .map_err(|e| ServerError::Projection { name: "storage.daily", source: e.into() })?;
         tokio::spawn(sample_growth(growth.clone(), config.data.clone(), clock, stopping.clone()));

@@ -1,8 +1,8 @@
 //! Compaction: the log without the events that later removals made history. Two ways, one rule:
 //!
-//! - online, [`purge`]: while the server serves, the superseded records are found through the
-//!   log's API and removed through it (`EventLog::remove`), whatever the backend. The janitor
-//!   runs it. sled reuses the space of removed keys for later writes, so the log stops
+//! - online: while the server serves, [`superseded`] finds the records through the log's API
+//!   and the janitor (rule `log_purge`) removes them through it (`EventLog::remove`), whatever
+//!   the backend. sled reuses the space of removed keys for later writes, so the log stops
 //!   growing by what retention and deletions remove; its files do not shrink (sled issue
 //!   #1333).
 //! - offline, [`compact`] (`roomlog compact`, or `log.compact_at_start`): the sled log is
@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use super::backend::Backend;
 use super::sled_store::SledBackend;
 use super::{EventLog, LogError};
-use crate::blob::FileKey;
 use crate::event::{decode, Event, RoomId};
+use crate::ids::FileKey;
 
 /// Records read per step.
 const CHUNK: usize = 4096;
@@ -160,23 +160,6 @@ fn for_each_record(log: &EventLog, mut each: impl FnMut(u64, &Event, usize)) -> 
         }
         from = last + 1;
     }
-}
-
-/// Removes, while the server serves, the records that later removals superseded, in groups of
-/// `group` so that appends keep flowing between them (each removal waits its turn in the
-/// writer's queue like an append).
-pub async fn purge(log: &EventLog, group: usize) -> Result<Purged, std::sync::Arc<LogError>> {
-    let reader = log.clone();
-    let (seqs, done) = tokio::task::spawn_blocking(move || superseded(&reader))
-        .await
-        .map_err(|join| std::sync::Arc::new(LogError::Io(std::io::Error::other(join.to_string()))))?
-        .map_err(std::sync::Arc::new)?;
-    // A superseded record is older than the removal that supersedes it, so never the newest
-    // record, which the log keeps whatever it is asked.
-    for chunk in seqs.chunks(group.max(1)) {
-        log.remove(chunk.to_vec()).await?;
-    }
-    Ok(done)
 }
 
 /// Rewrites the (closed) log in `log_dir` without what removals superseded, and swaps it in.

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::tree::{self, u64_of};
 use super::{Projection, ProjectionError};
-use crate::blob::{ContentHash, FileKey, Tier};
 use crate::event::{Envelope, Event, SessionId};
+use crate::ids::{ContentHash, FileKey, Tier};
 
 const TREE: &str = "proj.files";
 
