@@ -98,14 +98,12 @@ async fn write_live_data(config: roomlog::config::Config, purged_half: bool) -> 
     server
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compaction_after_purging_half_frees_the_disk_and_rebuilds_to_the_live_state() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("live");
-    let mut config = common::config(&data);
+/// A server on `data` whose room `big` is over its retention limit and three of whose five
+/// keys were deleted: what the janitor's purge and `roomlog compact` then remove.
+async fn server_with_removals(data: &Path, purge_log: bool) -> (roomlog::Server, roomlog::config::Config) {
+    let mut config = common::config(data);
     config.janitor.every = None;
-    // What `roomlog compact` drops offline; the online purge is tested in `tests/purge.rs`.
-    config.janitor.purge_log = false;
+    config.janitor.purge_log = purge_log;
     config.retention.rooms.insert("big".into(), RoomRetention { max_messages: Some(KEPT as u64), max_age: None });
     let server = write_live_data(config.clone(), true).await;
     let client = reqwest::Client::new();
@@ -113,6 +111,16 @@ async fn compaction_after_purging_half_frees_the_disk_and_rebuilds_to_the_live_s
         let url = format!("http://{}/api/files/tts/{n}.mp3", server.addr());
         assert_eq!(client.delete(url).send().await.expect("delete").status().as_u16(), 200);
     }
+    (server, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_after_purging_half_frees_the_disk_and_rebuilds_to_the_live_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("live");
+    // What `roomlog compact` drops offline; the janitor's online purge is the next test's.
+    let (server, config) = server_with_removals(&data, false).await;
+    let client = reqwest::Client::new();
     let ran: Value = client
         .post(format!("http://{}/api/janitor/run", server.addr()))
         .send()
@@ -196,15 +204,8 @@ async fn compaction_after_purging_half_frees_the_disk_and_rebuilds_to_the_live_s
 async fn the_janitor_purges_superseded_events_while_serving_and_rebuilds_equal_the_live_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("live");
-    let mut config = common::config(&data);
-    config.janitor.every = None;
-    config.retention.rooms.insert("big".into(), RoomRetention { max_messages: Some(KEPT as u64), max_age: None });
-    let server = write_live_data(config.clone(), true).await;
+    let (server, _) = server_with_removals(&data, true).await;
     let client = reqwest::Client::new();
-    for n in 2..5 {
-        let url = format!("http://{}/api/files/tts/{n}.mp3", server.addr());
-        assert_eq!(client.delete(url).send().await.expect("delete").status().as_u16(), 200);
-    }
     let posted = |events: &[roomlog::event::Envelope]| {
         events.iter().filter(|e| matches!(e.event, Event::MessagePosted(_))).count()
     };
