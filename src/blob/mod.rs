@@ -271,11 +271,10 @@ impl BlobStore {
         }
         file.sync_all().await?;
         drop(file);
-        let actual = hasher.finalize().to_hex().to_string();
-        if let Some(expected) = expected.filter(|e| !e.eq_ignore_ascii_case(&actual)) {
-            return Err(BlobError::HashMismatch { expected: expected.to_owned(), actual });
-        }
         let hash = ContentHash::of(&hasher.finalize());
+        if let Some(expected) = expected.filter(|e| !e.eq_ignore_ascii_case(hash.as_str())) {
+            return Err(BlobError::HashMismatch { expected: expected.to_owned(), actual: hash.to_string() });
+        }
         let path = self.path(&hash);
         if tokio::fs::try_exists(&path).await? {
             return Ok(Stored { hash, size }); // stored once per hash: the guard drops the copy
