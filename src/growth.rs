@@ -1,6 +1,6 @@
 //! How fast the data grows: one sample a day (the day's latest, taken by the disk watcher)
 //! of the bytes roomlog keeps in its data folder and of the data folder's filesystem, in a
-//! sled tree beside the log; from them, growth per day over the last 7 and 30 days and the
+//! table of the state store (`state::Table`); from them, growth per day over the last 7 and 30 days and the
 //! days until each disk threshold at that rate.
 //!
 //! The samples are measurements, not events: they describe the disk, which the log does not.
@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::disk::DiskConfig;
+use crate::state::{StateError, Table};
 
 const TREE: &str = "storage.daily";
 const DAY_MS: u64 = 24 * 3600 * 1000;
@@ -51,34 +52,26 @@ pub struct GrowthReport {
 /// The samples; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Growth {
-    tree: sled::Tree,
+    table: Table,
 }
 
 impl Growth {
-    pub fn open(db: &crate::state::StateDb) -> Result<Self, sled::Error> {
-        Ok(Self { tree: db.open_tree(TREE)? })
+    pub fn open(db: &crate::state::StateDb) -> Result<Self, StateError> {
+        Ok(Self { table: db.table(TREE)? })
     }
 
     /// Records `sample` as its day's (replacing an earlier one of the same day).
-    pub fn record(&self, sample: &Sample) -> Result<(), sled::Error> {
-        let value = rmp_serde::to_vec(sample).unwrap_or_default();
-        self.tree.insert((sample.at_unix_ms / DAY_MS).to_be_bytes(), value)?;
-        Ok(())
+    pub fn record(&self, sample: &Sample) -> Result<(), StateError> {
+        self.table.put(sample.at_unix_ms / DAY_MS, sample)
     }
 
     /// Every day's sample, oldest first.
-    pub fn samples(&self) -> Result<Vec<Sample>, sled::Error> {
-        let mut out = Vec::new();
-        for item in self.tree.iter() {
-            if let Ok(sample) = rmp_serde::from_slice(&item?.1) {
-                out.push(sample);
-            }
-        }
-        Ok(out)
+    pub fn samples(&self) -> Result<Vec<Sample>, StateError> {
+        self.table.values()
     }
 
     /// Growth and days until each threshold, as of the latest sample.
-    pub fn report(&self, thresholds: &DiskConfig) -> Result<GrowthReport, sled::Error> {
+    pub fn report(&self, thresholds: &DiskConfig) -> Result<GrowthReport, StateError> {
         Ok(report(&self.samples()?, thresholds))
     }
 }

@@ -65,6 +65,12 @@ impl StateDb {
         self.db.db().open_tree(name)
     }
 
+    /// Opens (or creates) a table of values keyed by a number, for state that is not a
+    /// projection's (the growth samples).
+    pub fn table(&self, name: &str) -> Result<Table, StateError> {
+        Ok(Table { tree: self.open_tree(name)? })
+    }
+
     /// Makes everything written so far durable (a rebuild's end, a clean stop).
     pub fn sync(&self) -> Result<(), SledSyncError> {
         self.db.sync()
@@ -78,6 +84,38 @@ impl StateDb {
     /// The folder holding the store.
     pub fn dir(&self) -> &Path {
         self.db.dir()
+    }
+}
+
+/// The store refused a read or a write.
+#[derive(Debug, thiserror::Error)]
+#[error("the projections' store: {0}")]
+pub struct StateError(#[from] sled::Error);
+
+/// Values keyed by a number, ascending, in the state store (see [`StateDb::table`]). A value
+/// that no longer decodes is skipped when read: what is kept here is measured, not derived.
+#[derive(Debug, Clone)]
+pub struct Table {
+    tree: sled::Tree,
+}
+
+impl Table {
+    /// Stores `value` under `key`, replacing what was there.
+    pub fn put<T: serde::Serialize>(&self, key: u64, value: &T) -> Result<(), StateError> {
+        let value = rmp_serde::to_vec(value).unwrap_or_default();
+        self.tree.insert(key.to_be_bytes(), value)?;
+        Ok(())
+    }
+
+    /// Every value that decodes, by ascending key.
+    pub fn values<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, StateError> {
+        let mut out = Vec::new();
+        for item in self.tree.iter() {
+            if let Ok(value) = rmp_serde::from_slice(&item?.1) {
+                out.push(value);
+            }
+        }
+        Ok(out)
     }
 }
 

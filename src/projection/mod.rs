@@ -83,6 +83,9 @@ pub enum ProjectionError {
     /// The projection's own storage failed.
     #[error("projection storage: {0}")]
     Storage(#[from] sled::Error),
+    /// A table of the state store failed.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// Reading the log failed, or a record does not decode.
     #[error(transparent)]
     Log(#[from] LogError),
