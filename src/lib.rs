@@ -62,6 +62,8 @@ pub mod janitor;
 pub mod layout;
 pub mod log;
 pub mod metrics;
+#[doc(hidden)]
+pub mod nats_harness;
 pub mod presence;
 pub mod projection;
 pub mod recent_errors;

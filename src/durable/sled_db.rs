@@ -219,7 +219,7 @@ mod tests {
             // Appends and random overwrites and removals, as the log and the projections do.
             tree.insert(n.to_be_bytes(), vec![1u8; VALUE_BYTES_MAX]).expect("append");
             let key = (x % 100).to_be_bytes();
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 tree.remove(key).expect("remove");
             } else {
                 tree.insert(key, vec![2u8; VALUE_BYTES_MAX]).expect("overwrite");

@@ -29,6 +29,22 @@ trait Place {
     fn new() -> Self;
     /// The backend as it is now (reopened, for one that persists).
     fn backend(&self) -> Arc<dyn Backend>;
+    /// The log on it.
+    async fn open(&self) -> EventLog {
+        EventLog::on(self.backend(), &LogConfig::default()).expect("open log")
+    }
+}
+
+/// Reopens the sled database in `dir`: a log dropped without `close` releases it when its
+/// writer ends, a moment later.
+fn reopen_sled(dir: &std::path::Path) -> Arc<dyn Backend> {
+    for _ in 0..500 {
+        match SledBackend::open(dir, 8 << 20) {
+            Ok(backend) => return Arc::new(backend),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    Arc::new(SledBackend::open(dir, 8 << 20).expect("open sled backend"))
 }
 
 struct SledPlace(tempfile::TempDir);
@@ -38,15 +54,7 @@ impl Place for SledPlace {
         Self(tempfile::tempdir().expect("tempdir"))
     }
     fn backend(&self) -> Arc<dyn Backend> {
-        // A log dropped without `close` releases the database when its writer thread ends,
-        // a moment later.
-        for _ in 0..500 {
-            match SledBackend::open(self.0.path(), 8 << 20) {
-                Ok(backend) => return Arc::new(backend),
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-            }
-        }
-        Arc::new(SledBackend::open(self.0.path(), 8 << 20).expect("open sled backend"))
+        reopen_sled(self.0.path())
     }
 }
 
@@ -128,8 +136,8 @@ async fn close(log: EventLog) {
     log.close().await;
 }
 
-fn open<P: Place>(place: &P) -> EventLog {
-    EventLog::on(place.backend(), &LogConfig::default()).expect("open log")
+async fn open<P: Place>(place: &P) -> EventLog {
+    place.open().await
 }
 
 async fn seqs_of_stream(log: &EventLog, stream: &StreamId, after: u64) -> Vec<u64> {
@@ -138,7 +146,7 @@ async fn seqs_of_stream(log: &EventLog, stream: &StreamId, after: u64) -> Vec<u6
 
 async fn appends_get_consecutive_seqs_in_submission_order<P: Place>() {
     let place = P::new();
-    let log = open(&place);
+    let log = open(&place).await;
     let mut pending = Vec::new();
     for n in 0..300 {
         pending.push(log.submit(posted(if n % 3 == 0 { "a" } else { "b" }, n)).await.expect("submit"));
@@ -186,7 +194,7 @@ async fn nothing_is_acknowledged_before_the_backend_synced_it<P: Place>() {
 
 async fn the_head_follows_durable_appends<P: Place>() {
     let place = P::new();
-    let log = open(&place);
+    let log = open(&place).await;
     assert_eq!(log.head(), 0);
     assert!(log.read_range(1, 10).await.expect("empty").is_empty());
     let mut head = log.watch_head();
@@ -195,14 +203,14 @@ async fn the_head_follows_durable_appends<P: Place>() {
     head.changed().await.expect("head moves");
     assert_eq!(*head.borrow(), seq);
     close(log).await;
-    let reopened = open(&place);
+    let reopened = open(&place).await;
     assert_eq!(reopened.head(), seq, "the head is the newest record after a restart");
     close(reopened).await;
 }
 
 async fn removed_records_are_not_read_by_range_or_stream<P: Place>() {
     let place = P::new();
-    let log = open(&place);
+    let log = open(&place).await;
     for n in 0..10 {
         log.append(posted(if n % 2 == 0 { "a" } else { "b" }, n)).await.expect("append");
     }
@@ -215,7 +223,7 @@ async fn removed_records_are_not_read_by_range_or_stream<P: Place>() {
     assert_eq!(log.remove(vec![1, 3]).await.expect("again"), 0, "removing what is gone removes nothing");
     assert_eq!(log.head(), 10);
     close(log).await;
-    let reopened = open(&place);
+    let reopened = open(&place).await;
     assert_eq!(seqs_of_stream(&reopened, &room("a"), 0).await, vec![7, 9], "a removal survives a restart");
     assert_eq!(reopened.verify().expect("verify"), 7);
     close(reopened).await;
@@ -223,7 +231,7 @@ async fn removed_records_are_not_read_by_range_or_stream<P: Place>() {
 
 async fn seqs_are_never_reused<P: Place>() {
     let place = P::new();
-    let log = open(&place);
+    let log = open(&place).await;
     for n in 0..5 {
         log.append(posted("a", n)).await.expect("append");
     }
@@ -231,7 +239,7 @@ async fn seqs_are_never_reused<P: Place>() {
     assert_eq!(log.append(posted("a", 5)).await.expect("append").seq, 6);
     close(log).await;
     // A clean stop gives the unused reservation back: the next start goes on after the head.
-    let reopened = open(&place);
+    let reopened = open(&place).await;
     assert_eq!(reopened.append(posted("a", 6)).await.expect("append").seq, 7);
     // A crash (no clean stop) leaves the reservation: the next start goes on above it.
     drop(reopened);
@@ -239,7 +247,7 @@ async fn seqs_are_never_reused<P: Place>() {
     let floor = backend.floor();
     assert!(floor.reserved_through > 7, "seqs are reserved ahead of those handed out: {floor:?}");
     drop(backend);
-    let after_crash = open(&place);
+    let after_crash = open(&place).await;
     let seq = after_crash.append(posted("a", 7)).await.expect("append").seq;
     assert!(seq > floor.reserved_through, "seq {seq} is above the reservation {floor:?}");
     close(after_crash).await;
@@ -247,7 +255,7 @@ async fn seqs_are_never_reused<P: Place>() {
 
 async fn a_record_over_the_limit_is_refused_and_the_log_goes_on<P: Place>() {
     let place = P::new();
-    let log = open(&place);
+    let log = open(&place).await;
     let max = log.record_bytes_max();
     let big = Event::MessagePosted(MessagePosted {
         room: RoomId::parse("a").expect("room"),
@@ -264,13 +272,13 @@ async fn a_record_over_the_limit_is_refused_and_the_log_goes_on<P: Place>() {
 
 async fn a_restart_keeps_records_streams_and_bytes<P: Place>() {
     let place = P::new();
-    let log = open(&place);
+    let log = open(&place).await;
     for n in 0..50 {
         log.append(posted(if n % 2 == 0 { "a" } else { "b" }, n)).await.expect("append");
     }
     let before = log.read_raw(1, usize::MAX).await.expect("raw");
     close(log).await;
-    let reopened = open(&place);
+    let reopened = open(&place).await;
     assert_eq!(reopened.read_raw(1, usize::MAX).await.expect("raw"), before, "the same bytes");
     assert_eq!(seqs_of_stream(&reopened, &room("b"), 40).await, vec![42, 44, 46, 48, 50]);
     assert_eq!(reopened.append(posted("a", 50)).await.expect("append").seq, 51);
@@ -279,7 +287,7 @@ async fn a_restart_keeps_records_streams_and_bytes<P: Place>() {
 
 async fn a_log_that_lost_acknowledged_records_does_not_start<P: Place>() {
     let place = P::new();
-    let log = open(&place);
+    let log = open(&place).await;
     for n in 0..3 {
         log.append(posted("a", n)).await.expect("append");
     }
@@ -337,3 +345,122 @@ macro_rules! conformance {
 }
 
 conformance!(sled: SledPlace, memory: MemoryPlace);
+
+/// The log of a cluster: a nats-server with JetStream (one, so that each test starts its own
+/// in a moment), and a node's replica in a folder. `backend` is the replica.
+struct JetStreamPlace {
+    _nats: crate::nats_harness::Cluster,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Place for JetStreamPlace {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nats = crate::nats_harness::Cluster::start(1, &dir.path().join("nats")).expect("start nats-server");
+        let url = nats.servers[0].url();
+        Self { _nats: nats, url, dir }
+    }
+    fn backend(&self) -> Arc<dyn Backend> {
+        reopen_sled(&self.dir.path().join("replica"))
+    }
+    async fn open(&self) -> EventLog {
+        self.node("replica").await
+    }
+}
+
+impl JetStreamPlace {
+    /// A node's log, with its replica in the folder `name`.
+    async fn node(&self, name: &str) -> EventLog {
+        let cluster =
+            super::jetstream::JetStreamConfig { servers: vec![self.url.clone()], replicas: 1, ..Default::default() };
+        let replica = reopen_sled(&self.dir.path().join(name));
+        EventLog::on_jetstream(replica, &LogConfig::default(), &cluster).await.expect("open the JetStream log")
+    }
+}
+
+/// The suite's tests that hold for a log whose seqs JetStream assigns. The others do not
+/// apply: removal is not offered on it (`jetstream::ClusterError::RemoveUnsupported`), and the
+/// seq floor and the spy are the local writer's.
+mod jetstream {
+    use super::*;
+
+    #[tokio::test]
+    async fn appends_get_consecutive_seqs_in_submission_order() {
+        super::appends_get_consecutive_seqs_in_submission_order::<JetStreamPlace>().await;
+    }
+    #[tokio::test]
+    async fn the_head_follows_durable_appends() {
+        super::the_head_follows_durable_appends::<JetStreamPlace>().await;
+    }
+    #[tokio::test]
+    async fn a_record_over_the_limit_is_refused_and_the_log_goes_on() {
+        super::a_record_over_the_limit_is_refused_and_the_log_goes_on::<JetStreamPlace>().await;
+    }
+    #[tokio::test]
+    async fn a_restart_keeps_records_streams_and_bytes() {
+        super::a_restart_keeps_records_streams_and_bytes::<JetStreamPlace>().await;
+    }
+
+    #[tokio::test]
+    async fn the_same_post_through_two_nodes_is_stored_once_with_one_seq() {
+        let place = JetStreamPlace::new();
+        let (a, b) = (place.node("a").await, place.node("b").await);
+        let first = a.append(posted("lobby", 1)).await.expect("through a");
+        let again = b.append(posted("lobby", 1)).await.expect("through b");
+        assert_eq!(again.seq, first.seq, "the retry gets the original seq");
+        assert_eq!(again, first, "and the stored record");
+        let other = b.append(posted("lobby", 2)).await.expect("another post");
+        assert_eq!(other.seq, first.seq + 1);
+        for node in [&a, &b] {
+            node.watch_head().wait_for(|&head| head >= other.seq).await.expect("head");
+            assert_eq!(node.read_range(1, usize::MAX).await.expect("range").len(), 2, "stored once");
+        }
+        close(a).await;
+        close(b).await;
+    }
+
+    #[tokio::test]
+    async fn every_node_reads_what_any_node_appended_in_one_order() {
+        let place = JetStreamPlace::new();
+        let (a, b) = (place.node("a").await, place.node("b").await);
+        let mut pending = Vec::new();
+        for n in 0..200 {
+            let node = if n % 2 == 0 { &a } else { &b };
+            pending.push(node.submit(posted(if n % 3 == 0 { "x" } else { "y" }, n)).await.expect("submit"));
+        }
+        let mut seqs = Vec::new();
+        for p in pending {
+            seqs.push(p.durable().await.expect("durable").seq);
+        }
+        let last = seqs.iter().copied().max().expect("seqs");
+        let mut orders = Vec::new();
+        for node in [&a, &b] {
+            node.watch_head().wait_for(|&head| head >= last).await.expect("head");
+            let all = node.read_range(1, usize::MAX).await.expect("range");
+            assert_eq!(all.len(), 200);
+            assert!(all.windows(2).all(|w| w[0].at_unix_ms <= w[1].at_unix_ms), "timestamps never go back");
+            orders.push(all);
+        }
+        assert_eq!(orders[0], orders[1], "both nodes hold the same records, seqs and times");
+        close(a).await;
+        close(b).await;
+    }
+
+    #[tokio::test]
+    async fn a_node_that_lost_its_replica_gets_it_back_from_the_stream() {
+        let place = JetStreamPlace::new();
+        let a = place.node("a").await;
+        for n in 0..30 {
+            a.append(posted("lobby", n)).await.expect("append");
+        }
+        let before = a.read_raw(1, usize::MAX).await.expect("raw");
+        close(a).await;
+        std::fs::remove_dir_all(place.dir.path().join("a")).expect("lose the replica");
+        let a = place.node("a").await;
+        a.watch_head().wait_for(|&head| head >= 30).await.expect("caught up");
+        assert_eq!(a.read_raw(1, usize::MAX).await.expect("raw"), before, "the same records, byte for byte");
+        assert_eq!(a.append(posted("lobby", 30)).await.expect("append").seq, 31);
+        close(a).await;
+    }
+}

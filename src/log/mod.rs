@@ -15,6 +15,7 @@ pub mod compact;
 #[cfg(test)]
 mod conformance;
 pub mod floor;
+pub mod jetstream;
 mod memory;
 mod sled_store;
 mod writer;
@@ -184,6 +185,8 @@ pub struct EventLog {
     gone: Gone,
     refusing: watch::Receiver<u64>,
     floors: crate::space::Floors,
+    /// On the JetStream log: whether this node reaches NATS now.
+    connected: Option<watch::Receiver<bool>>,
 }
 
 impl EventLog {
@@ -241,7 +244,47 @@ impl EventLog {
         let outputs = writer::Outputs { head: head_tx, failure: failure_tx, refusing: refusing_tx };
         writer::spawn(backend.clone(), rx, outputs, next_seq, last_at, limits)?;
         let gone = Gone { closing: Arc::default(), failure };
-        Ok(Self { backend, writer, head, gone, refusing, floors })
+        Ok(Self { backend, writer, head, gone, refusing, floors, connected: None })
+    }
+
+    /// Opens the log of a cluster: the stream on NATS JetStream that `cluster` names, with this
+    /// node's replica of it in `dir` (see [`jetstream`]). Waits for NATS up to
+    /// `cluster.connect_timeout`.
+    pub async fn open_jetstream(
+        dir: &Path,
+        config: &LogConfig,
+        cluster: &jetstream::JetStreamConfig,
+    ) -> Result<Self, LogError> {
+        let (dir, cache) = (dir.to_owned(), config.cache_bytes_max);
+        let replica = off_async(move || Ok(Arc::new(SledBackend::open(&dir, cache)?))).await?;
+        Self::on_jetstream(replica, config, cluster).await
+    }
+
+    /// [`EventLog::open_jetstream`] with the replica on `replica` (a memory one, for tests).
+    pub async fn on_jetstream(
+        replica: Arc<dyn Backend>,
+        config: &LogConfig,
+        cluster: &jetstream::JetStreamConfig,
+    ) -> Result<Self, LogError> {
+        let (writer, rx) = mpsc::channel(config.queue_max.max(1));
+        let started = jetstream::start(replica.clone(), cluster, rx).await?;
+        let (_, refusing) = watch::channel(0);
+        let gone = Gone { closing: Arc::default(), failure: started.failure };
+        let floors = crate::space::Floors::for_volume(config.min_free_bytes, 0);
+        Ok(Self {
+            backend: replica,
+            writer,
+            head: started.head,
+            gone,
+            refusing,
+            floors,
+            connected: Some(started.connected),
+        })
+    }
+
+    /// On the JetStream log, whether this node reaches NATS now; `None` on a local log.
+    pub fn cluster_connected(&self) -> Option<bool> {
+        self.connected.as_ref().map(|c| *c.borrow())
     }
 
     /// The largest encoded record the log takes.
@@ -249,9 +292,13 @@ impl EventLog {
         self.backend.record_bytes_max()
     }
 
-    /// The backend's name ("sled", "memory").
+    /// The backend's name ("sled", "memory", or "jetstream" for a cluster's log).
     pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
+        if self.connected.is_some() {
+            "jetstream"
+        } else {
+            self.backend.name()
+        }
     }
 
     /// Hands an event to the writer without waiting for it to be durable, so that a caller can

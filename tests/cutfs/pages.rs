@@ -114,7 +114,7 @@ impl Pages {
             self.truncated_at = self.truncated_at.min(len);
             let first_gone = len.div_ceil(PAGE_BYTES);
             self.dirty.retain(|&page, _| page < first_gone);
-            if len % PAGE_BYTES != 0 {
+            if !len.is_multiple_of(PAGE_BYTES) {
                 if let Some(bytes) = self.dirty.get_mut(&(len / PAGE_BYTES)) {
                     bytes[(len % PAGE_BYTES) as usize..].fill(0);
                 }

@@ -1,0 +1,594 @@
+//! The log on a NATS JetStream stream: cluster mode (issue 16, `log.backend = "jetstream"`).
+//!
+//! JetStream assigns seqs itself, so this is not a [`Backend`] under the local writer but a
+//! second way [`EventLog`] is backed, with the same API:
+//!
+//! - **appends** are published to one stream (`jetstream.stream`, subjects `rl.>`), pipelined:
+//!   each carries a `Nats-Msg-Id` (for a post, the hash of room, author and client id, so that a
+//!   retry through any node is stored once; for any other event, an id of its own), and a
+//!   publish that times out or finds no leader (an election takes 5–8 s) is sent again with
+//!   the same id until `jetstream.append_timeout`. The stream's seq is roomlog's seq;
+//! - **every node keeps a replica** of the stream in its own data folder (`<data>/log`, the
+//!   sled backend), filled in seq order by one ordered consumer (the *tail*, with a short pull
+//!   expiry: the client's defaults stall ~35 s after a leader loss). Reads, the head and the
+//!   projections are served from the replica, exactly as on one node;
+//! - an append is **acknowledged** once JetStream acknowledged it (stored on a quorum, fsynced
+//!   with `sync_interval: always`) *and* this node's tail has it, so that what the caller gets
+//!   back is what every reader of this node sees next (the stored record: for a duplicate, the
+//!   original with its seq).
+//!
+//! Timestamps come from the publishing node's clock; the tail keeps them non-decreasing in seq
+//! order (`at = max(previous, stamped)`), which every node computes alike.
+//!
+//! Not here yet: removing records (the log purge stays a single-node rule), and the
+//! conditional appends (expected last subject seq) that edits and session commands will need
+//! with several writers.
+//!
+//! [`Backend`]: super::Backend
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::context::{Context, PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::backend::Backend;
+use super::writer::WriterMsg;
+use super::LogError;
+use crate::event::{decode, encode, Envelope, Event, StreamId};
+
+/// Where the cluster's log lives: `[jetstream]` in the configuration.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// The NATS servers to connect to (any one is enough; the client learns the others).
+    pub servers: Vec<String>,
+    /// The stream holding the log, created if absent (file storage, `replicas` copies).
+    pub stream: String,
+    /// Copies of every record the cluster keeps: 3 for a cluster that survives one node lost.
+    pub replicas: usize,
+    /// A NATS credentials file (`.creds`), for a server that requires one.
+    pub credentials: Option<PathBuf>,
+    /// How long an append may wait for JetStream (retrying with the same message id) before
+    /// it is refused with `storage_unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub append_timeout: Duration,
+    /// How long one publish waits for its acknowledgement before it is sent again.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// The tail's pull expiry: how soon it notices a lost stream leader.
+    #[serde(with = "humantime_serde")]
+    pub pull_expiry: Duration,
+    /// How long JetStream remembers a message id to drop a duplicate.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// How long start-up waits for JetStream before it gives up.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        Self {
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            stream: "ROOMLOG".into(),
+            replicas: 3,
+            credentials: None,
+            append_timeout: Duration::from_secs(15),
+            ack_timeout: Duration::from_secs(2),
+            pull_expiry: Duration::from_secs(2),
+            duplicate_window: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The subjects of the log's stream.
+pub const SUBJECTS: &str = "rl.>";
+
+/// The subject of a stream's records: `rl.` and the stream's parts, each a subject token in
+/// which every byte but `[A-Za-z0-9_-]` is written `~XX` (hex), so that room names with dots
+/// and file keys with slashes map one to one: `room/a.b` → `rl.room.a~2eb`.
+pub fn subject(stream: &StreamId) -> String {
+    let (kind, rest) = stream.as_str().split_once('/').unwrap_or((stream.as_str(), ""));
+    let mut out = String::with_capacity(4 + stream.as_str().len() * 2);
+    out.push_str("rl.");
+    token(kind, &mut out);
+    if !rest.is_empty() {
+        out.push('.');
+        token(rest, &mut out);
+    }
+    out
+}
+
+fn token(part: &str, out: &mut String) {
+    for byte in part.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("~{byte:02x}"));
+        }
+    }
+}
+
+/// The `Nats-Msg-Id` of an append: a post's is derived from what makes it the same post (its
+/// room, author and client id), so that a retry through any node within the duplicate window
+/// is stored once; any other event gets an id of its own, which its retries reuse.
+pub fn message_id(event: &Event) -> String {
+    match event {
+        Event::MessagePosted(post) => {
+            let mut hasher = blake3::Hasher::new();
+            for part in [post.room.as_str(), &post.author, &post.client_id] {
+                hasher.update(&(part.len() as u64).to_be_bytes());
+                hasher.update(part.as_bytes());
+            }
+            format!("post-{}", hasher.finalize().to_hex())
+        }
+        _ => format!("ev-{}", uuid::Uuid::new_v4().simple()),
+    }
+}
+
+/// A failure of the cluster's log, kept as the source of [`LogError::Storage`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("connecting to NATS at {servers}: {reason}")]
+    Connect { servers: String, reason: String },
+    #[error("JetStream stream {stream}: {reason}")]
+    Stream { stream: String, reason: String },
+    #[error("JetStream did not store the record within {0:?} (no stream leader, or NATS unreachable): {1}")]
+    Unavailable(Duration, String),
+    #[error("JetStream refused the record: {0}")]
+    Refused(String),
+    #[error("this node's replica of the log did not reach seq {seq} within {waited:?}")]
+    ReplicaBehind { seq: u64, waited: Duration },
+    #[error("record {0} is not in this node's replica of the log")]
+    NotInReplica(u64),
+    #[error("removing records is not supported on the JetStream log")]
+    RemoveUnsupported,
+}
+
+impl From<ClusterError> for LogError {
+    fn from(error: ClusterError) -> Self {
+        LogError::Storage(Box::new(error))
+    }
+}
+
+/// What the log's JetStream side hands to [`EventLog`](super::EventLog).
+pub(super) struct Started {
+    pub head: watch::Receiver<u64>,
+    pub failure: watch::Receiver<Option<Arc<LogError>>>,
+    pub connected: watch::Receiver<bool>,
+}
+
+/// Connects, makes sure the stream exists, and starts the tail (filling `replica`) and the
+/// publisher (taking `rx`).
+pub(super) async fn start(
+    replica: Arc<dyn Backend>,
+    config: &JetStreamConfig,
+    rx: mpsc::Receiver<WriterMsg>,
+) -> Result<Started, LogError> {
+    let client = connect(config).await?;
+    let (connected_tx, connected) = watch::channel(true);
+    let context = async_nats::jetstream::ContextBuilder::new()
+        .timeout(config.ack_timeout)
+        .max_ack_inflight(8192)
+        .backpressure_on_inflight(true)
+        .build(client.clone());
+    let stream = ensure_stream(&context, config).await?;
+    let last = replica.last()?.map(|(seq, bytes)| decode(seq, &bytes)).transpose()?;
+    let (head_tx, head) = watch::channel(last.as_ref().map_or(0, |e| e.seq));
+    let (failure_tx, failure) = watch::channel(None);
+    let tail = Tail {
+        replica: replica.clone(),
+        stream,
+        pull_expiry: config.pull_expiry,
+        last_seq: last.as_ref().map_or(0, |e| e.seq),
+        last_at: last.as_ref().map_or(0, |e| e.at_unix_ms),
+        head: head_tx,
+        failure: failure_tx,
+    };
+    let (stop_tail, tail_stopped) = oneshot::channel();
+    tokio::spawn(tail.run(tail_stopped));
+    tokio::spawn(watch_connection(client, connected_tx));
+    let publisher = Publisher {
+        context,
+        replica,
+        head: head.clone(),
+        append_timeout: config.append_timeout,
+        record_bytes_max: 0,
+        last_at: last.as_ref().map_or(0, |e| e.at_unix_ms),
+    };
+    tokio::spawn(publisher.run(rx, stop_tail));
+    Ok(Started { head, failure, connected })
+}
+
+async fn connect(config: &JetStreamConfig) -> Result<async_nats::Client, LogError> {
+    let servers = config.servers.join(",");
+    let failed = |reason: String| LogError::from(ClusterError::Connect { servers: servers.clone(), reason });
+    let options = match &config.credentials {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| failed(format!("reading credentials {}: {e}", path.display())))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    let options = options
+        .name("roomlog")
+        .connection_timeout(config.ack_timeout.max(Duration::from_secs(1)))
+        .request_timeout(Some(config.ack_timeout))
+        .max_reconnects(None)
+        .retry_on_initial_connect();
+    let client = options.connect(config.servers.clone()).await.map_err(|e| failed(e.to_string()))?;
+    let deadline = Instant::now() + config.connect_timeout;
+    while client.connection_state() != async_nats::connection::State::Connected {
+        if Instant::now() >= deadline {
+            return Err(failed(format!("no server answered within {:?}", config.connect_timeout)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(client)
+}
+
+/// The stream, created if absent. Its subjects, storage and replicas are checked: a stream of
+/// the same name holding something else is an error, not something to write into.
+async fn ensure_stream(context: &Context, config: &JetStreamConfig) -> Result<stream::Stream, LogError> {
+    let failed = |reason: String| LogError::from(ClusterError::Stream { stream: config.stream.clone(), reason });
+    let wanted = stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![SUBJECTS.into()],
+        num_replicas: config.replicas.max(1),
+        storage: stream::StorageType::File,
+        duplicate_window: config.duplicate_window,
+        allow_direct: true,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + config.connect_timeout;
+    let mut stream = loop {
+        match context.get_or_create_stream(wanted.clone()).await {
+            Ok(stream) => break stream,
+            // A cluster just started has no JetStream leader for a moment.
+            Err(error) if Instant::now() < deadline => {
+                tracing::info!(error = %error, "waiting for JetStream");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => return Err(failed(error.to_string())),
+        }
+    };
+    let info = stream.info().await.map_err(|e| failed(e.to_string()))?;
+    let have = &info.config;
+    if have.subjects != wanted.subjects || have.storage != wanted.storage || have.num_replicas != wanted.num_replicas {
+        return Err(failed(format!(
+            "it exists with subjects {:?}, {:?} storage and {} replicas; roomlog needs {:?}, file storage and {}",
+            have.subjects, have.storage, have.num_replicas, wanted.subjects, wanted.num_replicas
+        )));
+    }
+    Ok(stream)
+}
+
+async fn watch_connection(client: async_nats::Client, connected: watch::Sender<bool>) {
+    let mut was = true;
+    loop {
+        let now = client.connection_state() == async_nats::connection::State::Connected;
+        if now != was {
+            if now {
+                tracing::info!("reconnected to NATS");
+            } else {
+                tracing::warn!("lost the connection to NATS: appends wait, then fail with storage_unavailable");
+            }
+            was = now;
+        }
+        connected.send_replace(now);
+        if connected.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+type Reply = oneshot::Sender<Result<Envelope, Arc<LogError>>>;
+
+/// A publish on its way: what to send again if its acknowledgement does not come.
+struct InFlight {
+    subject: String,
+    id: String,
+    payload: bytes::Bytes,
+    ack: Option<PublishAckFuture>,
+    reply: Reply,
+    since: Instant,
+}
+
+/// Takes appends in order, publishes them pipelined, and answers them in order.
+struct Publisher {
+    context: Context,
+    replica: Arc<dyn Backend>,
+    head: watch::Receiver<u64>,
+    append_timeout: Duration,
+    record_bytes_max: usize,
+    last_at: u64,
+}
+
+impl Publisher {
+    async fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>, stop_tail: oneshot::Sender<()>) {
+        self.record_bytes_max = self.replica.record_bytes_max().min(self.context.client().server_info().max_payload);
+        let (inflight_tx, inflight_rx) = mpsc::channel::<InFlight>(8192);
+        let answering = tokio::spawn(
+            Answerer {
+                context: self.context.clone(),
+                replica: self.replica.clone(),
+                head: self.head.clone(),
+                append_timeout: self.append_timeout,
+            }
+            .run(inflight_rx),
+        );
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                WriterMsg::Append { event, reply } => {
+                    if let Some(inflight) = self.publish(event, reply).await {
+                        if inflight_tx.send(inflight).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                WriterMsg::Remove { reply, .. } => {
+                    let _ = reply.send(Err(Arc::new(ClusterError::RemoveUnsupported.into())));
+                }
+                WriterMsg::Stop { done } => {
+                    drop(inflight_tx);
+                    let _ = answering.await;
+                    let _ = stop_tail.send(());
+                    rx.close();
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stamps and encodes the event and sends it; answers at once when it cannot be sent.
+    async fn publish(&mut self, event: Event, reply: Reply) -> Option<InFlight> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_at = self.last_at.max(now);
+        let id = message_id(&event);
+        // The seq is JetStream's: the replica stores the record under it (see `Tail::apply`).
+        let envelope = Envelope { seq: 0, at_unix_ms: self.last_at, stream: event.stream(), event };
+        let encoded = encode(&envelope);
+        if encoded.len() > self.record_bytes_max {
+            let error = LogError::RecordTooLarge { seq: 0, bytes: encoded.len(), max: self.record_bytes_max };
+            let _ = reply.send(Err(Arc::new(error)));
+            return None;
+        }
+        if envelope.stream.as_str().len() > StreamId::LEN_MAX {
+            let error =
+                LogError::StreamTooLong { seq: 0, bytes: envelope.stream.as_str().len(), max: StreamId::LEN_MAX };
+            let _ = reply.send(Err(Arc::new(error)));
+            return None;
+        }
+        let subject = subject(&envelope.stream);
+        let payload = bytes::Bytes::from(encoded);
+        let ack = send(&self.context, &subject, &id, payload.clone()).await.ok();
+        Some(InFlight { subject, id, payload, ack, reply, since: Instant::now() })
+    }
+}
+
+async fn send(
+    context: &Context,
+    subject: &str,
+    id: &str,
+    payload: bytes::Bytes,
+) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
+    let message = PublishMessage::build().payload(payload).message_id(id);
+    context.send_publish(subject.to_owned(), message).await
+}
+
+/// Awaits acknowledgements in submission order, sends again what JetStream did not take, and
+/// answers each append once this node's replica holds it.
+struct Answerer {
+    context: Context,
+    replica: Arc<dyn Backend>,
+    head: watch::Receiver<u64>,
+    append_timeout: Duration,
+}
+
+impl Answerer {
+    async fn run(mut self, mut inflight: mpsc::Receiver<InFlight>) {
+        while let Some(append) = inflight.recv().await {
+            let InFlight { subject, id, payload, ack, reply, since } = append;
+            let result = self.stored(&subject, &id, payload, ack, since).await;
+            let _ = reply.send(result.map_err(Arc::new));
+        }
+    }
+
+    async fn stored(
+        &mut self,
+        subject: &str,
+        id: &str,
+        payload: bytes::Bytes,
+        mut ack: Option<PublishAckFuture>,
+        since: Instant,
+    ) -> Result<Envelope, LogError> {
+        let seq = loop {
+            let outcome = match ack.take() {
+                Some(ack) => ack.await.map_err(|e| (e.kind(), e.to_string())),
+                None => Err((PublishErrorKind::BrokenPipe, "not sent".to_owned())),
+            };
+            match outcome {
+                Ok(ack) => break ack.sequence,
+                Err((PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId, reason))
+                | Err((PublishErrorKind::MaxPayloadExceeded, reason)) => {
+                    return Err(ClusterError::Refused(reason).into());
+                }
+                Err((_, reason)) if since.elapsed() >= self.append_timeout => {
+                    metrics::counter!(crate::metrics::APPEND_FAILURES_TOTAL).increment(1);
+                    return Err(ClusterError::Unavailable(self.append_timeout, reason).into());
+                }
+                Err((kind, reason)) => {
+                    tracing::debug!(?kind, reason, id, "publish not acknowledged: sending again with the same id");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    ack = send(&self.context, subject, id, payload.clone()).await.ok();
+                }
+            }
+        };
+        let waited = self.append_timeout.max(Duration::from_secs(30));
+        let reached = tokio::time::timeout(waited, self.head.wait_for(|&head| head >= seq)).await.map(|r| r.is_ok());
+        if reached != Ok(true) {
+            return Err(ClusterError::ReplicaBehind { seq, waited }.into());
+        }
+        let replica = self.replica.clone();
+        let record = tokio::task::spawn_blocking(move || replica.read_raw(seq, seq, 1))
+            .await
+            .map_err(|e| LogError::Io(std::io::Error::other(e.to_string())))??;
+        match record.first() {
+            Some((stored, bytes)) if *stored == seq => Ok(decode(seq, bytes)?),
+            _ => Err(ClusterError::NotInReplica(seq).into()),
+        }
+    }
+}
+
+/// Copies the stream into this node's replica, in seq order, and moves the head.
+struct Tail {
+    replica: Arc<dyn Backend>,
+    stream: stream::Stream,
+    pull_expiry: Duration,
+    last_seq: u64,
+    last_at: u64,
+    head: watch::Sender<u64>,
+    failure: watch::Sender<Option<Arc<LogError>>>,
+}
+
+/// Most records the tail writes to the replica in one group.
+const TAIL_BATCH: usize = 4096;
+
+impl Tail {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        loop {
+            let consumer = self
+                .stream
+                .create_consumer(OrderedConfig {
+                    deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: self.last_seq + 1 },
+                    max_expires: self.pull_expiry,
+                    ..Default::default()
+                })
+                .await;
+            let messages = match consumer {
+                Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            let mut messages = match messages {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(error, "the log's tail could not follow the stream; trying again");
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
+                }
+            };
+            loop {
+                let first = tokio::select! {
+                    _ = &mut stop => return,
+                    next = messages.next() => next,
+                };
+                let Some(first) = first else { break };
+                let mut batch = vec![first];
+                while batch.len() < TAIL_BATCH {
+                    match futures_util::FutureExt::now_or_never(messages.next()) {
+                        Some(Some(next)) => batch.push(next),
+                        _ => break,
+                    }
+                }
+                if let Err(error) = self.apply(batch).await {
+                    tracing::error!(error = %error, "this node's replica of the log failed: it follows no more until the server restarts");
+                    self.failure.send_replace(Some(Arc::new(error)));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes a batch of delivered messages to the replica, durably, and moves the head.
+    async fn apply(
+        &mut self,
+        batch: Vec<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>,
+    ) -> Result<(), LogError> {
+        let mut records: Vec<(u64, StreamId, Vec<u8>)> = Vec::with_capacity(batch.len());
+        for item in batch {
+            let message = match item {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(error = %error, "the log's tail: a pull failed; it goes on");
+                    continue;
+                }
+            };
+            let Ok(info) = message.info() else { continue };
+            let seq = info.stream_sequence;
+            // An ordered consumer recreated before its first delivery starts from the stream's
+            // beginning: what the replica has is skipped.
+            if seq <= self.last_seq {
+                continue;
+            }
+            let mut envelope = match decode(seq, &message.payload) {
+                Ok(envelope) => envelope,
+                Err(error) => return Err(error.into()),
+            };
+            envelope.seq = seq;
+            envelope.at_unix_ms = envelope.at_unix_ms.max(self.last_at);
+            self.last_seq = seq;
+            self.last_at = envelope.at_unix_ms;
+            records.push((seq, envelope.stream.clone(), encode(&envelope)));
+        }
+        let Some(last) = records.last().map(|record| record.0) else { return Ok(()) };
+        let replica = self.replica.clone();
+        tokio::task::spawn_blocking(move || {
+            let encoded: Vec<_> = records.iter().map(|(seq, stream, bytes)| (*seq, stream, bytes.as_slice())).collect();
+            replica.write(&encoded)?;
+            replica.sync()
+        })
+        .await
+        .map_err(|e| LogError::Io(std::io::Error::other(e.to_string())))??;
+        self.head.send_replace(last);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::RoomId;
+
+    #[test]
+    fn subjects_map_streams_one_to_one_into_valid_tokens() {
+        let room = |name: &str| StreamId::room(&RoomId::parse(name).expect("room"));
+        assert_eq!(subject(&room("lobby")), "rl.room.lobby");
+        assert_eq!(subject(&room("a.b")), "rl.room.a~2eb");
+        let file = |key: &str| StreamId::file(&crate::ids::FileKey::parse(key).expect("key"));
+        assert_eq!(subject(&file("a/b.mp3")), "rl.file.a~2fb~2emp3");
+        let names = ["a.b", "a/b", "a-2eb", "a_2eb", "a.b/c", "a/b.c", "ab"];
+        let subjects: std::collections::HashSet<String> = names.iter().map(|n| subject(&file(n))).collect();
+        assert_eq!(subjects.len(), names.len(), "distinct keys, distinct subjects: {subjects:?}");
+        assert_eq!(subject(&StreamId::janitor()), "rl.janitor");
+        for stream in [room("x.y-z_1"), StreamId::janitor(), StreamId::session_sweeps()] {
+            let subject = subject(&stream);
+            assert!(subject.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-~".contains(&b)), "{subject}");
+            assert!(!subject.contains(".."), "{subject}");
+        }
+    }
+
+    #[test]
+    fn a_post_has_the_same_message_id_whichever_node_sends_it() {
+        let post = |client_id: &str| {
+            Event::MessagePosted(crate::event::MessagePosted {
+                room: RoomId::parse("lobby").expect("room"),
+                author: "ann".into(),
+                client_id: client_id.into(),
+                body: "hi".into(),
+            })
+        };
+        assert_eq!(message_id(&post("c1")), message_id(&post("c1")));
+        assert_ne!(message_id(&post("c1")), message_id(&post("c2")));
+    }
+}
