@@ -29,6 +29,8 @@ pub struct Config {
     /// Folder holding the log, the projections and (later) the file store.
     pub data: PathBuf,
     pub log: LogConfig,
+    /// The cluster's log, used when `log.backend = "jetstream"`.
+    pub jetstream: crate::log::jetstream::JetStreamConfig,
     pub chat: ChatConfig,
     pub search: SearchConfig,
     pub sessions: SessionsConfig,
@@ -234,6 +236,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             data: PathBuf::from("./roomlog-data"),
             log: LogConfig::default(),
+            jetstream: Default::default(),
             chat: ChatConfig::default(),
             search: SearchConfig::default(),
             sessions: SessionsConfig::default(),

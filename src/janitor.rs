@@ -197,7 +197,8 @@ impl JanitorContext {
         part("orphans", self.plan_orphans().await);
         part("retention", self.plan_retention(now).await);
         part("logging.keep_files", self.plan_log_files().await);
-        let parts = if self.config.purge_log {
+        // On a cluster's log, removal is not offered (`log::jetstream`): nothing to plan.
+        let parts = if self.config.purge_log && self.log.backend_name() != "jetstream" {
             part(PURGE_RULE, self.plan_log_purge().await);
             7
         } else {

@@ -213,6 +213,20 @@ impl RoomState {
         (message, ackers)
     }
 
+    /// A post this node appended turned out stored already (under `seq`, by a retry through
+    /// another node): forgets it as in flight and returns the members waiting for it.
+    pub fn stored_before(&mut self, key: DedupKey, seq: u64) -> Vec<MemberId> {
+        let ackers = self.inflight.remove(&key).unwrap_or_default();
+        self.remember(key, seq);
+        ackers
+    }
+
+    /// The seq of the newest item the room holds (0 when none): on a shared log, what the
+    /// room already shows.
+    pub fn newest_seq(&self) -> u64 {
+        self.ring.back().map_or(0, |item| item.seq)
+    }
+
     /// An append failed: forgets it and returns the members that were waiting for it.
     pub fn failed(&mut self, key: &DedupKey) -> Vec<MemberId> {
         self.inflight.remove(key).unwrap_or_default()

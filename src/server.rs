@@ -119,10 +119,15 @@ impl Server {
             .map_err(ServerError::Migrate)?;
         let log_dir = config.log_dir();
         let log_config = config.log.clone();
-        let log = tokio::task::spawn_blocking(move || EventLog::open(&log_dir, &log_config))
-            .await
-            .map_err(|e| ServerError::Actors(e.to_string()))?
-            .map_err(|source| ServerError::Log { path: config.log_dir().display().to_string(), source })?;
+        let log = match config.log.backend {
+            crate::log::LogBackend::Sled => tokio::task::spawn_blocking(move || EventLog::open(&log_dir, &log_config))
+                .await
+                .map_err(|e| ServerError::Actors(e.to_string()))?,
+            crate::log::LogBackend::Jetstream => {
+                EventLog::open_jetstream(&log_dir, &log_config, &config.jetstream).await
+            }
+        }
+        .map_err(|source| ServerError::Log { path: config.log_dir().display().to_string(), source })?;
         let mut recovered = Vec::new();
         if let Some(migrated) = migrated {
             recovered.push(format!(

@@ -54,6 +54,9 @@ pub enum RoomMsg {
     /// From the forwarder, in submission order: an append is durable, or failed. `posted_at`
     /// is when the post reached the room, for the delivery latency.
     Committed { waiter: Waiter, result: Result<Envelope, Arc<LogError>>, posted_at: Instant },
+    /// On a shared log: the room's committed events with `after` < seq ≤ `through`, from
+    /// this node's copy of the log, in seq order (see [`super::rooms::follow_log`]).
+    Follow { after: u64, through: u64, envelopes: Vec<Envelope> },
     /// This node's members of the room.
     Members { reply: RpcReplyPort<NodeMembers> },
     /// Periodic check for idleness.
@@ -97,6 +100,8 @@ pub struct RoomActorState {
     last_active: Instant,
     /// Messages whose deletion is being appended: no further edit or deletion of them.
     deleting: std::collections::HashSet<u64>,
+    /// On a shared log, the seq through which the room has applied the log's events.
+    followed_through: u64,
 }
 
 impl Actor for RoomActor {
@@ -108,6 +113,9 @@ impl Actor for RoomActor {
         let RoomArgs { room, ctx, supervisor } = args;
         // Everything this room committed before is in the log; wait until the history has it.
         ctx.history_runner.wait_applied(ctx.log.head()).await;
+        // Everything through here is in what the room loads next (on a shared log, the room
+        // follows the log from here).
+        let followed_through = ctx.history_runner.applied();
         let loaded = ctx.history.recent(&room, ctx.chat.dedup_window.max(ctx.chat.ring_capacity))?;
         let removed = ctx.history.summary(&room)?.map_or(0, |s| s.removed_through_seq);
         let first = loaded.len().saturating_sub(ctx.chat.ring_capacity);
@@ -128,6 +136,7 @@ impl Actor for RoomActor {
             forwarder,
             last_active: Instant::now(),
             deleting: Default::default(),
+            followed_through,
         })
     }
 
@@ -168,10 +177,19 @@ impl Actor for RoomActor {
                 s.last_active = Instant::now();
                 s.amend(member, by, admin, client_id, seq, body).await?;
             }
+            RoomMsg::Committed { waiter: Waiter::Post(key), result: Ok(envelope), .. } if s.ctx.log.is_shared() => {
+                s.post_stored(key, &envelope)
+            }
+            RoomMsg::Committed { waiter: Waiter::Amend { member, client_id }, result: Ok(envelope), .. }
+                if s.ctx.log.is_shared() =>
+            {
+                s.ack(member, &client_id, envelope.seq)
+            }
             RoomMsg::Committed { waiter: Waiter::Post(key), result, posted_at } => s.committed(key, result, posted_at),
             RoomMsg::Committed { waiter: Waiter::Amend { member, client_id }, result, .. } => {
                 s.amendment_committed(member, &client_id, result)
             }
+            RoomMsg::Follow { after, through, envelopes } => s.follow(after, through, envelopes).await?,
             RoomMsg::IdleCheck => {
                 let idle = s.members.is_empty()
                     && !s.state.has_inflight()
@@ -301,6 +319,58 @@ impl RoomActorState {
         Ok(())
     }
 
+    /// On a shared log, this node's post is stored: the room shows it (and acknowledges it)
+    /// when it follows the log to its seq, unless it did already, or the post turned out
+    /// stored before (a retry through another node), when its senders are acknowledged now.
+    fn post_stored(&mut self, key: DedupKey, envelope: &Envelope) {
+        if envelope.seq <= self.followed_through.max(self.state.newest_seq()) {
+            let client_id = key.1.clone();
+            for member in self.state.stored_before(key, envelope.seq) {
+                self.ack(member, &client_id, envelope.seq);
+            }
+        }
+    }
+
+    /// On a shared log, applies the room's committed events after `after` through `through`,
+    /// in seq order, whichever node appended them: acknowledgements to this node's senders,
+    /// then the message or notice to every member. A span the room missed (it started after
+    /// the follower read it) is read from the log first.
+    async fn follow(&mut self, after: u64, through: u64, envelopes: Vec<Envelope>) -> Result<(), ActorProcessingErr> {
+        if through <= self.followed_through {
+            return Ok(());
+        }
+        let mut events = Vec::new();
+        if after > self.followed_through {
+            let stream = crate::event::StreamId::room(self.state.room());
+            let mut from = self.followed_through;
+            loop {
+                let chunk = self.ctx.log.read_stream(&stream, from, 4096).await?;
+                let Some(last) = chunk.last().map(|e| e.seq) else { break };
+                events.extend(chunk.into_iter().filter(|e| e.seq <= after));
+                if last >= after {
+                    break;
+                }
+                from = last;
+            }
+        }
+        events.extend(envelopes);
+        for envelope in events {
+            if envelope.seq <= self.followed_through.max(self.state.newest_seq()) {
+                continue;
+            }
+            match &envelope.event {
+                Event::MessagePosted(posted) => {
+                    let key = (posted.author.clone(), posted.client_id.clone());
+                    self.committed(key, Ok(envelope), Instant::now());
+                }
+                Event::MessageEdited(_) | Event::MessageDeleted(_) => self.amendment_followed(&envelope),
+                _ => {}
+            }
+        }
+        self.followed_through = through;
+        Ok(())
+    }
+
     fn committed(&mut self, key: DedupKey, result: Result<Envelope, Arc<LogError>>, posted_at: Instant) {
         match result {
             Ok(envelope) => {
@@ -418,7 +488,13 @@ impl RoomActorState {
                 return;
             }
         };
-        let Some(amendment) = Amendment::of(&envelope) else { return };
+        self.ack(member, client_id, envelope.seq);
+        self.amendment_followed(&envelope);
+    }
+
+    /// Shows an edit or deletion to every member.
+    fn amendment_followed(&mut self, envelope: &Envelope) {
+        let Some(amendment) = Amendment::of(envelope) else { return };
         let edited = match &envelope.event {
             Event::MessageEdited(e) => Some(StoredMessage {
                 seq: e.seq,
@@ -434,7 +510,6 @@ impl RoomActorState {
             }
         };
         let notice = self.state.amended(&amendment, edited.as_ref());
-        self.ack(member, client_id, envelope.seq);
         let outbound = Outbound { seq: Some(notice.seq), frame: notice.frame.clone() };
         self.broadcast(outbound, None);
     }

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 
 use super::room::{RoomActor, RoomArgs, RoomMsg};
 use super::{ChatContext, ChatError};
-use crate::event::RoomId;
+use crate::event::{Envelope, Event, RoomId};
+use crate::log::EventLog;
 use crate::presence::NodeMembers;
 
 /// Messages the supervisor handles.
@@ -27,6 +28,9 @@ pub enum RoomsMsg {
     Count { reply: RpcReplyPort<usize> },
     /// The actor of a room if it runs; a read that must not start one (presence).
     Find { room: RoomId, reply: RpcReplyPort<Option<ActorRef<RoomMsg>>> },
+    /// On a shared log: the rooms' events with `after` < seq ≤ `through`, by room, for the
+    /// running rooms to show (see [`follow_log`]).
+    Follow { after: u64, through: u64, by_room: HashMap<RoomId, Vec<Envelope>> },
 }
 
 /// The supervisor actor.
@@ -84,6 +88,14 @@ impl Actor for RoomSupervisor {
             }
             RoomsMsg::Find { room, reply } => {
                 let _ = reply.send(s.rooms.get(&room).cloned());
+            }
+            RoomsMsg::Follow { after, through, mut by_room } => {
+                // Every running room hears of the span, with or without events of its own, so
+                // that it can tell a span it missed from one without its events.
+                for (room, actor) in &s.rooms {
+                    let envelopes = by_room.remove(room).unwrap_or_default();
+                    let _ = actor.cast(RoomMsg::Follow { after, through, envelopes });
+                }
             }
         }
         Ok(())
@@ -163,7 +175,11 @@ impl Rooms {
     /// Starts the supervisor.
     pub async fn start(ctx: ChatContext) -> Result<Self, ActorProcessingErr> {
         let node_id = ctx.chat.node_id.clone();
+        let log = ctx.log.clone();
         let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx).await?;
+        if log.is_shared() {
+            tokio::spawn(follow_log(log, supervisor.clone()));
+        }
         Ok(Self { supervisor, node_id })
     }
 
@@ -214,5 +230,52 @@ impl Rooms {
     pub async fn stop(&self) {
         self.supervisor.drain_children_and_wait(Some(Duration::from_secs(5))).await;
         let _ = self.supervisor.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+    }
+}
+
+/// Records the room follower reads at a time.
+const FOLLOW_BATCH: usize = 4096;
+
+/// On a shared log (several nodes append to it), rooms show what the log committed, in seq
+/// order, whichever node appended it: this reads the log behind this node's head and hands
+/// each span's room events to the running rooms. Ends when the log or the rooms stop.
+pub async fn follow_log(log: EventLog, supervisor: ActorRef<RoomsMsg>) {
+    let mut after = log.head();
+    let mut head = log.watch_head();
+    loop {
+        let through = *head.borrow_and_update();
+        while after < through {
+            let batch = match log.read_range(after + 1, FOLLOW_BATCH).await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(error = %error, after, "rooms could not read the log; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            // A short batch holds everything through the head it was read at.
+            let span_end = match batch.last() {
+                Some(last) if batch.len() == FOLLOW_BATCH => last.seq,
+                Some(last) => last.seq.max(through),
+                None => through,
+            };
+            let mut by_room: HashMap<RoomId, Vec<Envelope>> = HashMap::new();
+            for envelope in batch {
+                let room = match &envelope.event {
+                    Event::MessagePosted(e) => e.room.clone(),
+                    Event::MessageEdited(e) => e.room.clone(),
+                    Event::MessageDeleted(e) => e.room.clone(),
+                    _ => continue,
+                };
+                by_room.entry(room).or_default().push(envelope);
+            }
+            if supervisor.cast(RoomsMsg::Follow { after, through: span_end, by_room }).is_err() {
+                return;
+            }
+            after = span_end;
+        }
+        if head.changed().await.is_err() {
+            return;
+        }
     }
 }

@@ -143,6 +143,9 @@ pub fn not_ready_reasons(app: &App, disk: crate::disk::DiskState) -> Vec<String>
     if let Some(failure) = app.log.failure() {
         reasons.push(format!("{failure}; the server is restarting"));
     }
+    if let Some(trouble) = app.log.cluster_trouble() {
+        reasons.push(trouble);
+    }
     if let Some(free) = app.log.refusing_for_space() {
         reasons.push(format!(
             "the disk has {free} bytes free, below the floor of {} (log.min_free_bytes): new messages and uploads are refused until space is freed",

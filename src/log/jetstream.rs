@@ -71,6 +71,9 @@ pub struct JetStreamConfig {
     /// How long start-up waits for JetStream before it gives up.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// The node is not ready (`/readyz`) while its replica is more than this many records
+    /// behind the stream: it would serve old history.
+    pub ready_lag_max: u64,
 }
 
 impl Default for JetStreamConfig {
@@ -85,6 +88,7 @@ impl Default for JetStreamConfig {
             pull_expiry: Duration::from_secs(2),
             duplicate_window: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(30),
+            ready_lag_max: 10_000,
         }
     }
 }
@@ -164,6 +168,8 @@ pub(super) struct Started {
     pub head: watch::Receiver<u64>,
     pub failure: watch::Receiver<Option<Arc<LogError>>>,
     pub connected: watch::Receiver<bool>,
+    /// Records of the stream not yet in the replica, as the tail last heard.
+    pub lag: watch::Receiver<u64>,
 }
 
 /// Connects, makes sure the stream exists, and starts the tail (filling `replica`) and the
@@ -184,7 +190,9 @@ pub(super) async fn start(
     let last = replica.last()?.map(|(seq, bytes)| decode(seq, &bytes)).transpose()?;
     let (head_tx, head) = watch::channel(last.as_ref().map_or(0, |e| e.seq));
     let (failure_tx, failure) = watch::channel(None);
+    let (lag_tx, lag) = watch::channel(0);
     let tail = Tail {
+        lag: lag_tx,
         replica: replica.clone(),
         stream,
         pull_expiry: config.pull_expiry,
@@ -205,7 +213,7 @@ pub(super) async fn start(
         last_at: last.as_ref().map_or(0, |e| e.at_unix_ms),
     };
     tokio::spawn(publisher.run(rx, stop_tail));
-    Ok(Started { head, failure, connected })
+    Ok(Started { head, failure, connected, lag })
 }
 
 async fn connect(config: &JetStreamConfig) -> Result<async_nats::Client, LogError> {
@@ -458,6 +466,7 @@ struct Tail {
     last_at: u64,
     head: watch::Sender<u64>,
     failure: watch::Sender<Option<Arc<LogError>>>,
+    lag: watch::Sender<u64>,
 }
 
 /// Most records the tail writes to the replica in one group.
@@ -526,6 +535,7 @@ impl Tail {
             };
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
+            self.lag.send_replace(info.pending);
             // An ordered consumer recreated before its first delivery starts from the stream's
             // beginning: what the replica has is skipped.
             if seq <= self.last_seq {

@@ -42,6 +42,10 @@ pub const SEQ_MAX: u64 = (1 << 53) - 1;
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
+    /// Where the log lives: `sled`, the embedded default (nothing else needed), or
+    /// `jetstream`, a NATS JetStream stream shared by several nodes (`[jetstream]`; cluster
+    /// mode, see README "When one box is not enough").
+    pub backend: LogBackend,
     /// Most events written and flushed together in one group commit. Larger batches amortise
     /// the fsync; the bound keeps one commit's latency and memory in check.
     pub batch_max: usize,
@@ -71,6 +75,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
+            backend: LogBackend::Sled,
             batch_max: 4096,
             batch_bytes_max: 1024 * 1024,
             queue_max: 65_536,
@@ -80,6 +85,16 @@ impl Default for LogConfig {
             accept_lost_records: false,
         }
     }
+}
+
+/// Where the log lives (`log.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    /// The embedded sled database in `<data>/log`.
+    Sled,
+    /// A NATS JetStream stream (`[jetstream]`), with this node's replica in `<data>/log`.
+    Jetstream,
 }
 
 /// What can go wrong in the log. The edges report every variant as "storage unavailable"
@@ -176,6 +191,14 @@ impl Gone {
     }
 }
 
+/// What a node of a cluster knows of its link to the cluster's log.
+#[derive(Debug, Clone)]
+struct ClusterState {
+    connected: watch::Receiver<bool>,
+    lag: watch::Receiver<u64>,
+    lag_max: u64,
+}
+
 /// A handle to the log; cheap to clone, shared by every actor and projection.
 #[derive(Debug, Clone)]
 pub struct EventLog {
@@ -185,8 +208,9 @@ pub struct EventLog {
     gone: Gone,
     refusing: watch::Receiver<u64>,
     floors: crate::space::Floors,
-    /// On the JetStream log: whether this node reaches NATS now.
-    connected: Option<watch::Receiver<bool>>,
+    /// On the JetStream log: whether this node reaches NATS now, how far its replica is
+    /// behind the stream, and how far it may be while ready.
+    cluster: Option<ClusterState>,
 }
 
 impl EventLog {
@@ -244,7 +268,7 @@ impl EventLog {
         let outputs = writer::Outputs { head: head_tx, failure: failure_tx, refusing: refusing_tx };
         writer::spawn(backend.clone(), rx, outputs, next_seq, last_at, limits)?;
         let gone = Gone { closing: Arc::default(), failure };
-        Ok(Self { backend, writer, head, gone, refusing, floors, connected: None })
+        Ok(Self { backend, writer, head, gone, refusing, floors, cluster: None })
     }
 
     /// Opens the log of a cluster: the stream on NATS JetStream that `cluster` names, with this
@@ -271,20 +295,31 @@ impl EventLog {
         let (_, refusing) = watch::channel(0);
         let gone = Gone { closing: Arc::default(), failure: started.failure };
         let floors = crate::space::Floors::for_volume(config.min_free_bytes, 0);
-        Ok(Self {
-            backend: replica,
-            writer,
-            head: started.head,
-            gone,
-            refusing,
-            floors,
-            connected: Some(started.connected),
-        })
+        let cluster =
+            Some(ClusterState { connected: started.connected, lag: started.lag, lag_max: cluster.ready_lag_max });
+        Ok(Self { backend: replica, writer, head: started.head, gone, refusing, floors, cluster })
     }
 
-    /// On the JetStream log, whether this node reaches NATS now; `None` on a local log.
-    pub fn cluster_connected(&self) -> Option<bool> {
-        self.connected.as_ref().map(|c| *c.borrow())
+    /// Whether other nodes append to this log too (the JetStream log): what a room shows
+    /// then comes from the log as it is committed, not from this node's own appends.
+    pub fn is_shared(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// On the JetStream log, why this node should not serve now (NATS unreachable, or its
+    /// replica too far behind the stream); `None` when it should, and on a local log.
+    pub fn cluster_trouble(&self) -> Option<String> {
+        let cluster = self.cluster.as_ref()?;
+        if !*cluster.connected.borrow() {
+            return Some("this node cannot reach NATS JetStream: sends fail with storage_unavailable until it reconnects (it retries by itself)".into());
+        }
+        let lag = *cluster.lag.borrow();
+        (lag > cluster.lag_max).then(|| {
+            format!(
+                "this node's copy of the log is {lag} records behind the cluster's (jetstream.ready_lag_max {})",
+                cluster.lag_max
+            )
+        })
     }
 
     /// The largest encoded record the log takes.
@@ -294,7 +329,7 @@ impl EventLog {
 
     /// The backend's name ("sled", "memory", or "jetstream" for a cluster's log).
     pub fn backend_name(&self) -> &'static str {
-        if self.connected.is_some() {
+        if self.cluster.is_some() {
             "jetstream"
         } else {
             self.backend.name()

@@ -91,6 +91,11 @@ impl Client {
         self.send_text(frame.to_string()).await;
     }
 
+    /// Sends a frame; false when the connection is gone.
+    pub async fn try_send(&mut self, frame: Value) -> bool {
+        self.ws.send(Message::text(frame.to_string())).await.is_ok()
+    }
+
     pub async fn send_text(&mut self, text: String) {
         self.ws.send(Message::text(text)).await.expect("ws send");
     }

@@ -1,0 +1,380 @@
+//! Cluster mode (issue 16): roomlog nodes sharing one log on a 3-node NATS JetStream cluster,
+//! all on loopback. Every nats-server is stopped by its pid (`nats_harness::Cluster` on drop).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{get, projections_caught_up, search_all, whole_history, Client};
+use roomlog::log::LogBackend;
+use roomlog::nats_harness::Cluster;
+use roomlog::{Config, Server};
+use serde_json::{json, Value};
+
+/// A node's configuration: its own data folder, the shared log on `nats`.
+fn node_config(dir: &std::path::Path, nats: &Cluster) -> Config {
+    let mut config = common::config(dir);
+    config.log.backend = LogBackend::Jetstream;
+    config.jetstream.servers = nats.urls();
+    config.jetstream.replicas = 3;
+    config
+}
+
+async fn nodes(n: usize, dir: &std::path::Path, nats: &Cluster) -> Vec<Server> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(common::start(node_config(&dir.join(format!("node{i}")), nats)).await);
+    }
+    out
+}
+
+fn start_nats(dir: &std::path::Path) -> Cluster {
+    Cluster::start(3, &dir.join("nats")).expect("3 nats-servers")
+}
+
+/// Reads frames until `n` message frames came; acks and notices are skipped.
+async fn messages(client: &mut Client, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let frame = client.recv().await;
+        if frame["type"] == "message" {
+            out.push(frame);
+        }
+    }
+    out
+}
+
+fn seqs_and_bodies(frames: &[Value]) -> Vec<(u64, String)> {
+    frames.iter().map(|f| (f["seq"].as_u64().expect("seq"), f["body"].as_str().expect("body").to_owned())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_through_one_node_reaches_members_on_every_node_in_one_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let nodes = nodes(3, dir.path(), &nats).await;
+    let mut members = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut client = Client::connect(node.addr(), &format!("user{i}")).await;
+        client.join("lobby", None).await;
+        members.push(client);
+    }
+    // Each member sends 20 messages through its own node, without waiting in between.
+    for (i, client) in members.iter_mut().enumerate() {
+        for n in 0..20 {
+            client
+                .send(
+                    json!({"type": "send", "room": "lobby", "body": format!("{i}-{n}"), "client_id": format!("c{n}")}),
+                )
+                .await;
+        }
+    }
+    let mut seen = Vec::new();
+    for client in &mut members {
+        seen.push(seqs_and_bodies(&messages(client, 60).await));
+    }
+    assert_eq!(seen[0].len(), 60);
+    assert_eq!(seen[0], seen[1], "members on nodes 0 and 1 see the same messages in the same order");
+    assert_eq!(seen[0], seen[2], "members on nodes 0 and 2 see the same messages in the same order");
+    let seqs: Vec<u64> = seen[0].iter().map(|(seq, _)| *seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in seq order: {seqs:?}");
+    for i in 0..3 {
+        let from_i: Vec<&String> = seen[0].iter().map(|(_, b)| b).filter(|b| b.starts_with(&format!("{i}-"))).collect();
+        let expected: Vec<String> = (0..20).map(|n| format!("{i}-{n}")).collect();
+        assert_eq!(from_i, expected.iter().collect::<Vec<_>>(), "each sender's messages in the order it sent them");
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_client_id_through_two_nodes_is_stored_once_with_one_seq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let nodes = nodes(2, dir.path(), &nats).await;
+    let mut on_a = Client::connect(nodes[0].addr(), "ann").await;
+    on_a.join("lobby", None).await;
+    let seq = on_a.say("lobby", "only once", "retry-1").await;
+    // The client lost its connection before the ack and retries through the other node.
+    let mut on_b = Client::connect(nodes[1].addr(), "ann").await;
+    on_b.join("lobby", Some(seq)).await;
+    on_b.send(json!({"type": "send", "room": "lobby", "body": "only once", "client_id": "retry-1"})).await;
+    let ack = on_b.recv().await;
+    assert_eq!((ack["type"].as_str(), ack["seq"].as_u64()), (Some("ack"), Some(seq)), "{ack}");
+    // And one sent concurrently through both, before either saw the other.
+    let (mut x, mut y) = (Client::connect(nodes[0].addr(), "bob").await, Client::connect(nodes[1].addr(), "bob").await);
+    x.join("lobby", Some(seq)).await;
+    y.join("lobby", Some(seq)).await;
+    let send = json!({"type": "send", "room": "lobby", "body": "raced", "client_id": "race-1"});
+    x.send(send.clone()).await;
+    y.send(send).await;
+    let ack_of = |frames: Vec<Value>| frames.into_iter().find(|f| f["type"] == "ack").expect("an ack")["seq"].as_u64();
+    let (mut fx, mut fy) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        fx.push(x.recv().await);
+        fy.push(y.recv().await);
+    }
+    assert_eq!(ack_of(fx), ack_of(fy), "both senders are acknowledged with the one seq");
+    for node in &nodes {
+        projections_caught_up(node.addr()).await;
+        let bodies: Vec<Value> = whole_history(node.addr(), "lobby").await.iter().map(|m| m["body"].clone()).collect();
+        assert_eq!(bodies, vec![json!("only once"), json!("raced")], "stored once");
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_search_on_any_node_hold_what_was_sent_through_any_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let nodes = nodes(3, dir.path(), &nats).await;
+    for (i, node) in nodes.iter().enumerate() {
+        let mut client = Client::connect(node.addr(), &format!("user{i}")).await;
+        client.join(&format!("notes{i}"), None).await;
+        client.say(&format!("notes{i}"), &format!("zebra crossing from node {i}"), "z").await;
+    }
+    for node in &nodes {
+        projections_caught_up(node.addr()).await;
+        for i in 0..3 {
+            assert_eq!(whole_history(node.addr(), &format!("notes{i}")).await.len(), 1);
+        }
+        let (total, hits) = search_all(node.addr(), "q=zebra").await;
+        assert_eq!(total, 3, "{hits:?}");
+        let (status, ready) = get(node.addr(), "/readyz").await;
+        assert_eq!(status, 200, "{ready}");
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_while_others_write_catches_up_when_it_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let mut nodes = nodes(2, dir.path(), &nats).await;
+    let mut ann = Client::connect(nodes[0].addr(), "ann").await;
+    ann.join("lobby", None).await;
+    ann.say("lobby", "before", "b").await;
+    projections_caught_up(nodes[1].addr()).await;
+    let down = nodes.pop().expect("node 1");
+    down.shutdown().await;
+    for n in 0..50 {
+        ann.say("lobby", &format!("while down {n}"), &format!("d{n}")).await;
+    }
+    let back = common::start(node_config(&dir.path().join("node1"), &nats)).await;
+    projections_caught_up(back.addr()).await;
+    // The head it serves may still be behind for a moment: wait for the last message.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut history = whole_history(back.addr(), "lobby").await;
+    while history.len() < 51 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        history = whole_history(back.addr(), "lobby").await;
+    }
+    assert_eq!(history.len(), 51, "the returning node has every message");
+    let mut bob = Client::connect(back.addr(), "bob").await;
+    let joined = bob.join("lobby", Some(0)).await;
+    assert_eq!(joined["type"], "joined");
+    let replayed = messages(&mut bob, 51).await;
+    assert_eq!(replayed.last().expect("last")["body"], "while down 49");
+    let (total, _) = search_all(back.addr(), "q=down").await;
+    assert_eq!(total, 50, "search caught up too");
+    back.shutdown().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_stream_leader_under_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = start_nats(dir.path());
+    let nodes = nodes(1, dir.path(), &nats).await;
+    let addr = nodes[0].addr();
+    let mut sender = Client::connect(addr, "ann").await;
+    sender.join("load", None).await;
+    let leader = stream_leader(&nats).await;
+    let (mut acked, mut longest_pause, mut last_ack) = (Vec::new(), Duration::ZERO, Instant::now());
+    let mut killed = false;
+    let started = Instant::now();
+    let mut n = 0u64;
+    // Sends one at a time (retrying a failed send with its client id, as clients do) for a
+    // bounded time; kills the stream leader after 2 s.
+    while started.elapsed() < Duration::from_secs(14) && n < 100_000 {
+        if !killed && started.elapsed() > Duration::from_secs(2) {
+            nats.servers[leader].stop(true);
+            killed = true;
+        }
+        let client_id = format!("m{n}");
+        sender.send(json!({"type": "send", "room": "load", "body": format!("load {n}"), "client_id": client_id})).await;
+        loop {
+            let frame = sender.recv().await;
+            match frame["type"].as_str() {
+                Some("ack") => {
+                    acked.push((n, frame["seq"].as_u64().expect("seq")));
+                    longest_pause = longest_pause.max(last_ack.elapsed());
+                    last_ack = Instant::now();
+                    break;
+                }
+                Some("error") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    sender.send(json!({"type": "send", "room": "load", "body": format!("load {n}"), "client_id": client_id})).await;
+                }
+                _ => {}
+            }
+        }
+        n += 1;
+    }
+    assert!(killed, "the leader was killed");
+    println!(
+        "stream leader killed under load: {} messages acknowledged, longest pause between acknowledgements {:.2} s",
+        acked.len(),
+        longest_pause.as_secs_f64()
+    );
+    nats.restart(leader).expect("restart the killed server");
+    projections_caught_up(addr).await;
+    let history = whole_history(addr, "load").await;
+    let stored: std::collections::HashMap<u64, String> = history
+        .iter()
+        .map(|m| (m["seq"].as_u64().expect("seq"), m["body"].as_str().expect("body").to_owned()))
+        .collect();
+    for (n, seq) in &acked {
+        assert_eq!(stored.get(seq), Some(&format!("load {n}")), "acknowledged message {n} (seq {seq}) is stored");
+    }
+    assert_eq!(history.len(), acked.len(), "nothing stored twice");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// The index of the server leading the ROOMLOG stream, from its monitoring endpoint.
+async fn stream_leader(nats: &Cluster) -> usize {
+    for _ in 0..200 {
+        for server in &nats.servers {
+            let url = format!("http://127.0.0.1:{}/jsz?streams=true", server.monitor_port);
+            let Ok(body) = reqwest::get(&url).await else { continue };
+            let Ok(jsz) = body.json::<Value>().await else { continue };
+            for account in jsz["account_details"].as_array().into_iter().flatten() {
+                for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                    if stream["name"] == "ROOMLOG" {
+                        if let Some(leader) = stream["cluster"]["leader"].as_str() {
+                            if let Some(i) = nats.servers.iter().position(|s| s.name == leader) {
+                                return i;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader of the ROOMLOG stream found");
+}
+
+/// Sends `body` with `client_id` and reads until its ack; `None` when the connection is gone
+/// first. Other frames (messages, notices) are skipped.
+async fn send_acked(client: &mut Client, room: &str, body: &str, client_id: &str) -> Option<u64> {
+    let frame = json!({"type": "send", "room": room, "body": body, "client_id": client_id});
+    if !client.try_send(frame).await {
+        return None;
+    }
+    loop {
+        let frame = client.try_recv().await?;
+        if frame["type"] == "ack" && frame["client_id"] == client_id {
+            return frame["seq"].as_u64();
+        }
+        assert_ne!(frame["type"], "error", "{frame}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_loses_nothing_and_its_clients_resume_on_another_without_gap_or_duplicate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let config_file = dir.path().join("node-a.toml");
+    let servers: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
+    std::fs::write(
+        &config_file,
+        format!("[log]\nbackend = \"jetstream\"\n[jetstream]\nservers = [{}]\nreplicas = 3\n", servers.join(", ")),
+    )
+    .expect("config");
+    let data_a = dir.path().join("node-a");
+    std::fs::create_dir_all(&data_a).expect("data a");
+    let config_env = config_file.to_string_lossy().into_owned();
+    let mut a = common::spawn_with(&data_a, &[("ROOMLOG_CONFIG", config_env.as_str())], std::process::Stdio::inherit());
+    let b = common::start(node_config(&dir.path().join("node-b"), &nats)).await;
+    let (a_addr, b_addr) = (a.addr, b.addr());
+
+    let mut reader = Client::connect(a_addr, "reader").await;
+    reader.join("room", None).await;
+    let mut sender = Client::connect(a_addr, "ann").await;
+    sender.join("room", None).await;
+    // Load through the other node all along.
+    let load = tokio::spawn(async move {
+        let mut bob = Client::connect(b_addr, "bob").await;
+        bob.join("room", None).await;
+        let mut acked = Vec::new();
+        for n in 0..150 {
+            let seq = send_acked(&mut bob, "room", &format!("b-{n}"), &format!("b{n}")).await.expect("node b serves");
+            acked.push((format!("b-{n}"), seq));
+        }
+        acked
+    });
+    let mut acked = Vec::new();
+    let mut on_b = false;
+    for n in 0..100 {
+        if n == 50 {
+            a.child.kill().expect("kill -9 node a");
+            a.child.wait().expect("reap node a");
+        }
+        let (body, client_id) = (format!("a-{n}"), format!("a{n}"));
+        let seq = match send_acked(&mut sender, "room", &body, &client_id).await {
+            Some(seq) => seq,
+            None => {
+                // Node a is gone: reconnect to b and send again with the same client id.
+                assert!(!on_b, "node b kept the connection");
+                on_b = true;
+                sender = Client::connect(b_addr, "ann").await;
+                sender.join("room", acked.last().map(|(_, seq)| *seq)).await;
+                send_acked(&mut sender, "room", &body, &client_id).await.expect("node b serves")
+            }
+        };
+        acked.push((body, seq));
+    }
+    assert!(on_b, "the sender moved to node b");
+    acked.extend(load.await.expect("load"));
+
+    // The reader: everything node a delivered before it died, then node b from the last seq.
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    while let Some(frame) = reader.try_recv().await {
+        if frame["type"] == "message" {
+            seen.push((frame["seq"].as_u64().expect("seq"), frame["body"].as_str().expect("body").to_owned()));
+        }
+    }
+    let mut reader = Client::connect(b_addr, "reader").await;
+    reader.join("room", seen.last().map(|(seq, _)| *seq)).await;
+    let last_seq = acked.iter().map(|(_, seq)| *seq).max().expect("acked");
+    while seen.last().is_none_or(|(seq, _)| *seq < last_seq) {
+        let frame = reader.recv().await;
+        if frame["type"] == "message" {
+            seen.push((frame["seq"].as_u64().expect("seq"), frame["body"].as_str().expect("body").to_owned()));
+        }
+    }
+    projections_caught_up(b_addr).await;
+    let history: Vec<(u64, String)> = whole_history(b_addr, "room")
+        .await
+        .iter()
+        .map(|m| (m["seq"].as_u64().expect("seq"), m["body"].as_str().expect("body").to_owned()))
+        .collect();
+    assert_eq!(seen, history, "the reader saw every stored message once, in order, across the kill");
+    let stored: std::collections::HashMap<&String, u64> = history.iter().map(|(seq, body)| (body, *seq)).collect();
+    assert_eq!(stored.len(), history.len(), "no message stored twice");
+    for (body, seq) in &acked {
+        assert_eq!(stored.get(body), Some(seq), "acknowledged {body} is stored under its seq");
+    }
+    assert_eq!(history.len(), 250);
+    b.shutdown().await;
+}
