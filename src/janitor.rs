@@ -796,6 +796,8 @@ impl JanitorHandle {
             }
         };
         let mut unfinished = false;
+        // On a cluster's log, only the node holding the lease runs the schedule.
+        let lease = self.log.lease("janitor.schedule");
         loop {
             let now = clock.now_ms();
             let slot = match (at, config.every) {
@@ -815,6 +817,9 @@ impl JanitorHandle {
             tokio::select! {
                 _ = clock.sleep_until(next) => {}
                 _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            if lease.as_ref().is_some_and(|lease| !*lease.borrow()) {
+                continue;
             }
             unfinished = !matches!(self.run(trigger).await, Ok(ran) if ran.outcome == "succeeded");
         }

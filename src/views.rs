@@ -34,6 +34,20 @@ pub struct Status {
     pub recent_errors: Vec<RecentError>,
     /// What the server repaired or moved as it started, in a sentence each.
     pub recovered_at_start: Vec<String>,
+    /// On a cluster's log (`log.backend = "jetstream"`): this node's link to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// A cluster node's part of [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Whether it reaches NATS now.
+    pub connected: bool,
+    /// Records of the stream not yet in its copy of the log.
+    pub lag_records: u64,
+    /// The one-node-at-a-time work it runs now (`sessions.sweeper`, `janitor.schedule`).
+    pub leases_held: Vec<String>,
 }
 
 /// The log's part of [`Status`].

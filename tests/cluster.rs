@@ -378,3 +378,123 @@ async fn a_node_killed_under_load_loses_nothing_and_its_clients_resume_on_anothe
     assert_eq!(history.len(), 250);
     b.shutdown().await;
 }
+
+async fn status(addr: std::net::SocketAddr) -> Value {
+    let (code, status) = get(addr, "/api/status").await;
+    assert_eq!(code, 200, "{status}");
+    status
+}
+
+fn holds(status: &Value, lease: &str) -> bool {
+    status["cluster"]["leases_held"].as_array().is_some_and(|held| held.iter().any(|h| h == lease))
+}
+
+/// Waits (bounded) until the node at `addr` holds `lease`.
+async fn until_holds(addr: std::net::SocketAddr, lease: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !holds(&status(addr).await, lease) {
+        assert!(Instant::now() < deadline, "{addr} never took the lease {lease}: {}", status(addr).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_sweeps_sessions_and_runs_the_janitor_and_a_killed_holder_hands_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let config_file = dir.path().join("node-a.toml");
+    let servers: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
+    std::fs::write(
+        &config_file,
+        format!(
+            "[log]\nbackend = \"jetstream\"\n[jetstream]\nservers = [{}]\nreplicas = 3\nlease_ttl = \"2s\"\n\
+             [sessions]\nexpire_after = \"1s\"\n",
+            servers.join(", ")
+        ),
+    )
+    .expect("config");
+    let data_a = dir.path().join("node-a");
+    std::fs::create_dir_all(&data_a).expect("data a");
+    let config_env = config_file.to_string_lossy().into_owned();
+    let mut a = common::spawn_with(&data_a, &[("ROOMLOG_CONFIG", config_env.as_str())], std::process::Stdio::inherit());
+    until_holds(a.addr, "sessions.sweeper").await;
+    until_holds(a.addr, "janitor.schedule").await;
+    let mut others = Vec::new();
+    for name in ["node-b", "node-c"] {
+        let mut config = node_config(&dir.path().join(name), &nats);
+        config.jetstream.lease_ttl = Duration::from_secs(2);
+        config.sessions.expire_after = Duration::from_secs(1);
+        others.push(common::start(config).await);
+    }
+    // A session created on every node expires once, by the one node sweeping.
+    let mut ids = Vec::new();
+    for addr in [a.addr, others[0].addr(), others[1].addr()] {
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/api/sessions"))
+            .header("content-length", "0")
+            .send()
+            .await
+            .expect("create session");
+        assert_eq!(response.status().as_u16(), 201);
+        let body: Value = response.json().await.expect("json");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    for node in &others {
+        assert!(!holds(&status(node.addr()).await, "sessions.sweeper"), "one holder at a time");
+        assert!(!holds(&status(node.addr()).await, "janitor.schedule"), "one holder at a time");
+    }
+    let b = &others[0];
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = get(b.addr(), &format!("/api/sessions/{id}")).await;
+            if body["session"]["state"] == "expired" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "session {id} never expired: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = b.log().read_range(1, usize::MAX).await.expect("log");
+    for id in &ids {
+        let expiries = events
+            .iter()
+            .filter(|e| {
+                let tag = e.event.tag();
+                (tag.contains("Expired"))
+                    && serde_json::to_string(&e.event).is_ok_and(|json| json.contains(id.as_str()))
+            })
+            .count();
+        assert_eq!(expiries, 1, "session {id} expired by exactly one event");
+    }
+    // kill -9 of the holder: another node takes each lease once it expires.
+    a.child.kill().expect("kill -9 node a");
+    a.child.wait().expect("reap node a");
+    let killed = Instant::now();
+    let mut taken = Vec::new();
+    for lease in ["sessions.sweeper", "janitor.schedule"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let holders: Vec<bool> = futures_util::future::join_all(others.iter().map(|n| status(n.addr())))
+                .await
+                .iter()
+                .map(|s| holds(s, lease))
+                .collect();
+            if holders.iter().filter(|h| **h).count() == 1 {
+                taken.push(killed.elapsed());
+                break;
+            }
+            assert!(Instant::now() < deadline, "nobody took {lease} after the holder died");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!(
+        "leases taken over {:.1} s and {:.1} s after the holder's kill -9",
+        taken[0].as_secs_f64(),
+        taken[1].as_secs_f64()
+    );
+    for node in others {
+        node.shutdown().await;
+    }
+}

@@ -177,10 +177,15 @@ impl Actor for SessionActor {
 }
 
 impl SessionActorState {
-    /// Sets the timer for the session's next due time.
+    /// Sets the timer for the session's next due time. On a cluster's log, due times are
+    /// applied by the one node holding the sweeper's lease instead, so that two nodes never
+    /// both expire a session.
     fn arm(&mut self, myself: &ActorRef<SessionMsg>) {
         if let Some(timer) = self.timer.take() {
             timer.abort();
+        }
+        if self.ctx.log.is_shared() {
+            return;
         }
         let Some(&(at, due)) = self.session.deadlines().iter().min_by_key(|(at, _)| *at) else { return };
         let sleep = self.ctx.clock.sleep_until(at);

@@ -235,7 +235,8 @@ impl SessionsHandle {
     pub async fn start(ctx: SessionContext, stopping: watch::Receiver<bool>) -> Result<Self, ActorProcessingErr> {
         let (supervisor, _) = Actor::spawn(None, SessionSupervisor, ctx.clone()).await?;
         let handle = Self { supervisor, ctx };
-        tokio::spawn(handle.clone().sweep(stopping));
+        let lease = handle.ctx.log.lease("sessions.sweeper");
+        tokio::spawn(handle.clone().sweep(stopping, lease));
         Ok(handle)
     }
 
@@ -381,10 +382,20 @@ impl SessionsHandle {
     /// without waiting for the projection between pages: a pass remembers where it is. Once a
     /// pass finds nothing more, it waits for the projection to apply what it appended and
     /// starts again from the earliest, so that anything not applied is tried again.
-    async fn sweep(self, mut stopping: watch::Receiver<bool>) {
+    ///
+    /// On a cluster's log, only the node holding the `sessions.sweeper` lease sweeps.
+    async fn sweep(self, mut stopping: watch::Receiver<bool>, mut lease: Option<watch::Receiver<bool>>) {
         let mut cursor: Option<(u64, Due, SessionId)> = None;
         let mut pass_first: Option<(u64, Due, SessionId)> = None;
         loop {
+            if let Some(lease) = lease.as_mut().filter(|lease| !*lease.borrow()) {
+                tokio::select! {
+                    _ = lease.wait_for(|held| *held) => {}
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
+                cursor = None;
+                continue;
+            }
             if cursor.is_none() {
                 self.ctx.caught_up().await;
             }

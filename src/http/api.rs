@@ -291,6 +291,7 @@ pub async fn status(app: Arc<App>) -> Result<warp::reply::Response, std::convert
         connections_open: app.config.limits.connections_max - app.connections.available_permits(),
         recent_errors: crate::recent_errors::snapshot(),
         recovered_at_start: app.recovered.clone(),
+        cluster: app.log.cluster_status(),
     };
     Ok(warp::reply::json(&body).into_response())
 }

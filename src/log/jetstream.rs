@@ -74,6 +74,11 @@ pub struct JetStreamConfig {
     /// The node is not ready (`/readyz`) while its replica is more than this many records
     /// behind the stream: it would serve old history.
     pub ready_lag_max: u64,
+    /// How long a node holds the lease of work that must run on one node only (the session
+    /// sweeper, the janitor's schedule) without renewing it; it renews every third of it. A
+    /// node that dies gives its leases up to another after at most this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for JetStreamConfig {
@@ -89,6 +94,7 @@ impl Default for JetStreamConfig {
             duplicate_window: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(30),
             ready_lag_max: 10_000,
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -170,6 +176,7 @@ pub(super) struct Started {
     pub connected: watch::Receiver<bool>,
     /// Records of the stream not yet in the replica, as the tail last heard.
     pub lag: watch::Receiver<u64>,
+    pub leases: Leases,
 }
 
 /// Connects, makes sure the stream exists, and starts the tail (filling `replica`) and the
@@ -187,6 +194,7 @@ pub(super) async fn start(
         .backpressure_on_inflight(true)
         .build(client.clone());
     let stream = ensure_stream(&context, config).await?;
+    let leases = Leases::open(&context, config).await?;
     let last = replica.last()?.map(|(seq, bytes)| decode(seq, &bytes)).transpose()?;
     let (head_tx, head) = watch::channel(last.as_ref().map_or(0, |e| e.seq));
     let (failure_tx, failure) = watch::channel(None);
@@ -213,7 +221,7 @@ pub(super) async fn start(
         last_at: last.as_ref().map_or(0, |e| e.at_unix_ms),
     };
     tokio::spawn(publisher.run(rx, stop_tail));
-    Ok(Started { head, failure, connected, lag })
+    Ok(Started { head, failure, connected, lag, leases })
 }
 
 async fn connect(config: &JetStreamConfig) -> Result<async_nats::Client, LogError> {
@@ -276,6 +284,101 @@ async fn ensure_stream(context: &Context, config: &JetStreamConfig) -> Result<st
         )));
     }
     Ok(stream)
+}
+
+/// The KV bucket of the leases.
+pub const LEASE_BUCKET: &str = "roomlog_leases";
+
+/// Leases in a JetStream key-value bucket, for work that must run on one node at a time: a
+/// node takes a lease by creating its key (which fails while another holds it), keeps it by
+/// updating the key at the revision it last wrote (which fails once another took it), and the
+/// bucket's `max_age` (`jetstream.lease_ttl`) lets a dead holder's key expire.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    store: async_nats::jetstream::kv::Store,
+    /// This process, as the holder named in the keys.
+    holder: String,
+    ttl: Duration,
+    held: Arc<std::sync::Mutex<std::collections::BTreeMap<String, watch::Receiver<bool>>>>,
+}
+
+impl Leases {
+    async fn open(context: &Context, config: &JetStreamConfig) -> Result<Self, LogError> {
+        let failed = |reason: String| LogError::from(ClusterError::Stream { stream: LEASE_BUCKET.into(), reason });
+        let store = match context.get_key_value(LEASE_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => context
+                .create_key_value(async_nats::jetstream::kv::Config {
+                    bucket: LEASE_BUCKET.into(),
+                    history: 1,
+                    max_age: config.lease_ttl,
+                    num_replicas: config.replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed(e.to_string()))?,
+        };
+        let holder = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
+        Ok(Self { store, holder, ttl: config.lease_ttl, held: Arc::default() })
+    }
+
+    /// Whether this node holds lease `name`, changing as it takes or loses it; tries to take
+    /// it from now on (once per name), and gives it back when every receiver is dropped.
+    pub fn hold(&self, name: &str) -> watch::Receiver<bool> {
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(receiver) = held.get(name) {
+            return receiver.clone();
+        }
+        let (tx, rx) = watch::channel(false);
+        held.insert(name.to_owned(), rx.clone());
+        tokio::spawn(self.clone().keep(name.to_owned(), tx));
+        rx
+    }
+
+    /// The names of the leases this node holds now.
+    pub fn held(&self) -> Vec<String> {
+        let held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.iter().filter(|(_, rx)| *rx.borrow()).map(|(name, _)| name.clone()).collect()
+    }
+
+    async fn keep(self, name: String, tx: watch::Sender<bool>) {
+        let mut revision: Option<u64> = None;
+        let value = bytes::Bytes::from(self.holder.clone());
+        loop {
+            let outcome = match revision {
+                None => self.store.create(&name, value.clone()).await.map_err(|e| e.to_string()),
+                Some(revision) => self.store.update(&name, value.clone(), revision).await.map_err(|e| e.to_string()),
+            };
+            match (outcome, revision) {
+                (Ok(new), None) => {
+                    tracing::info!(lease = name, holder = self.holder, "took the lease: this node runs it");
+                    revision = Some(new);
+                    tx.send_replace(true);
+                }
+                (Ok(new), Some(_)) => revision = Some(new),
+                (Err(_), None) => {} // held by another node
+                (Err(error), Some(_)) => {
+                    tracing::warn!(lease = name, error, "lost the lease: this node stops running it");
+                    revision = None;
+                    tx.send_replace(false);
+                }
+            }
+            // After each held renewal, the key has a third of its life left at the latest check.
+            tokio::select! {
+                () = tokio::time::sleep(self.ttl / 3) => {}
+                () = tx.closed() => break,
+            }
+        }
+        // Nobody here wants it any more (the server stops): give it up at once, if still ours.
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&name);
+        if let Some(revision) = revision {
+            let _ = self.store.delete_expect_revision(&name, Some(revision)).await;
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into())
 }
 
 async fn watch_connection(client: async_nats::Client, connected: watch::Sender<bool>) {

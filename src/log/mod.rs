@@ -194,6 +194,7 @@ impl Gone {
 /// What a node of a cluster knows of its link to the cluster's log.
 #[derive(Debug, Clone)]
 struct ClusterState {
+    leases: jetstream::Leases,
     connected: watch::Receiver<bool>,
     lag: watch::Receiver<u64>,
     lag_max: u64,
@@ -295,8 +296,12 @@ impl EventLog {
         let (_, refusing) = watch::channel(0);
         let gone = Gone { closing: Arc::default(), failure: started.failure };
         let floors = crate::space::Floors::for_volume(config.min_free_bytes, 0);
-        let cluster =
-            Some(ClusterState { connected: started.connected, lag: started.lag, lag_max: cluster.ready_lag_max });
+        let cluster = Some(ClusterState {
+            leases: started.leases,
+            connected: started.connected,
+            lag: started.lag,
+            lag_max: cluster.ready_lag_max,
+        });
         Ok(Self { backend: replica, writer, head: started.head, gone, refusing, floors, cluster })
     }
 
@@ -304,6 +309,23 @@ impl EventLog {
     /// then comes from the log as it is committed, not from this node's own appends.
     pub fn is_shared(&self) -> bool {
         self.cluster.is_some()
+    }
+
+    /// Whether this node may run work that must run on one node at a time (`name`: the
+    /// session sweeper, the janitor's schedule), changing as it takes or loses the lease; `None`
+    /// on a local log, where it always may. Drop every receiver to give the lease up.
+    pub fn lease(&self, name: &str) -> Option<watch::Receiver<bool>> {
+        self.cluster.as_ref().map(|c| c.leases.hold(name))
+    }
+
+    /// On the JetStream log: this node's link to it (connected, records behind, leases held).
+    pub fn cluster_status(&self) -> Option<crate::views::ClusterStatus> {
+        let cluster = self.cluster.as_ref()?;
+        Some(crate::views::ClusterStatus {
+            connected: *cluster.connected.borrow(),
+            lag_records: *cluster.lag.borrow(),
+            leases_held: cluster.leases.held(),
+        })
     }
 
     /// On the JetStream log, why this node should not serve now (NATS unreachable, or its
