@@ -160,10 +160,15 @@ impl Cluster {
         let deadline = Instant::now() + within;
         while !self.servers.iter().filter(|s| s.child.is_some()).all(Server::healthy) {
             if Instant::now() > deadline {
-                return Err(std::io::Error::other(format!(
-                    "nats-server not healthy within {within:?}; logs in {}",
-                    self.dir.display()
-                )));
+                let mut logs = String::new();
+                for server in &self.servers {
+                    let text =
+                        std::fs::read_to_string(self.dir.join(format!("{}.log", server.name))).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(8).collect();
+                    logs.push_str(&format!("\n--- {} (healthy: {})\n", server.name, server.healthy()));
+                    logs.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                }
+                return Err(std::io::Error::other(format!("nats-server not healthy within {within:?}:{logs}")));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -98,6 +98,17 @@ impl Server {
         auth: Arc<dyn Authenticator>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServerError> {
+        // Boxed: start-up's future is large (hundreds of KiB in a debug build, where every
+        // caller's frame held a copy), and callers run it on their own stack.
+        Box::pin(Self::open_and_serve(config, listener, auth, clock)).await
+    }
+
+    async fn open_and_serve(
+        config: Config,
+        listener: TcpListener,
+        auth: Arc<dyn Authenticator>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ServerError> {
         // Checked before anything opens: a bad rule stops start-up with nothing held.
         let lifecycle = config.lifecycle_rules().map_err(|e| ServerError::Config(e.to_string()))?;
         // Before anything in the folder is touched: a second server names the first.
@@ -123,8 +134,10 @@ impl Server {
             crate::log::LogBackend::Sled => tokio::task::spawn_blocking(move || EventLog::open(&log_dir, &log_config))
                 .await
                 .map_err(|e| ServerError::Actors(e.to_string()))?,
+            // Boxed: the NATS client's futures are large, and this function's frame is on the
+            // stack of whoever starts the server.
             crate::log::LogBackend::Jetstream => {
-                EventLog::open_jetstream(&log_dir, &log_config, &config.jetstream).await
+                Box::pin(EventLog::open_jetstream(&log_dir, &log_config, &config.jetstream)).await
             }
         }
         .map_err(|source| ServerError::Log { path: config.log_dir().display().to_string(), source })?;
@@ -225,7 +238,7 @@ impl Server {
             reserve: crate::space::Reserve::of(&config.data),
             data: config.data.clone(),
         };
-        let janitor = JanitorHandle::start(janitor_ctx, stopping.clone())
+        let janitor = Box::pin(JanitorHandle::start(janitor_ctx, stopping.clone()))
             .await
             .map_err(|e| ServerError::Actors(e.to_string()))?;
         let mut watched = vec![("data", config.data.clone())];

@@ -28,6 +28,10 @@ async fn nodes(n: usize, dir: &std::path::Path, nats: &Cluster) -> Vec<Server> {
     out
 }
 
+/// One cluster test at a time: each runs 3 nats-servers and up to 3 nodes, which is what two
+/// cores carry; in parallel they would mostly measure the machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn start_nats(dir: &std::path::Path) -> Cluster {
     Cluster::start(3, &dir.join("nats")).expect("3 nats-servers")
 }
@@ -50,6 +54,7 @@ fn seqs_and_bodies(frames: &[Value]) -> Vec<(u64, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_through_one_node_reaches_members_on_every_node_in_one_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = start_nats(dir.path());
     let nodes = nodes(3, dir.path(), &nats).await;
@@ -90,6 +95,7 @@ async fn a_message_sent_through_one_node_reaches_members_on_every_node_in_one_or
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_client_id_through_two_nodes_is_stored_once_with_one_seq() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = start_nats(dir.path());
     let nodes = nodes(2, dir.path(), &nats).await;
@@ -128,6 +134,7 @@ async fn the_same_client_id_through_two_nodes_is_stored_once_with_one_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_and_search_on_any_node_hold_what_was_sent_through_any_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = start_nats(dir.path());
     let nodes = nodes(3, dir.path(), &nats).await;
@@ -153,6 +160,7 @@ async fn history_and_search_on_any_node_hold_what_was_sent_through_any_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_while_others_write_catches_up_when_it_returns() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = start_nats(dir.path());
     let mut nodes = nodes(2, dir.path(), &nats).await;
@@ -190,6 +198,7 @@ async fn a_node_down_while_others_write_catches_up_when_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_stream_leader_under_load_loses_no_acknowledged_message() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nats = start_nats(dir.path());
     let nodes = nodes(1, dir.path(), &nats).await;
@@ -292,6 +301,7 @@ async fn send_acked(client: &mut Client, room: &str, body: &str, client_id: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_loses_nothing_and_its_clients_resume_on_another_without_gap_or_duplicate() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = start_nats(dir.path());
     let config_file = dir.path().join("node-a.toml");
@@ -400,6 +410,7 @@ async fn until_holds(addr: std::net::SocketAddr, lease: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_sweeps_sessions_and_runs_the_janitor_and_a_killed_holder_hands_over() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = start_nats(dir.path());
     let config_file = dir.path().join("node-a.toml");
@@ -495,6 +506,26 @@ async fn one_node_sweeps_sessions_and_runs_the_janitor_and_a_killed_holder_hands
         taken[1].as_secs_f64()
     );
     for node in others {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_uploaded_through_one_node_downloads_through_another() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let nodes = nodes(2, dir.path(), &nats).await;
+    let body: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let (status, stored) =
+        common::put_file(nodes[0].addr(), "audio/take-1.bin", body.clone(), "application/octet-stream").await;
+    assert_eq!(status, 201, "{stored}");
+    projections_caught_up(nodes[1].addr()).await;
+    let response = reqwest::get(format!("http://{}/api/files/audio/take-1.bin", nodes[1].addr())).await.expect("get");
+    assert_eq!(response.status().as_u16(), 200);
+    let downloaded = response.bytes().await.expect("bytes");
+    assert!(downloaded.as_ref() == body.as_slice(), "the same bytes through the other node");
+    for node in nodes {
         node.shutdown().await;
     }
 }

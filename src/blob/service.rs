@@ -92,11 +92,23 @@ pub struct FileService {
     /// Held while content is committed under a key, and while the reaper deletes content, so
     /// that the reaper never deletes content an upload has just been given.
     commit: Arc<Mutex<()>>,
+    /// On a cluster's log: the content every node shares; this node's tiers are then a cache.
+    shared: Option<crate::log::jetstream::SharedFiles>,
 }
 
 impl FileService {
     pub fn new(store: BlobStore, files: Files, runner: Runner, sessions: Sessions, log: EventLog) -> Self {
-        Self { store, files, runner, sessions, log, lifecycle: Arc::default(), commit: Arc::new(Mutex::new(())) }
+        let shared = log.shared_files();
+        Self {
+            store,
+            files,
+            runner,
+            sessions,
+            log,
+            lifecycle: Arc::default(),
+            commit: Arc::new(Mutex::new(())),
+            shared,
+        }
     }
 
     /// With these lifecycle rules.
@@ -105,10 +117,25 @@ impl FileService {
         self
     }
 
-    /// Where a key's content can be read now: its recorded tier first.
+    /// Where a key's content can be read now: its recorded tier first. On a cluster's log,
+    /// content this node does not have is fetched from the shared bucket into its hot tier
+    /// (checked against its hash on the way).
     pub async fn content_path(&self, entry: &FileEntry) -> Result<(Tier, std::path::PathBuf), FileError> {
         let recorded = self.files.tier(&entry.hash).map_err(storage)?;
-        self.store.locate(&entry.hash, recorded).await.ok_or_else(|| FileError::ContentMissing(entry.key.to_string()))
+        if let Some(found) = self.store.locate(&entry.hash, recorded).await {
+            return Ok(found);
+        }
+        // Boxed: the object store's futures are large, and this one is part of every caller's.
+        Box::pin(self.fetch_shared(entry)).await
+    }
+
+    async fn fetch_shared(&self, entry: &FileEntry) -> Result<(Tier, std::path::PathBuf), FileError> {
+        let missing = || FileError::ContentMissing(entry.key.to_string());
+        let Some(shared) = &self.shared else { return Err(missing()) };
+        let Some(object) = shared.get(entry.hash.as_str()).await.map_err(storage)? else { return Err(missing()) };
+        let body = tokio_util::io::ReaderStream::new(object);
+        self.store.write(body, u64::MAX, Some(entry.hash.as_str())).await?;
+        self.store.locate(&entry.hash, Tier::Hot).await.ok_or_else(missing)
     }
 
     /// Moves content to another tier: copy and check (no lock held), then, with uploads'
@@ -242,6 +269,11 @@ impl FileService {
             self.live_session(owner).await?;
         }
         let stored = self.store.write(body, limit, expected_hash).await?;
+        if let Some(shared) = &self.shared {
+            // Every node can read it before any is told it exists.
+            let path = self.store.path(&stored.hash);
+            Box::pin(shared.put(stored.hash.as_str(), &path)).await.map_err(storage)?;
+        }
         metrics::counter!(crate::metrics::FILE_UPLOADS_TOTAL).increment(1);
         metrics::counter!(crate::metrics::FILE_UPLOAD_BYTES_TOTAL).increment(stored.size);
         let event = Event::FileStored(FileStored {

@@ -177,6 +177,7 @@ pub(super) struct Started {
     /// Records of the stream not yet in the replica, as the tail last heard.
     pub lag: watch::Receiver<u64>,
     pub leases: Leases,
+    pub files: SharedFiles,
 }
 
 /// Connects, makes sure the stream exists, and starts the tail (filling `replica`) and the
@@ -195,6 +196,7 @@ pub(super) async fn start(
         .build(client.clone());
     let stream = ensure_stream(&context, config).await?;
     let leases = Leases::open(&context, config).await?;
+    let files = SharedFiles::open(&context, config).await?;
     let last = replica.last()?.map(|(seq, bytes)| decode(seq, &bytes)).transpose()?;
     let (head_tx, head) = watch::channel(last.as_ref().map_or(0, |e| e.seq));
     let (failure_tx, failure) = watch::channel(None);
@@ -221,7 +223,7 @@ pub(super) async fn start(
         last_at: last.as_ref().map_or(0, |e| e.at_unix_ms),
     };
     tokio::spawn(publisher.run(rx, stop_tail));
-    Ok(Started { head, failure, connected, lag, leases })
+    Ok(Started { head, failure, connected, lag, leases, files })
 }
 
 async fn connect(config: &JetStreamConfig) -> Result<async_nats::Client, LogError> {
@@ -373,6 +375,66 @@ impl Leases {
         self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&name);
         if let Some(revision) = revision {
             let _ = self.store.delete_expect_revision(&name, Some(revision)).await;
+        }
+    }
+}
+
+/// The object-store bucket of the files' content.
+pub const FILE_BUCKET: &str = "roomlog_files";
+
+/// The content of uploaded files, shared by every node: a JetStream object-store bucket whose
+/// objects are named by their blake3 hash, so that storing the same content twice (two nodes
+/// racing, a retry) is harmless. Each node keeps its own copies as a read-through cache.
+#[derive(Clone)]
+pub struct SharedFiles {
+    store: async_nats::jetstream::object_store::ObjectStore,
+}
+
+impl std::fmt::Debug for SharedFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedFiles { bucket: roomlog_files }")
+    }
+}
+
+impl SharedFiles {
+    async fn open(context: &Context, config: &JetStreamConfig) -> Result<Self, LogError> {
+        let failed = |reason: String| LogError::from(ClusterError::Stream { stream: FILE_BUCKET.into(), reason });
+        let store = match context.get_object_store(FILE_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => context
+                .create_object_store(async_nats::jetstream::object_store::Config {
+                    bucket: FILE_BUCKET.into(),
+                    num_replicas: config.replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed(e.to_string()))?,
+        };
+        Ok(Self { store })
+    }
+
+    /// Stores the file at `path` as `name`, unless the bucket has it already; returns once
+    /// JetStream acknowledged every chunk.
+    pub async fn put(&self, name: &str, path: &std::path::Path) -> Result<(), ClusterError> {
+        // Boxed: the client's object-store futures are large for a stack (a debug build's
+        // worker thread overflowed under an HTTP handler).
+        if Box::pin(self.store.info(name)).await.is_ok_and(|info| !info.deleted) {
+            return Ok(());
+        }
+        let mut file = tokio::fs::File::open(path).await.map_err(|e| ClusterError::Refused(e.to_string()))?;
+        Box::pin(self.store.put(name, &mut file))
+            .await
+            .map_err(|e| ClusterError::Refused(format!("storing {name}: {e}")))?;
+        Ok(())
+    }
+
+    /// The object `name`, to read; `None` when the bucket does not have it.
+    pub async fn get(&self, name: &str) -> Result<Option<async_nats::jetstream::object_store::Object>, ClusterError> {
+        use async_nats::jetstream::object_store::GetErrorKind;
+        match Box::pin(self.store.get(name)).await {
+            Ok(object) => Ok(Some(object)),
+            Err(error) if error.kind() == GetErrorKind::NotFound => Ok(None),
+            Err(error) => Err(ClusterError::Unavailable(Duration::ZERO, error.to_string())),
         }
     }
 }
@@ -603,7 +665,24 @@ impl Tail {
             loop {
                 let first = tokio::select! {
                     _ = &mut stop => return,
-                    next = messages.next() => next,
+                    next = tokio::time::timeout(self.pull_expiry * 2, messages.next()) => next,
+                };
+                let first = match first {
+                    Ok(first) => first,
+                    // Quiet for two pull expiries: if the stream has records the tail has not
+                    // delivered, the consumer is stuck (its own recovery after a leader loss
+                    // can take tens of seconds): follow again from the replica's head.
+                    Err(_) => match self.stream.get_info().await {
+                        Ok(info) if info.state.last_sequence > self.last_seq => {
+                            tracing::info!(
+                                replica = self.last_seq,
+                                stream = info.state.last_sequence,
+                                "the log's tail stalled; following the stream again"
+                            );
+                            break;
+                        }
+                        _ => continue,
+                    },
                 };
                 let Some(first) = first else { break };
                 let mut batch = vec![first];

@@ -195,6 +195,7 @@ impl Gone {
 #[derive(Debug, Clone)]
 struct ClusterState {
     leases: jetstream::Leases,
+    files: jetstream::SharedFiles,
     connected: watch::Receiver<bool>,
     lag: watch::Receiver<u64>,
     lag_max: u64,
@@ -298,6 +299,7 @@ impl EventLog {
         let floors = crate::space::Floors::for_volume(config.min_free_bytes, 0);
         let cluster = Some(ClusterState {
             leases: started.leases,
+            files: started.files,
             connected: started.connected,
             lag: started.lag,
             lag_max: cluster.ready_lag_max,
@@ -316,6 +318,11 @@ impl EventLog {
     /// on a local log, where it always may. Drop every receiver to give the lease up.
     pub fn lease(&self, name: &str) -> Option<watch::Receiver<bool>> {
         self.cluster.as_ref().map(|c| c.leases.hold(name))
+    }
+
+    /// On the JetStream log: the content of files, shared by every node.
+    pub fn shared_files(&self) -> Option<jetstream::SharedFiles> {
+        self.cluster.as_ref().map(|c| c.files.clone())
     }
 
     /// On the JetStream log: this node's link to it (connected, records behind, leases held).
