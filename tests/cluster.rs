@@ -529,3 +529,57 @@ async fn a_file_uploaded_through_one_node_downloads_through_another() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_while_jetstream_is_unreachable_gets_an_error_and_the_node_recovers_by_itself() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = start_nats(dir.path());
+    let mut config = node_config(&dir.path().join("node"), &nats);
+    config.jetstream.append_timeout = Duration::from_secs(3);
+    let node = common::start(config).await;
+    let mut ann = Client::connect(node.addr(), "ann").await;
+    ann.join("lobby", None).await;
+    ann.say("lobby", "before", "c0").await;
+    for server in &mut nats.servers {
+        server.stop(true);
+    }
+    ann.send(json!({"type": "send", "room": "lobby", "body": "during", "client_id": "c1"})).await;
+    let error = ann.recv().await;
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("error"), Some("storage_unavailable")),
+        "{error}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, ready) = get(node.addr(), "/readyz").await;
+        if status == 503 && ready["not_ready_because"].to_string().contains("cannot reach NATS") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never said NATS is unreachable: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        nats.restart(i).expect("restart nats-server");
+    }
+    nats.wait_healthy(Duration::from_secs(30)).expect("nats back");
+    // The client retries with the same client id, as the error told it to, until stored.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seq = loop {
+        ann.send(json!({"type": "send", "room": "lobby", "body": "during", "client_id": "c1"})).await;
+        let frame = ann.recv().await;
+        if frame["type"] == "ack" {
+            break frame["seq"].as_u64().expect("seq");
+        }
+        assert!(Instant::now() < deadline, "never stored after NATS came back: {frame}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (status, ready) = get(node.addr(), "/readyz").await;
+    assert_eq!(status, 200, "ready again: {ready}");
+    projections_caught_up(node.addr()).await;
+    let bodies: Vec<Value> = whole_history(node.addr(), "lobby").await.iter().map(|m| m["body"].clone()).collect();
+    assert_eq!(bodies, vec![json!("before"), json!("during")], "stored once");
+    assert!(seq > 1);
+    node.shutdown().await;
+}
