@@ -37,3 +37,20 @@ if ! grep -q '^ReadWritePaths=' roomlog.service; then
   exit 1
 fi
 echo "roomlog.service: systemd-analyze verify clean"
+
+# The cluster's files: every nats-server config parses (`nats-server -t`, the pinned 2.15.1 that
+# .ci/need-nats installs) and asks for an fsync before each acknowledgement; the unit verifies
+# as roomlog's does. The roomlog node configs are loaded by tests/cluster.rs.
+nats_server=$(bash ../.ci/need-nats)
+for conf in cluster/nats-*.conf; do
+  "$nats_server" -t -c "$conf"
+  grep -q 'sync_interval: always' "$conf" || { echo "$conf: no sync_interval: always" >&2; exit 1; }
+done
+printf '#!/bin/sh\n' >"$unit_dir/nats-server" && chmod +x "$unit_dir/nats-server"
+sed "s|/usr/local/bin/nats-server|$unit_dir/nats-server|" cluster/nats-server.service >"$unit_dir/nats-server.service"
+if ! verified=$(systemd-analyze verify "$unit_dir/nats-server.service" 2>&1) || [ -n "$verified" ]; then
+  echo "cluster/nats-server.service: systemd-analyze verify is not clean:" >&2
+  echo "$verified" >&2
+  exit 1
+fi
+echo "cluster/nats-server.service: systemd-analyze verify clean"

@@ -583,3 +583,14 @@ async fn a_send_while_jetstream_is_unreachable_gets_an_error_and_the_node_recove
     assert!(seq > 1);
     node.shutdown().await;
 }
+
+#[test]
+fn the_shipped_node_configurations_load_and_name_the_cluster_log() {
+    for file in ["ops/cluster/roomlog-local.toml", "ops/cluster/roomlog-node.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let config = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(config.log.backend, LogBackend::Jetstream, "{file}");
+        assert_eq!(config.jetstream.servers.len(), 3, "{file}");
+        assert_eq!(config.jetstream.replicas, 3, "{file}");
+    }
+}
