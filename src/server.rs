@@ -68,10 +68,19 @@ impl Server {
     /// `auth.secret_dir` (generated at first start), and `auth.anonymous` for callers without.
     pub async fn start(config: Config, listener: TcpListener) -> Result<Self, ServerError> {
         let files = crate::token::SecretFiles { dir: config.secret_dir() };
-        let secrets = files.load_or_create().map_err(|source| ServerError::Io {
-            what: format!("loading the token secret in {}", files.dir.display()),
-            source,
-        })?;
+        let io =
+            |source| ServerError::Io { what: format!("loading the token secret in {}", files.dir.display()), source };
+        if config.log.backend == crate::log::LogBackend::Jetstream {
+            // Every node of a cluster signs with the one secret, so that tokens work on any node.
+            let local = files.current_hex().map_err(io)?;
+            let shared = Box::pin(crate::log::jetstream::share_secret(&config.jetstream, local))
+                .await
+                .map_err(|source| ServerError::Log { path: "the cluster's token secret".into(), source })?;
+            if files.adopt(&shared).map_err(io)? {
+                tracing::info!(dir = %files.dir.display(), "token secret replaced by the cluster's: tokens of any node work here");
+            }
+        }
+        let secrets = files.load_or_create().map_err(io)?;
         let auth = crate::auth::TokenAuth {
             secrets,
             anonymous: config.auth.anonymous,

@@ -242,6 +242,25 @@ impl SecretFiles {
     }
 
     /// Makes a new current secret; the old one stays accepted until `until_ms`.
+    /// The current secret as stored (64 hex digits), generated if there is none.
+    pub fn current_hex(&self) -> std::io::Result<String> {
+        Ok(hex(&self.load_or_create()?.current))
+    }
+
+    /// Makes `secret` (64 hex digits) the current one, as a node of a cluster does with the
+    /// cluster's; returns whether it changed anything. Tokens signed with the secret it
+    /// replaces are no longer accepted.
+    pub fn adopt(&self, secret: &str) -> std::io::Result<bool> {
+        let parsed = parse_hex(secret).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "the cluster's token secret is not 64 hex digits")
+        })?;
+        if self.load_or_create()?.current == parsed {
+            return Ok(false);
+        }
+        write_private(&self.current_path(), &hex(&parsed))?;
+        Ok(true)
+    }
+
     pub fn rotate(&self, until_ms: u64) -> std::io::Result<()> {
         let old = self.load_or_create()?;
         write_private(&self.previous_path(), &format!("{} {until_ms}", hex(&old.current)))?;

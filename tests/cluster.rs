@@ -594,3 +594,43 @@ fn the_shipped_node_configurations_load_and_name_the_cluster_log() {
         assert_eq!(config.jetstream.replicas, 3, "{file}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_issued_by_one_node_is_accepted_by_every_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let mut config = node_config(&dir.path().join(format!("node{i}")), &nats);
+        config.auth.anonymous = roomlog::auth::Anonymous::None;
+        config.auth.admin_from_host = false;
+        // Each node made its own secret before it joined: the cluster's replaces it.
+        roomlog::token::SecretFiles { dir: config.secret_dir() }.load_or_create().expect("a secret of its own");
+        nodes.push((common::start(config.clone()).await, config));
+    }
+    let (a, a_config) = &nodes[0];
+    let (b, _) = &nodes[1];
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
+    let claims = roomlog::token::Claims {
+        user: "root".into(),
+        rooms: Vec::new(),
+        admin: true,
+        exp,
+        session: None,
+        files: Vec::new(),
+    };
+    let token =
+        roomlog::token::SecretFiles { dir: a_config.secret_dir() }.load_or_create().expect("a's secret").issue(&claims);
+    let http = reqwest::Client::new();
+    for (name, node) in [("a", a), ("b", b)] {
+        let without = http.get(format!("http://{}/api/status", node.addr())).send().await.expect("get");
+        assert_eq!(without.status().as_u16(), 401, "node {name} refuses a caller without a token");
+        let with =
+            http.get(format!("http://{}/api/status", node.addr())).bearer_auth(&token).send().await.expect("get");
+        assert_eq!(with.status().as_u16(), 200, "node {name} accepts node a's token");
+    }
+    for (node, _) in nodes {
+        node.shutdown().await;
+    }
+}

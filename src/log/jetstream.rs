@@ -439,6 +439,49 @@ impl SharedFiles {
     }
 }
 
+/// The KV bucket of what every node must share: the token secret.
+pub const SECRET_BUCKET: &str = "roomlog_secrets";
+
+/// The cluster's token secret: `local` if no node has shared one yet (this node's becomes the
+/// cluster's), else the one the first node shared, so that a token issued by any node is
+/// accepted by every node.
+pub async fn share_secret(config: &JetStreamConfig, local: String) -> Result<String, LogError> {
+    use async_nats::jetstream::kv::CreateErrorKind;
+    let failed = |reason: String| LogError::from(ClusterError::Stream { stream: SECRET_BUCKET.into(), reason });
+    let client = connect(config).await?;
+    let context = async_nats::jetstream::ContextBuilder::new().timeout(config.ack_timeout).build(client);
+    let deadline = Instant::now() + config.connect_timeout;
+    let store = loop {
+        let store = match context.get_key_value(SECRET_BUCKET).await {
+            Ok(store) => Ok(store),
+            Err(_) => context
+                .create_key_value(async_nats::jetstream::kv::Config {
+                    bucket: SECRET_BUCKET.into(),
+                    history: 1,
+                    num_replicas: config.replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match store {
+            Ok(store) => break store,
+            // A cluster just started has no JetStream leader for a moment.
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(error) => return Err(failed(error)),
+        }
+    };
+    match store.create("token-secret", bytes::Bytes::from(local.clone())).await {
+        Ok(_) => Ok(local),
+        Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+            let shared = store.get("token-secret").await.map_err(|e| failed(e.to_string()))?;
+            let shared = shared.ok_or_else(|| failed("the shared token secret vanished".into()))?;
+            String::from_utf8(shared.to_vec()).map_err(|e| failed(e.to_string()))
+        }
+        Err(error) => Err(failed(error.to_string())),
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into())
 }
