@@ -634,3 +634,27 @@ async fn a_token_issued_by_one_node_is_accepted_by_every_node() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_answers_for_the_whole_cluster() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let nodes = nodes(3, dir.path(), &nats).await;
+    let mut clients = Vec::new();
+    for (node, user) in [(0, "ann"), (1, "bob"), (2, "ann"), (2, "cid")] {
+        let mut client = Client::connect(nodes[node].addr(), user).await;
+        client.join("lobby", None).await;
+        clients.push(client);
+    }
+    let expected = json!([{"user": "ann", "connections": 2}, {"user": "bob", "connections": 1}, {"user": "cid", "connections": 1}]);
+    for node in &nodes {
+        let (status, body) = get(node.addr(), "/api/rooms/lobby/members").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["members"], expected, "every node answers for the cluster: {body}");
+    }
+    drop(clients);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

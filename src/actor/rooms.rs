@@ -169,6 +169,10 @@ pub struct Rooms {
     supervisor: ActorRef<RoomsMsg>,
     /// This node's id in presence answers (`chat.node_id`).
     node_id: String,
+    /// On a cluster's log: the NATS connection on which nodes ask each other who is in a room.
+    nats: Option<async_nats::Client>,
+    /// This process, so that it does not answer its own question.
+    instance: String,
 }
 
 impl Rooms {
@@ -177,10 +181,16 @@ impl Rooms {
         let node_id = ctx.chat.node_id.clone();
         let log = ctx.log.clone();
         let (supervisor, _) = Actor::spawn(None, RoomSupervisor, ctx).await?;
+        let nats = log.nats();
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let rooms = Self { supervisor, node_id, nats: nats.clone(), instance };
         if log.is_shared() {
-            tokio::spawn(follow_log(log, supervisor.clone()));
+            tokio::spawn(follow_log(log.clone(), rooms.supervisor.clone()));
         }
-        Ok(Self { supervisor, node_id })
+        if let Some(nats) = nats {
+            tokio::spawn(answer_presence(nats, rooms.clone()));
+        }
+        Ok(rooms)
     }
 
     /// The actor of `room`, started if needed.
@@ -209,6 +219,24 @@ impl Rooms {
             // members are joining its successor, which would answer a moment later.
             _ => Ok(node()),
         }
+    }
+
+    /// Every node's members of `room`: this node's, and on a cluster's log those the other
+    /// nodes answer within a moment (a node that does not answer in time is left out).
+    pub async fn members_everywhere(&self, room: &RoomId) -> Result<Vec<NodeMembers>, ChatError> {
+        let mut all = vec![self.members(room).await?];
+        let Some(nats) = &self.nats else { return Ok(all) };
+        let question = PresenceQuestion { room: room.clone(), asker: self.instance.clone() };
+        let answers = crate::log::jetstream::ask_all(
+            nats,
+            PRESENCE_SUBJECT.into(),
+            serde_json::to_vec(&question).unwrap_or_default().into(),
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+        )
+        .await;
+        all.extend(answers.iter().filter_map(|a| serde_json::from_slice::<NodeMembers>(a).ok()));
+        Ok(all)
     }
 
     /// How many room actors are running.
@@ -278,4 +306,31 @@ pub async fn follow_log(log: EventLog, supervisor: ActorRef<RoomsMsg>) {
             return;
         }
     }
+}
+
+/// The subject on which nodes of a cluster ask each other who is in a room: plain NATS, not
+/// under the log's `rl.>` (presence is asked and answered, never stored).
+const PRESENCE_SUBJECT: &str = "roomlog-presence";
+
+/// A node asking the others who is in `room`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PresenceQuestion {
+    room: RoomId,
+    asker: String,
+}
+
+/// Answers the other nodes' questions of who is in a room with this node's members of it.
+async fn answer_presence(nats: async_nats::Client, rooms: Rooms) {
+    crate::log::jetstream::answer_all(nats, PRESENCE_SUBJECT.into(), move |question: bytes::Bytes| {
+        let rooms = rooms.clone();
+        async move {
+            let question: PresenceQuestion = serde_json::from_slice(&question).ok()?;
+            if question.asker == rooms.instance {
+                return None;
+            }
+            let members = rooms.members(&question.room).await.ok()?;
+            serde_json::to_vec(&members).ok().map(bytes::Bytes::from)
+        }
+    })
+    .await;
 }

@@ -167,11 +167,9 @@ impl App {
     }
 
     /// Who is in `room`: the users present with their connection counts, merged over every
-    /// node's set (see [`crate::presence`]). One node answers today; when nodes share a log,
-    /// the sets the others publish join this one here, and nothing above this call changes.
+    /// node's set (see [`crate::presence`]; on a cluster's log the other nodes answer too).
     pub async fn members(&self, room: &RoomId) -> Result<Vec<crate::presence::PresentUser>, crate::actor::ChatError> {
-        let local = self.rooms.members(room).await?;
-        Ok(crate::presence::merge([local]))
+        Ok(crate::presence::merge(self.rooms.members_everywhere(room).await?))
     }
 
     /// Now, by the sessions' clock.

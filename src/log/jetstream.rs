@@ -178,6 +178,7 @@ pub(super) struct Started {
     pub lag: watch::Receiver<u64>,
     pub leases: Leases,
     pub files: SharedFiles,
+    pub client: async_nats::Client,
 }
 
 /// Connects, makes sure the stream exists, and starts the tail (filling `replica`) and the
@@ -188,6 +189,7 @@ pub(super) async fn start(
     rx: mpsc::Receiver<WriterMsg>,
 ) -> Result<Started, LogError> {
     let client = connect(config).await?;
+    let nats = client.clone();
     let (connected_tx, connected) = watch::channel(true);
     let context = async_nats::jetstream::ContextBuilder::new()
         .timeout(config.ack_timeout)
@@ -223,7 +225,7 @@ pub(super) async fn start(
         last_at: last.as_ref().map_or(0, |e| e.at_unix_ms),
     };
     tokio::spawn(publisher.run(rx, stop_tail));
-    Ok(Started { head, failure, connected, lag, leases, files })
+    Ok(Started { head, failure, connected, lag, leases, files, client: nats })
 }
 
 async fn connect(config: &JetStreamConfig) -> Result<async_nats::Client, LogError> {
@@ -435,6 +437,54 @@ impl SharedFiles {
             Ok(object) => Ok(Some(object)),
             Err(error) if error.kind() == GetErrorKind::NotFound => Ok(None),
             Err(error) => Err(ClusterError::Unavailable(Duration::ZERO, error.to_string())),
+        }
+    }
+}
+
+/// Asks every node: publishes `payload` on `subject` (plain NATS, not the stream) and gathers
+/// the answers until none came for `quiet`, or `max` has passed. For what nodes hold in memory
+/// only (presence); an unreachable NATS answers nothing.
+pub async fn ask_all(
+    client: &async_nats::Client,
+    subject: String,
+    payload: bytes::Bytes,
+    quiet: Duration,
+    max: Duration,
+) -> Vec<bytes::Bytes> {
+    let inbox = client.new_inbox();
+    let Ok(mut answers) = client.subscribe(inbox.clone()).await else { return Vec::new() };
+    if client.publish_with_reply(subject, inbox, payload).await.is_err() {
+        return Vec::new();
+    }
+    let deadline = tokio::time::Instant::now() + max;
+    let mut out = Vec::new();
+    loop {
+        let wait = quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, answers.next()).await {
+            Ok(Some(answer)) => out.push(answer.payload),
+            _ => return out,
+        }
+    }
+}
+
+/// Answers every [`ask_all`] on `subject` with what `answer` makes of the payload, until the
+/// connection ends.
+pub async fn answer_all<F, Fut>(client: async_nats::Client, subject: String, answer: F)
+where
+    F: Fn(bytes::Bytes) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<bytes::Bytes>> + Send,
+{
+    let mut asked = match client.subscribe(subject.clone()).await {
+        Ok(asked) => asked,
+        Err(error) => {
+            tracing::error!(subject, error = %error, "cannot answer the other nodes");
+            return;
+        }
+    };
+    while let Some(question) = asked.next().await {
+        let Some(reply) = question.reply else { continue };
+        if let Some(payload) = answer(question.payload).await {
+            let _ = client.publish(reply, payload).await;
         }
     }
 }

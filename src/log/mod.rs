@@ -196,6 +196,7 @@ impl Gone {
 struct ClusterState {
     leases: jetstream::Leases,
     files: jetstream::SharedFiles,
+    client: async_nats::Client,
     connected: watch::Receiver<bool>,
     lag: watch::Receiver<u64>,
     lag_max: u64,
@@ -300,6 +301,7 @@ impl EventLog {
         let cluster = Some(ClusterState {
             leases: started.leases,
             files: started.files,
+            client: started.client,
             connected: started.connected,
             lag: started.lag,
             lag_max: cluster.ready_lag_max,
@@ -318,6 +320,12 @@ impl EventLog {
     /// on a local log, where it always may. Drop every receiver to give the lease up.
     pub fn lease(&self, name: &str) -> Option<watch::Receiver<bool>> {
         self.cluster.as_ref().map(|c| c.leases.hold(name))
+    }
+
+    /// On the JetStream log: the NATS connection, to ask the other nodes what they hold in
+    /// memory only (presence).
+    pub fn nats(&self) -> Option<async_nats::Client> {
+        self.cluster.as_ref().map(|c| c.client.clone())
     }
 
     /// On the JetStream log: the content of files, shared by every node.
