@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Restore { files, until_seq, until_time } => {
             cli::backup::restore(&config, &files, until_seq, until_time)
         }
+        Command::ClusterImport { from, json } => cli::offline::cluster_import(&config, &from, json).await,
         Command::Search(args) => cli::search::run(&config, args),
         Command::Janitor { action, addr, json } => cli::janitor::run(&config, action, addr, json).await,
         Command::Stats { addr, json } => cli::storage::stats(&config, addr, json).await,

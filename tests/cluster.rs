@@ -658,3 +658,115 @@ async fn presence_answers_for_the_whole_cluster() {
         node.shutdown().await;
     }
 }
+
+/// Runs the roomlog binary to the end; fails the test on a non-zero exit.
+fn roomlog_command(args: &[&std::ffi::OsStr], config: Option<&std::path::Path>) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_roomlog"));
+    command.args(args).env("ROOMLOG_LOG", "warn");
+    if let Some(config) = config {
+        command.env("ROOMLOG_CONFIG", config);
+    }
+    let out = command.output().expect("run roomlog");
+    assert!(
+        out.status.success(),
+        "roomlog {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn history_of(addr: std::net::SocketAddr, rooms: &[&str]) -> Vec<(String, u64, String)> {
+    let mut all = Vec::new();
+    for room in rooms {
+        for m in whole_history(addr, room).await {
+            all.push((
+                (*room).to_owned(),
+                m["seq"].as_u64().expect("seq"),
+                m["body"].as_str().expect("body").to_owned(),
+            ));
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_grows_into_a_cluster_and_back_without_losing_history_seqs_sessions_or_files() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rooms = ["lobby", "notes"];
+    // One box, as it has run so far.
+    let single_dir = dir.path().join("single");
+    let single = common::start(common::config(&single_dir)).await;
+    let mut ann = Client::connect(single.addr(), "ann").await;
+    for room in rooms {
+        ann.join(room, None).await;
+        for n in 0..20 {
+            ann.say(room, &format!("{room} {n}"), &format!("{room}-{n}")).await;
+        }
+    }
+    let session = reqwest::Client::new()
+        .post(format!("http://{}/api/sessions", single.addr()))
+        .header("content-length", "0")
+        .send()
+        .await
+        .expect("session");
+    let session: Value = session.json().await.expect("json");
+    let session_id = session["id"].as_str().expect("id").to_owned();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (status, _) = common::put_file(single.addr(), "photos/cat.jpg", body.clone(), "image/jpeg").await;
+    assert_eq!(status, 201);
+    projections_caught_up(single.addr()).await;
+    let before = history_of(single.addr(), &rooms).await;
+    let head_before = single.log().head();
+    single.shutdown().await;
+
+    // Into a cluster: the import, then a node on an empty data folder.
+    let nats = start_nats(dir.path());
+    let node_toml = dir.path().join("node.toml");
+    let servers: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
+    std::fs::write(
+        &node_toml,
+        format!("[log]\nbackend = \"jetstream\"\n[jetstream]\nservers = [{}]\nreplicas = 3\n", servers.join(", ")),
+    )
+    .expect("config");
+    let out =
+        roomlog_command(&["cluster-import".as_ref(), "--from".as_ref(), single_dir.as_os_str()], Some(&node_toml));
+    assert!(out.contains("imported"), "{out}");
+    let node_dir = dir.path().join("node");
+    let node = common::start(node_config(&node_dir, &nats)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.log().head() < head_before {
+        assert!(Instant::now() < deadline, "the node never caught up with the import");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    projections_caught_up(node.addr()).await;
+    assert_eq!(history_of(node.addr(), &rooms).await, before, "the same messages under the same seqs");
+    let (status, session) = get(node.addr(), &format!("/api/sessions/{session_id}")).await;
+    assert_eq!((status, session["session"]["state"].as_str()), (200, Some("active")), "{session}");
+    let file = reqwest::get(format!("http://{}/api/files/photos/cat.jpg", node.addr())).await.expect("get");
+    assert_eq!(file.status().as_u16(), 200);
+    assert!(file.bytes().await.expect("bytes").as_ref() == body.as_slice(), "the same file");
+    let mut bob = Client::connect(node.addr(), "bob").await;
+    bob.join("lobby", Some(head_before)).await;
+    let seq = bob.say("lobby", "in the cluster", "c1").await;
+    assert!(seq > head_before, "new seqs go on after the imported ones");
+    projections_caught_up(node.addr()).await;
+    let grown = history_of(node.addr(), &rooms).await;
+
+    // And back to one box: a backup of a node, restored on a single node.
+    let archive = dir.path().join("cluster.tar");
+    roomlog_command(
+        &["backup".as_ref(), "--out".as_ref(), archive.as_os_str(), "--data".as_ref(), node_dir.as_os_str()],
+        None,
+    );
+    let back_dir = dir.path().join("back");
+    roomlog_command(&["restore".as_ref(), archive.as_os_str(), "--data".as_ref(), back_dir.as_os_str()], None);
+    node.shutdown().await;
+    let back = common::start(common::config(&back_dir)).await;
+    projections_caught_up(back.addr()).await;
+    assert_eq!(history_of(back.addr(), &rooms).await, grown, "the single box has the cluster's history");
+    let file = reqwest::get(format!("http://{}/api/files/photos/cat.jpg", back.addr())).await.expect("get");
+    assert!(file.bytes().await.expect("bytes").as_ref() == body.as_slice(), "and its files");
+    back.shutdown().await;
+}

@@ -26,7 +26,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser, Debug, Clone)]
 struct Args {
-    /// Server address, host:port.
+    /// Server address, host:port; several, comma-separated, spread the clients over them in
+    /// turn (the nodes of a cluster).
     #[arg(long, default_value = "127.0.0.1:7700")]
     addr: String,
     #[arg(long, value_enum, default_value_t = Protocol::Roomlog)]
@@ -58,6 +59,10 @@ struct Args {
     /// Hold this many idle connections instead, and report memory.
     #[arg(long)]
     idle: Option<usize>,
+    /// Instead of a load: one client sends this many messages one at a time, each after the
+    /// previous one's ack, and the acknowledgement latency is reported.
+    #[arg(long)]
+    acks: Option<usize>,
     /// Connect with this token (`?token=`) instead of a name.
     #[arg(long)]
     token: Option<String>,
@@ -116,6 +121,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(n) = args.idle {
         return idle(&args, n).await;
     }
+    if let Some(n) = args.acks {
+        return acks(&args, n).await;
+    }
     if args.senders == 0 || args.senders > args.clients {
         bail!("--senders must be between 1 and --clients");
     }
@@ -126,13 +134,15 @@ async fn main() -> anyhow::Result<()> {
 
     // Connect and join everyone before anyone sends.
     let mut sockets = Vec::with_capacity(args.clients);
+    let addrs: Vec<&str> = args.addr.split(',').collect();
     for i in 0..args.clients {
+        let addr = addrs[i % addrs.len()];
         let url = match args.protocol {
             Protocol::Roomlog => match &args.token {
-                Some(token) => format!("ws://{}/ws?token={token}", args.addr),
-                None => format!("ws://{}/ws?name=load{i}", args.addr),
+                Some(token) => format!("ws://{addr}/ws?token={token}"),
+                None => format!("ws://{addr}/ws?name=load{i}"),
             },
-            Protocol::Baseline => format!("ws://{}/ws", args.addr),
+            Protocol::Baseline => format!("ws://{addr}/ws"),
         };
         let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| format!("connecting {url}"))?;
         if args.protocol == Protocol::Roomlog {
@@ -391,6 +401,43 @@ async fn idle(args: &Args, n: usize) -> anyhow::Result<()> {
         after = rss_after.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
     );
     drop(sockets);
+    Ok(())
+}
+
+/// One client, one message at a time: the latency from a send to its ack.
+async fn acks(args: &Args, n: usize) -> anyhow::Result<()> {
+    let addr = args.addr.split(',').next().unwrap_or(&args.addr);
+    let url = format!("ws://{addr}/ws?name=acks");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| format!("connecting {url}"))?;
+    let join = serde_json::json!({"type":"join","room":args.room,"since":u64::MAX});
+    ws.send(Message::text(join.to_string())).await?;
+    let mut latency = Histogram::<u64>::new(3)?;
+    let body = "x".repeat(args.body_bytes);
+    let started = Instant::now();
+    for i in 0..n {
+        let sent = Instant::now();
+        let frame = serde_json::json!({"type":"send","room":args.room,"body":body,"client_id":format!("a{i}")});
+        ws.send(Message::text(frame.to_string())).await?;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.context("no ack within 30 s")?;
+            let Some(Ok(Message::Text(text))) = next else { bail!("connection closed") };
+            let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else { continue };
+            match frame.kind {
+                "ack" => break,
+                "error" => bail!("refused: {text}"),
+                _ => {}
+            }
+        }
+        let _ = latency.record(sent.elapsed().as_micros() as u64);
+    }
+    println!(
+        "{label}: one_at_a_time={n} acks_per_s={rate:.0} ack_latency_ms p50={p50:.2} p99={p99:.2} max={max:.2}",
+        label = args.label,
+        rate = n as f64 / started.elapsed().as_secs_f64(),
+        p50 = latency.value_at_quantile(0.50) as f64 / 1000.0,
+        p99 = latency.value_at_quantile(0.99) as f64 / 1000.0,
+        max = latency.max() as f64 / 1000.0,
+    );
     Ok(())
 }
 

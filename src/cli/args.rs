@@ -90,6 +90,19 @@ pub enum Command {
         #[arg(long)]
         until_time: Option<String>,
     },
+    /// Move a stopped single node's data folder (`--from`) into the cluster the configuration's
+    /// `[jetstream]` names: its log, every record under its own seq, into the stream (which must
+    /// be new), its files' content into the shared bucket, its token secret to every node. The
+    /// cluster's nodes then start on empty data folders. The way back: `roomlog backup` on any
+    /// node, `roomlog restore` on the single box.
+    ClusterImport {
+        /// The single node's data folder (its server stopped).
+        #[arg(long)]
+        from: PathBuf,
+        /// Print what was moved as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Search past messages from the command line (reads the index directly; works whether
     /// or not the server runs). Query syntax: words, "phrases", -exclusions, prefix*.
     Search(SearchArgs),

@@ -135,3 +135,48 @@ pub fn open_log(config: &Config) -> anyhow::Result<EventLog> {
     EventLog::open(&config.log_dir(), &config.log)
         .with_context(|| format!("opening the log in {} (is a server running on it?)", config.log_dir().display()))
 }
+
+/// `roomlog cluster-import --from DIR`: a single node's data folder into the cluster.
+pub async fn cluster_import(config: &Config, from: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cache = config.log.cache_bytes_max;
+    let source_data = from.to_owned();
+    tokio::task::spawn_blocking(move || roomlog::layout::migrate(&source_data, cache))
+        .await?
+        .with_context(|| format!("moving {} to the current layout", from.display()))?;
+    let source = roomlog::log::open_backend(&roomlog::layout::log_dir(from), cache)
+        .with_context(|| format!("opening the log in {} (is its server stopped?)", from.display()))?;
+    let store = roomlog::blob::BlobStore::at(&from.join("blobs"), config.files.cold_dir.as_deref());
+    let contents = store
+        .contents()
+        .with_context(|| format!("listing the file content in {}", from.join("blobs").display()))?
+        .into_iter()
+        .filter_map(|(hash, tier, size)| Some((hash.to_string(), store.path_in(tier, &hash)?, size)))
+        .collect();
+    let imported = roomlog::log::jetstream::import(&config.jetstream, source, contents)
+        .await
+        .context("importing into the cluster's stream")?;
+    let secret = roomlog::token::SecretFiles { dir: from.join("auth") };
+    if secret.dir.join("secret").exists() {
+        let local = secret.current_hex().context("reading the token secret")?;
+        let shared = roomlog::log::jetstream::share_secret(&config.jetstream, local.clone()).await?;
+        if shared != local {
+            eprintln!("the cluster already had a token secret: tokens issued by the single node will be refused");
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string(&imported)?);
+    } else {
+        println!(
+            "imported {} records (head seq {}, {} gaps kept) and {} files ({:.1} MiB) into stream {} in {:.1} s",
+            imported.records,
+            imported.head_seq,
+            imported.gaps,
+            imported.files,
+            imported.file_bytes as f64 / (1024.0 * 1024.0),
+            config.jetstream.stream,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}

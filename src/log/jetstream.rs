@@ -489,6 +489,93 @@ where
     }
 }
 
+/// The subject of an import's placeholders: a seq the imported log does not have is taken by a
+/// placeholder, deleted once the import is done, so that every record keeps its seq.
+pub const GAP_SUBJECT: &str = "rl.gap";
+
+/// What an import moved into the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Imported {
+    pub records: u64,
+    pub head_seq: u64,
+    /// Seqs the log did not have (removed, or skipped after a crash), kept as gaps.
+    pub gaps: u64,
+    pub files: u64,
+    pub file_bytes: u64,
+}
+
+/// Moves a single node's log (`source`, its records as stored) into the cluster's stream, which
+/// must be empty, every record under its own seq; then the file content under `blobs` (every
+/// tier listed) into the shared bucket. The nodes of the cluster then start on empty data
+/// folders and build everything from the stream.
+pub async fn import(
+    config: &JetStreamConfig,
+    source: Arc<dyn Backend>,
+    contents: Vec<(String, std::path::PathBuf, u64)>,
+) -> Result<Imported, LogError> {
+    let client = connect(config).await?;
+    let context = async_nats::jetstream::ContextBuilder::new()
+        .timeout(config.ack_timeout.max(Duration::from_secs(10)))
+        .build(client);
+    let mut stream = ensure_stream(&context, config).await?;
+    let failed = |reason: String| LogError::from(ClusterError::Stream { stream: config.stream.clone(), reason });
+    let state = stream.info().await.map_err(|e| failed(e.to_string()))?.state.clone();
+    if state.last_sequence != 0 {
+        return Err(failed(format!(
+            "it is not empty (last seq {}): an import goes into a new stream only",
+            state.last_sequence
+        )));
+    }
+    let mut done = Imported { records: 0, head_seq: 0, gaps: 0, files: 0, file_bytes: 0 };
+    let mut placeholders = Vec::new();
+    let mut from = 1;
+    loop {
+        let reader = source.clone();
+        let chunk = tokio::task::spawn_blocking(move || reader.read_raw(from, u64::MAX, 4096))
+            .await
+            .map_err(|e| LogError::Io(std::io::Error::other(e.to_string())))??;
+        let Some(&(last, _)) = chunk.last() else { break };
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (seq, bytes) in chunk {
+            while done.head_seq + 1 < seq {
+                let placeholder = done.head_seq + 1;
+                let message =
+                    PublishMessage::build().payload(bytes::Bytes::new()).expected_last_sequence(done.head_seq);
+                let ack = context.send_publish(GAP_SUBJECT, message).await.map_err(|e| failed(e.to_string()))?;
+                acks.push(ack);
+                placeholders.push(placeholder);
+                done.head_seq = placeholder;
+                done.gaps += 1;
+            }
+            let envelope = decode(seq, &bytes)?;
+            let message = PublishMessage::build()
+                .payload(bytes::Bytes::from(bytes))
+                .message_id(format!("import-{seq}"))
+                .expected_last_sequence(seq - 1);
+            acks.push(
+                context.send_publish(subject(&envelope.stream), message).await.map_err(|e| failed(e.to_string()))?,
+            );
+            done.head_seq = seq;
+            done.records += 1;
+        }
+        // Each publish names the seq before it: an ack out of place fails the import.
+        for ack in acks {
+            ack.await.map_err(|e| failed(format!("importing: {e}")))?;
+        }
+        from = last + 1;
+    }
+    for seq in placeholders {
+        stream.delete_message(seq).await.map_err(|e| failed(format!("deleting placeholder {seq}: {e}")))?;
+    }
+    let files = SharedFiles::open(&context, config).await?;
+    for (hash, path, bytes) in contents {
+        files.put(&hash, &path).await?;
+        done.files += 1;
+        done.file_bytes += bytes;
+    }
+    Ok(done)
+}
+
 /// The KV bucket of what every node must share: the token secret.
 pub const SECRET_BUCKET: &str = "roomlog_secrets";
 
@@ -811,6 +898,9 @@ impl Tail {
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
             self.lag.send_replace(info.pending);
+            if message.subject.as_str() == GAP_SUBJECT {
+                continue; // an import's placeholder for a seq the imported log did not have
+            }
             // An ordered consumer recreated before its first delivery starts from the stream's
             // beginning: what the replica has is skipped.
             if seq <= self.last_seq {
