@@ -100,6 +100,9 @@ pub enum ErrorCode {
     Internal,
     /// The session is not in a state that allows the command.
     SessionConflict,
+    /// Another node changed the same thing first (a cluster's conditional append): reload and
+    /// retry.
+    Conflict,
     /// No live session to own the file.
     NoSession,
     /// The key's content is missing from the store (quarantined by a scrub?).
@@ -117,7 +120,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Every code, in the order of the enum (a test checks it): for the registry's tests, the
     /// docs' test, and the metrics that count them. Add a new code here and to `schema/wire.md`.
-    pub const ALL: [ErrorCode; 44] = [
+    pub const ALL: [ErrorCode; 45] = [
         ErrorCode::MalformedJson,
         ErrorCode::BinaryFrame,
         ErrorCode::UnknownType,
@@ -156,6 +159,7 @@ impl ErrorCode {
         ErrorCode::MetricsUnavailable,
         ErrorCode::Internal,
         ErrorCode::SessionConflict,
+        ErrorCode::Conflict,
         ErrorCode::NoSession,
         ErrorCode::ContentMissing,
         ErrorCode::UploadTooLarge,
@@ -205,6 +209,7 @@ impl ErrorCode {
             ErrorCode::MetricsUnavailable => "metrics_unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::SessionConflict => "session_conflict",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::NoSession => "no_session",
             ErrorCode::ContentMissing => "content_missing",
             ErrorCode::UploadTooLarge => "upload_too_large",
@@ -237,9 +242,11 @@ impl ErrorCode {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound | ErrorCode::RoomNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::NotJoined | ErrorCode::SessionConflict | ErrorCode::NoSession | ErrorCode::NoTier => {
-                StatusCode::CONFLICT
-            }
+            ErrorCode::NotJoined
+            | ErrorCode::SessionConflict
+            | ErrorCode::Conflict
+            | ErrorCode::NoSession
+            | ErrorCode::NoTier => StatusCode::CONFLICT,
             ErrorCode::BodyTooLarge | ErrorCode::UploadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::InvalidRange => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::TooManyRooms
@@ -284,6 +291,7 @@ impl ErrorCode {
                 | ErrorCode::DiskFull
                 | ErrorCode::RoomUnavailable
                 | ErrorCode::ShuttingDown
+                | ErrorCode::Conflict
         )
     }
 

@@ -14,7 +14,8 @@
 //!   `SessionActor` per live session under a `SessionSupervisor` that also sweeps due times.
 //! - [`room`]: what a room decides (ring, de-duplication, replay), as plain state.
 //! - [`presence`]: who is in a room, by user with connection counts; ephemeral, per node.
-//! - [`log`]: the append-only event log behind a backend seam (sled, memory), with group
+//! - [`log`]: the append-only event log behind a backend seam (sled, memory; or a NATS
+//!   JetStream stream shared by a cluster's nodes), with group
 //!   commit, a durable seq floor, and the removal of superseded records.
 //! - [`state`]: the projections' own sled store, set aside and rebuilt when damaged.
 //! - [`durable`]: file-system steps and sled settings that survive a power cut.
@@ -33,6 +34,7 @@
 //! - [`growth`]: daily samples of the data folder's size, and the days until each threshold.
 //! - [`config`]: configuration from defaults, a TOML file and the environment.
 //! - [`metrics`]: Prometheus metric names, rendered on `/metrics`.
+//! - [`nats_harness`]: nats-server processes on loopback for tests and benchmarks (hidden).
 //! - [`recent_errors`]: the last warnings and errors, for `roomlog status`.
 //! - [`views`]: the operator's views (`/api/status`, janitor runs), typed for server and CLI.
 //! - [`server`]: starts and stops all of the above in order.

@@ -722,7 +722,8 @@ async fn a_single_node_grows_into_a_cluster_and_back_without_losing_history_seqs
     // A record the log no longer has (as the janitor's purge leaves): its seq stays a gap.
     let gap = seqs["lobby 5"];
     assert_eq!(single.log().remove(vec![gap]).await.expect("remove"), 1);
-    let before: Vec<_> = history_of(single.addr(), &rooms).await.into_iter().filter(|(_, seq, _)| *seq != gap).collect();
+    let before: Vec<_> =
+        history_of(single.addr(), &rooms).await.into_iter().filter(|(_, seq, _)| *seq != gap).collect();
     let head_before = single.log().head();
     single.shutdown().await;
 

@@ -461,7 +461,17 @@ impl RoomActorState {
                 Event::MessageDeleted(MessageDeleted { room, seq, deleted_by: by, reason: reason.into() })
             }
         };
-        match self.ctx.log.submit(event).await {
+        let submitted = if self.ctx.log.is_shared() {
+            // Another node may amend the same message: store this one only if the newest
+            // amendment of it is still the one this node knows (else `conflict`).
+            self.ctx.history_runner.wait_applied(self.ctx.log.head()).await;
+            let known = self.ctx.history.amendments(self.state.room(), seq, u64::MAX)?;
+            let last = known.iter().filter(|a| a.target == seq).map(|a| a.seq).max().unwrap_or(0);
+            self.ctx.log.submit_if_last(event, last).await
+        } else {
+            self.ctx.log.submit(event).await
+        };
+        match submitted {
             Ok(pending) => {
                 let waiter = Waiter::Amend { member, client_id };
                 if self.forwarder.send((waiter, pending, Instant::now())).await.is_err() {

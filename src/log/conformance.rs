@@ -448,6 +448,36 @@ mod jetstream {
     }
 
     #[tokio::test]
+    async fn an_amendment_based_on_a_stale_read_is_refused_with_a_conflict() {
+        let place = JetStreamPlace::new();
+        let (a, b) = (place.node("a").await, place.node("b").await);
+        let target = a.append(posted("lobby", 1)).await.expect("post").seq;
+        let edit = |by: &str| {
+            Event::MessageEdited(crate::event::MessageEdited {
+                room: RoomId::parse("lobby").expect("room"),
+                seq: target,
+                author: "ann".into(),
+                client_id: "c1".into(),
+                posted_at_unix_ms: 0,
+                edited_by: by.into(),
+                body: format!("edited by {by}"),
+            })
+        };
+        // Both nodes read "no amendment yet"; the first to reach the log wins.
+        let first = a.submit_if_last(edit("a"), 0).await.expect("submit").durable().await.expect("first edit");
+        let second = b.submit_if_last(edit("b"), 0).await.expect("submit").durable().await;
+        let refused = second.expect_err("the stale edit is refused");
+        assert!(matches!(*refused, LogError::Conflict(_)), "{refused}");
+        assert_eq!(refused.code(), crate::error_code::ErrorCode::Conflict);
+        // Based on what is there now, it goes through; posts never conflict with amendments.
+        let third = b.submit_if_last(edit("b"), first.seq).await.expect("submit").durable().await.expect("fresh edit");
+        assert!(third.seq > first.seq);
+        a.append(posted("lobby", 2)).await.expect("a post in between");
+        close(a).await;
+        close(b).await;
+    }
+
+    #[tokio::test]
     async fn a_node_that_lost_its_replica_gets_it_back_from_the_stream() {
         let place = JetStreamPlace::new();
         let a = place.node("a").await;

@@ -653,6 +653,7 @@ struct InFlight {
     ack: Option<PublishAckFuture>,
     reply: Reply,
     since: Instant,
+    expect: Option<u64>,
 }
 
 /// Takes appends in order, publishes them pipelined, and answers them in order.
@@ -680,8 +681,8 @@ impl Publisher {
         );
         while let Some(msg) = rx.recv().await {
             match msg {
-                WriterMsg::Append { event, reply } => {
-                    if let Some(inflight) = self.publish(event, reply).await {
+                WriterMsg::Append { event, reply, expect } => {
+                    if let Some(inflight) = self.publish(event, reply, expect).await {
                         if inflight_tx.send(inflight).await.is_err() {
                             break;
                         }
@@ -703,7 +704,7 @@ impl Publisher {
     }
 
     /// Stamps and encodes the event and sends it; answers at once when it cannot be sent.
-    async fn publish(&mut self, event: Event, reply: Reply) -> Option<InFlight> {
+    async fn publish(&mut self, event: Event, reply: Reply, expect: Option<u64>) -> Option<InFlight> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.last_at = self.last_at.max(now);
         let id = message_id(&event);
@@ -721,10 +722,10 @@ impl Publisher {
             let _ = reply.send(Err(Arc::new(error)));
             return None;
         }
-        let subject = subject(&envelope.stream);
+        let subject = subject_of(&envelope);
         let payload = bytes::Bytes::from(encoded);
-        let ack = send(&self.context, &subject, &id, payload.clone()).await.ok();
-        Some(InFlight { subject, id, payload, ack, reply, since: Instant::now() })
+        let ack = send(&self.context, &subject, &id, payload.clone(), expect).await.ok();
+        Some(InFlight { subject, id, payload, ack, reply, since: Instant::now(), expect })
     }
 }
 
@@ -733,9 +734,24 @@ async fn send(
     subject: &str,
     id: &str,
     payload: bytes::Bytes,
+    expect: Option<u64>,
 ) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
-    let message = PublishMessage::build().payload(payload).message_id(id);
+    let mut message = PublishMessage::build().payload(payload).message_id(id);
+    if let Some(last) = expect {
+        message = message.expected_last_subject_sequence(last);
+    }
     context.send_publish(subject.to_owned(), message).await
+}
+
+/// The subject a record is published on: its stream's ([`subject`]), except an edit or a
+/// deletion, which goes on a subject of the message it amends (`rl.room.lobby.a42`), so that
+/// a conditional amendment conflicts with another amendment of the same message only.
+pub fn subject_of(envelope: &Envelope) -> String {
+    match &envelope.event {
+        Event::MessageEdited(e) => format!("{}.a{}", subject(&envelope.stream), e.seq),
+        Event::MessageDeleted(e) => format!("{}.a{}", subject(&envelope.stream), e.seq),
+        _ => subject(&envelope.stream),
+    }
 }
 
 /// Awaits acknowledgements in submission order, sends again what JetStream did not take, and
@@ -750,8 +766,8 @@ struct Answerer {
 impl Answerer {
     async fn run(mut self, mut inflight: mpsc::Receiver<InFlight>) {
         while let Some(append) = inflight.recv().await {
-            let InFlight { subject, id, payload, ack, reply, since } = append;
-            let result = self.stored(&subject, &id, payload, ack, since).await;
+            let InFlight { subject, id, payload, ack, reply, since, expect } = append;
+            let result = self.stored(&subject, &id, payload, ack, since, expect).await;
             let _ = reply.send(result.map_err(Arc::new));
         }
     }
@@ -763,6 +779,7 @@ impl Answerer {
         payload: bytes::Bytes,
         mut ack: Option<PublishAckFuture>,
         since: Instant,
+        expect: Option<u64>,
     ) -> Result<Envelope, LogError> {
         let seq = loop {
             let outcome = match ack.take() {
@@ -771,8 +788,8 @@ impl Answerer {
             };
             match outcome {
                 Ok(ack) => break ack.sequence,
-                Err((PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId, reason))
-                | Err((PublishErrorKind::MaxPayloadExceeded, reason)) => {
+                Err((PublishErrorKind::WrongLastSequence, reason)) => return Err(LogError::Conflict(reason)),
+                Err((PublishErrorKind::WrongLastMessageId | PublishErrorKind::MaxPayloadExceeded, reason)) => {
                     return Err(ClusterError::Refused(reason).into());
                 }
                 Err((_, reason)) if since.elapsed() >= self.append_timeout => {
@@ -782,7 +799,7 @@ impl Answerer {
                 Err((kind, reason)) => {
                     tracing::debug!(?kind, reason, id, "publish not acknowledged: sending again with the same id");
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    ack = send(&self.context, subject, id, payload.clone()).await.ok();
+                    ack = send(&self.context, subject, id, payload.clone(), expect).await.ok();
                 }
             }
         };

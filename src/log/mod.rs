@@ -143,6 +143,10 @@ pub enum LogError {
     /// The writer has stopped: the server is shutting down (HTTP 503, code `shutting_down`).
     #[error("the log is closed")]
     Closed,
+    /// A conditional append found that another node appended to the same thing first
+    /// (HTTP 409, code `conflict`); nothing was stored.
+    #[error("changed meanwhile by another node: {0}; nothing was stored")]
+    Conflict(String),
 }
 
 impl LogError {
@@ -152,6 +156,7 @@ impl LogError {
         match self {
             LogError::Closed => ErrorCode::ShuttingDown,
             LogError::DiskFull { .. } => ErrorCode::DiskFull,
+            LogError::Conflict(_) => ErrorCode::Conflict,
             _ => ErrorCode::StorageUnavailable,
         }
     }
@@ -378,7 +383,18 @@ impl EventLog {
     /// Waits only while the writer's queue is full.
     pub async fn submit(&self, event: Event) -> Result<PendingAppend, LogError> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(WriterMsg::Append { event, reply }).await.map_err(|_| self.gone.why())?;
+        self.writer.send(WriterMsg::Append { event, reply, expect: None }).await.map_err(|_| self.gone.why())?;
+        Ok(PendingAppend { reply: rx, gone: self.gone.clone() })
+    }
+
+    /// [`EventLog::submit`], stored only if the newest record of what `event` changes is still
+    /// `last_seq` (0: none) when it reaches the log, else refused with [`LogError::Conflict`].
+    /// What "what it changes" is, is the log's business: on a cluster's log one amended
+    /// message (see `jetstream::subject_of`); a local log has one writer, which holds it.
+    pub async fn submit_if_last(&self, event: Event, last_seq: u64) -> Result<PendingAppend, LogError> {
+        let (reply, rx) = oneshot::channel();
+        let msg = WriterMsg::Append { event, reply, expect: Some(last_seq) };
+        self.writer.send(msg).await.map_err(|_| self.gone.why())?;
         Ok(PendingAppend { reply: rx, gone: self.gone.clone() })
     }
 

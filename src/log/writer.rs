@@ -29,17 +29,15 @@ pub enum WriterMsg {
     Append {
         event: Event,
         reply: Reply,
+        /// For a conditional append: the seq the newest record of what it changes must still
+        /// have. The local writer is the only writer, so its callers' reads hold: it ignores it.
+        expect: Option<u64>,
     },
     /// Remove these records (ascending), after what was queued before this message is
     /// durable; answers how many were removed, once the removal is durable.
-    Remove {
-        seqs: Vec<u64>,
-        reply: oneshot::Sender<Result<u64, Arc<LogError>>>,
-    },
+    Remove { seqs: Vec<u64>, reply: oneshot::Sender<Result<u64, Arc<LogError>>> },
     /// Finish what was queued before this message, then stop.
-    Stop {
-        done: oneshot::Sender<()>,
-    },
+    Stop { done: oneshot::Sender<()> },
 }
 
 /// The writer's bounds, from `LogConfig` and the volume.
@@ -124,7 +122,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    WriterMsg::Append { event, reply } => {
+                    WriterMsg::Append { event, reply, .. } => {
                         if let Some(stamped) = self.stamp(event, reply, space) {
                             bytes += stamped.encoded.len();
                             group.push(stamped);
