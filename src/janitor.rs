@@ -818,7 +818,8 @@ impl JanitorHandle {
                 _ = clock.sleep_until(next) => {}
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
-            if lease.as_ref().is_some_and(|lease| !*lease.borrow()) {
+            if lease.as_ref().is_some_and(|lease| !*lease.borrow()) || !self.log.confirm_lease("janitor.schedule").await
+            {
                 continue;
             }
             unfinished = !matches!(self.run(trigger).await, Ok(ran) if ran.outcome == "succeeded");

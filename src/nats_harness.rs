@@ -25,12 +25,6 @@ pub fn binary() -> std::io::Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-/// A free loopback port (bound, then let go: a race with another process is possible and
-/// shows as a server that does not start).
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// One server of a [`Cluster`].
 #[derive(Debug)]
 pub struct Server {
@@ -111,10 +105,12 @@ impl Cluster {
     /// Starts `n` servers with their stores under `dir`, and waits until each is healthy.
     pub fn start(n: usize, dir: &Path) -> std::io::Result<Self> {
         let binary = binary()?;
-        let mut ports = Vec::new();
-        for _ in 0..n {
-            ports.push((free_port()?, free_port()?, free_port()?));
-        }
+        // Every listener is held until all ports are chosen: let go one by one, the kernel may
+        // hand the same port out twice (a server once got its client port as its route port).
+        let held: Vec<TcpListener> = (0..3 * n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+        let chosen: Vec<u16> = held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
+        drop(held);
+        let ports: Vec<(u16, u16, u16)> = chosen.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
         let routes: Vec<String> = ports.iter().map(|p| format!("nats-route://127.0.0.1:{}", p.1)).collect();
         let mut servers = Vec::new();
         for (i, &(port, cluster_port, monitor_port)) in ports.iter().enumerate() {

@@ -436,6 +436,12 @@ impl SessionsHandle {
                 }
                 pass_first = due.first().cloned();
             }
+            if lease.is_some() && !self.ctx.log.confirm_lease("sessions.sweeper").await {
+                // Lost meanwhile (paused past the lease?): the new holder sweeps.
+                cursor = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             let applied = due.len();
             cursor = due.last().cloned();
             let live = match self.supervisor.call(|reply| SessionsMsg::ApplyDue { due, reply }, None).await {

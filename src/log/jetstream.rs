@@ -339,6 +339,16 @@ impl Leases {
         rx
     }
 
+    /// Asks the bucket whether this process still holds lease `name` (its key names this
+    /// process), just before work under it: a holder paused past its lease (a stopped VM, a long
+    /// GC-like stall) finds out here rather than at its next renewal.
+    pub async fn confirm(&self, name: &str) -> bool {
+        match self.store.get(name).await {
+            Ok(Some(value)) => value.as_ref() == self.holder.as_bytes(),
+            _ => false,
+        }
+    }
+
     /// The names of the leases this node holds now.
     pub fn held(&self) -> Vec<String> {
         let held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -338,6 +338,15 @@ impl EventLog {
         self.cluster.as_ref().map(|c| c.files.clone())
     }
 
+    /// Whether this node still holds lease `name` now, asked of the cluster just before work
+    /// under it (see [`jetstream::Leases::confirm`]); always on a local log.
+    pub async fn confirm_lease(&self, name: &str) -> bool {
+        match &self.cluster {
+            Some(cluster) => cluster.leases.confirm(name).await,
+            None => true,
+        }
+    }
+
     /// On the JetStream log: this node's link to it (connected, records behind, leases held).
     pub fn cluster_status(&self) -> Option<crate::views::ClusterStatus> {
         let cluster = self.cluster.as_ref()?;
