@@ -75,7 +75,7 @@ impl Server {
             let local = files.current_hex().map_err(io)?;
             let shared = Box::pin(crate::log::jetstream::share_secret(&config.jetstream, local))
                 .await
-                .map_err(|source| ServerError::Log { path: "the cluster's token secret".into(), source })?;
+                .map_err(|source| ServerError::Log { path: "the cluster (sharing its token secret)".into(), source })?;
             if files.adopt(&shared).map_err(io)? {
                 tracing::info!(dir = %files.dir.display(), "token secret replaced by the cluster's: tokens of any node work here");
             }

@@ -618,14 +618,22 @@ pub async fn share_secret(config: &JetStreamConfig, local: String) -> Result<Str
             Err(error) => return Err(failed(error)),
         }
     };
-    match store.create("token-secret", bytes::Bytes::from(local.clone())).await {
-        Ok(_) => Ok(local),
-        Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
-            let shared = store.get("token-secret").await.map_err(|e| failed(e.to_string()))?;
-            let shared = shared.ok_or_else(|| failed("the shared token secret vanished".into()))?;
-            String::from_utf8(shared.to_vec()).map_err(|e| failed(e.to_string()))
+    // Nodes starting together race to create the bucket and the key: a bucket just created
+    // by another node may not answer for a moment.
+    loop {
+        let outcome = match store.create("token-secret", bytes::Bytes::from(local.clone())).await {
+            Ok(_) => return Ok(local),
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => match store.get("token-secret").await {
+                Ok(Some(shared)) => return String::from_utf8(shared.to_vec()).map_err(|e| failed(e.to_string())),
+                Ok(None) => "the shared token secret is being replaced".to_owned(),
+                Err(error) => error.to_string(),
+            },
+            Err(error) => error.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(failed(outcome));
         }
-        Err(error) => Err(failed(error.to_string())),
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
