@@ -198,7 +198,7 @@ impl JanitorContext {
         part("retention", self.plan_retention(now).await);
         part("logging.keep_files", self.plan_log_files().await);
         // On a cluster's log, removal is not offered (`log::jetstream`): nothing to plan.
-        let parts = if self.config.purge_log && self.log.backend_name() != "jetstream" {
+        let parts = if self.config.purge_log && !self.log.is_shared() {
             part(PURGE_RULE, self.plan_log_purge().await);
             7
         } else {

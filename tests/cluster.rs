@@ -32,6 +32,25 @@ async fn nodes(n: usize, dir: &std::path::Path, nats: &Cluster) -> Vec<Server> {
 /// cores carry; in parallel they would mostly measure the machine.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A node's configuration file for the roomlog binary: the shared log on `nats`, then `extra`
+/// TOML (sections of its own).
+fn node_toml(path: &std::path::Path, nats: &Cluster, extra: &str) -> std::path::PathBuf {
+    let servers: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
+    let text = format!(
+        "[log]\nbackend = \"jetstream\"\n[jetstream]\nservers = [{}]\nreplicas = 3\n{extra}",
+        servers.join(", ")
+    );
+    std::fs::write(path, text).expect("node config");
+    path.to_owned()
+}
+
+/// The real binary as a node, on data folder `data` with the configuration file `config`.
+fn spawn_node(data: &std::path::Path, config: &std::path::Path) -> common::Binary {
+    std::fs::create_dir_all(data).expect("data folder");
+    let config = config.to_string_lossy().into_owned();
+    common::spawn_with(data, &[("ROOMLOG_CONFIG", config.as_str())], std::process::Stdio::inherit())
+}
+
 fn start_nats(dir: &std::path::Path) -> Cluster {
     Cluster::start(3, &dir.join("nats")).expect("3 nats-servers")
 }
@@ -304,17 +323,8 @@ async fn a_node_killed_under_load_loses_nothing_and_its_clients_resume_on_anothe
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = start_nats(dir.path());
-    let config_file = dir.path().join("node-a.toml");
-    let servers: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
-    std::fs::write(
-        &config_file,
-        format!("[log]\nbackend = \"jetstream\"\n[jetstream]\nservers = [{}]\nreplicas = 3\n", servers.join(", ")),
-    )
-    .expect("config");
-    let data_a = dir.path().join("node-a");
-    std::fs::create_dir_all(&data_a).expect("data a");
-    let config_env = config_file.to_string_lossy().into_owned();
-    let mut a = common::spawn_with(&data_a, &[("ROOMLOG_CONFIG", config_env.as_str())], std::process::Stdio::inherit());
+    let config_file = node_toml(&dir.path().join("node-a.toml"), &nats, "");
+    let mut a = spawn_node(&dir.path().join("node-a"), &config_file);
     let b = common::start(node_config(&dir.path().join("node-b"), &nats)).await;
     let (a_addr, b_addr) = (a.addr, b.addr());
 
@@ -413,21 +423,10 @@ async fn one_node_sweeps_sessions_and_runs_the_janitor_and_a_killed_holder_hands
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = start_nats(dir.path());
-    let config_file = dir.path().join("node-a.toml");
-    let servers: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
-    std::fs::write(
-        &config_file,
-        format!(
-            "[log]\nbackend = \"jetstream\"\n[jetstream]\nservers = [{}]\nreplicas = 3\nlease_ttl = \"2s\"\n\
-             [sessions]\nexpire_after = \"1s\"\n",
-            servers.join(", ")
-        ),
-    )
-    .expect("config");
-    let data_a = dir.path().join("node-a");
-    std::fs::create_dir_all(&data_a).expect("data a");
-    let config_env = config_file.to_string_lossy().into_owned();
-    let mut a = common::spawn_with(&data_a, &[("ROOMLOG_CONFIG", config_env.as_str())], std::process::Stdio::inherit());
+    // lease_ttl is a [jetstream] key: it goes on right after the shared part.
+    let config_file =
+        node_toml(&dir.path().join("node-a.toml"), &nats, "lease_ttl = \"2s\"\n[sessions]\nexpire_after = \"1s\"\n");
+    let mut a = spawn_node(&dir.path().join("node-a"), &config_file);
     until_holds(a.addr, "sessions.sweeper").await;
     until_holds(a.addr, "janitor.schedule").await;
     let mut others = Vec::new();
@@ -729,13 +728,7 @@ async fn a_single_node_grows_into_a_cluster_and_back_without_losing_history_seqs
 
     // Into a cluster: the import, then a node on an empty data folder.
     let nats = start_nats(dir.path());
-    let node_toml = dir.path().join("node.toml");
-    let servers: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
-    std::fs::write(
-        &node_toml,
-        format!("[log]\nbackend = \"jetstream\"\n[jetstream]\nservers = [{}]\nreplicas = 3\n", servers.join(", ")),
-    )
-    .expect("config");
+    let node_toml = node_toml(&dir.path().join("node.toml"), &nats, "");
     let out =
         roomlog_command(&["cluster-import".as_ref(), "--from".as_ref(), single_dir.as_os_str()], Some(&node_toml));
     assert!(out.contains("imported") && out.contains("1 gaps kept"), "{out}");

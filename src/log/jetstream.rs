@@ -308,20 +308,9 @@ pub struct Leases {
 
 impl Leases {
     async fn open(context: &Context, config: &JetStreamConfig) -> Result<Self, LogError> {
-        let failed = |reason: String| LogError::from(ClusterError::Stream { stream: LEASE_BUCKET.into(), reason });
-        let store = match context.get_key_value(LEASE_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => context
-                .create_key_value(async_nats::jetstream::kv::Config {
-                    bucket: LEASE_BUCKET.into(),
-                    history: 1,
-                    max_age: config.lease_ttl,
-                    num_replicas: config.replicas.max(1),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| failed(e.to_string()))?,
-        };
+        let store = kv_bucket(context, LEASE_BUCKET, config.lease_ttl, config)
+            .await
+            .map_err(|reason| LogError::from(ClusterError::Stream { stream: LEASE_BUCKET.into(), reason }))?;
         let holder = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
         Ok(Self { store, holder, ttl: config.lease_ttl, held: Arc::default() })
     }
@@ -599,18 +588,7 @@ pub async fn share_secret(config: &JetStreamConfig, local: String) -> Result<Str
     let context = async_nats::jetstream::ContextBuilder::new().timeout(config.ack_timeout).build(client);
     let deadline = Instant::now() + config.connect_timeout;
     let store = loop {
-        let store = match context.get_key_value(SECRET_BUCKET).await {
-            Ok(store) => Ok(store),
-            Err(_) => context
-                .create_key_value(async_nats::jetstream::kv::Config {
-                    bucket: SECRET_BUCKET.into(),
-                    history: 1,
-                    num_replicas: config.replicas.max(1),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string()),
-        };
+        let store = kv_bucket(&context, SECRET_BUCKET, Duration::ZERO, config).await;
         match store {
             Ok(store) => break store,
             // A cluster just started has no JetStream leader for a moment.
@@ -634,6 +612,29 @@ pub async fn share_secret(config: &JetStreamConfig, local: String) -> Result<Str
             return Err(failed(outcome));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The key-value bucket `bucket` (one value per key, `replicas` copies, values kept for
+/// `max_age`, zero for ever), created if absent.
+async fn kv_bucket(
+    context: &Context,
+    bucket: &str,
+    max_age: Duration,
+    config: &JetStreamConfig,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    match context.get_key_value(bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => context
+            .create_key_value(async_nats::jetstream::kv::Config {
+                bucket: bucket.into(),
+                history: 1,
+                max_age,
+                num_replicas: config.replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string()),
     }
 }
 
