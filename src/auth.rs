@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use crate::clock::Clock;
+pub use crate::config::Anonymous;
 use crate::event::RoomId;
 use crate::event::SessionId;
 use crate::token::{matches, FileGrant, RoomGrant, Secrets};
@@ -123,18 +124,6 @@ impl Authenticator for NameOnly {
         }
         Ok(Identity { user: name.to_owned(), admin: false, grants: None, files: None, session: None })
     }
-}
-
-/// What a caller without a token may do (`auth.anonymous`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Anonymous {
-    /// Nothing: every connection and API call needs a token.
-    None,
-    /// Read every room (with `?name=` for a display name), write none.
-    Read,
-    /// Read and write every room under the name it gives (no authentication at all).
-    Write,
 }
 
 /// Signed tokens, with `anonymous` for callers that present none.

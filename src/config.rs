@@ -12,11 +12,27 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::log::LogConfig;
+mod log;
+
+pub use log::{JetStreamConfig, LogBackend, LogConfig};
 
 /// `ROOMLOG_*` variables that are not configuration keys: the tracing filter
 /// (`ROOMLOG_LOG`) and the config file's path (`ROOMLOG_CONFIG`).
 const NOT_CONFIG_KEYS: &[&str] = &["log", "config", "fault_pause"];
+
+/// The folder of the log's database under the data folder.
+pub const LOG_FOLDER: &str = "log";
+/// The folder of the projections' database under the data folder.
+pub const STATE_FOLDER: &str = "state";
+/// Longest `chat.node_id`.
+const NODE_ID_LEN_MAX: usize = 64;
+
+/// Whether `name` is 1 to 64 characters of `A-Z a-z 0-9 _ . -`: a node id that also names a
+/// room, a subject token and a file without escaping.
+fn is_plain_name(name: &str) -> bool {
+    let plain = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    !name.is_empty() && name.len() <= NODE_ID_LEN_MAX && plain
+}
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,7 +46,7 @@ pub struct Config {
     pub data: PathBuf,
     pub log: LogConfig,
     /// The cluster's log, used when `log.backend = "jetstream"`.
-    pub jetstream: crate::log::jetstream::JetStreamConfig,
+    pub jetstream: JetStreamConfig,
     pub chat: ChatConfig,
     pub search: SearchConfig,
     pub sessions: SessionsConfig,
@@ -39,7 +55,7 @@ pub struct Config {
     /// Room history retention, applied by the janitor. The default keeps everything.
     pub retention: RetentionConfig,
     /// Disk thresholds: warning, critical (the janitor runs now), danger (uploads refused).
-    pub disk: crate::disk::DiskConfig,
+    pub disk: DiskConfig,
     pub limits: Limits,
     /// Who may connect and do what: tokens, and what callers without one may do.
     pub auth: AuthConfig,
@@ -151,7 +167,13 @@ impl RetentionConfig {
     }
 }
 
-pub use crate::blob::service::PrefixMove;
+/// One entry of `files.on_pay`: keys under `from` move under `to` when their session is paid.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixMove {
+    pub from: String,
+    pub to: String,
+}
 
 impl Default for FilesConfig {
     fn default() -> Self {
@@ -181,16 +203,6 @@ pub struct SessionsConfig {
     pub actor_idle_stop: Duration,
 }
 
-impl SessionsConfig {
-    /// The configured age after which `due` comes.
-    pub fn age_of(&self, due: crate::projection::sessions::Due) -> Duration {
-        match due {
-            crate::projection::sessions::Due::Expire => self.expire_after,
-            crate::projection::sessions::Due::Purge => self.purge_after,
-        }
-    }
-}
-
 impl Default for SessionsConfig {
     fn default() -> Self {
         Self {
@@ -202,7 +214,69 @@ impl Default for SessionsConfig {
     }
 }
 
-pub use crate::projection::search::SearchConfig;
+/// The message search index (`<data>/search`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Near-real-time delay: indexed messages become searchable (and durable in the index) at
+    /// most this long after the index receives them. Shorter is fresher and costs more commits.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Also commit once this many events are pending, whatever the time.
+    pub commit_events_max: usize,
+    /// Memory the index writer may use before it writes a segment, in bytes.
+    pub writer_bytes: usize,
+    /// Most hits one search page returns.
+    pub limit_max: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self { refresh: Duration::from_millis(500), commit_events_max: 100_000, writer_bytes: 64 << 20, limit_max: 100 }
+    }
+}
+
+/// The thresholds, as used fractions (0 to 1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiskConfig {
+    /// At or above: warning (logged, exported).
+    pub warning: f64,
+    /// At or above: critical (the janitor runs now).
+    pub critical: f64,
+    /// Above: danger (uploads refused, not ready).
+    pub danger: f64,
+    /// How often the disks are measured.
+    #[serde(with = "humantime_serde")]
+    pub check_every: Duration,
+    /// Least time between two janitor runs the disk asks for.
+    #[serde(with = "humantime_serde")]
+    pub janitor_min_interval: Duration,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            warning: 0.50,
+            critical: 0.75,
+            danger: 0.85,
+            check_every: Duration::from_secs(5),
+            janitor_min_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What a caller without a token may do (`auth.anonymous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anonymous {
+    /// Nothing: every connection and API call needs a token.
+    None,
+    /// Read every room (with `?name=` for a display name), write none.
+    Read,
+    /// Read and write every room under the name it gives (no authentication at all).
+    Write,
+}
 
 /// Backups the server takes by itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -243,7 +317,7 @@ impl Default for Config {
             files: FilesConfig::default(),
             janitor: JanitorConfig::default(),
             retention: RetentionConfig::default(),
-            disk: crate::disk::DiskConfig::default(),
+            disk: DiskConfig::default(),
             limits: Limits::default(),
             auth: AuthConfig::default(),
             logging: Logging { json: false, dir: None, keep_files: 14 },
@@ -316,7 +390,7 @@ pub struct AuthConfig {
     /// What a caller without a token may do: `none`, `read` (every room) or `write` (every
     /// room, under the name it gives: no authentication). Callers with a token get what it
     /// grants.
-    pub anonymous: crate::auth::Anonymous,
+    pub anonymous: Anonymous,
     /// The folder of the token secret (`secret`, mode 0600, generated at first start; and
     /// `secret.previous` after `roomlog token rotate`). Default `<data>/auth`.
     pub secret_dir: Option<PathBuf>,
@@ -345,7 +419,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            anonymous: crate::auth::Anonymous::None,
+            anonymous: Anonymous::None,
             secret_dir: None,
             admin_from_host: false,
             metrics_private: true,
@@ -475,7 +549,7 @@ impl Config {
                 return Err(ConfigError(Box::new(figment::Error::from(why))));
             }
         }
-        if crate::event::RoomId::parse(&config.chat.node_id).is_err() {
+        if !is_plain_name(&config.chat.node_id) {
             let why = format!(
                 "chat.node_id = {:?}: use 1 to 64 characters of A-Z a-z 0-9 _ . -",
                 config.chat.node_id.chars().take(80).collect::<String>()
@@ -533,25 +607,12 @@ impl Config {
 
     /// The folder of the log's sled database.
     pub fn log_dir(&self) -> PathBuf {
-        crate::layout::log_dir(&self.data)
+        self.data.join(LOG_FOLDER)
     }
 
     /// The folder of the projections' sled database.
     pub fn state_dir(&self) -> PathBuf {
-        crate::layout::state_dir(&self.data)
-    }
-
-    /// The lifecycle rules in force: none when `files.lifecycle` is unset.
-    pub fn lifecycle_rules(&self) -> Result<crate::blob::lifecycle::Rules, crate::blob::lifecycle::RulesError> {
-        use crate::blob::lifecycle::{Rules, RulesError};
-        match &self.files.lifecycle {
-            None => Ok(Rules::default()),
-            Some(path) => {
-                let json = std::fs::read_to_string(path)
-                    .map_err(|e| RulesError(format!("cannot read {}: {e}", path.display())))?;
-                Rules::parse(&json).map_err(|e| RulesError(format!("{}: {}", path.display(), e.0)))
-            }
-        }
+        self.data.join(STATE_FOLDER)
     }
 
     /// The file store's folder.
@@ -611,6 +672,14 @@ mod tests {
             assert_eq!((Config::default().chat.node_id.as_str(), Config::default().chat.join_leave), ("local", false));
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_plain_node_id_is_also_a_room_name_and_nothing_else_is() {
+        for name in ["node-2", "a.b_c", "x", &"n".repeat(64), "", "a b", "a/b", &"n".repeat(65), "é"] {
+            let room = crate::event::RoomId::parse(name).is_ok();
+            assert_eq!(is_plain_name(name), room, "{name:?}");
+        }
     }
 
     #[test]

@@ -7,10 +7,12 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+pub use crate::config::DiskConfig;
 
 /// How full the fullest watched filesystem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -38,36 +40,6 @@ impl DiskState {
             2 => DiskState::Critical,
             3 => DiskState::Danger,
             _ => DiskState::Healthy,
-        }
-    }
-}
-
-/// The thresholds, as used fractions (0 to 1).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DiskConfig {
-    /// At or above: warning (logged, exported).
-    pub warning: f64,
-    /// At or above: critical (the janitor runs now).
-    pub critical: f64,
-    /// Above: danger (uploads refused, not ready).
-    pub danger: f64,
-    /// How often the disks are measured.
-    #[serde(with = "humantime_serde")]
-    pub check_every: Duration,
-    /// Least time between two janitor runs the disk asks for.
-    #[serde(with = "humantime_serde")]
-    pub janitor_min_interval: Duration,
-}
-
-impl Default for DiskConfig {
-    fn default() -> Self {
-        Self {
-            warning: 0.50,
-            critical: 0.75,
-            danger: 0.85,
-            check_every: Duration::from_secs(5),
-            janitor_min_interval: Duration::from_secs(600),
         }
     }
 }

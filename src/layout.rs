@@ -26,12 +26,12 @@ use crate::state::StateDb;
 
 /// The folder of the log's database.
 pub fn log_dir(data: &Path) -> PathBuf {
-    data.join("log")
+    data.join(crate::config::LOG_FOLDER)
 }
 
 /// The folder of the projections' database.
 pub fn state_dir(data: &Path) -> PathBuf {
-    data.join("state")
+    data.join(crate::config::STATE_FOLDER)
 }
 
 /// The folder of the one database of the layout before issue 18.

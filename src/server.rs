@@ -119,7 +119,8 @@ impl Server {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServerError> {
         // Checked before anything opens: a bad rule stops start-up with nothing held.
-        let lifecycle = config.lifecycle_rules().map_err(|e| ServerError::Config(e.to_string()))?;
+        let lifecycle = crate::blob::lifecycle::Rules::load(config.files.lifecycle.as_deref())
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         // Before anything in the folder is touched: a second server names the first.
         crate::durable::create_dir_all(&config.data)
             .map_err(|source| ServerError::Io { what: format!("creating {}", config.data.display()), source })?;

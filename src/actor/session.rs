@@ -226,7 +226,7 @@ impl SessionActorState {
     /// Applies a due time if the session still has it and it has come.
     async fn due(&mut self, due: Due, at: u64) {
         let now = self.ctx.clock.now_ms();
-        let Some(event) = self.session.due_event(due, at, now, self.ctx.config.age_of(due)) else { return };
+        let Some(event) = self.session.due_event(due, at, now, due.age(&self.ctx.config)) else { return };
         if let Err(error) = self.append(event).await {
             tracing::warn!(session = %self.session.id, error = %error, "due time not applied; the sweeper retries");
         }

@@ -154,7 +154,7 @@ impl SessionSupervisorState {
         }
         let mut pending = Vec::new();
         'submit: for (kind, sessions) in [(Due::Expire, expire), (Due::Purge, purge)] {
-            let (reason, rule) = kind.words(self.ctx.config.age_of(kind));
+            let (reason, rule) = kind.words(kind.age(&self.ctx.config));
             for chunk in sessions.chunks(SWEEP_EVENT_SESSIONS_MAX) {
                 let due = SessionsDue {
                     sessions: chunk.to_vec(),

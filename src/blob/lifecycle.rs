@@ -94,6 +94,15 @@ struct RawTransition {
 }
 
 impl Rules {
+    /// The rules in force: those of the S3-style JSON file at `path` (`files.lifecycle`), none
+    /// when unset.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, RulesError> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let json =
+            std::fs::read_to_string(path).map_err(|e| RulesError(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&json).map_err(|e| RulesError(format!("{}: {}", path.display(), e.0)))
+    }
+
     /// Parses and checks a configuration.
     pub fn parse(json: &str) -> Result<Self, RulesError> {
         let raw: RawConfig =

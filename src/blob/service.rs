@@ -8,6 +8,8 @@ use bytes::Buf;
 use futures_util::Stream;
 use tokio::sync::{watch, Mutex};
 
+pub use crate::config::PrefixMove;
+
 use super::{BlobError, BlobStore, ContentHash, FileKey, Tier};
 use crate::error_code::ErrorCode;
 use crate::event::{ContentMoved, ContentQuarantined, Event, FileDeleted, FileStored, SessionId};
@@ -15,14 +17,6 @@ use crate::log::EventLog;
 use crate::projection::files::{FileEntry, Files};
 use crate::projection::sessions::{SessionState, Sessions};
 use crate::projection::Runner;
-
-/// One entry of `files.on_pay`: keys under `from` move under `to` when their session is paid.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrefixMove {
-    pub from: String,
-    pub to: String,
-}
 
 /// Why a file operation was refused; each has a stable code.
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,6 @@
 //!
 //! [`Backend`]: super::Backend
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,66 +37,12 @@ use async_nats::jetstream::stream;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use crate::config::JetStreamConfig;
+
 use super::backend::Backend;
 use super::writer::WriterMsg;
 use super::LogError;
 use crate::event::{decode, encode, Envelope, Event, StreamId};
-
-/// Where the cluster's log lives: `[jetstream]` in the configuration.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JetStreamConfig {
-    /// The NATS servers to connect to (any one is enough; the client learns the others).
-    pub servers: Vec<String>,
-    /// The stream holding the log, created if absent (file storage, `replicas` copies).
-    pub stream: String,
-    /// Copies of every record the cluster keeps: 3 for a cluster that survives one node lost.
-    pub replicas: usize,
-    /// A NATS credentials file (`.creds`), for a server that requires one.
-    pub credentials: Option<PathBuf>,
-    /// How long an append may wait for JetStream (retrying with the same message id) before
-    /// it is refused with `storage_unavailable`.
-    #[serde(with = "humantime_serde")]
-    pub append_timeout: Duration,
-    /// How long one publish waits for its acknowledgement before it is sent again.
-    #[serde(with = "humantime_serde")]
-    pub ack_timeout: Duration,
-    /// The tail's pull expiry: how soon it notices a lost stream leader.
-    #[serde(with = "humantime_serde")]
-    pub pull_expiry: Duration,
-    /// How long JetStream remembers a message id to drop a duplicate.
-    #[serde(with = "humantime_serde")]
-    pub duplicate_window: Duration,
-    /// How long start-up waits for JetStream before it gives up.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// The node is not ready (`/readyz`) while its replica is more than this many records
-    /// behind the stream: it would serve old history.
-    pub ready_lag_max: u64,
-    /// How long a node holds the lease of work that must run on one node only (the session
-    /// sweeper, the janitor's schedule) without renewing it; it renews every third of it. A
-    /// node that dies gives its leases up to another after at most this long.
-    #[serde(with = "humantime_serde")]
-    pub lease_ttl: Duration,
-}
-
-impl Default for JetStreamConfig {
-    fn default() -> Self {
-        Self {
-            servers: vec!["nats://127.0.0.1:4222".into()],
-            stream: "ROOMLOG".into(),
-            replicas: 3,
-            credentials: None,
-            append_timeout: Duration::from_secs(15),
-            ack_timeout: Duration::from_secs(2),
-            pull_expiry: Duration::from_secs(2),
-            duplicate_window: Duration::from_secs(120),
-            connect_timeout: Duration::from_secs(30),
-            ready_lag_max: 10_000,
-            lease_ttl: Duration::from_secs(10),
-        }
-    }
-}
 
 /// The subjects of the log's stream.
 pub const SUBJECTS: &str = "rl.>";

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use crate::config::{LogBackend, LogConfig};
 pub use backend::{Backend, Encoded, Raw};
 pub use memory::MemoryBackend;
 pub use sled_store::SledBackend;
@@ -37,65 +38,6 @@ use writer::WriterMsg;
 /// the bound is for crafted input (a backup archive, a seq floor file) that would otherwise
 /// make seq arithmetic overflow.
 pub const SEQ_MAX: u64 = (1 << 53) - 1;
-
-/// Limits of the log writer.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// Where the log lives: `sled`, the embedded default (nothing else needed), or
-    /// `jetstream`, a NATS JetStream stream shared by several nodes (`[jetstream]`; cluster
-    /// mode, see README "When one box is not enough").
-    pub backend: LogBackend,
-    /// Most events written and flushed together in one group commit. Larger batches amortise
-    /// the fsync; the bound keeps one commit's latency and memory in check.
-    pub batch_max: usize,
-    /// Most bytes of records in one group commit: what one commit can take of the disk is a
-    /// multiple of it (see `space`), and the free-space floors are checked between commits.
-    pub batch_bytes_max: usize,
-    /// Most appends waiting for the writer. A full queue makes appenders wait (backpressure)
-    /// instead of letting memory grow.
-    pub queue_max: usize,
-    /// Bytes of sled's page cache.
-    pub cache_bytes_max: u64,
-    /// Compact the log (see `roomlog compact`) each time the server starts, before it serves.
-    pub compact_at_start: bool,
-    /// New content is refused (nothing is written, nothing acknowledged: `disk_full`) while
-    /// the log's filesystem has less than this many bytes free, and accepted again once it has
-    /// more; clean-up goes on down to half of it (see `space::Floors`). Unset: 10 % of the
-    /// volume, at least 64 MiB and at most 256 MiB; never under 32 MiB. sled cannot recover
-    /// from a write that fails for lack of space without a restart, so the log never lets it
-    /// get there.
-    pub min_free_bytes: Option<u64>,
-    /// Start even though the log ends before seqs the seq floor says were acknowledged (see
-    /// [`LogError::LostRecords`]): what is left is served, and new seqs go on above every seq
-    /// ever handed out. For an operator who has no backup to restore; off by default.
-    pub accept_lost_records: bool,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            backend: LogBackend::Sled,
-            batch_max: 4096,
-            batch_bytes_max: 1024 * 1024,
-            queue_max: 65_536,
-            cache_bytes_max: 256 * 1024 * 1024,
-            compact_at_start: false,
-            min_free_bytes: None,
-            accept_lost_records: false,
-        }
-    }
-}
-
-/// Where the log lives (`log.backend`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogBackend {
-    /// The embedded sled database in `<data>/log`.
-    Sled,
-    /// A NATS JetStream stream (`[jetstream]`), with this node's replica in `<data>/log`.
-    Jetstream,
-}
 
 /// What can go wrong in the log. The edges report every variant as "storage unavailable"
 /// (HTTP 503, WebSocket code `storage_unavailable`) except where noted.

@@ -76,6 +76,14 @@ pub enum Due {
 }
 
 impl Due {
+    /// The configured age after which this comes (`sessions.expire_after`, `purge_after`).
+    pub fn age(self, config: &crate::config::SessionsConfig) -> std::time::Duration {
+        match self {
+            Due::Expire => config.expire_after,
+            Due::Purge => config.purge_after,
+        }
+    }
+
     fn byte(self) -> u8 {
         match self {
             Due::Expire => b'e',

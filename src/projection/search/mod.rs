@@ -16,7 +16,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::sort_key::{SortBySimilarityScore, SortByStaticFastValue};
@@ -30,31 +30,11 @@ use tantivy::schema::{
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{doc, DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
 
+pub use crate::config::SearchConfig;
+
 use super::{Projection, ProjectionError};
 use crate::event::{Envelope, Event, Removal, RoomId};
 use query::{Item, QueryError};
-
-/// The message search index (`<data>/search`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SearchConfig {
-    /// Near-real-time delay: indexed messages become searchable (and durable in the index) at
-    /// most this long after the index receives them. Shorter is fresher and costs more commits.
-    #[serde(with = "humantime_serde")]
-    pub refresh: Duration,
-    /// Also commit once this many events are pending, whatever the time.
-    pub commit_events_max: usize,
-    /// Memory the index writer may use before it writes a segment, in bytes.
-    pub writer_bytes: usize,
-    /// Most hits one search page returns.
-    pub limit_max: usize,
-}
-
-impl Default for SearchConfig {
-    fn default() -> Self {
-        Self { refresh: Duration::from_millis(500), commit_events_max: 100_000, writer_bytes: 64 << 20, limit_max: 100 }
-    }
-}
 
 /// Bumped when the schema or the tokenizer changes: an index of another version is dropped
 /// and rebuilt from the log when it is opened.
