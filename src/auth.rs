@@ -179,7 +179,7 @@ impl Authenticator for TokenAuth {
         if let Some(token) = credentials.query.get("token") {
             let claims = self.secrets.verify(token, self.clock.now_ms()).map_err(|e| AuthError(e.to_string()))?;
             if let Some(id) = &claims.session {
-                use crate::projection::sessions::SessionState;
+                use crate::session::SessionState;
                 let state = match self.sessions.get().map(|s| s.get(id)) {
                     Some(Ok(Some(session))) => session.state,
                     Some(Ok(None)) => return Err(AuthError(format!("the token's session {id} does not exist"))),

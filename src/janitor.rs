@@ -35,8 +35,8 @@ use crate::config::{JanitorConfig, PrefixMove, RetentionConfig, RoomRetention};
 use crate::event::{Event, ItemFailure, JanitorRan, MessagesExpired, RoomId, RuleTally, SessionId, StreamId};
 use crate::log::EventLog;
 use crate::projection::history::History;
-use crate::projection::sessions::SessionState;
 use crate::projection::Runner;
+use crate::session::SessionState;
 
 /// Keys and sessions read per page while planning.
 const PAGE: usize = 1000;

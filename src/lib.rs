@@ -12,7 +12,9 @@
 //! - [`token`]: signed tokens (blake3 keyed hash under the server secret), issue and rotation.
 //! - [`actor`]: ractor actors — a `RoomActor` per active room under a `RoomSupervisor`, a
 //!   `SessionActor` per live session under a `SessionSupervisor` that also sweeps due times.
+//! - [`message`]: a chat message as kept, and the edits and deletions that amend it.
 //! - [`room`]: what a room decides (ring, de-duplication, replay), as plain state.
+//! - [`session`]: what a session is and how its state moves, as plain state.
 //! - [`presence`]: who is in a room, by user with connection counts; ephemeral, per node.
 //! - [`log`]: the append-only event log behind a backend seam (sled, memory; or a NATS
 //!   JetStream stream shared by a cluster's nodes), with group
@@ -63,6 +65,7 @@ pub mod ids;
 pub mod janitor;
 pub mod layout;
 pub mod log;
+pub mod message;
 pub mod metrics;
 #[doc(hidden)]
 pub mod nats_harness;
@@ -71,6 +74,7 @@ pub mod projection;
 pub mod recent_errors;
 pub mod room;
 pub mod server;
+pub mod session;
 pub mod space;
 pub mod state;
 pub mod token;

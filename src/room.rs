@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::event::RoomId;
-use crate::projection::history::{Amendment, StoredMessage};
+use crate::message::{Amendment, StoredMessage};
 use crate::wire::{amendment_frame, message_frame, WireMessage};
 
 pub use crate::presence::MemberId;

@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::message::{Amendment, StoredMessage};
 use crate::presence::PresentUser;
-use crate::projection::history::{Amendment, StoredMessage};
 use crate::projection::search::{Hits, Sort};
 
 /// A frame a client sends.

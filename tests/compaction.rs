@@ -47,7 +47,7 @@ async fn send_all(client: &mut Client, room: &str, bodies: impl Iterator<Item = 
 /// reaper's queue of content to delete, which the reaper empties outside the log.)
 #[derive(Debug, PartialEq)]
 struct State {
-    rooms: Vec<(String, history::RoomSummary, Vec<history::StoredMessage>, Vec<history::Amendment>)>,
+    rooms: Vec<(String, history::RoomSummary, Vec<roomlog::message::StoredMessage>, Vec<roomlog::message::Amendment>)>,
     files: Vec<(Vec<u8>, Vec<u8>)>,
     sessions: Vec<(Vec<u8>, Vec<u8>)>,
 }

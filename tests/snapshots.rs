@@ -12,8 +12,8 @@ use roomlog::event::{decode, encode, Envelope, Event, MessagePosted, MessagesExp
 use roomlog::event::{ContentMoved, ContentQuarantined, FileDeleted, FileStored, SessionPaid, SessionTouched};
 use roomlog::event::{DueSession, ItemFailure, JanitorRan, RuleTally, SessionsDue};
 use roomlog::event::{MessageDeleted, MessageEdited, SessionCreated, SessionDue, SessionEnded, SessionId};
+use roomlog::message::{Amendment, StoredMessage};
 use roomlog::presence::PresentUser;
-use roomlog::projection::history::{Amendment, StoredMessage};
 use roomlog::projection::search::{Hit, Hits};
 use roomlog::wire::amendment_frame;
 use roomlog::wire::{error_frame, message_frame, parse_client_frame, render, ErrorCode, ServerFrame, WireMessage};

@@ -21,8 +21,8 @@ use super::rooms::RoomsMsg;
 use super::{ChatContext, ChatError, Member, Outbound};
 use crate::event::{Envelope, Event, MessageDeleted, MessageEdited, MessagePosted, RoomId};
 use crate::log::{LogError, PendingAppend};
+use crate::message::{Amendment, StoredMessage};
 use crate::presence::{NodeMembers, PresenceChange, RoomPresence};
-use crate::projection::history::{Amendment, StoredMessage};
 use crate::room::{ChatMessage, DedupKey, MemberId, PostDecision, RoomState};
 use crate::wire::{error_frame, render, ErrorCode, ServerFrame};
 
@@ -375,14 +375,7 @@ impl RoomActorState {
         match result {
             Ok(envelope) => {
                 let Event::MessagePosted(posted) = envelope.event else { return };
-                let stored = StoredMessage {
-                    seq: envelope.seq,
-                    at_unix_ms: envelope.at_unix_ms,
-                    author: posted.author,
-                    client_id: posted.client_id,
-                    body: posted.body,
-                    edited_at_unix_ms: None,
-                };
+                let stored = StoredMessage::posted(envelope.seq, envelope.at_unix_ms, &posted);
                 let (message, ackers) = self.state.committed(&stored);
                 for member in ackers {
                     self.ack(member, &message.client_id, message.seq);
@@ -506,14 +499,7 @@ impl RoomActorState {
     fn amendment_followed(&mut self, envelope: &Envelope) {
         let Some(amendment) = Amendment::of(envelope) else { return };
         let edited = match &envelope.event {
-            Event::MessageEdited(e) => Some(StoredMessage {
-                seq: e.seq,
-                at_unix_ms: e.posted_at_unix_ms,
-                author: e.author.clone(),
-                client_id: e.client_id.clone(),
-                body: e.body.clone(),
-                edited_at_unix_ms: Some(envelope.at_unix_ms),
-            }),
+            Event::MessageEdited(e) => Some(StoredMessage::edited(e, envelope.at_unix_ms)),
             _ => {
                 self.deleting.remove(&amendment.target);
                 None

@@ -15,8 +15,9 @@ use crate::clock::Clock;
 use crate::config::SessionsConfig;
 use crate::event::{Event, SessionEnded, SessionId, SessionPaid, SessionTouched};
 use crate::log::EventLog;
-use crate::projection::sessions::{Due, Session, SessionState, Sessions};
+use crate::projection::sessions::Sessions;
 use crate::projection::Runner;
+use crate::session::{Due, Session, SessionState};
 
 /// What every session actor needs, shared.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::session::{Command, SessionActor, SessionContext, SessionError, SessionMsg};
 use crate::event::{DueSession, Event, SessionCreated, SessionId, SessionsDue};
-use crate::projection::sessions::{Due, Session};
+use crate::session::{Due, Session};
 
 /// Due times the sweeper hands out per round.
 const SWEEP_BATCH_MAX: usize = 10_000;

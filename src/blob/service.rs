@@ -15,8 +15,9 @@ use crate::error_code::ErrorCode;
 use crate::event::{ContentMoved, ContentQuarantined, Event, FileDeleted, FileStored, SessionId};
 use crate::log::EventLog;
 use crate::projection::files::{FileEntry, Files};
-use crate::projection::sessions::{SessionState, Sessions};
+use crate::projection::sessions::Sessions;
 use crate::projection::Runner;
+use crate::session::SessionState;
 
 /// Why a file operation was refused; each has a stable code.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use crate::actor::session::{Command, SessionError};
 use crate::auth::Identity;
 use crate::error_code::ErrorCode;
 use crate::event::{Envelope, SessionId};
-use crate::projection::sessions::{Session, SessionState};
+use crate::session::{Session, SessionState};
 
 /// Most sessions one list page returns.
 pub const LIST_LIMIT_MAX: usize = 1000;

@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use super::tree::{self, CHECKPOINT_KEY};
 use super::{Projection, ProjectionError};
+use crate::event::Removal;
 use crate::event::{Envelope, Event, MessagePosted, RoomId};
-use crate::event::{MessageDeleted, MessageEdited, Removal};
+use crate::message::{Amendment, StoredMessage};
 
 const TREE: &str = "proj.history";
 /// Messages per page: large enough to amortise sled's per-key cost, small enough that
@@ -36,52 +37,6 @@ pub const PAGE_MESSAGES_MAX: usize = 64;
 pub const PAGE_BYTES_MAX: u64 = 32 * 1024;
 
 pub use super::Entry;
-
-/// One message as the history serves it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredMessage {
-    pub seq: u64,
-    pub at_unix_ms: u64,
-    pub author: String,
-    pub client_id: String,
-    pub body: String,
-    /// When the text was last edited (None: never).
-    #[serde(default)]
-    pub edited_at_unix_ms: Option<u64>,
-}
-
-impl StoredMessage {
-    /// The text it stores (author, client id and body), as retention and storage count it.
-    pub fn stored_bytes(&self) -> u64 {
-        (self.author.len() + self.client_id.len() + self.body.len()) as u64
-    }
-}
-
-/// An edit or a deletion of one message, as a resuming client must be told of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Amendment {
-    /// The seq of the edit or deletion event.
-    pub seq: u64,
-    pub at_unix_ms: u64,
-    /// The message changed.
-    pub target: u64,
-    /// Who changed it.
-    pub by: String,
-    /// The new text of an edit; `None` for a deletion.
-    pub body: Option<String>,
-}
-
-impl Amendment {
-    /// The amendment an edit or deletion event makes; `None` for other events.
-    pub fn of(envelope: &Envelope) -> Option<Self> {
-        let (target, by, body) = match &envelope.event {
-            Event::MessageEdited(MessageEdited { seq, edited_by, body, .. }) => (*seq, edited_by, Some(body)),
-            Event::MessageDeleted(MessageDeleted { seq, deleted_by, .. }) => (*seq, deleted_by, None),
-            _ => return None,
-        };
-        Some(Self { seq: envelope.seq, at_unix_ms: envelope.at_unix_ms, target, by: by.clone(), body: body.cloned() })
-    }
-}
 
 /// What the room list shows of a room.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,14 +256,7 @@ impl HistoryProjection {
     }
 
     fn posted(&self, write: &mut Pending, envelope: &Envelope, posted: &MessagePosted) -> Result<(), ProjectionError> {
-        let message = StoredMessage {
-            seq: envelope.seq,
-            at_unix_ms: envelope.at_unix_ms,
-            author: posted.author.clone(),
-            client_id: posted.client_id.clone(),
-            body: posted.body.clone(),
-            edited_at_unix_ms: None,
-        };
+        let message = StoredMessage::posted(envelope.seq, envelope.at_unix_ms, posted);
         if !write.open_pages.contains_key(&posted.room) {
             let last = self.reader().last_page(&posted.room)?;
             let page = last.unwrap_or_else(|| (page_key(&posted.room, envelope.seq), Vec::new()));
@@ -469,7 +417,7 @@ fn decode_value<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Project
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{MessagesExpired, StreamId};
+    use crate::event::{MessageDeleted, MessageEdited, MessagesExpired, StreamId};
 
     fn room(name: &str) -> RoomId {
         RoomId::parse(name).expect("valid test room")
