@@ -237,7 +237,7 @@ impl Default for SearchConfig {
 }
 
 /// The thresholds, as used fractions (0 to 1).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiskConfig {
     /// At or above: warning (logged, exported).

@@ -29,7 +29,7 @@ pub struct Sample {
 }
 
 /// Growth per day of both figures over a span.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Rate {
     pub days: f64,
     pub roomlog_bytes_per_day: f64,
@@ -37,7 +37,7 @@ pub struct Rate {
 }
 
 /// What `GET /api/storage` shows of growth.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GrowthReport {
     pub days_sampled: usize,
     pub latest: Option<Sample>,
@@ -46,7 +46,7 @@ pub struct GrowthReport {
     /// Per threshold (`warning`, `critical`, `danger`): days until the filesystem reaches it at
     /// the 7-day rate (the 30-day one while there is no 7-day span); 0 when already there;
     /// `null` when it is not growing or there is no rate yet.
-    pub days_until: BTreeMap<&'static str, Option<f64>>,
+    pub days_until: BTreeMap<String, Option<f64>>,
 }
 
 /// The samples; cheap to clone.
@@ -109,7 +109,7 @@ pub fn report(samples: &[Sample], thresholds: &DiskConfig) -> GrowthReport {
                     }
                     _ => None,
                 };
-                (name, days)
+                (name.to_owned(), days)
             })
             .collect();
     GrowthReport { days_sampled: samples.len(), latest, last_7_days, last_30_days, days_until }

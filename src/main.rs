@@ -3,13 +3,17 @@
 
 mod cli;
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use cli::args::{BackupAction, Cli, Command};
 use roomlog::Config;
 
+/// The command's exit code: 0 when it did what was asked; each command documents its others
+/// (an error it returns exits 1 with the error and its causes on stderr).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref())?;
     config.logging.json |= cli.log_json;
@@ -20,29 +24,27 @@ async fn main() -> anyhow::Result<()> {
     if let Some(data) = cli.data {
         config.data = data;
     }
+    let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     match cli.command {
-        Command::Serve { listen } => cli::serve::serve(config, listen).await,
-        Command::Rebuild { name } => cli::offline::rebuild(&config, &name),
-        Command::Token { action } => cli::token::run(&config, action),
-        Command::Compact { json } => cli::offline::compact(&config, json),
+        Command::Serve { listen } => done(cli::serve::serve(config, listen).await),
+        Command::Rebuild { name } => done(cli::offline::rebuild(&config, &name)),
+        Command::Token { action } => done(cli::token::run(&config, action)),
+        Command::Compact { json } => done(cli::offline::compact(&config, json)),
         Command::Check { json } => cli::offline::check(&config, json),
-        Command::Config => cli::config::print(&config),
-        Command::Backup { action: Some(BackupAction::Verify { file }), .. } => cli::backup::verify(&file),
+        Command::Config => done(cli::config::print(&config)),
+        Command::Backup { action: Some(BackupAction::Verify { file }), .. } => done(cli::backup::verify(&file)),
         Command::Backup { action: None, out, since, addr, max_events_per_sec, without_secret } => {
             let out = out.context("give --out FILE for the archive")?;
-            cli::backup::backup(config, out, since, addr, max_events_per_sec, without_secret).await
+            done(cli::backup::backup(config, out, since, addr, max_events_per_sec, without_secret).await)
         }
         Command::Restore { files, until_seq, until_time } => {
-            cli::backup::restore(&config, &files, until_seq, until_time)
+            done(cli::backup::restore(&config, &files, until_seq, until_time))
         }
-        Command::ClusterImport { from, json } => cli::offline::cluster_import(&config, &from, json).await,
-        Command::Search(args) => cli::search::run(&config, args),
+        Command::ClusterImport { from, json } => done(cli::offline::cluster_import(&config, &from, json).await),
+        Command::Search(args) => done(cli::search::run(&config, args)),
         Command::Janitor { action, addr, json } => cli::janitor::run(&config, action, addr, json).await,
         Command::Stats { addr, json } => cli::storage::stats(&config, addr, json).await,
         Command::Scrub { addr, json } => cli::storage::scrub(&config, addr, json).await,
-        Command::Status { addr, json } => {
-            let code = cli::status::status(&config, addr, json).await;
-            std::process::exit(code);
-        }
+        Command::Status { addr, json } => Ok(cli::status::status(&config, addr, json).await),
     }
 }

@@ -2,13 +2,16 @@
 //! `/api/janitor/runs` as typed structs. The HTTP handlers serialize them and `roomlog status`
 //! and `roomlog janitor` read them back, so that a field renamed on one side breaks the build
 //! or a test instead of printing `?` (issue 15). `/api/janitor/run` answers with
-//! [`JanitorRan`] itself and `/api/janitor/plan` with [`crate::janitor::Plan`].
+//! [`JanitorRan`] itself, `/api/janitor/plan` with [`crate::janitor::Plan`] and `/api/scrub`
+//! with [`crate::blob::service::ScrubReport`].
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::disk::{DiskConfig, DiskState};
 use crate::event::JanitorRan;
+use crate::growth::GrowthReport;
 use crate::recent_errors::RecentError;
 
 /// `GET /api/status`: how the server is, for `roomlog status` and the admin page.
@@ -115,4 +118,40 @@ mod tests {
         assert_eq!(json["runs"][0]["rules"][0]["rule"], "orphans");
         assert_eq!(serde_json::from_value::<JanitorRuns>(json).expect("reads back"), runs);
     }
+}
+
+/// `GET /api/storage`: what is stored and where, measured when asked (`roomlog stats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Storage {
+    pub disk_state: DiskState,
+    /// The fullest watched filesystem's used fraction; `None` before the first measurement.
+    pub disk_used_ratio: Option<f64>,
+    pub thresholds: DiskConfig,
+    /// Bytes of the files each part is made of, as on disk now (`log`, `projections`,
+    /// `search_index`, `quarantine`, `files_hot`, `files_cold`).
+    pub on_disk: BTreeMap<String, u64>,
+    /// Content files (each stored once per hash) per tier: count and bytes.
+    pub content: BTreeMap<String, PrefixTotal>,
+    /// Keys per `prefix/tier`; a key's bytes count once per key, even when content is shared.
+    pub keys: BTreeMap<String, PrefixTotal>,
+    /// Per room: messages kept and the text they store.
+    pub messages: BTreeMap<String, RoomTotal>,
+    /// Sessions per state (`active`, `expired`, ...).
+    pub sessions: BTreeMap<String, u64>,
+    /// Growth per day over the last 7 and 30 days, and days until each disk threshold.
+    pub growth: GrowthReport,
+}
+
+/// Keys (or content files) and their bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixTotal {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+/// Messages a room keeps and the text they store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomTotal {
+    pub messages: u64,
+    pub bytes: u64,
 }

@@ -19,6 +19,18 @@ async fn start(dir: &std::path::Path, clock: &ManualClock) -> Server {
     Server::start_with_clock(config, listener, Arc::new(NameOnly), Arc::new(clock.clone())).await.expect("starts")
 }
 
+/// Runs `roomlog scrub` against the server; its exit code and standard output.
+async fn scrub_command(server: &Server, data: &std::path::Path, json: bool) -> (Option<i32>, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_roomlog"));
+    command.args(["scrub", "--addr", &server.addr().to_string(), "--data"]).arg(data);
+    if json {
+        command.arg("--json");
+    }
+    let output = tokio::task::spawn_blocking(move || command.output()).await.expect("join").expect("scrub runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), text)
+}
+
 fn url(server: &Server, path: &str) -> String {
     format!("http://{}{path}", server.addr())
 }
@@ -340,14 +352,11 @@ async fn a_scrub_quarantines_damaged_content_and_lists_orphans() {
     std::fs::create_dir_all(&orphan_dir).expect("fan");
     std::fs::write(orphan_dir.join(&orphan_hash), &orphan).expect("orphan");
 
-    let report: Value = reqwest::Client::new()
-        .post(url(&server, "/api/scrub"))
-        .send()
-        .await
-        .expect("scrub")
-        .json()
-        .await
-        .expect("json");
+    // The operator's command, which reads the server's answer as its own `ScrubReport`: exit
+    // code 2 when content was damaged; `--json` prints the answer as it came.
+    let (code, text) = scrub_command(&server, dir.path(), true).await;
+    assert_eq!(code, Some(2), "{text}");
+    let report: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(report["files"], 3, "{report}");
     let damaged_list = report["damaged"].as_array().expect("damaged");
     assert_eq!(damaged_list.len(), 1, "{report}");
@@ -356,6 +365,11 @@ async fn a_scrub_quarantines_damaged_content_and_lists_orphans() {
     assert!(!path.exists(), "the damaged file left the store");
     assert!(dir.path().join("blobs/quarantine").join(format!("{hash}.hot")).exists());
     assert_eq!(report["orphans"], serde_json::json!([{ "hash": orphan_hash, "tier": "hot", "bytes": 1000 }]));
+    // Scrubbed again: nothing damaged is left (exit 0), the orphan is still listed, in words.
+    let (code, text) = scrub_command(&server, dir.path(), false).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("scrubbed 2 files") && text.contains("0 damaged, 1 orphans"), "{text}");
+    assert!(text.contains(&format!("orphan {orphan_hash} (hot tier, 1000 bytes)")), "{text}");
 
     let (status, body) = get(server.addr(), "/api/files/tts/bad.mp3").await;
     assert_eq!((status, body["error"]["code"].as_str()), (500, Some("content_missing")), "{body}");

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Buf;
 use futures_util::{Stream, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 pub use crate::ids::{ContentHash, FileKey, InvalidFileKey, Tier};
@@ -84,7 +84,7 @@ impl Drop for TmpGuard {
 }
 
 /// Content whose bytes no longer match its name, moved aside by [`BlobStore::scrub`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Damaged {
     pub hash: ContentHash,
     pub tier: Tier,

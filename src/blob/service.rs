@@ -53,7 +53,7 @@ fn storage(error: impl std::error::Error + Send + Sync + 'static) -> FileError {
 }
 
 /// Content on disk that no key references.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Orphan {
     pub hash: ContentHash,
     pub tier: Tier,
@@ -61,7 +61,7 @@ pub struct Orphan {
 }
 
 /// What a scrub found.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ScrubReport {
     /// Content files re-hashed, and their bytes.
     pub files: u64,

@@ -1,5 +1,7 @@
 //! `roomlog janitor plan|run|runs`: the running server's janitor.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use roomlog::event::{JanitorRan, RuleTally};
 use roomlog::views::{JanitorRunRecord, JanitorRuns};
@@ -8,13 +10,14 @@ use roomlog::Config;
 use super::args::JanitorAction;
 use super::remote::{ask_server_answer, error_answer};
 
-/// `roomlog janitor plan|run|runs`: asks the server, prints its answer; exits 2 on an incomplete run.
+/// `roomlog janitor plan|run|runs`: asks the server, prints its answer; exit code 2 on an
+/// incomplete run.
 pub async fn run(
     config: &Config,
     action: JanitorAction,
     addr: Option<std::net::SocketAddr>,
     json: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ExitCode> {
     let (method, path) = match &action {
         JanitorAction::Plan => (reqwest::Method::GET, "/api/janitor/plan".to_owned()),
         JanitorAction::Run => (reqwest::Method::POST, "/api/janitor/run".to_owned()),
@@ -32,15 +35,12 @@ pub async fn run(
     } else {
         print_janitor_answer(&action, answer)?;
     }
-    if run_incomplete {
-        std::process::exit(JANITOR_RUN_INCOMPLETE_EXIT);
-    }
-    Ok(())
+    Ok(if run_incomplete { ExitCode::from(JANITOR_RUN_INCOMPLETE_EXIT) } else { ExitCode::SUCCESS })
 }
 
 /// The exit code of `roomlog janitor run` when the run was `partial` (some items failed) or
 /// `failed` (none could be done): not 1, which says the command itself failed (no server).
-const JANITOR_RUN_INCOMPLETE_EXIT: i32 = 2;
+const JANITOR_RUN_INCOMPLETE_EXIT: u8 = 2;
 
 /// What `roomlog janitor plan|run|runs` prints for a person. A run and the runs are read as
 /// the server's own types ([`JanitorRan`], [`JanitorRuns`]), so that a field renamed there

@@ -1,6 +1,8 @@
 //! Commands on a stopped server's data folder: `rebuild`, `check` and `compact` (each takes the
 //! folder's locks, so a running server makes them fail rather than race it).
 
+use std::process::ExitCode;
+
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -33,18 +35,15 @@ pub fn compact(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `roomlog check`: checks the data folder; exits 1 when it finds a problem.
-pub fn check(config: &Config, json: bool) -> anyhow::Result<()> {
+/// `roomlog check`: checks the data folder; exit code 1 when it finds a problem.
+pub fn check(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let report = roomlog::check::check(&config.data, config.log.cache_bytes_max);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", check_summary(&report));
     }
-    if !report.ok() {
-        std::process::exit(1);
-    }
-    Ok(())
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// What `roomlog check` prints for a person.

@@ -32,6 +32,12 @@ pub async fn ask_server(
     Ok(body)
 }
 
+/// The server's JSON answer at `path` read as its own type (a `views` struct), so that a field
+/// renamed on the server fails here, naming the path, instead of printing `?`.
+pub fn typed<T: serde::de::DeserializeOwned>(path: &str, answer: &serde_json::Value) -> anyhow::Result<T> {
+    T::deserialize(answer).with_context(|| format!("{path}: not the answer this roomlog expects (another version?)"))
+}
+
 /// Sends one request to the running server and returns its status and JSON answer, whatever
 /// the status.
 pub async fn ask_server_answer(

@@ -1,18 +1,23 @@
 //! `roomlog status`: asks the running server how it is (`GET /api/status`).
 
+use std::process::ExitCode;
+
 use roomlog::views::Status;
 use roomlog::Config;
 
 use super::remote::operator_client;
 
+/// The exit code of `roomlog status` when the server answers but is not ready.
+const NOT_READY_EXIT: u8 = 2;
+
 /// Prints the server's status; returns the exit code: 0 ready, 1 unreachable, 2 not ready.
-pub async fn status(config: &Config, addr: Option<std::net::SocketAddr>, json: bool) -> i32 {
+pub async fn status(config: &Config, addr: Option<std::net::SocketAddr>, json: bool) -> ExitCode {
     let addr = addr.or_else(|| config.recorded_addr()).unwrap_or(config.listen);
     let client = match operator_client(config, std::time::Duration::from_secs(5)) {
         Ok(client) => client,
         Err(error) => {
             eprintln!("roomlog status: {error}");
-            return 1;
+            return ExitCode::FAILURE;
         }
     };
     let answer = match client.get(format!("http://{addr}/api/status")).send().await {
@@ -30,7 +35,7 @@ pub async fn status(config: &Config, addr: Option<std::net::SocketAddr>, json: b
             } else {
                 println!("roomlog is down: nothing answers on {addr} ({error})");
             }
-            return 1;
+            return ExitCode::FAILURE;
         }
     };
     // `--json` prints the answer as it came; the summary and the exit code read it as the
@@ -46,9 +51,9 @@ pub async fn status(config: &Config, addr: Option<std::net::SocketAddr>, json: b
         }
     }
     if ready {
-        0
+        ExitCode::SUCCESS
     } else {
-        2
+        ExitCode::from(NOT_READY_EXIT)
     }
 }
 

@@ -5,42 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Serialize;
 use warp::{Filter, Reply};
 
 use super::{ApiError, App};
 use crate::blob::Tier;
-
-/// Keys and bytes under one prefix (the key's first segment) in one tier.
-#[derive(Debug, Default, Serialize)]
-struct PrefixTotal {
-    keys: u64,
-    bytes: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct Storage {
-    disk_state: crate::disk::DiskState,
-    disk_used_ratio: Option<f64>,
-    thresholds: crate::disk::DiskConfig,
-    /// Bytes of the files each part is made of, as on disk now.
-    on_disk: BTreeMap<&'static str, u64>,
-    /// Content files (each stored once per hash) per tier: count and bytes.
-    content: BTreeMap<&'static str, PrefixTotal>,
-    /// Keys per `prefix/tier`; a key's bytes count once per key, even when content is shared.
-    keys: BTreeMap<String, PrefixTotal>,
-    /// Per room: messages kept and the text they store.
-    messages: BTreeMap<String, RoomTotal>,
-    sessions: BTreeMap<&'static str, u64>,
-    /// Growth per day over the last 7 and 30 days, and days until each disk threshold.
-    growth: crate::growth::GrowthReport,
-}
-
-#[derive(Debug, Serialize)]
-struct RoomTotal {
-    messages: u64,
-    bytes: u64,
-}
+use crate::views::{PrefixTotal, RoomTotal, Storage};
 
 async fn measure(app: &App) -> Result<Storage, String> {
     // Read your writes: what was acknowledged before the question is counted.
@@ -49,24 +18,24 @@ async fn measure(app: &App) -> Result<Storage, String> {
     let (config, store) = (app.config.clone(), app.files.store.clone());
     let (on_disk, contents) = tokio::task::spawn_blocking(move || {
         let mut on_disk = BTreeMap::new();
-        on_disk.insert("log", crate::metrics::disk_bytes(&config.log_dir()));
-        on_disk.insert("projections", crate::metrics::disk_bytes(&config.state_dir()));
-        on_disk.insert("search_index", crate::metrics::disk_bytes(&config.search_dir()));
-        on_disk.insert("quarantine", crate::metrics::disk_bytes(&config.blob_dir().join("quarantine")));
+        on_disk.insert("log".to_owned(), crate::metrics::disk_bytes(&config.log_dir()));
+        on_disk.insert("projections".to_owned(), crate::metrics::disk_bytes(&config.state_dir()));
+        on_disk.insert("search_index".to_owned(), crate::metrics::disk_bytes(&config.search_dir()));
+        on_disk.insert("quarantine".to_owned(), crate::metrics::disk_bytes(&config.blob_dir().join("quarantine")));
         let contents = store.contents();
         (on_disk, contents)
     })
     .await
     .map_err(|e| e.to_string())?;
     let mut on_disk = on_disk;
-    let mut content: BTreeMap<&'static str, PrefixTotal> = BTreeMap::new();
+    let mut content: BTreeMap<String, PrefixTotal> = BTreeMap::new();
     for (_, tier, bytes) in contents.map_err(|e| e.to_string())? {
-        let total = content.entry(tier.as_str()).or_default();
+        let total = content.entry(tier.as_str().to_owned()).or_default();
         total.keys += 1;
         total.bytes += bytes;
     }
-    on_disk.insert("files_hot", content.get("hot").map_or(0, |t| t.bytes));
-    on_disk.insert("files_cold", content.get("cold").map_or(0, |t| t.bytes));
+    on_disk.insert("files_hot".to_owned(), content.get("hot").map_or(0, |t| t.bytes));
+    on_disk.insert("files_cold".to_owned(), content.get("cold").map_or(0, |t| t.bytes));
     let mut keys: BTreeMap<String, PrefixTotal> = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
@@ -91,8 +60,13 @@ async fn measure(app: &App) -> Result<Storage, String> {
         .map(|(room, s)| (room.as_str().to_owned(), RoomTotal { messages: s.message_count, bytes: s.message_bytes }))
         .collect();
     let growth = app.growth.report(&app.disk.config).map_err(|e| e.to_string())?;
-    let sessions =
-        app.sessions_read.counts().map_err(|e| e.to_string())?.into_iter().map(|(s, n)| (s.as_str(), n)).collect();
+    let sessions = app
+        .sessions_read
+        .counts()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(s, n)| (s.as_str().to_owned(), n))
+        .collect();
     Ok(Storage {
         disk_state: app.disk.state(),
         disk_used_ratio: app.disk.used(),
