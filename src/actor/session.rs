@@ -270,12 +270,17 @@ impl SessionActorState {
     }
 
     /// Runs a command. On a cluster's log another node may change the session meanwhile: a
-    /// refused append makes the actor catch up with the cluster and decide again, once (every
-    /// command decides on the session's state alone, so deciding again is right); refused
-    /// twice, the caller gets `conflict`.
+    /// refused append makes the actor catch up with the cluster and decide again (every
+    /// command decides on the session's state alone, so deciding again is right), and append
+    /// once more. Refused twice, it decides a last time on what the other node wrote: a
+    /// command that needs nothing more (paying a session paid meanwhile) or that the state
+    /// now refuses answers as such, else the caller gets `conflict`.
     async fn command(&mut self, command: Command) -> Result<Session, SessionError> {
-        for attempt in 0..2 {
+        for attempt in 0.. {
             let Some(event) = self.decide(command)? else { return Ok(self.session.clone()) };
+            if attempt == 2 {
+                break;
+            }
             if self.append(event).await? {
                 return Ok(self.session.clone());
             }
