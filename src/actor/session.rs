@@ -72,8 +72,9 @@ impl SessionContext {
     }
 
     /// Appends a change of one session: on a cluster's log, only if `last_seq` is still the
-    /// newest record of its stream (else [`Appended::Raced`]: another node changed it first).
-    pub async fn append(&self, event: Event, last_seq: u64) -> Result<Appended, SessionError> {
+    /// newest record of its stream; `Ok(None)` if it was not (another node changed the session
+    /// first, nothing was stored).
+    pub async fn append(&self, event: Event, last_seq: u64) -> Result<Option<crate::event::Envelope>, SessionError> {
         let stored = if self.log.is_shared() {
             match self.log.submit_if_last(event, last_seq).await {
                 Ok(pending) => pending.durable().await,
@@ -83,22 +84,14 @@ impl SessionContext {
             self.log.append(event).await
         };
         match stored {
-            Ok(envelope) => Ok(Appended::Stored(envelope)),
+            Ok(envelope) => Ok(Some(envelope)),
             Err(error) => match error.as_ref() {
-                crate::log::LogError::Conflict(_) => Ok(Appended::Raced),
+                crate::log::LogError::Conflict(_) => Ok(None),
                 crate::log::LogError::Closed => Err(SessionError::ShuttingDown),
                 _ => Err(SessionError::storage(Arc::clone(&error))),
             },
         }
     }
-}
-
-/// What became of a session's conditional append.
-#[derive(Debug)]
-pub enum Appended {
-    Stored(crate::event::Envelope),
-    /// Another node changed the session first: nothing was stored.
-    Raced,
 }
 
 /// Why a session command was refused; each has a stable code.
@@ -345,12 +338,12 @@ impl SessionActorState {
     /// if another node changed the session first (nothing stored).
     async fn append(&mut self, event: Event) -> Result<bool, SessionError> {
         match self.ctx.append(event, self.last_seq).await? {
-            Appended::Stored(envelope) => {
+            Some(envelope) => {
                 self.session.apply(&envelope.event);
                 self.last_seq = envelope.seq;
                 Ok(true)
             }
-            Appended::Raced => Ok(false),
+            None => Ok(false),
         }
     }
 
