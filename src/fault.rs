@@ -8,7 +8,9 @@
 //!
 //! [`fail_once`] is the in-process counterpart: a test arms a point and the code there returns
 //! an error once (`janitor:item`, before the janitor applies an item; `log:commit`, before the
-//! log writer's fsync of a group).
+//! log writer's fsync of a group), and [`hold_once`] makes the next pass through a point wait
+//! until the test lets it go (`janitor:planned`, a janitor run planned and about to apply: a
+//! lease holder paused mid-run).
 
 /// The environment variable naming the point to stop at.
 pub const ENV: &str = "ROOMLOG_FAULT_PAUSE";
@@ -48,5 +50,47 @@ pub fn fail(point: &str) -> Result<(), Injected> {
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+type HeldPoint = (String, tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>);
+
+static HELD: std::sync::Mutex<Option<HeldPoint>> = std::sync::Mutex::new(None);
+
+/// A test's hold on a point (see [`hold_once`]).
+#[derive(Debug)]
+pub struct Hold {
+    /// Fires when the code reaches the point (and waits there).
+    pub reached: tokio::sync::oneshot::Receiver<()>,
+    release: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Hold {
+    /// Lets the code go on from the point (dropping the hold does too).
+    pub fn release(self) {
+        let _ = self.release.send(());
+    }
+}
+
+/// Makes the next pass through `point` (in this process) wait until the returned hold is
+/// released or dropped.
+pub fn hold_once(point: &str) -> Hold {
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    if let Ok(mut held) = HELD.lock() {
+        *held = Some((point.to_owned(), reached_tx, release_rx));
+    }
+    Hold { reached, release }
+}
+
+/// Waits here if a test holds this point (once); otherwise goes on at once.
+pub async fn hold(point: &str) {
+    let taken = match HELD.lock() {
+        Ok(mut held) if held.as_ref().is_some_and(|(p, _, _)| p == point) => held.take(),
+        _ => None,
+    };
+    if let Some((_, reached, release)) = taken {
+        let _ = reached.send(());
+        let _ = release.await;
     }
 }

@@ -33,7 +33,7 @@ use crate::blob::{ContentHash, FileKey, Tier};
 use crate::clock::Clock;
 use crate::config::{JanitorConfig, PrefixMove, RetentionConfig, RoomRetention};
 use crate::event::{Event, ItemFailure, JanitorRan, MessagesExpired, RoomId, RuleTally, SessionId, StreamId};
-use crate::log::EventLog;
+use crate::log::{EventLog, Fence, LogError};
 use crate::projection::history::History;
 use crate::projection::Runner;
 use crate::session::SessionState;
@@ -50,6 +50,11 @@ pub enum JanitorError {
     Read(String),
     #[error("the janitor is stopping")]
     Stopped,
+    /// On a cluster's log: another node recorded a janitor run after this one began (this
+    /// node held the lease and was paused past it, or two runs were asked of two nodes); this
+    /// run stopped there and recorded nothing more (HTTP 409, code `conflict`).
+    #[error("another node ran the janitor since this run began: this run stopped and recorded nothing more")]
+    Fenced,
 }
 
 impl JanitorError {
@@ -59,6 +64,7 @@ impl JanitorError {
         match self {
             JanitorError::Read(_) => ErrorCode::StorageUnavailable,
             JanitorError::Stopped => ErrorCode::ShuttingDown,
+            JanitorError::Fenced => ErrorCode::Conflict,
         }
     }
 }
@@ -468,10 +474,16 @@ impl JanitorContext {
         Ok(items)
     }
 
-    /// Applies one item; `Ok(false)` if there was nothing left to do (done meanwhile).
-    async fn apply(&self, item: &PlanItem) -> Result<bool, String> {
+    /// Applies one item; `Ok(false)` if there was nothing left to do (done meanwhile). The
+    /// events that delete go under `fence` (a cluster's run, see [`JanitorState::fence`]).
+    async fn apply(&self, item: &PlanItem, fence: Option<&Fence>) -> Result<bool, ItemError> {
         crate::fault::fail("janitor:item").map_err(|e| e.to_string())?;
-        match &item.op {
+        let fenced = |error: &Arc<LogError>| match error.as_ref() {
+            LogError::Conflict(_) => ItemError::Fenced,
+            _ => ItemError::Failed(error.to_string()),
+        };
+        Ok(match &item.op {
+            // Fenced per session: the purge is conditional on the session's stream.
             Op::Purge { id, at } => self.sessions.apply_purge(id, *at).await.map(|()| true).map_err(|e| e.to_string()),
             Op::Rename { owner, from, to } => match self.files.rename_paid(owner, from, to.clone()).await {
                 Err(FileError::NotFound(_)) => Ok(false),
@@ -479,8 +491,15 @@ impl JanitorContext {
             },
             Op::Expire { key } => {
                 let reason = format!("lifecycle rule {}: expired", item.rule);
-                match self.files.delete(key, &reason).await {
+                match self.files.delete_fenced(key, &reason, fence).await {
                     Err(FileError::NotFound(_)) => Ok(false),
+                    Err(FileError::Storage(source))
+                        if source
+                            .downcast_ref::<Arc<LogError>>()
+                            .is_some_and(|e| matches!(**e, LogError::Conflict(_))) =>
+                    {
+                        return Err(ItemError::Fenced);
+                    }
                     other => other.map(|_| true).map_err(|e| e.to_string()),
                 }
             }
@@ -514,11 +533,25 @@ impl JanitorContext {
                     through_seq: *through_seq,
                     policy: policy.clone(),
                 });
-                let appended = self.log.append(event).await.map_err(|e| e.to_string())?;
+                let appended = self.log.append_fenced(event, fence).await.map_err(|e| fenced(&e))?;
                 self.history_runner.wait_applied(appended.seq).await;
                 Ok(true)
             }
-        }
+        }?)
+    }
+}
+
+/// Why a janitor item was not applied.
+#[derive(Debug)]
+enum ItemError {
+    Failed(String),
+    /// The run's fence was refused: another node recorded a run since this one began.
+    Fenced,
+}
+
+impl From<String> for ItemError {
+    fn from(error: String) -> Self {
+        ItemError::Failed(error)
     }
 }
 
@@ -637,9 +670,36 @@ impl Actor for Janitor {
 const PURGE_RULE: &str = "log_purge";
 
 impl JanitorState {
+    /// On a cluster's log, the guard of this run's events: the newest run recorded in the
+    /// cluster when it begins (`JanitorRan` on the janitor's stream). Once another node records
+    /// a run, every later append of this one is refused, so a node paused past its lease (or
+    /// asked for a run while another node ran one) does not delete or record twice. `None` on
+    /// a local log, whose one janitor is this actor.
+    async fn fence(&self) -> Result<Option<Fence>, JanitorError> {
+        if !self.ctx.log.is_shared() {
+            return Ok(None);
+        }
+        let stream = StreamId::janitor();
+        let last_seq = self.ctx.log.newest_of(&stream).await.map_err(|e| JanitorError::Read(e.to_string()))?;
+        Ok(Some(Fence { stream, last_seq }))
+    }
+
+    /// A run refused by its fence: said, counted, nothing more stored.
+    fn fenced(&self, trigger: &str, fence: Option<&Fence>, items: usize) -> JanitorError {
+        tracing::warn!(
+            trigger,
+            fence = fence.map_or(0, |f| f.last_seq),
+            items_before = items,
+            "janitor run refused by the log: another node ran the janitor since this run began; it records nothing more"
+        );
+        metrics::counter!(crate::metrics::JANITOR_RUNS_TOTAL, "outcome" => "fenced").increment(1);
+        JanitorError::Fenced
+    }
+
     async fn run(&mut self, trigger: String) -> Result<JanitorRan, JanitorError> {
         let started_at = self.ctx.clock.now_ms();
         let started = Instant::now();
+        let fence = self.fence().await?;
         let floor = self.ctx.log.floors().log;
         if crate::space::available(&self.ctx.data).is_some_and(|free| free < floor) {
             let reserve = self.ctx.reserve.clone();
@@ -661,13 +721,15 @@ impl JanitorState {
             }),
             Ok(plan) => {
                 failures.extend(plan.unreadable);
+                crate::fault::hold("janitor:planned").await;
                 // Each item on its own: one that fails is recorded with its reason and the
                 // rest of the run goes on; the next run plans it again.
                 for item in plan.items {
-                    match self.ctx.apply(&item).await {
+                    match self.ctx.apply(&item, fence.as_ref()).await {
                         Ok(true) => done.push(item),
                         Ok(false) => {}
-                        Err(error) => {
+                        Err(ItemError::Fenced) => return Err(self.fenced(&trigger, fence.as_ref(), done.len())),
+                        Err(ItemError::Failed(error)) => {
                             tracing::warn!(rule = %item.rule, action = item.action, target = %item.target, error = %error, "janitor item failed; the run goes on");
                             failures.push(ItemFailure {
                                 rule: item.rule.clone(),
@@ -681,7 +743,6 @@ impl JanitorState {
                 }
             }
         }
-        self.runs += 1;
         let outcome = match (failures.is_empty(), done.is_empty()) {
             (true, _) => "succeeded",
             (false, false) => "partial",
@@ -699,7 +760,7 @@ impl JanitorState {
         });
         let kept = failures.len().min(JanitorRan::FAILURES_KEPT);
         let ran = JanitorRan {
-            run: self.runs,
+            run: self.runs + 1,
             trigger,
             started_at_unix_ms: started_at,
             finished_at_unix_ms: self.ctx.clock.now_ms(),
@@ -709,6 +770,12 @@ impl JanitorState {
             failed: tally(&failed),
             failures: failures.into_iter().take(kept).collect(),
         };
+        let recorded = self.ctx.log.append_fenced(Event::JanitorRan(ran.clone()), fence.as_ref()).await;
+        match recorded.as_ref().map_err(|e| e.as_ref()) {
+            Err(LogError::Conflict(_)) => return Err(self.fenced(&ran.trigger, fence.as_ref(), done.len())),
+            Err(error) => return Err(JanitorError::Read(error.to_string())),
+            Ok(_) => self.runs += 1,
+        }
         let seconds = started.elapsed().as_secs_f64();
         metrics::counter!(crate::metrics::JANITOR_RUNS_TOTAL, "outcome" => outcome).increment(1);
         metrics::histogram!(crate::metrics::JANITOR_RUN_SECONDS).record(seconds);
@@ -724,7 +791,6 @@ impl JanitorState {
                 tracing::error!(run = ran.run, trigger = %ran.trigger, outcome, items = done.len(), error = %e, "janitor run did not finish everything; the next run retries what failed")
             }
         }
-        self.ctx.log.append(Event::JanitorRan(ran.clone())).await.map_err(|e| JanitorError::Read(e.to_string()))?;
         Ok(ran)
     }
 }

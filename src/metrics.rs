@@ -125,7 +125,10 @@ fn describe() {
     describe_histogram!(SEARCH_SECONDS, Unit::Seconds, "message searches, query and snippets");
     describe_gauge!(SEARCH_INDEX_DOCUMENTS, "messages in the search index as last committed");
     describe_gauge!(SEARCH_INDEX_DISK_BYTES, Unit::Bytes, "bytes of the search index on disk");
-    describe_counter!(JANITOR_RUNS_TOTAL, "janitor runs, by outcome (succeeded, partial, failed)");
+    describe_counter!(
+        JANITOR_RUNS_TOTAL,
+        "janitor runs, by outcome (succeeded, partial, failed; fenced: refused by a cluster's log, another node ran since it began)"
+    );
     describe_histogram!(JANITOR_RUN_SECONDS, Unit::Seconds, "duration of janitor runs");
     describe_counter!(JANITOR_FREED_BYTES_TOTAL, Unit::Bytes, "bytes of keys, content and orphans the janitor removed");
     describe_counter!(FILE_TIER_MOVES_TOTAL, "content moved between tiers, by target tier");
@@ -139,8 +142,9 @@ fn describe() {
 pub const REFUSED_REASONS: [&str; 4] =
     ["too_many_failures", "unauthorized", "too_many_from_address", "too_many_connections"];
 
-/// How a janitor run ends: the values of `outcome` on [`JANITOR_RUNS_TOTAL`].
-pub const JANITOR_OUTCOMES: [&str; 3] = ["succeeded", "partial", "failed"];
+/// How a janitor run ends: the values of `outcome` on [`JANITOR_RUNS_TOTAL`] (`fenced`: on a
+/// cluster's log, refused because another node recorded a run after it began).
+pub const JANITOR_OUTCOMES: [&str; 4] = ["succeeded", "partial", "failed", "fenced"];
 
 /// Registers every counter, with every label value it can take, and every histogram, at 0.
 ///

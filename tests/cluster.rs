@@ -509,6 +509,150 @@ async fn one_node_sweeps_sessions_and_runs_the_janitor_and_a_killed_holder_hands
     }
 }
 
+/// POSTs `path` on the node at `addr`: the status and the JSON answer.
+async fn post(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .header("content-length", "0")
+        .send()
+        .await
+        .expect("http post");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits (bounded) until `node`'s copy of the log holds everything acknowledged so far by any
+/// node: a post through `through` is appended, and `node` waits until it has it.
+async fn holds_all(through: &Server, node: &Server) {
+    let marker = roomlog::event::Event::MessagePosted(roomlog::event::MessagePosted {
+        room: roomlog::event::RoomId::parse("marker").expect("room"),
+        author: "test".into(),
+        client_id: format!("m{}", uuid::Uuid::new_v4().simple()),
+        body: "marker".into(),
+    });
+    let seq = through.log().append(marker).await.expect("marker").seq;
+    let mut head = node.log().watch_head();
+    let waited = tokio::time::timeout(Duration::from_secs(30), head.wait_for(|&head| head >= seq)).await;
+    assert!(matches!(waited, Ok(Ok(_))), "the node's copy of the log never reached seq {seq}");
+}
+
+/// The tags of the events of session `id`'s stream, as `node` holds them.
+async fn session_events(node: &Server, id: &str) -> Vec<String> {
+    let id = roomlog::event::SessionId::parse(id).expect("session id");
+    let stream = roomlog::event::StreamId::session(&id);
+    let events = node.log().read_stream(&stream, 0, usize::MAX).await.expect("session stream");
+    events.iter().map(|e| e.event.tag().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_racing_one_session_command_store_it_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let nodes = nodes(2, dir.path(), &nats).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let paid_events = |tags: &[String]| tags.iter().filter(|t| t.starts_with("SessionPaid")).count();
+    let mut ids = Vec::new();
+    for race in [false, true] {
+        let (status, created) = post(a.addr(), "/api/sessions").await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().expect("id").to_owned();
+        // Each node runs an actor for the session, holding what it read of it.
+        for node in [a, b] {
+            let (status, touched) = post(node.addr(), &format!("/api/sessions/{id}/touch")).await;
+            assert_eq!(status, 200, "{touched}");
+        }
+        let path = format!("/api/sessions/{id}/pay");
+        let pay = |node: &Server| post(node.addr(), &path);
+        let answers = if race {
+            let (first, second) = tokio::join!(pay(a), pay(b));
+            vec![first, second]
+        } else {
+            // B pays after A did: B's actor read the session before A's payment.
+            vec![pay(a).await, pay(b).await]
+        };
+        for (status, session) in answers {
+            assert_eq!((status, session["state"].as_str()), (200, Some("paid")), "paying a paid session is paying");
+        }
+        ids.push(id);
+    }
+    for node in [a, b] {
+        holds_all(a, node).await;
+        holds_all(b, node).await;
+        for id in &ids {
+            let tags = session_events(node, id).await;
+            assert_eq!(paid_events(&tags), 1, "session {id} paid by exactly one event: {tags:?}");
+        }
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_janitor_run_paused_past_another_nodes_run_stores_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b"] {
+        let mut config = node_config(&dir.path().join(name), &nats);
+        config.retention.default.max_messages = Some(1);
+        nodes.push(common::start(config).await);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let room = roomlog::event::RoomId::parse("kept-short").expect("room");
+    for n in 0..3 {
+        let post = roomlog::event::Event::MessagePosted(roomlog::event::MessagePosted {
+            room: room.clone(),
+            author: "ann".into(),
+            client_id: format!("c{n}"),
+            body: format!("message {n}"),
+        });
+        a.log().append(post).await.expect("post");
+    }
+    holds_all(a, b).await;
+    // B's run plans the cut and stops there, as a holder paused past its lease would.
+    let mut hold = roomlog::fault::hold_once("janitor:planned");
+    let paused = tokio::spawn({
+        let janitor = b.janitor().clone();
+        async move { janitor.run("manual").await }
+    });
+    let reached = tokio::time::timeout(Duration::from_secs(30), &mut hold.reached).await;
+    assert!(matches!(reached, Ok(Ok(()))), "b's run never reached its items");
+    // Meanwhile A runs the janitor: it cuts the room and records its run.
+    let ran = a.janitor().run("manual").await.expect("a's run");
+    assert_eq!(ran.outcome, "succeeded", "{ran:?}");
+    assert!(ran.rules.iter().any(|r| r.rule.starts_with("retention") && r.items == 2), "{ran:?}");
+    // B resumes: the log refuses its stale cut and its record.
+    hold.release();
+    let stale = tokio::time::timeout(Duration::from_secs(30), paused).await.expect("b's run ends").expect("task");
+    assert!(matches!(stale, Err(roomlog::janitor::JanitorError::Fenced)), "{stale:?}");
+    for node in [a, b] {
+        holds_all(b, node).await;
+        let runs = node.janitor().runs(10).await.expect("runs");
+        assert_eq!(runs.len(), 1, "one run recorded: {runs:?}");
+        let stream = roomlog::event::StreamId::room(&room);
+        let tags: Vec<String> = node
+            .log()
+            .read_stream(&stream, 0, usize::MAX)
+            .await
+            .expect("room stream")
+            .iter()
+            .map(|e| e.event.tag().to_owned())
+            .collect();
+        assert_eq!(tags.iter().filter(|t| t.starts_with("MessagesExpired")).count(), 1, "one cut: {tags:?}");
+    }
+    // The metrics are the process's, shared by both nodes here: b's refused run is the one.
+    let metrics = reqwest::get(format!("http://{}/metrics", b.addr())).await.expect("metrics");
+    let metrics = metrics.text().await.expect("metrics text");
+    let fenced = metrics.lines().find(|l| l.starts_with("roomlog_janitor_runs_total{outcome=\"fenced\"}"));
+    assert_eq!(fenced.and_then(|l| l.rsplit(' ').next()), Some("1"), "counted as fenced");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_uploaded_through_one_node_downloads_through_another() {
     let _one = ONE_AT_A_TIME.lock().await;

@@ -132,6 +132,11 @@ impl SessionSupervisorState {
     /// without an actor has no event of its own in flight (an actor stops only once the
     /// projection has its events), and the sweeper never hands out a due time twice within a
     /// pass (a new pass first waits until the last one's events are durable and applied).
+    ///
+    /// On a cluster's log other nodes change sessions too, and the lease that makes this node
+    /// the sweeper can be lost while it is paused: there each due time is its own event,
+    /// conditional on the session's stream (`submit_each`), at the cost of one record per
+    /// session.
     async fn apply_due(&mut self, due: Vec<(u64, Due, SessionId)>) -> Vec<(u64, Due, ActorRef<SessionMsg>)> {
         let now = self.ctx.clock.now_ms();
         let mut live = Vec::new();
@@ -152,6 +157,40 @@ impl SessionSupervisorState {
                 batch.push(DueSession { id, due_at_unix_ms: at });
             }
         }
+        let pending = if self.ctx.log.is_shared() {
+            self.submit_each(
+                now,
+                expire.into_iter().map(|s| (Due::Expire, s)).chain(purge.into_iter().map(|s| (Due::Purge, s))),
+            )
+            .await
+        } else {
+            self.submit_batches(now, expire, purge).await
+        };
+        self.in_flight.retain(|task| !task.is_finished());
+        self.in_flight.push(tokio::spawn(async move {
+            for append in pending {
+                match append.durable().await {
+                    Err(error) if matches!(error.as_ref(), crate::log::LogError::Conflict(_)) => {
+                        // A paused ex-holder of the sweeper's lease, or a command on another
+                        // node: the next pass reads what that node wrote and decides again.
+                        tracing::info!(error = %error, "a session changed on another node first: its due time is decided again");
+                    }
+                    Err(error) => tracing::warn!(error = %error, "due times were not applied; the sweeper retries"),
+                    Ok(_) => {}
+                }
+            }
+        }));
+        live
+    }
+
+    /// The due times as batch events of up to [`SWEEP_EVENT_SESSIONS_MAX`] sessions each: on a
+    /// local log, whose one writer is this node, and only this supervisor starts actors.
+    async fn submit_batches(
+        &self,
+        now: u64,
+        expire: Vec<DueSession>,
+        purge: Vec<DueSession>,
+    ) -> Vec<crate::log::PendingAppend> {
         let mut pending = Vec::new();
         'submit: for (kind, sessions) in [(Due::Expire, expire), (Due::Purge, purge)] {
             let (reason, rule) = kind.words(kind.age(&self.ctx.config));
@@ -175,15 +214,37 @@ impl SessionSupervisorState {
                 }
             }
         }
-        self.in_flight.retain(|task| !task.is_finished());
-        self.in_flight.push(tokio::spawn(async move {
-            for append in pending {
-                if let Err(error) = append.durable().await {
-                    tracing::warn!(error = %error, "due times were not applied; the sweeper retries");
+        pending
+    }
+
+    /// The due times one event per session, each conditional on the newest record of that
+    /// session's stream as this node read it: on a cluster's log, where another node may
+    /// change the session meanwhile (a command there, or this node's lease lost while paused),
+    /// a stale expiry or purge is refused rather than stored twice or over a payment.
+    async fn submit_each(
+        &self,
+        now: u64,
+        due: impl Iterator<Item = (Due, DueSession)>,
+    ) -> Vec<crate::log::PendingAppend> {
+        let mut pending = Vec::new();
+        for (kind, DueSession { id, due_at_unix_ms: at }) in due {
+            let (session, last_seq) = match self.ctx.read_held(&id).await {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::warn!(session = %id, error = %error, "due time not applied; the sweeper retries");
+                    continue;
+                }
+            };
+            let Some(event) = session.due_event(kind, at, now, kind.age(&self.ctx.config)) else { continue };
+            match self.ctx.log.submit_if_last(event, last_seq).await {
+                Ok(append) => pending.push(append),
+                Err(error) => {
+                    tracing::warn!(error = %error, "due times not applied; the sweeper retries");
+                    break;
                 }
             }
-        }));
-        live
+        }
+        pending
     }
 
     /// Waits until every due event appended is durable (or failed).

@@ -331,10 +331,21 @@ impl FileService {
 
     /// Deletes a key; its content goes once no key references it.
     pub async fn delete(&self, key: &FileKey, reason: &str) -> Result<FileEntry, FileError> {
+        self.delete_fenced(key, reason, None).await
+    }
+
+    /// [`FileService::delete`] under a lease holder's fence (see `EventLog::submit_fenced`):
+    /// refused, with the log's `Conflict` as the source, once another node recorded a run.
+    pub async fn delete_fenced(
+        &self,
+        key: &FileKey,
+        reason: &str,
+        fence: Option<&crate::log::Fence>,
+    ) -> Result<FileEntry, FileError> {
         let entry = self.get(key).await?.ok_or_else(|| FileError::NotFound(key.to_string()))?;
         let event =
             Event::FileDeleted(FileDeleted { key: key.clone(), hash: entry.hash.clone(), reason: reason.into() });
-        self.log.append(event).await.map_err(storage)?;
+        self.log.append_fenced(event, fence).await.map_err(storage)?;
         Ok(entry)
     }
 

@@ -477,6 +477,96 @@ mod jetstream {
         close(b).await;
     }
 
+    fn session_event(id: &crate::event::SessionId, kind: &str) -> Event {
+        use crate::event::{SessionCreated, SessionDue, SessionPaid};
+        let due = || SessionDue {
+            id: id.clone(),
+            due_at_unix_ms: 10,
+            applied_at_unix_ms: 11,
+            reason: "unpaid at its expiry".into(),
+            rule: "sessions.expire_after=1s".into(),
+        };
+        match kind {
+            "created" => Event::SessionCreated(SessionCreated {
+                id: id.clone(),
+                created_at_unix_ms: 1,
+                expires_at_unix_ms: 10,
+                purge_at_unix_ms: 20,
+                sliding: false,
+            }),
+            "paid" => Event::SessionPaid(SessionPaid { id: id.clone(), at_unix_ms: 5 }),
+            _ => Event::SessionExpired(due()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_change_based_on_a_stale_read_is_refused_and_stored_once() {
+        let place = JetStreamPlace::new();
+        let (a, b) = (place.node("a").await, place.node("b").await);
+        let id = crate::event::SessionId::random();
+        let stream = StreamId::session(&id);
+        let created = a.append(session_event(&id, "created")).await.expect("created").seq;
+        // Both nodes read the session as created; the sweeper's expiry on a reaches the log
+        // first, and b's (a paused ex-holder's, or a command's) is refused.
+        let expired = a.submit_if_last(session_event(&id, "expired"), created).await.expect("submit");
+        let expired = expired.durable().await.expect("the first expiry").seq;
+        let stale = b.submit_if_last(session_event(&id, "expired"), created).await.expect("submit").durable().await;
+        let refused = stale.expect_err("the stale expiry is refused");
+        assert!(matches!(*refused, LogError::Conflict(_)), "{refused}");
+        // Other streams' records do not move a session's: a post in between changes nothing.
+        b.append(posted("lobby", 1)).await.expect("a post");
+        // b catches up with the cluster and decides again on what is there now.
+        assert_eq!(b.newest_of(&stream).await.expect("newest"), expired);
+        let paid = b.submit_if_last(session_event(&id, "paid"), expired).await.expect("submit").durable().await;
+        let paid = paid.expect("a change based on the newest record goes through").seq;
+        assert_eq!(a.newest_of(&stream).await.expect("newest"), paid);
+        assert_eq!(seqs_of_stream(&a, &stream, 0).await, vec![created, expired, paid], "one expiry, one payment");
+        assert_eq!(b.newest_held(&stream, paid - 1).await.expect("held"), expired);
+        close(a).await;
+        close(b).await;
+    }
+
+    #[tokio::test]
+    async fn a_fenced_append_after_another_run_is_refused() {
+        let place = JetStreamPlace::new();
+        let (a, b) = (place.node("a").await, place.node("b").await);
+        let janitor = StreamId::janitor();
+        // Both nodes begin a run with no run recorded (fence 0); a records its run first.
+        let fence = super::super::Fence { stream: janitor.clone(), last_seq: 0 };
+        let ran = Event::JanitorRan(crate::event::JanitorRan {
+            run: 1,
+            trigger: "schedule".into(),
+            started_at_unix_ms: 1,
+            finished_at_unix_ms: 2,
+            outcome: "succeeded".into(),
+            error: None,
+            rules: Vec::new(),
+            failed: Vec::new(),
+            failures: Vec::new(),
+        });
+        let recorded = a.append_fenced(ran.clone(), Some(&fence)).await.expect("a's run").seq;
+        // b, paused past its lease, resumes: its cut of a room (another stream) and its own
+        // record are refused, so it deletes and records nothing.
+        let cut = Event::MessagesExpired(crate::event::MessagesExpired {
+            room: RoomId::parse("lobby").expect("room"),
+            through_seq: 1,
+            policy: "retention.default.max_messages: max_messages 1".into(),
+        });
+        for event in [cut.clone(), ran.clone()] {
+            let refused = b.append_fenced(event, Some(&fence)).await.expect_err("fenced out");
+            assert!(matches!(*refused, LogError::Conflict(_)), "{refused}");
+        }
+        assert!(seqs_of_stream(&a, &room("lobby"), 0).await.is_empty(), "no cut stored");
+        // A run that begins after a's goes through.
+        let newer =
+            super::super::Fence { stream: janitor.clone(), last_seq: b.newest_of(&janitor).await.expect("newest") };
+        assert_eq!(newer.last_seq, recorded);
+        let cut = b.append_fenced(cut, Some(&newer)).await.expect("a run after a's").seq;
+        assert_eq!(seqs_of_stream(&b, &room("lobby"), 0).await, vec![cut]);
+        close(a).await;
+        close(b).await;
+    }
+
     #[tokio::test]
     async fn a_node_that_lost_its_replica_gets_it_back_from_the_stream() {
         let place = JetStreamPlace::new();

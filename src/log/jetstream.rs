@@ -20,9 +20,13 @@
 //! Timestamps come from the publishing node's clock; the tail keeps them non-decreasing in seq
 //! order (`at = max(previous, stamped)`), which every node computes alike.
 //!
-//! Not here yet: removing records (the log purge stays a single-node rule), and the
-//! conditional appends (expected last subject seq) that edits and session commands will need
-//! with several writers.
+//! Where one writer must win, an append is **conditional** (`Nats-Expected-Last-Subject-Sequence`):
+//! an edit or deletion on the subject of the message it amends, a session's change on its
+//! session's subject, and a lease holder's run fenced by the newest record of its own stream
+//! (with `Nats-Expected-Last-Subject-Sequence-Subject`, nats-server 2.11 and later). A stale one
+//! is refused with [`LogError::Conflict`] and nothing is stored.
+//!
+//! Not here yet: removing records (the log purge stays a single-node rule).
 //!
 //! [`Backend`]: super::Backend
 
@@ -40,7 +44,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use crate::config::JetStreamConfig;
 
 use super::backend::Backend;
-use super::writer::WriterMsg;
+use super::writer::{Expect, WriterMsg};
 use super::LogError;
 use crate::event::{decode, encode, Envelope, Event, StreamId};
 
@@ -124,6 +128,7 @@ pub(super) struct Started {
     pub leases: Leases,
     pub files: SharedFiles,
     pub client: async_nats::Client,
+    pub newest: Newest,
 }
 
 /// Connects, makes sure the stream exists, and starts the tail (filling `replica`) and the
@@ -142,6 +147,7 @@ pub(super) async fn start(
         .backpressure_on_inflight(true)
         .build(client.clone());
     let stream = ensure_stream(&context, config).await?;
+    let newest_of = stream.clone();
     let leases = Leases::open(&context, config).await?;
     let files = SharedFiles::open(&context, config).await?;
     let last = replica.last()?.map(|(seq, bytes)| decode(seq, &bytes)).transpose()?;
@@ -169,8 +175,9 @@ pub(super) async fn start(
         record_bytes_max: 0,
         last_at: last.as_ref().map_or(0, |e| e.at_unix_ms),
     };
+    let newest = Newest { stream: newest_of, head: head.clone(), waited_max: config.append_timeout };
     tokio::spawn(publisher.run(rx, stop_tail));
-    Ok(Started { head, failure, connected, lag, leases, files, client: nats })
+    Ok(Started { head, failure, connected, lag, leases, files, client: nats, newest })
 }
 
 async fn connect(config: &JetStreamConfig) -> Result<async_nats::Client, LogError> {
@@ -233,6 +240,35 @@ async fn ensure_stream(context: &Context, config: &JetStreamConfig) -> Result<st
         )));
     }
     Ok(stream)
+}
+
+/// Asks the cluster for the newest record of one stream, so that a node whose conditional
+/// append was refused can catch up with what another node wrote before it decides again.
+#[derive(Debug, Clone)]
+pub struct Newest {
+    stream: stream::Stream,
+    head: watch::Receiver<u64>,
+    /// How long to wait for this node's replica to hold that record.
+    waited_max: Duration,
+}
+
+impl Newest {
+    /// The seq of the newest record of `of` in the stream (0: none), once this node's replica
+    /// holds it. Asked of the stream leader (a direct get may be answered by a follower that
+    /// is behind).
+    pub async fn caught_up(&self, of: &StreamId) -> Result<u64, LogError> {
+        let seq = match self.stream.get_last_raw_message_by_subject(&subject(of)).await {
+            Ok(message) => message.sequence,
+            Err(error) if error.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(error) => return Err(ClusterError::Unavailable(self.waited_max, error.to_string()).into()),
+        };
+        let mut head = self.head.clone();
+        let reached = tokio::time::timeout(self.waited_max, head.wait_for(|&head| head >= seq)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(seq),
+            _ => Err(ClusterError::ReplicaBehind { seq, waited: self.waited_max }.into()),
+        }
+    }
 }
 
 /// The KV bucket of the leases.
@@ -617,7 +653,7 @@ struct InFlight {
     ack: Option<PublishAckFuture>,
     reply: Reply,
     since: Instant,
-    expect: Option<u64>,
+    expect: Option<Expect>,
 }
 
 /// Takes appends in order, publishes them pipelined, and answers them in order.
@@ -668,7 +704,7 @@ impl Publisher {
     }
 
     /// Stamps and encodes the event and sends it; answers at once when it cannot be sent.
-    async fn publish(&mut self, event: Event, reply: Reply, expect: Option<u64>) -> Option<InFlight> {
+    async fn publish(&mut self, event: Event, reply: Reply, expect: Option<Expect>) -> Option<InFlight> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.last_at = self.last_at.max(now);
         let id = message_id(&event);
@@ -688,7 +724,7 @@ impl Publisher {
         }
         let subject = subject_of(&envelope);
         let payload = bytes::Bytes::from(encoded);
-        let ack = send(&self.context, &subject, &id, payload.clone(), expect).await.ok();
+        let ack = send(&self.context, &subject, &id, payload.clone(), expect.as_ref()).await.ok();
         Some(InFlight { subject, id, payload, ack, reply, since: Instant::now(), expect })
     }
 }
@@ -698,14 +734,21 @@ async fn send(
     subject: &str,
     id: &str,
     payload: bytes::Bytes,
-    expect: Option<u64>,
+    expect: Option<&Expect>,
 ) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
     let mut message = PublishMessage::build().payload(payload).message_id(id);
-    if let Some(last) = expect {
-        message = message.expected_last_subject_sequence(last);
+    if let Some(expect) = expect {
+        message = message.expected_last_subject_sequence(expect.last_seq);
+        if let Some(stream) = &expect.on {
+            message = message.header(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, self::subject(stream));
+        }
     }
     context.send_publish(subject.to_owned(), message).await
 }
+
+/// The header that makes `Nats-Expected-Last-Subject-Sequence` check another subject than the
+/// one published on (nats-server 2.11; the client has no constant for it).
+const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
 
 /// The subject a record is published on: its stream's ([`subject`]), except an edit or a
 /// deletion, which goes on a subject of the message it amends (`rl.room.lobby.a42`), so that
@@ -743,7 +786,7 @@ impl Answerer {
         payload: bytes::Bytes,
         mut ack: Option<PublishAckFuture>,
         since: Instant,
-        expect: Option<u64>,
+        expect: Option<Expect>,
     ) -> Result<Envelope, LogError> {
         let seq = loop {
             let outcome = match ack.take() {
@@ -763,7 +806,7 @@ impl Answerer {
                 Err((kind, reason)) => {
                     tracing::debug!(?kind, reason, id, "publish not acknowledged: sending again with the same id");
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    ack = send(&self.context, subject, id, payload.clone(), expect).await.ok();
+                    ack = send(&self.context, subject, id, payload.clone(), expect.as_ref()).await.ok();
                 }
             }
         };

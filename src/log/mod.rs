@@ -29,6 +29,7 @@ pub use crate::config::{LogBackend, LogConfig};
 pub use backend::{Backend, Encoded, Raw};
 pub use memory::MemoryBackend;
 pub use sled_store::SledBackend;
+pub use writer::Expect;
 
 use crate::event::{decode, DecodeError, Envelope, Event, StreamId};
 use writer::WriterMsg;
@@ -147,6 +148,15 @@ struct ClusterState {
     connected: watch::Receiver<bool>,
     lag: watch::Receiver<u64>,
     lag_max: u64,
+    newest: jetstream::Newest,
+}
+
+/// A guard on a lease holder's appends (see [`EventLog::submit_fenced`]): the newest record
+/// of `stream` that the holder read when it started its work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub stream: StreamId,
+    pub last_seq: u64,
 }
 
 /// A handle to the log; cheap to clone, shared by every actor and projection.
@@ -252,6 +262,7 @@ impl EventLog {
             connected: started.connected,
             lag: started.lag,
             lag_max: cluster.ready_lag_max,
+            newest: started.newest,
         });
         Ok(Self { backend: replica, writer, head: started.head, gone, refusing, floors, cluster })
     }
@@ -343,10 +354,59 @@ impl EventLog {
     /// What "what it changes" is, is the log's business: on a cluster's log one amended
     /// message (see `jetstream::subject_of`); a local log has one writer, which holds it.
     pub async fn submit_if_last(&self, event: Event, last_seq: u64) -> Result<PendingAppend, LogError> {
+        self.submit_expecting(event, Expect { last_seq, on: None }).await
+    }
+
+    /// [`EventLog::submit`], stored only if the newest record of `fence.stream` is still
+    /// `fence.last_seq` when it reaches the log, else refused with [`LogError::Conflict`]:
+    /// how a lease holder's run is guarded, so that a holder paused past its lease writes
+    /// nothing once another node has recorded a run. A local log has one writer and ignores it.
+    pub async fn submit_fenced(&self, event: Event, fence: &Fence) -> Result<PendingAppend, LogError> {
+        self.submit_expecting(event, Expect { last_seq: fence.last_seq, on: Some(fence.stream.clone()) }).await
+    }
+
+    /// [`EventLog::append`] under `fence`, if any (see [`EventLog::submit_fenced`]).
+    pub async fn append_fenced(&self, event: Event, fence: Option<&Fence>) -> Result<Envelope, Arc<LogError>> {
+        match fence {
+            Some(fence) => self.submit_fenced(event, fence).await.map_err(Arc::new)?.durable().await,
+            None => self.append(event).await,
+        }
+    }
+
+    async fn submit_expecting(&self, event: Event, expect: Expect) -> Result<PendingAppend, LogError> {
         let (reply, rx) = oneshot::channel();
-        let msg = WriterMsg::Append { event, reply, expect: Some(last_seq) };
+        let msg = WriterMsg::Append { event, reply, expect: Some(expect) };
         self.writer.send(msg).await.map_err(|_| self.gone.why())?;
         Ok(PendingAppend { reply: rx, gone: self.gone.clone() })
+    }
+
+    /// The seq of the newest record of `stream`: on a cluster's log, the newest the cluster
+    /// holds, asked of it, once this node's copy holds it too (what a node does before it
+    /// decides again after a [`LogError::Conflict`]); on a local log, the newest in it.
+    pub async fn newest_of(&self, stream: &StreamId) -> Result<u64, LogError> {
+        match &self.cluster {
+            Some(cluster) => cluster.newest.caught_up(stream).await,
+            None => self.newest_held(stream, u64::MAX).await,
+        }
+    }
+
+    /// The seq of the newest record of `stream` at or below `through` in this node's copy of
+    /// the log (0: none). Reads the stream from its start.
+    pub async fn newest_held(&self, stream: &StreamId, through: u64) -> Result<u64, LogError> {
+        const PAGE: usize = 4096;
+        let (mut after, mut newest) = (0, 0);
+        loop {
+            let page = self.read_stream(stream, after, PAGE).await?;
+            for envelope in &page {
+                if envelope.seq <= through {
+                    newest = envelope.seq;
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE && last.seq < through => after = last.seq,
+                _ => return Ok(newest),
+            }
+        }
     }
 
     /// Appends one event and waits until it is durable.

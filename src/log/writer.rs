@@ -29,15 +29,26 @@ pub enum WriterMsg {
     Append {
         event: Event,
         reply: Reply,
-        /// For a conditional append: the seq the newest record of what it changes must still
-        /// have. The local writer is the only writer, so its callers' reads hold: it ignores it.
-        expect: Option<u64>,
+        /// For a conditional append: what must still be the newest record. The local writer
+        /// is the only writer, so its callers' reads hold: it ignores it.
+        expect: Option<Expect>,
     },
     /// Remove these records (ascending), after what was queued before this message is
     /// durable; answers how many were removed, once the removal is durable.
     Remove { seqs: Vec<u64>, reply: oneshot::Sender<Result<u64, Arc<LogError>>> },
     /// Finish what was queued before this message, then stop.
     Stop { done: oneshot::Sender<()> },
+}
+
+/// The condition of a conditional append: the seq the newest record of something must still
+/// have when the append reaches the log (0: it has none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expect {
+    pub last_seq: u64,
+    /// Whose newest record: `None` for what the event itself changes (on a cluster's log, the
+    /// subject it is published on, `jetstream::subject_of`); a stream for a fence (a lease
+    /// holder's run, guarded by the newest record of its own stream).
+    pub on: Option<crate::event::StreamId>,
 }
 
 /// The writer's bounds, from `LogConfig` and the volume.
