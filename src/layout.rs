@@ -18,11 +18,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::durable::{self, SledDb, SledOpenError};
+use crate::durable::{self, SledOpenError};
 use crate::event::decode;
 use crate::log::floor::Floor;
-use crate::log::LogError;
-use crate::state::StateDb;
+use crate::log::{LegacyDb, LogError};
+use crate::state::{StateDb, StateError};
 
 /// The folder of the log's database.
 pub fn log_dir(data: &Path) -> PathBuf {
@@ -58,12 +58,12 @@ pub struct Migrated {
 pub enum MigrateError {
     #[error("reading the old database in {path}: {source}")]
     Old { path: String, source: SledOpenError },
-    #[error("reading the old log: {0}")]
-    OldLog(#[from] sled::Error),
-    #[error("writing the new log: {0}")]
-    NewLog(#[from] LogError),
+    #[error("reading the old log or writing the new one: {0}")]
+    Log(#[from] LogError),
     #[error("writing the new state store: {0}")]
     NewState(#[from] SledOpenError),
+    #[error("writing the new state store: {0}")]
+    State(#[from] StateError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -99,18 +99,14 @@ pub fn migrate(data: &Path, cache_bytes_max: u64) -> Result<Option<Migrated>, Mi
         }
     }
     tracing::info!(from = %legacy.display(), "moving the data folder to the layout with a separate log and state store");
-    let old = SledDb::open_old(&legacy, cache_bytes_max)
+    let old = LegacyDb::open(&legacy, cache_bytes_max)
         .map_err(|source| MigrateError::Old { path: legacy.display().to_string(), source })?;
     let migrated = copy_log(&old, &log_new, cache_bytes_max)?;
     let new_state = StateDb::open(&state_new, cache_bytes_max)?;
     for name in CARRIED_TREES {
-        let (from, to) = (old.open_tree(name)?, new_state.open_tree(name)?);
-        for item in from.iter() {
-            let (key, value) = item?;
-            to.insert(key, value)?;
-        }
+        new_state.put_entries(name, old.entries(name)?)?;
     }
-    new_state.sync().map_err(|e| MigrateError::NewLog(LogError::Storage(Box::new(e))))?;
+    new_state.sync().map_err(|e| MigrateError::Log(LogError::Storage(Box::new(e))))?;
     drop((old, new_state));
     durable::rename(&state_new, &state).map_err(io("moving the new state store in"))?;
     // The commit point: from here on the folder is of the new layout.
@@ -127,8 +123,7 @@ pub fn migrate(data: &Path, cache_bytes_max: u64) -> Result<Option<Migrated>, Mi
 
 /// Copies every record of the old database's log, as written, into a new log in `to`, with
 /// the old next seq as the new log's seq floor.
-fn copy_log(old: &sled::Db, to: &Path, cache_bytes_max: u64) -> Result<Migrated, MigrateError> {
-    let (records, streams) = (old.open_tree("log")?, old.open_tree("log.streams")?);
+fn copy_log(old: &LegacyDb, to: &Path, cache_bytes_max: u64) -> Result<Migrated, MigrateError> {
     let new = crate::log::open_backend(to, cache_bytes_max)?;
     let mut done = Migrated { records: 0, head_seq: 0 };
     let mut chunk: Vec<(u64, crate::event::StreamId, Vec<u8>)> = Vec::with_capacity(CHUNK);
@@ -138,11 +133,10 @@ fn copy_log(old: &sled::Db, to: &Path, cache_bytes_max: u64) -> Result<Migrated,
         chunk.clear();
         Ok(())
     };
-    for item in records.iter() {
-        let (key, bytes) = item?;
-        let seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+    for record in old.records()? {
+        let (seq, bytes) = record?;
         let envelope = decode(seq, &bytes).map_err(LogError::from)?;
-        chunk.push((seq, envelope.stream, bytes.to_vec()));
+        chunk.push((seq, envelope.stream, bytes));
         done.records += 1;
         done.head_seq = seq;
         if chunk.len() == CHUNK {
@@ -151,12 +145,8 @@ fn copy_log(old: &sled::Db, to: &Path, cache_bytes_max: u64) -> Result<Migrated,
     }
     flush(&mut chunk)?;
     new.sync()?;
-    // The old log's next seq (16 bytes under the stream index's checkpoint key: last indexed,
-    // next) is never reused either.
-    let old_next = streams
-        .get(b"\xffindexed")?
-        .and_then(|v| v.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
-        .unwrap_or(1);
+    // The old log's next seq is never reused either.
+    let old_next = old.next_seq()?;
     new.set_floor(Floor {
         reserved_through: old_next.saturating_sub(1).max(done.head_seq),
         acked_through: done.head_seq,

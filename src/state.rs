@@ -71,6 +71,16 @@ impl StateDb {
         Ok(Table { tree: self.open_tree(name)? })
     }
 
+    /// Writes `entries` (key, value) into `tree` as they are: what the migration carries over
+    /// from the layout before issue 18.
+    pub fn put_entries(&self, tree: &str, entries: Vec<crate::durable::Entry>) -> Result<(), StateError> {
+        let tree = self.open_tree(tree)?;
+        for (key, value) in entries {
+            tree.insert(key, value)?;
+        }
+        Ok(())
+    }
+
     /// Makes everything written so far durable (a rebuild's end, a clean stop).
     pub fn sync(&self) -> Result<(), SledSyncError> {
         self.db.sync()

@@ -29,6 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// One key and its value, as stored.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// sled's segment size for every database roomlog creates: sled's maximum, so that a page is
 /// only written to a blob file past 4 MiB. sled cannot change it for an existing database.
 pub const SEGMENT_BYTES: usize = 16 * 1024 * 1024;

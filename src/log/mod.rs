@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use crate::config::{LogBackend, LogConfig};
 pub use backend::{Backend, Encoded, Raw};
 pub use memory::MemoryBackend;
-pub use sled_store::SledBackend;
+pub use sled_store::{LegacyDb, SledBackend};
 pub use writer::Expect;
 
 use crate::event::{decode, DecodeError, Envelope, Event, StreamId};

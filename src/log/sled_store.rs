@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::backend::{Backend, Encoded, Raw};
 use super::floor::{Floor, SeqFloor};
 use super::LogError;
-use crate::durable::{SledDb, SledOpenError, SledSyncError, VALUE_BYTES_MAX};
+use crate::durable::{Entry, SledDb, SledOpenError, SledSyncError, VALUE_BYTES_MAX};
 use crate::event::{decode, StreamId};
 #[cfg(test)]
 use crate::event::{encode, Envelope};
@@ -290,6 +290,44 @@ fn stream_key(stream: &StreamId, seq: u64) -> Vec<u8> {
 /// Reads a big-endian seq key; a key of the wrong length reads as 0, which no record uses.
 fn seq_of(key: &[u8]) -> u64 {
     key.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// A database of the layout before issue 18 (`<data>/db`: the log's trees and the
+/// projections' in one sled database), read by the migration (`layout::migrate`).
+#[derive(Debug)]
+pub struct LegacyDb {
+    db: sled::Db,
+}
+
+impl LegacyDb {
+    /// Opens it, whatever its segment size.
+    pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, SledOpenError> {
+        Ok(Self { db: SledDb::open_old(dir, cache_bytes_max)? })
+    }
+
+    /// Every record of its log, as written, by ascending seq.
+    pub fn records(&self) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>), LogError>>, LogError> {
+        let tree = self.db.open_tree(LOG_TREE)?;
+        Ok(tree.iter().map(|item| {
+            let (key, bytes) = item?;
+            let seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            Ok((seq, bytes.to_vec()))
+        }))
+    }
+
+    /// The next seq its log would have handed out (1 when it never recorded one).
+    pub fn next_seq(&self) -> Result<u64, LogError> {
+        let streams = self.db.open_tree(STREAM_TREE)?;
+        // 16 bytes under the stream index's checkpoint key: last indexed, next.
+        let next = streams.get(INDEXED_KEY)?.and_then(|v| v.get(8..16).and_then(|b| b.try_into().ok()));
+        Ok(next.map_or(1, u64::from_be_bytes))
+    }
+
+    /// Every entry of one of its other trees (key, value), by ascending key.
+    pub fn entries(&self, tree: &str) -> Result<Vec<Entry>, LogError> {
+        let tree = self.db.open_tree(tree)?;
+        tree.iter().map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(LogError::from)).collect()
+    }
 }
 
 #[cfg(test)]

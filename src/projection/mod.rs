@@ -22,7 +22,7 @@ use crate::event::Envelope;
 use crate::log::{EventLog, LogError};
 
 /// A key and its value, as a projection's tree holds them.
-pub type Entry = (Vec<u8>, Vec<u8>);
+pub use crate::durable::Entry;
 
 /// What the projections kept in one sled tree share: the checkpoint under key `c`, stored as a
 /// big-endian u64 in the same batch as the state, and how a tree is reset.
