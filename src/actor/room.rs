@@ -615,3 +615,6 @@ fn deliver(member: &Member, outbound: Outbound) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests;
