@@ -455,3 +455,6 @@ impl SessionsHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
