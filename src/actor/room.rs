@@ -601,3 +601,6 @@ fn deliver(member: &Member, outbound: Outbound) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests;

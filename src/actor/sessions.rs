@@ -516,3 +516,6 @@ impl SessionsHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -303,3 +303,122 @@ impl FilesProjection {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{FileDeleted, FileStored, SessionDue};
+    use crate::log::EventLog;
+    use crate::projection::catch_up;
+    use crate::projection::testing::{append, memory_log, state};
+
+    fn key(name: &str) -> FileKey {
+        FileKey::parse(name).expect("a valid key")
+    }
+
+    fn hash(content: &str) -> ContentHash {
+        ContentHash::of(&blake3::hash(content.as_bytes()))
+    }
+
+    fn owner() -> SessionId {
+        SessionId::parse(&"a".repeat(32)).expect("a valid session id")
+    }
+
+    fn stored(name: &str, content: &str, owner: Option<SessionId>) -> Event {
+        Event::FileStored(FileStored {
+            key: key(name),
+            hash: hash(content),
+            size: content.len() as u64,
+            content_type: "text/plain".into(),
+            owner,
+        })
+    }
+
+    fn deleted(name: &str, content: &str) -> Event {
+        Event::FileDeleted(FileDeleted { key: key(name), hash: hash(content), reason: "deleted by the app".into() })
+    }
+
+    fn projection() -> (Files, FilesProjection, crate::state::StateDb) {
+        let db = state();
+        let (read, write) = open(&db).expect("open files");
+        (read, write, db)
+    }
+
+    fn apply(log: &EventLog, projection: &mut FilesProjection) {
+        catch_up(log, projection, |_| {}).expect("catch up");
+    }
+
+    #[tokio::test]
+    async fn given_a_stored_key_then_it_reads_back_with_its_content_referenced_and_not_reaped() {
+        let log = memory_log();
+        let (files, mut projection, _db) = projection();
+        let at = append(&log, stored("photos/cat.txt", "meow", Some(owner()))).await.at_unix_ms;
+        apply(&log, &mut projection);
+
+        let entry = files.get(&key("photos/cat.txt")).expect("get").expect("the key is stored");
+        assert_eq!((entry.hash, entry.size, entry.stored_at_unix_ms), (hash("meow"), 4, at));
+        assert_eq!(files.references(&hash("meow")).expect("references"), 1);
+        assert_eq!(files.owned(&owner()).expect("owned"), vec![key("photos/cat.txt")]);
+        assert_eq!(files.list("photos/", None, 10).expect("list").len(), 1);
+        assert!(files.unreferenced(10).expect("unreferenced").is_empty());
+    }
+
+    #[tokio::test]
+    async fn given_two_keys_on_one_content_when_both_are_deleted_then_the_reaper_lists_it_only_after_the_last() {
+        let log = memory_log();
+        let (files, mut projection, _db) = projection();
+        append(&log, stored("a.txt", "same", None)).await;
+        append(&log, stored("b.txt", "same", None)).await;
+        append(&log, deleted("a.txt", "same")).await;
+        apply(&log, &mut projection);
+        assert_eq!(files.get(&key("a.txt")).expect("get"), None);
+        assert_eq!(files.references(&hash("same")).expect("references"), 1);
+        assert!(files.unreferenced(10).expect("unreferenced").is_empty(), "b.txt still names the content");
+
+        append(&log, deleted("b.txt", "same")).await;
+        apply(&log, &mut projection);
+
+        assert_eq!(files.unreferenced(10).expect("unreferenced"), vec![hash("same")]);
+        assert!(files.reaping(&hash("same")).expect("reaping"));
+        files.reaped(&hash("same")).expect("the reaper deleted it");
+        assert!(files.unreferenced(10).expect("unreferenced").is_empty(), "forgotten once reaped");
+    }
+
+    #[tokio::test]
+    async fn given_content_waiting_for_the_reaper_when_a_key_names_it_again_then_it_is_no_longer_listed() {
+        let log = memory_log();
+        let (files, mut projection, _db) = projection();
+        append(&log, stored("a.txt", "again", None)).await;
+        append(&log, deleted("a.txt", "again")).await;
+        apply(&log, &mut projection);
+        assert_eq!(files.unreferenced(10).expect("unreferenced"), vec![hash("again")]);
+
+        append(&log, stored("b.txt", "again", None)).await;
+        apply(&log, &mut projection);
+
+        assert!(files.unreferenced(10).expect("unreferenced").is_empty(), "the reaper must not delete b.txt's content");
+        assert_eq!(files.references(&hash("again")).expect("references"), 1);
+    }
+
+    #[tokio::test]
+    async fn given_a_purged_session_then_its_keys_go_with_it_and_their_content_waits_for_the_reaper() {
+        let log = memory_log();
+        let (files, mut projection, _db) = projection();
+        append(&log, stored("owned.txt", "mine", Some(owner()))).await;
+        append(&log, stored("shared.txt", "public", None)).await;
+        let purge = SessionDue {
+            id: owner(),
+            due_at_unix_ms: 1,
+            applied_at_unix_ms: 1,
+            reason: "unpaid at its purge age".into(),
+            rule: "sessions.purge_after=7days".into(),
+        };
+        append(&log, Event::SessionPurged(purge)).await;
+        apply(&log, &mut projection);
+
+        assert_eq!(files.get(&key("owned.txt")).expect("get"), None);
+        assert!(files.owned(&owner()).expect("owned").is_empty());
+        assert_eq!(files.unreferenced(10).expect("unreferenced"), vec![hash("mine")]);
+        assert!(files.get(&key("shared.txt")).expect("get").is_some(), "a key nobody owns stays");
+    }
+}

@@ -570,3 +570,7 @@ mod tests {
         }
     }
 }
+
+/// The same projection fed from the memory log by a runner, a rebuild and a reopened store.
+#[cfg(test)]
+mod log_tests;

@@ -11,6 +11,8 @@ pub mod history;
 pub mod registry;
 pub mod search;
 pub mod sessions;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use registry::Kind;
 

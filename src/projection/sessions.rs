@@ -275,3 +275,152 @@ impl SessionsProjection {
         Sessions { tree: self.tree.clone() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{DueSession, SessionPaid, SessionsDue};
+    use crate::log::EventLog;
+    use crate::projection::testing::{append, memory_log, state};
+    use crate::projection::{catch_up, rebuild};
+
+    const START_MS: u64 = 1_800_000_000_000;
+    const TTL_MS: u64 = 24 * 3600 * 1000;
+    const PURGE_MS: u64 = 7 * 24 * 3600 * 1000;
+
+    fn id(n: u32) -> SessionId {
+        SessionId::parse(&format!("{n:032x}")).expect("a valid session id")
+    }
+
+    fn created(id: &SessionId) -> Event {
+        Event::SessionCreated(SessionCreated {
+            id: id.clone(),
+            created_at_unix_ms: START_MS,
+            expires_at_unix_ms: START_MS + TTL_MS,
+            purge_at_unix_ms: START_MS + PURGE_MS,
+            sliding: false,
+        })
+    }
+
+    fn paid(id: &SessionId) -> Event {
+        Event::SessionPaid(SessionPaid { id: id.clone(), at_unix_ms: START_MS + 1000 })
+    }
+
+    /// The event the sweeper or the actor appends for a due time, from the session as stored.
+    fn due_event(sessions: &Sessions, id: &SessionId, due: Due, now: u64) -> Option<Event> {
+        let session = sessions.get(id).expect("read").expect("the session exists");
+        let at = if due == Due::Expire { session.expires_at_unix_ms } else { session.purge_at_unix_ms };
+        session.due_event(due, at, now, std::time::Duration::from_millis(at - START_MS))
+    }
+
+    fn projection() -> (Sessions, SessionsProjection, crate::state::StateDb) {
+        let db = state();
+        let (read, write) = open(&db).expect("open sessions");
+        (read, write, db)
+    }
+
+    fn apply(log: &EventLog, projection: &mut SessionsProjection) {
+        catch_up(log, projection, |_| {}).expect("catch up");
+    }
+
+    #[tokio::test]
+    async fn given_a_created_session_when_its_ttl_passes_then_its_expiry_is_due_and_applying_it_expires_it() {
+        let log = memory_log();
+        let (sessions, mut projection, _db) = projection();
+        append(&log, created(&id(1))).await;
+        apply(&log, &mut projection);
+        assert!(sessions.due(START_MS + TTL_MS - 1, 10).expect("due").is_empty(), "nothing is due before the ttl");
+        assert_eq!(sessions.due(START_MS + TTL_MS, 10).expect("due"), vec![(START_MS + TTL_MS, Due::Expire, id(1))]);
+        assert_eq!(due_event(&sessions, &id(1), Due::Expire, START_MS + TTL_MS - 1), None, "not yet");
+
+        let expiry = due_event(&sessions, &id(1), Due::Expire, START_MS + TTL_MS).expect("due at its ttl");
+        append(&log, expiry).await;
+        apply(&log, &mut projection);
+
+        let session = sessions.get(&id(1)).expect("read").expect("exists");
+        assert_eq!((session.state, session.changed_at_unix_ms), (SessionState::Expired, Some(START_MS + TTL_MS)));
+        assert_eq!(sessions.next_due().expect("next due"), Some(START_MS + PURGE_MS), "its purge is still ahead");
+    }
+
+    #[tokio::test]
+    async fn given_an_unpaid_session_when_seven_days_pass_then_its_purge_is_due_and_applying_it_purges_it() {
+        let log = memory_log();
+        let (sessions, mut projection, _db) = projection();
+        append(&log, created(&id(1))).await;
+        apply(&log, &mut projection);
+        assert_eq!(sessions.overdue_purges(START_MS + PURGE_MS - 1).expect("overdue"), 0);
+        assert_eq!(sessions.overdue_purges(START_MS + PURGE_MS).expect("overdue"), 1);
+
+        let purge = due_event(&sessions, &id(1), Due::Purge, START_MS + PURGE_MS).expect("due after seven days");
+        append(&log, purge).await;
+        apply(&log, &mut projection);
+
+        assert_eq!(sessions.get(&id(1)).expect("read").expect("its record stays").state, SessionState::Purged);
+        assert_eq!(sessions.next_due().expect("next due"), None, "a purged session has nothing left due");
+        assert_eq!(sessions.overdue_purges(u64::MAX).expect("overdue"), 0);
+    }
+
+    #[tokio::test]
+    async fn given_a_paid_session_then_nothing_is_due_and_a_late_expiry_or_purge_changes_nothing() {
+        let log = memory_log();
+        let (sessions, mut projection, _db) = projection();
+        append(&log, created(&id(1))).await;
+        append(&log, paid(&id(1))).await;
+        apply(&log, &mut projection);
+        assert_eq!(sessions.due(u64::MAX, 10).expect("due"), Vec::new(), "a paid session is kept for good");
+
+        // A sweeper batch that read the deadline index before the payment was applied.
+        let late = SessionsDue {
+            sessions: vec![DueSession { id: id(1), due_at_unix_ms: START_MS + PURGE_MS }],
+            applied_at_unix_ms: START_MS + PURGE_MS,
+            reason: "unpaid at its purge age".into(),
+            rule: "sessions.purge_after=7days".into(),
+        };
+        append(&log, Event::SessionsExpired(late.clone())).await;
+        append(&log, Event::SessionsPurged(late)).await;
+        apply(&log, &mut projection);
+
+        let session = sessions.get(&id(1)).expect("read").expect("exists");
+        assert_eq!((session.state, session.sweeps.len()), (SessionState::Paid, 0));
+        assert_eq!(sessions.counts().expect("counts")[&SessionState::Paid], 1);
+    }
+
+    #[tokio::test]
+    async fn given_sessions_in_every_state_then_the_counts_match_and_a_rebuild_counts_the_same() {
+        let log = memory_log();
+        let (sessions, mut projection, _db) = projection();
+        for n in 1..=6 {
+            append(&log, created(&id(n))).await;
+        }
+        append(&log, paid(&id(2))).await;
+        let ended =
+            crate::event::SessionEnded { id: id(3), at_unix_ms: START_MS + 5, reason: "ended by the app".into() };
+        append(&log, Event::SessionEnded(ended)).await;
+        apply(&log, &mut projection);
+        let sweep = |ids: &[u32], at: u64| SessionsDue {
+            sessions: ids.iter().map(|&n| DueSession { id: id(n), due_at_unix_ms: at }).collect(),
+            applied_at_unix_ms: at,
+            reason: "due".into(),
+            rule: "test".into(),
+        };
+        let expired = append(&log, Event::SessionsExpired(sweep(&[4, 5], START_MS + TTL_MS))).await;
+        append(&log, Event::SessionsPurged(sweep(&[5], START_MS + PURGE_MS))).await;
+        apply(&log, &mut projection);
+
+        let counts = sessions.counts().expect("counts");
+        let by_state = |state| counts[&state];
+        assert_eq!(
+            SessionState::ALL.map(by_state),
+            [2, 1, 1, 1, 1],
+            "active (1, 6), expired (4), paid (2), ended (3), purged (5)"
+        );
+        assert_eq!(sessions.get(&id(4)).expect("read").expect("exists").sweeps, vec![expired.seq]);
+        assert_eq!(sessions.list(Some(SessionState::Active), None, None, 10).expect("list").len(), 2);
+
+        let db = state();
+        let (rebuilt, mut replay) = open(&db).expect("open");
+        rebuild(&log, &mut replay, |_| {}).expect("rebuild");
+        assert_eq!(rebuilt.counts().expect("counts"), counts);
+        assert_eq!(rebuilt.dump().expect("dump"), sessions.dump().expect("dump"));
+    }
+}

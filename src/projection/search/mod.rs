@@ -9,6 +9,8 @@
 //! and an edit deletes the old text and adds the new.
 
 pub mod query;
+#[cfg(test)]
+mod tests;
 pub mod tokenizer;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,97 @@
+//! The search index fed from the memory log as the server feeds it: by a [`Runner`] that
+//! commits every `search.refresh`, and by [`rebuild`].
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::log::EventLog;
+use crate::projection::testing::{append, caught_up, close, deleted, edited, memory_log, posted, room};
+use crate::projection::{rebuild, Runner};
+
+/// A short refresh: the runner makes what it applied searchable soon after.
+fn config() -> SearchConfig {
+    SearchConfig { refresh: Duration::from_millis(20), ..SearchConfig::default() }
+}
+
+/// The seqs a search for `q` finds, newest first.
+fn find(index: &SearchIndex, q: &str) -> Vec<u64> {
+    let params = SearchParams { q: q.into(), sort: Some(Sort::Time), ..SearchParams::default() };
+    let request = SearchRequest::new(&params, None, 100, SystemTime::now()).expect("a valid search");
+    index.search(&request).expect("search").hits.iter().map(|hit| hit.seq).collect()
+}
+
+async fn live(log: &EventLog, dir: &Path) -> (SearchIndex, Runner, tokio::task::JoinHandle<()>) {
+    let (index, projection) = open(dir, &config(), 1).expect("open the index");
+    let (runner, following) = Runner::start(log.clone(), projection, None).await.expect("start the runner");
+    (index, runner, following)
+}
+
+#[tokio::test]
+async fn given_a_posted_message_when_the_index_has_it_then_a_search_for_its_words_finds_it() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let log = memory_log();
+    let (index, runner, following) = live(&log, dir.path()).await;
+    let wanted = append(&log, posted("a", "ann", "c1", "The quarterly report is ready")).await;
+    append(&log, posted("b", "bob", "c1", "lunch at noon?")).await;
+    caught_up(&runner, &log).await;
+
+    assert_eq!(find(&index, "report"), vec![wanted.seq]);
+    assert_eq!(find(&index, "\"report is ready\""), vec![wanted.seq], "a phrase");
+    assert_eq!(find(&index, "QUARTER*"), vec![wanted.seq], "a prefix, case folded");
+    assert_eq!(find(&index, "report -quarterly"), Vec::<u64>::new(), "an exclusion");
+    assert_eq!(index.indexed_through(), log.head());
+    close(&log, following).await;
+}
+
+#[tokio::test]
+async fn given_a_deleted_or_edited_message_then_a_search_no_longer_finds_its_old_text() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let log = memory_log();
+    let (index, runner, following) = live(&log, dir.path()).await;
+    let removed = append(&log, posted("a", "ann", "c1", "secret plans")).await;
+    let kept = append(&log, posted("a", "ann", "c2", "public plans")).await;
+    let changed = append(&log, posted("a", "ann", "c3", "meet at the harbour")).await;
+    caught_up(&runner, &log).await;
+    assert_eq!(find(&index, "plans"), vec![kept.seq, removed.seq]);
+
+    append(&log, deleted(&removed, "ann")).await;
+    append(&log, edited(&changed, "ann", "meet at the station")).await;
+    caught_up(&runner, &log).await;
+
+    assert_eq!(find(&index, "plans"), vec![kept.seq]);
+    assert_eq!(find(&index, "secret"), Vec::<u64>::new());
+    assert_eq!(find(&index, "harbour"), Vec::<u64>::new(), "the old text of an edit is gone");
+    assert_eq!(find(&index, "station"), vec![changed.seq], "the new text is found under the message's seq");
+    close(&log, following).await;
+}
+
+#[tokio::test]
+async fn given_an_indexed_log_when_the_index_is_rebuilt_then_the_same_searches_find_the_same_messages() {
+    let (live_dir, rebuilt_dir) = (tempfile::tempdir().expect("folder"), tempfile::tempdir().expect("folder"));
+    let log = memory_log();
+    let (index, runner, following) = live(&log, live_dir.path()).await;
+    let mut posts = Vec::new();
+    for n in 0..40 {
+        let words = ["apple pie", "banana bread", "cherry tart", "apple crumble"][n % 4];
+        posts.push(append(&log, posted(["a", "b"][n % 2], "ann", &format!("c{n}"), &format!("{words} {n}"))).await);
+    }
+    append(&log, deleted(&posts[0], "ann")).await;
+    append(&log, edited(&posts[2], "ann", "apple strudel")).await;
+    let cut =
+        crate::event::MessagesExpired { room: room("b"), through_seq: posts[10].seq, policy: "max_count=1".into() };
+    append(&log, Event::MessagesExpired(cut)).await;
+    caught_up(&runner, &log).await;
+
+    let (rebuilt, mut projection) = open(rebuilt_dir.path(), &config(), 1).expect("open a second index");
+    rebuild(&log, &mut projection, |_| {}).expect("rebuild from the log");
+
+    for q in ["apple", "banana", "cherry", "strudel", "bread -banana", "crumble"] {
+        assert_eq!(find(&rebuilt, q), find(&index, q), "search {q:?}");
+    }
+    assert!(!find(&rebuilt, "apple").contains(&posts[0].seq), "the deleted message stays deleted");
+    assert_eq!(find(&rebuilt, "strudel"), vec![posts[2].seq], "the edited message reads its edit");
+    assert!(!find(&rebuilt, "banana").contains(&posts[1].seq), "retention removed room b's first messages");
+    assert_eq!(rebuilt.documents(), index.documents());
+    close(&log, following).await;
+}
