@@ -279,7 +279,7 @@ impl SessionsProjection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{DueSession, SessionPaid, SessionsDue};
+    use crate::event::{DueSession, SessionCreated, SessionPaid, SessionsDue};
     use crate::log::EventLog;
     use crate::projection::testing::{append, memory_log, state};
     use crate::projection::{catch_up, rebuild};

@@ -9,9 +9,9 @@ use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::config::SessionsConfig;
 use crate::log::EventLog;
-use crate::projection::sessions::SessionState;
 use crate::projection::testing::{memory_log, state, WAIT};
 use crate::projection::{sessions, Runner};
+use crate::session::SessionState;
 
 const START_MS: u64 = 1_800_000_000_000;
 const DAY: Duration = Duration::from_secs(24 * 3600);
