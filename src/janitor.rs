@@ -806,7 +806,10 @@ impl JanitorHandle {
     /// Starts the janitor and its schedule; the schedule stops when `stopping` turns true.
     pub async fn start(ctx: JanitorContext, stopping: watch::Receiver<bool>) -> Result<Self, ActorProcessingErr> {
         let (clock, config, log) = (ctx.clock.clone(), ctx.config.clone(), ctx.log.clone());
-        let (actor, _) = Actor::spawn(None, Janitor, ctx).await?;
+        // Spawned on a task of its own: ractor runs `pre_start` on the caller's stack, under
+        // the server's whole start-up, and the janitor's futures are large in a debug build
+        // (a test thread's 2 MiB stack overflowed there).
+        let (actor, _) = tokio::spawn(Actor::spawn(None, Janitor, ctx)).await??;
         let handle = Self { actor, log };
         tokio::spawn(handle.clone().schedule(clock, config, stopping));
         Ok(handle)
