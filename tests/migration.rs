@@ -10,11 +10,19 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::{get, whole_history, Client};
+use roomlog::auth::NameOnly;
+use roomlog::clock::ManualClock;
+use roomlog::Server;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data-before-issue-18.tar.gz");
 const SESSION: &str = "671ab00227d247f49d2184b52e7ee8b1";
+/// When the fixture's session was created, by the clock of the machine that wrote it. The test
+/// runs on a clock one minute later, so the session's state does not depend on today's date.
+const SESSION_CREATED_MS: u64 = 1_796_226_740_796;
 
 fn unpack(into: &Path) {
     let file = std::fs::File::open(FIXTURE).expect("fixture");
@@ -28,27 +36,32 @@ async fn a_folder_of_the_old_layout_opens_and_serves_the_same_history_files_and_
     unpack(&data);
     assert!(data.join("db").is_dir(), "the fixture is of the old layout");
 
-    let mut server = common::spawn(&data);
-    let lobby = whole_history(server.addr, "lobby").await;
-    let big = whole_history(server.addr, "big").await;
+    let clock = ManualClock::new(SESSION_CREATED_MS + 60_000);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let server = Server::start_with_clock(common::config(&data), listener, Arc::new(NameOnly), Arc::new(clock.clone()))
+        .await
+        .expect("the old folder opens");
+    let addr = server.addr();
+    let lobby = whole_history(addr, "lobby").await;
+    let big = whole_history(addr, "big").await;
     let seqs =
         |messages: &[serde_json::Value]| messages.iter().map(|m| m["seq"].as_u64().expect("seq")).collect::<Vec<_>>();
     assert_eq!(seqs(&lobby), (1..=100).collect::<Vec<_>>());
     assert_eq!(seqs(&big), (101..=140).collect::<Vec<_>>());
     assert!(big.iter().all(|m| m["body"].as_str().expect("body").len() == 20_000));
 
-    let file = reqwest::get(format!("http://{}/api/files/notes/hello.txt", server.addr)).await.expect("get file");
+    let file = reqwest::get(format!("http://{}/api/files/notes/hello.txt", addr)).await.expect("get file");
     assert_eq!(file.status(), 200);
     assert_eq!(file.bytes().await.expect("bytes").as_ref(), b"hello legacy file");
-    let (status, session) = get(server.addr, &format!("/api/sessions/{SESSION}")).await;
+    let (status, session) = get(addr, &format!("/api/sessions/{SESSION}")).await;
     assert_eq!(status, 200, "{session}");
     assert_eq!(session["session"]["state"], "active", "{session}");
 
-    let (_, status) = get(server.addr, "/api/status").await;
+    let (_, status) = get(addr, "/api/status").await;
     let recovered = status["recovered_at_start"].to_string();
     assert!(recovered.contains("layout"), "the migration is reported: {recovered}");
 
-    let mut ann = Client::connect(server.addr, "ann").await;
+    let mut ann = Client::connect(addr, "ann").await;
     ann.join("lobby", Some(140)).await;
     assert_eq!(
         ann.say("lobby", "after the move", "m1").await,
@@ -56,8 +69,20 @@ async fn a_folder_of_the_old_layout_opens_and_serves_the_same_history_files_and_
         "seqs go on after the old head (142: the upload and the session)"
     );
     drop(ann);
-    server.child.kill().expect("kill");
-    let _ = server.child.wait();
+
+    // The carried session keeps its lifecycle: unpaid, it expires a day after its creation.
+    clock.advance(Duration::from_secs(24 * 3600));
+    let mut session = Default::default();
+    for _ in 0..500 {
+        session = get(addr, &format!("/api/sessions/{SESSION}")).await.1;
+        if session["session"]["state"] == "expired" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(session["session"]["state"], "expired", "{session}");
+    assert_eq!(session["session"]["created_at_unix_ms"], SESSION_CREATED_MS, "{session}");
+    server.shutdown().await;
 
     assert!(!data.join("db").exists(), "the old database is gone once moved");
     assert!(data.join("log").is_dir() && data.join("state").is_dir());
