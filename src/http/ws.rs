@@ -428,6 +428,15 @@ impl Connection {
     /// `announce` sends the `joined` frame; a silent re-join after a room restart does not.
     async fn join(&mut self, room: RoomId, since: Option<u64>, announce: bool) -> Result<(), Gone> {
         let (tx, rx) = mpsc::channel(self.app.config.limits.outbound_queue_max);
+        // On a cluster's log, a client may have seen the room further on another node: this
+        // node's copy first gets as far as the cluster holds the room, so that what the client
+        // saw there is not sent again as live here.
+        if since.is_some_and(|s| s > self.app.log.head()) && self.app.log.is_shared() {
+            if let Err(error) = self.app.log.newest_of(&crate::event::StreamId::room(&room)).await {
+                let reason = format!("this node cannot catch up with the cluster: {error}");
+                return self.join_failed(&room, ChatError::RoomUnavailable { room: room.to_string(), reason }).await;
+            }
+        }
         // A `since` beyond the head (a client that saw a newer server's data, or asks to skip
         // history) means "nothing to replay": live messages all have greater seqs than the head.
         let mut since = since.map(|s| s.min(self.app.log.head()));
