@@ -403,6 +403,7 @@ fn wire_samples() -> Vec<(&'static str, String)> {
     let delete = Amendment { seq: 44, at_unix_ms: 1_795_000_001_000, target: 42, by: "ann".into(), body: None };
     let hits = Hits {
         total: 1,
+        total_is_exact: true,
         hits: vec![Hit {
             room: "lobby".into(),
             seq: 42,

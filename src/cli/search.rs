@@ -62,8 +62,9 @@ fn search_command(config: &Config, params: &search::SearchParams, json: bool) ->
         );
     }
     println!(
-        "{} of {} matching messages (index through seq {})",
+        "{} of {}{} matching messages (index through seq {})",
         hits.hits.len(),
+        if hits.total_is_exact { "" } else { "at least " },
         hits.total,
         hits.indexed_through_seq
     );

@@ -9,6 +9,7 @@
 //! and an edit deletes the old text and adds the new.
 
 pub mod query;
+mod rank;
 #[cfg(test)]
 mod tests;
 pub mod tokenizer;
@@ -21,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tantivy::collector::sort_key::{SortBySimilarityScore, SortByStaticFastValue};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{
     BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery,
@@ -33,6 +33,7 @@ use tantivy::snippet::SnippetGenerator;
 use tantivy::{doc, DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
 
 pub use crate::config::SearchConfig;
+pub use rank::TOTAL_EXACT_MAX;
 
 use super::{Projection, ProjectionError};
 use crate::event::{Envelope, Event, Removal, RoomId};
@@ -421,8 +422,11 @@ pub struct Hit {
 /// A page of hits.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Hits {
-    /// How many messages match in all (not only this page).
+    /// How many messages match in all (not only this page), counted exactly up to
+    /// [`TOTAL_EXACT_MAX`]; past it, that number.
     pub total: usize,
+    /// Whether `total` is the exact count (false: at least `total` messages match).
+    pub total_is_exact: bool,
     pub hits: Vec<Hit>,
     /// Give this as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -490,7 +494,13 @@ impl SearchIndex {
         }
         if !clauses.iter().any(|(occur, _)| *occur == Occur::Must) {
             // Every word was punctuation: nothing can match.
-            return Ok(Hits { total: 0, hits: Vec::new(), next_cursor: None, indexed_through_seq });
+            return Ok(Hits {
+                total: 0,
+                total_is_exact: true,
+                hits: Vec::new(),
+                next_cursor: None,
+                indexed_through_seq,
+            });
         }
         if let Some(rooms) = &request.rooms {
             let terms = rooms.iter().map(|r| Term::from_field_text(f.room, r.as_str()));
@@ -504,43 +514,48 @@ impl SearchIndex {
             let to = request.until_ms.map_or(Bound::Unbounded, Bound::Included);
             clauses.push((Occur::Must, Box::new(seq_range(f.at, from, to))));
         }
-        let base = BooleanQuery::new(clauses);
-        // On a first page the page's query matches exactly what the base query does, so one
-        // pass counts and ranks; later pages count the base query on its own.
-        let first_page = request.cursor.is_none();
-        let mut total = if first_page { 0 } else { searcher.search(&base, &Count)? };
-        // The page, and for relevance order the window its cursor continues in.
-        let (page, window): (Vec<(f32, DocAddress)>, _) = match request.sort {
+        // The page, the total, and for relevance order the window its cursor continues in.
+        let (page, (total, total_is_exact), window) = match request.sort {
             Sort::Time => {
                 let before = match request.cursor {
                     Some(Cursor::Time { before_seq }) => before_seq,
                     _ => u64::MAX,
+                };
+                // Newest first walks every match anyway: a first page counts in the same pass.
+                let base = BooleanQuery::new(clauses);
+                let mut total = None;
+                let count = match request.cursor {
+                    None => Some(total.insert(0)),
+                    Some(_) => None,
                 };
                 let query = BooleanQuery::new(vec![
                     (Occur::Must, Box::new(base.clone()) as Box<dyn Query>),
                     (Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Excluded(before)))),
                 ]);
                 let collector = TopDocs::with_limit(request.limit + 1).order_by_fast_field::<u64>("seq", Order::Desc);
-                let docs = counted(&searcher, &query, collector, first_page.then_some(&mut total))?;
-                let page = docs.into_iter().map(|(_, address)| (0.0, address)).collect();
-                (page, None)
+                let docs = counted(&searcher, &query, collector, count)?;
+                let total = match total {
+                    Some(n) => (n.min(TOTAL_EXACT_MAX), n <= TOTAL_EXACT_MAX),
+                    None => rank::bounded_count(&searcher, &base)?,
+                };
+                let page: Vec<(f32, DocAddress)> = docs.into_iter().map(|(_, address)| (0.0, address)).collect();
+                (page, total, None)
             }
             Sort::Relevance => {
                 let (offset, through) = match request.cursor {
                     Some(Cursor::Relevance { offset, through }) => (offset, through),
                     _ => (0, indexed_through_seq),
                 };
-                let query = BooleanQuery::new(vec![
-                    (Occur::Must, Box::new(base.clone()) as Box<dyn Query>),
-                    (Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Included(through)))),
-                ]);
-                // Ties (equal scores) newest first, so that the order does not depend on how
-                // the index happens to be split into segments.
-                let key = (SortBySimilarityScore, (SortByStaticFastValue::<u64>::for_field("seq"), Order::Desc));
-                let collector = TopDocs::with_limit(request.limit + 1).and_offset(offset).order_by(key);
-                let docs = counted(&searcher, &query, collector, first_page.then_some(&mut total))?;
-                let page = docs.into_iter().map(|((score, _), address)| (score, address)).collect();
-                (page, Some((offset, through)))
+                let total = rank::bounded_count(&searcher, rank::all_of(rank::copy(&clauses)).as_ref())?;
+                // Pages of one search rank the same messages: none indexed after its first
+                // page. The bound is left out when the index holds nothing newer, so that the
+                // words alone make the query and tantivy can prune it.
+                if rank::max_seq(&searcher)? > through {
+                    clauses.push((Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Included(through)))));
+                }
+                let ranked = rank::top_by_score(&searcher, rank::all_of(clauses).as_ref(), offset + request.limit + 1)?;
+                let page = ranked.into_iter().skip(offset).map(|r| (r.score, r.address)).collect();
+                (page, total, Some((offset, through)))
             }
         };
         let more = page.len() > request.limit;
@@ -572,7 +587,7 @@ impl SearchIndex {
             .filter(|_| window.is_none_or(|(offset, _)| offset + request.limit < RELEVANCE_DEPTH_MAX)),
             _ => None,
         };
-        Ok(Hits { total, hits, next_cursor, indexed_through_seq })
+        Ok(Hits { total, total_is_exact, hits, next_cursor, indexed_through_seq })
     }
 
     /// Adds the index terms that start with `prefix` to the terms a snippet highlights.

@@ -95,3 +95,53 @@ async fn given_an_indexed_log_when_the_index_is_rebuilt_then_the_same_searches_f
     assert_eq!(rebuilt.documents(), index.documents());
     close(&log, following).await;
 }
+
+/// `n` messages in room `a` from seq `first` on, each saying `body`.
+fn messages(first: u64, n: u64, body: &str) -> Vec<Envelope> {
+    (first..first + n)
+        .map(|seq| Envelope {
+            seq,
+            at_unix_ms: 1_795_000_000_000 + seq,
+            stream: crate::event::StreamId::room(&room("a")),
+            event: posted("a", "ann", &format!("c{seq}"), body),
+        })
+        .collect()
+}
+
+fn ask(index: &SearchIndex, q: &str, sort: Sort, cursor: Option<String>) -> Hits {
+    let params = SearchParams { q: q.into(), sort: Some(sort), limit: Some(20), cursor, ..SearchParams::default() };
+    let request = SearchRequest::new(&params, None, 100, SystemTime::now()).expect("a valid search");
+    index.search(&request).expect("search")
+}
+
+#[test]
+fn given_more_matches_than_the_bound_then_the_total_says_at_least_and_equal_scores_rank_newest_first() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (_, mut projection) = open(dir.path(), &SearchConfig::default(), 1).expect("open the index");
+    let common = TOTAL_EXACT_MAX as u64 + 20;
+    // Two commits, so two segments: the order must not depend on how the index is split.
+    projection.apply(&messages(1, common / 2, "common word")).expect("apply");
+    projection.flush().expect("commit");
+    projection.apply(&messages(common / 2 + 1, common - common / 2, "common word")).expect("apply");
+    projection.apply(&messages(common + 1, 30, "common rare")).expect("apply");
+    projection.flush().expect("commit");
+    projection.finish().expect("close the writer");
+    let index = open_reader(dir.path()).expect("open the index to read");
+
+    for sort in [Sort::Relevance, Sort::Time] {
+        let many = ask(&index, "common", sort, None);
+        assert_eq!((many.total, many.total_is_exact), (TOTAL_EXACT_MAX, false), "{sort:?}: at least the bound");
+        let few = ask(&index, "rare", sort, None);
+        assert_eq!((few.total, few.total_is_exact), (30, true), "{sort:?}: below the bound, exact");
+        let both = ask(&index, "common rare", sort, None);
+        assert_eq!((both.total, both.total_is_exact), (30, true), "{sort:?}: an intersection, exact");
+    }
+
+    // Every "common word" scores alike: the newest come first, page after page, none twice.
+    let newest: Vec<u64> = (common - 39..=common).rev().collect();
+    let first = ask(&index, "word", Sort::Relevance, None);
+    let second = ask(&index, "word", Sort::Relevance, first.next_cursor.clone());
+    let seqs: Vec<u64> = first.hits.iter().chain(&second.hits).map(|hit| hit.seq).collect();
+    assert_eq!(seqs, newest);
+    assert_eq!(ask(&index, "common word", Sort::Relevance, None).hits[0].seq, common, "two words, ties too");
+}
