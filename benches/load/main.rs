@@ -87,6 +87,10 @@ struct Args {
     /// as many orphan content files (no key names them), for the janitor benchmark.
     #[arg(long, default_value_t = 0)]
     files: u64,
+    /// With `--fill`: also write every message as a JSON line (`room`, `author`, `body`) to
+    /// this file, so that another store can be filled with the same messages.
+    #[arg(long)]
+    dump: Option<std::path::PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +119,7 @@ struct Received {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let (Some(n), Some(data)) = (args.fill, &args.data) {
-        fill(data, n, &args.room, args.body_bytes, &args.text).await?;
+        fill(data, n, &args.room, args.body_bytes, &args.text, args.dump.as_deref()).await?;
         return fill_sessions_and_files(data, args.sessions, args.files).await;
     }
     if let Some(n) = args.idle {
@@ -270,8 +274,17 @@ fn parse_body(body: &str, run_id: &str) -> Option<(usize, usize, u64)> {
 }
 
 /// Appends `n` messages to the log in `data`, in bursts the group commit can batch.
-async fn fill(data: &std::path::Path, n: u64, room: &str, body_bytes: usize, text: &str) -> anyhow::Result<()> {
+async fn fill(
+    data: &std::path::Path,
+    n: u64,
+    room: &str,
+    body_bytes: usize,
+    text: &str,
+    dump: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     use roomlog::event::{Event, MessagePosted, RoomId};
+    use std::io::Write;
+    let mut dump = dump.map(std::fs::File::create).transpose()?.map(std::io::BufWriter::new);
     let log = roomlog::log::EventLog::open(&roomlog::layout::log_dir(data), &roomlog::log::LogConfig::default())?;
     let zipf = match text {
         "filler" => None,
@@ -297,12 +310,18 @@ async fn fill(data: &std::path::Path, n: u64, room: &str, body_bytes: usize, tex
                     body
                 }
             };
-            let event = Event::MessagePosted(MessagePosted {
+            let posted = MessagePosted {
                 room: rooms[i as usize % rooms.len()].clone(),
                 author: format!("user{}", i % 100),
                 client_id: format!("f{i}"),
                 body,
-            });
+            };
+            if let Some(out) = &mut dump {
+                let line =
+                    serde_json::json!({"room": posted.room.as_str(), "author": posted.author, "body": posted.body});
+                writeln!(out, "{line}")?;
+            }
+            let event = Event::MessagePosted(posted);
             pending.push(log.submit(event).await?);
         }
         for p in pending {
@@ -311,6 +330,9 @@ async fn fill(data: &std::path::Path, n: u64, room: &str, body_bytes: usize, tex
         done += burst;
     }
     log.close().await;
+    if let Some(out) = &mut dump {
+        out.flush()?;
+    }
     println!("fill: {n} messages into {} in {:.1} s", data.display(), started.elapsed().as_secs_f64());
     Ok(())
 }
