@@ -36,10 +36,6 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 /// only written to a blob file past 4 MiB. sled cannot change it for an existing database.
 pub const SEGMENT_BYTES: usize = 16 * 1024 * 1024;
 
-/// zstd's level for the databases roomlog creates compressed: sled's default, 5. Pages of
-/// chat records and history compress about threefold (measured in README, "Disk footprint").
-const COMPRESSION_LEVEL: i32 = 5;
-
 /// The largest value roomlog writes into a sled tree (a log record, a history page). See the
 /// module documentation for why this keeps every page out of blob files.
 pub const VALUE_BYTES_MAX: usize = 128 * 1024;
@@ -82,7 +78,7 @@ impl SledDb {
         if let Some(found) = segment_size_of(dir).filter(|&s| s != SEGMENT_BYTES) {
             return Err(SledOpenError::OldLayout { found });
         }
-        let db = open_sled(dir, SEGMENT_BYTES, cache_bytes_max, compressed(dir))?;
+        let db = open_sled(dir, SEGMENT_BYTES, cache_bytes_max)?;
         let data_file = File::options().read(true).write(true).open(dir.join("db"))?;
         let opened = Self { db, data_file: Some(Arc::new(Mutex::new(data_file))), dir: dir.to_path_buf() };
         opened.settle_files()?;
@@ -91,12 +87,7 @@ impl SledDb {
 
     /// A database in memory that is gone when dropped, for unit tests.
     pub fn temporary() -> Result<Self, SledOpenError> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .segment_size(SEGMENT_BYTES)
-            .use_compression(true)
-            .compression_factor(COMPRESSION_LEVEL)
-            .open()?;
+        let db = sled::Config::new().temporary(true).segment_size(SEGMENT_BYTES).open()?;
         Ok(Self { db, data_file: None, dir: PathBuf::new() })
     }
 
@@ -104,7 +95,7 @@ impl SledDb {
     /// once for a migration.
     pub fn open_old(dir: &Path, cache_bytes_max: u64) -> Result<sled::Db, SledOpenError> {
         let segment_bytes = segment_size_of(dir).unwrap_or(512 * 1024);
-        open_sled(dir, segment_bytes, cache_bytes_max, compressed(dir))
+        open_sled(dir, segment_bytes, cache_bytes_max)
     }
 
     /// fsyncs what sled creates when it opens a database: `conf`, the data file, the snapshot
@@ -162,32 +153,14 @@ pub enum SledSyncError {
 
 /// The segment size recorded in the `conf` file of the database in `dir`, if there is one.
 fn segment_size_of(dir: &Path) -> Option<usize> {
-    conf_value(dir, "segment_size")?.parse().ok()
-}
-
-/// Whether the database in `dir` compresses its pages: as its `conf` file records for an
-/// existing one (sled refuses to change it across restarts, so a database written before
-/// compression stays as it is), and yes for a new one.
-pub fn compressed(dir: &Path) -> bool {
-    conf_value(dir, "use_compression").is_none_or(|value| value == "true")
-}
-
-/// A setting sled recorded in the `conf` file of the database in `dir` (its text, before a
-/// 4-byte checksum).
-fn conf_value(dir: &Path, key: &str) -> Option<String> {
     let bytes = std::fs::read(dir.join("conf")).ok()?;
     let text = String::from_utf8_lossy(bytes.get(..bytes.len().checked_sub(4)?)?).into_owned();
-    text.lines().find_map(|line| Some(line.strip_prefix(key)?.strip_prefix(": ")?.trim().to_owned()))
+    text.lines().find_map(|line| line.strip_prefix("segment_size: ")?.trim().parse().ok())
 }
 
 /// Opens sled, waiting briefly for a lock this process is releasing and turning a panic during
 /// recovery into an error: a damaged database is a finding, not a crash.
-fn open_sled(
-    dir: &Path,
-    segment_bytes: usize,
-    cache_bytes_max: u64,
-    compression: bool,
-) -> Result<sled::Db, SledOpenError> {
+fn open_sled(dir: &Path, segment_bytes: usize, cache_bytes_max: u64) -> Result<sled::Db, SledOpenError> {
     super::create_dir_all(dir)?;
     let started = Instant::now();
     loop {
@@ -195,8 +168,6 @@ fn open_sled(
             .path(dir)
             .segment_size(segment_bytes)
             .cache_capacity(cache_bytes_max)
-            .use_compression(compression)
-            .compression_factor(COMPRESSION_LEVEL)
             .flush_every_ms(Some(1000));
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
             .map_err(|panic| SledOpenError::Panicked(panic_message(panic.as_ref())))?;
@@ -248,14 +219,13 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            // Appends and random overwrites and removals, as the log and the projections do,
-            // of values zstd cannot shrink.
-            tree.insert(n.to_be_bytes(), noise(&mut x)).expect("append");
+            // Appends and random overwrites and removals, as the log and the projections do.
+            tree.insert(n.to_be_bytes(), vec![1u8; VALUE_BYTES_MAX]).expect("append");
             let key = (x % 100).to_be_bytes();
             if x.is_multiple_of(3) {
                 tree.remove(key).expect("remove");
             } else {
-                tree.insert(key, noise(&mut x)).expect("overwrite");
+                tree.insert(key, vec![2u8; VALUE_BYTES_MAX]).expect("overwrite");
             }
             if n % 16 == 0 {
                 db.sync().expect("sync");
@@ -263,36 +233,5 @@ mod tests {
         }
         db.sync().expect("sync");
         assert_eq!(db.blob_files(), 0, "no page may be written to a blob file");
-    }
-
-    /// A value of [`VALUE_BYTES_MAX`] pseudo-random bytes.
-    fn noise(x: &mut u64) -> Vec<u8> {
-        (0..VALUE_BYTES_MAX / 8)
-            .flat_map(|_| {
-                *x ^= *x << 13;
-                *x ^= *x >> 7;
-                *x ^= *x << 17;
-                x.to_le_bytes()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_new_database_is_compressed_and_one_written_without_compression_stays_so() {
-        let (new, old) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
-        let db = SledDb::open(new.path(), 1 << 20).expect("open");
-        db.db().insert("k", "v").expect("insert");
-        db.sync().expect("sync");
-        drop(db);
-        assert!(compressed(new.path()), "a new database is compressed");
-
-        let before = sled::Config::new().path(old.path()).segment_size(SEGMENT_BYTES).open().expect("uncompressed");
-        before.insert("k", "v").expect("insert");
-        before.flush().expect("flush");
-        drop(before);
-        assert!(!compressed(old.path()));
-        let reopened = SledDb::open(old.path(), 1 << 20).expect("a database of before compression opens as it is");
-        assert_eq!(reopened.db().get("k").expect("get").as_deref(), Some(&b"v"[..]));
-        assert!(!compressed(old.path()), "and stays uncompressed");
     }
 }
