@@ -142,6 +142,7 @@ async fn pages_follow_their_cursor_without_gaps_or_repeats_while_messages_arrive
     projections_caught_up(addr).await;
     for sort in ["time", "relevance"] {
         let mut seen = Vec::new();
+        let mut scores = Vec::new();
         let mut cursor = String::new();
         let mut first = true;
         loop {
@@ -151,6 +152,7 @@ async fn pages_follow_their_cursor_without_gaps_or_repeats_while_messages_arrive
                 assert_eq!(page["total"], before, "total counts every match, not the page");
             }
             seen.extend(ids(page["hits"].as_array().expect("hits")));
+            scores.extend(page["hits"].as_array().expect("hits").iter().map(|h| h["score"].as_f64().expect("score")));
             if first {
                 // A message arriving between pages must not shift them.
                 ann.say("p", "page item late", &format!("late-{sort}")).await;
@@ -169,6 +171,9 @@ async fn pages_follow_their_cursor_without_gaps_or_repeats_while_messages_arrive
         assert_eq!(seen.len(), existing, "{sort}: every hit that existed at the first page, once");
         if sort == "time" {
             assert!(seen.windows(2).all(|w| w[0].1 > w[1].1), "newest first");
+        } else {
+            // One message scores the same on every page: the scores only fall, page after page.
+            assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first across pages: {scores:?}");
         }
     }
     server.shutdown().await;
