@@ -53,7 +53,7 @@ pub fn restore(
         restored.events,
         restored.last_seq,
         restored.content_files,
-        restored.content_bytes as f64 / (1024.0 * 1024.0),
+        super::mib(restored.content_bytes),
         config.data.display()
     );
     rebuild(config, "all")
@@ -165,7 +165,7 @@ pub async fn backup(
         manifest.through_seq,
         manifest.events,
         content,
-        size as f64 / (1024.0 * 1024.0),
+        super::mib(size),
         secs,
         manifest.events as f64 / secs,
         size as f64 / 1e6 / secs,

@@ -104,6 +104,6 @@ fn error_suffix(ran: &JanitorRan) -> String {
 fn print_rules(rules: &[RuleTally]) {
     for rule in rules {
         // `items` without a width, as when it was printed from JSON (which ignores widths).
-        println!("  {:<28} {} items {:>12.1} MiB", rule.rule, rule.items, rule.bytes as f64 / (1024.0 * 1024.0));
+        println!("  {:<28} {} items {:>12.1} MiB", rule.rule, rule.items, super::mib(rule.bytes));
     }
 }

@@ -25,3 +25,8 @@ pub mod serve;
 pub mod status;
 pub mod storage;
 pub mod token;
+
+/// Bytes as MiB, as the operator's commands print them.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}

@@ -19,7 +19,6 @@ pub fn compact(config: &Config, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string(&done)?);
     } else {
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         println!(
             "compacted {}: {} records kept of {} ({} message and {} file events dropped); {:.1} MiB on disk before, {:.1} MiB after, in {:.1} s",
             config.log_dir().display(),
@@ -27,8 +26,8 @@ pub fn compact(config: &Config, json: bool) -> anyhow::Result<()> {
             done.records_before,
             done.dropped_message_events,
             done.dropped_file_events,
-            mib(done.bytes_before),
-            mib(done.bytes_after),
+            super::mib(done.bytes_before),
+            super::mib(done.bytes_after),
             started.elapsed().as_secs_f64()
         );
     }
@@ -172,7 +171,7 @@ pub async fn cluster_import(config: &Config, from: &std::path::Path, json: bool)
             imported.head_seq,
             imported.gaps,
             imported.files,
-            imported.file_bytes as f64 / (1024.0 * 1024.0),
+            super::mib(imported.file_bytes),
             config.jetstream.stream,
             started.elapsed().as_secs_f64()
         );

@@ -67,7 +67,7 @@ fn summary(s: &Status) -> String {
         s.data,
         if s.ready { "yes" } else { "NO" },
         s.log.head_seq,
-        s.log.disk_bytes as f64 / (1024.0 * 1024.0),
+        super::mib(s.log.disk_bytes),
     );
     for (name, p) in &s.projections {
         out.push_str(&format!(
@@ -80,7 +80,7 @@ fn summary(s: &Status) -> String {
     out.push_str(&format!(
         "search index: {} messages, {:.1} MiB on disk\nrooms active: {}, connections open: {}\n",
         s.search.documents,
-        s.search.disk_bytes as f64 / (1024.0 * 1024.0),
+        super::mib(s.search.disk_bytes),
         s.rooms_active,
         s.connections_open,
     ));

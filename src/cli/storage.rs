@@ -8,14 +8,11 @@ use roomlog::blob::service::ScrubReport;
 use roomlog::views::Storage;
 use roomlog::Config;
 
+use super::mib;
 use super::remote::{ask_server, typed};
 
 /// The exit code of `roomlog scrub` when it found damaged content.
 const SCRUB_DAMAGED_EXIT: u8 = 2;
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
 
 /// `roomlog stats`: bytes on disk per part, files, messages, sessions, disk state and growth.
 pub async fn stats(config: &Config, addr: Option<std::net::SocketAddr>, json: bool) -> anyhow::Result<ExitCode> {
