@@ -521,22 +521,19 @@ impl SearchIndex {
                     Some(Cursor::Time { before_seq }) => before_seq,
                     _ => u64::MAX,
                 };
-                // Newest first walks every match anyway: a first page counts in the same pass.
                 let base = BooleanQuery::new(clauses);
-                let mut total = None;
-                let count = match request.cursor {
-                    None => Some(total.insert(0)),
-                    Some(_) => None,
-                };
                 let query = BooleanQuery::new(vec![
                     (Occur::Must, Box::new(base.clone()) as Box<dyn Query>),
                     (Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Excluded(before)))),
                 ]);
                 let collector = TopDocs::with_limit(request.limit + 1).order_by_fast_field::<u64>("seq", Order::Desc);
-                let docs = counted(&searcher, &query, collector, count)?;
-                let total = match total {
-                    Some(n) => (n.min(TOTAL_EXACT_MAX), n <= TOTAL_EXACT_MAX),
-                    None => rank::bounded_count(&searcher, &base)?,
+                // Newest first walks every match anyway: a first page (whose query matches
+                // what the base does) counts in the same pass; later pages count the base.
+                let (docs, total) = if request.cursor.is_none() {
+                    let (n, docs) = searcher.search(&query, &(Count, collector))?;
+                    (docs, (n.min(TOTAL_EXACT_MAX), n <= TOTAL_EXACT_MAX))
+                } else {
+                    (searcher.search(&query, &collector)?, rank::bounded_count(&searcher, &base)?)
                 };
                 let page: Vec<(f32, DocAddress)> = docs.into_iter().map(|(_, address)| (0.0, address)).collect();
                 (page, total, None)
@@ -616,23 +613,6 @@ impl SearchIndex {
             }
         }
         Ok(())
-    }
-}
-
-/// Runs `collector`; with `count`, also counts the matches in the same pass.
-fn counted<C: tantivy::collector::Collector>(
-    searcher: &tantivy::Searcher,
-    query: &dyn Query,
-    collector: C,
-    count: Option<&mut usize>,
-) -> tantivy::Result<C::Fruit> {
-    match count {
-        Some(total) => {
-            let (n, fruit) = searcher.search(query, &(Count, collector))?;
-            *total = n;
-            Ok(fruit)
-        }
-        None => searcher.search(query, &collector),
     }
 }
 

@@ -27,12 +27,6 @@ pub struct Ranked {
     pub address: DocAddress,
 }
 
-impl Ranked {
-    fn key(&self) -> (OrdScore, u64) {
-        (OrdScore(self.score), self.seq)
-    }
-}
-
 impl PartialEq for Ranked {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
@@ -50,24 +44,7 @@ impl PartialOrd for Ranked {
 impl Ord for Ranked {
     /// Better is greater: a higher score, then a newer message.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.key().cmp(&other.key())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct OrdScore(Score);
-
-impl Eq for OrdScore {}
-
-impl PartialOrd for OrdScore {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for OrdScore {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.total_cmp(&other.0)
+        self.score.total_cmp(&other.score).then(self.seq.cmp(&other.seq))
     }
 }
 
