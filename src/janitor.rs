@@ -203,8 +203,7 @@ impl JanitorContext {
         part("orphans", self.plan_orphans().await);
         part("retention", self.plan_retention(now).await);
         part("logging.keep_files", self.plan_log_files().await);
-        // On a cluster's log, removal is not offered (`log::jetstream`): nothing to plan.
-        let parts = if self.config.purge_log && !self.log.is_shared() {
+        let parts = if self.config.purge_log {
             part(PURGE_RULE, self.plan_log_purge().await);
             7
         } else {
@@ -238,7 +237,7 @@ impl JanitorContext {
             bytes: purged.removed_bytes,
             keys: Vec::new(),
             detail: format!(
-                "{} message events at or below a retention cut and {} uploads of keys deleted later: superseded, their effect already undone",
+                "{} events of rooms at or below a later retention cut and {} events of keys deleted later: superseded, their effect already undone",
                 purged.removed_message_events, purged.removed_file_events
             ),
             op: Op::PurgeLog(seqs),

@@ -147,7 +147,8 @@ impl Server {
             // Boxed: the NATS client's futures are large, and this function's frame is on the
             // stack of whoever starts the server.
             crate::log::LogBackend::Jetstream => {
-                Box::pin(EventLog::open_jetstream(&log_dir, &log_config, &config.jetstream)).await
+                Box::pin(EventLog::open_jetstream(&log_dir, &log_config, &config.jetstream, config.janitor.purge_log))
+                    .await
             }
         }
         .map_err(|source| ServerError::Log { path: config.log_dir().display().to_string(), source })?;

@@ -653,6 +653,89 @@ async fn a_janitor_run_paused_past_another_nodes_run_stores_nothing() {
     }
 }
 
+/// The bytes of the ROOMLOG stream on each nats-server, as each reports its own copy.
+async fn stream_bytes(nats: &Cluster) -> Vec<u64> {
+    let mut out = Vec::new();
+    for server in &nats.servers {
+        let url = format!("http://127.0.0.1:{}/jsz?streams=true", server.monitor_port);
+        let jsz: Value = reqwest::get(&url).await.expect("jsz").json().await.expect("jsz json");
+        let streams = jsz["account_details"].as_array().into_iter().flatten();
+        let detail = streams.flat_map(|a| a["stream_detail"].as_array().into_iter().flatten());
+        let bytes = detail.filter(|s| s["name"] == "ROOMLOG").find_map(|s| s["state"]["bytes"].as_u64());
+        out.push(bytes.unwrap_or(0));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_janitor_run_frees_what_retention_cut_from_the_stream_and_from_every_nodes_copy() {
+    const POSTS: usize = 20;
+    const BODY: usize = 2_000;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let config = |name: &str| {
+        let mut config = node_config(&dir.path().join(name), &nats);
+        config.retention.default.max_messages = Some(1);
+        config.janitor.every = None;
+        config
+    };
+    let (a, b) = (common::start(config("node-a")).await, common::start(config("node-b")).await);
+    let room = roomlog::event::RoomId::parse("kept-short").expect("room");
+    for n in 0..POSTS {
+        let post = roomlog::event::Event::MessagePosted(roomlog::event::MessagePosted {
+            room: room.clone(),
+            author: "ann".into(),
+            client_id: format!("c{n}"),
+            body: format!("{n:04} {}", "x".repeat(BODY)),
+        });
+        a.log().append(post).await.expect("post");
+    }
+    holds_all(&a, &b).await;
+    let before = stream_bytes(&nats).await;
+    let ran = a.janitor().run("manual").await.expect("run");
+    assert_eq!(ran.outcome, "succeeded", "{ran:?}");
+    // Every node purges its copy once the run is recorded, and the stream loses the bytes on
+    // every server: what was cut is gone, the newest message and the cut stay.
+    let stream = roomlog::event::StreamId::room(&room);
+    let tags = |events: Vec<roomlog::event::Envelope>| -> Vec<(u64, String)> {
+        events.iter().map(|e| (e.seq, e.event.tag().to_owned())).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let kept = loop {
+        let mut copies = Vec::new();
+        for node in [&a, &b] {
+            copies.push(tags(node.log().read_stream(&stream, 0, usize::MAX).await.expect("room stream")));
+        }
+        let freed = stream_bytes(&nats)
+            .await
+            .iter()
+            .zip(&before)
+            .all(|(now, was)| now + (POSTS - 1) as u64 * BODY as u64 <= *was);
+        if freed && copies.iter().all(|copy| copy.len() == 2) {
+            assert_eq!(copies[0], copies[1], "both nodes keep the same records");
+            break copies.swap_remove(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not freed: stream bytes {:?} (were {before:?}), copies {copies:?}",
+            stream_bytes(&nats).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(kept[0].1.starts_with("MessagePosted") && kept[1].1.starts_with("MessagesExpired"), "{kept:?}");
+    // A node started afterwards gets the same room from the stream.
+    let c = common::start(config("node-c")).await;
+    holds_all(&a, &c).await;
+    assert_eq!(tags(c.log().read_stream(&stream, 0, usize::MAX).await.expect("room stream")), kept);
+    let history = whole_history(a.addr(), "kept-short").await;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(whole_history(c.addr(), "kept-short").await, history);
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_uploaded_through_one_node_downloads_through_another() {
     let _one = ONE_AT_A_TIME.lock().await;

@@ -10,9 +10,14 @@
 //!   which gives the space back to the filesystem.
 //!
 //! The rule ([`Removals`], backend-neutral) drops, keeping every seq as it was:
-//! - a room's `MessagePosted`, `MessageEdited` and `MessageDeleted` at or below the room's
-//!   last `MessagesExpired` cut (the cut itself stays, as the record);
-//! - a key's `FileStored` events before its last `FileDeleted` (which stays).
+//! - every record of a room's stream at or below the room's last `MessagesExpired` cut: its
+//!   messages, their edits and deletions, and earlier cuts the last one covers (the last cut
+//!   itself, whose seq is above what it cuts, stays as the record);
+//! - every record of a key's stream before its last `FileDeleted`: its uploads and earlier
+//!   deletions (the last deletion stays).
+//!
+//! So what goes of one stream is always a prefix of it, up to a seq: what NATS JetStream's
+//! purge by subject removes (`log::jetstream`), on a cluster's stream as on every replica.
 //!
 //! The projections, in their own store, stay as they are (they describe the same state:
 //! dropped events are ones whose effect a kept removal already undid), so the server starts
@@ -99,14 +104,17 @@ impl Removals {
         }
     }
 
-    /// `Some(true)` for a dropped message event, `Some(false)` for a dropped file event.
+    /// `Some(true)` for a dropped event of a room, `Some(false)` for a dropped event of a key.
     fn drops(&self, seq: u64, event: &Event) -> Option<bool> {
         let cut = |room: &RoomId| self.cuts.get(room).is_some_and(|&through| seq <= through);
+        let deleted_later = |key: &FileKey| self.deleted.get(key).is_some_and(|&at| at > seq);
         match event {
             Event::MessagePosted(e) if cut(&e.room) => Some(true),
             Event::MessageEdited(e) if cut(&e.room) => Some(true),
             Event::MessageDeleted(e) if cut(&e.room) => Some(true),
-            Event::FileStored(e) if self.deleted.get(&e.key).is_some_and(|&at| at > seq) => Some(false),
+            Event::MessagesExpired(e) if cut(&e.room) => Some(true),
+            Event::FileStored(e) if deleted_later(&e.key) => Some(false),
+            Event::FileDeleted(e) if deleted_later(&e.key) => Some(false),
             _ => None,
         }
     }
@@ -131,14 +139,19 @@ impl Purged {
 /// The seqs of records that later removals superseded, read through the log (two passes over
 /// it, [`CHUNK`] records at a time), with how many are message and file events. Blocking.
 pub fn superseded(log: &EventLog) -> Result<(Vec<u64>, Purged), LogError> {
+    superseded_in(log.backend.as_ref(), log.head())
+}
+
+/// [`superseded`] among the records of `backend` through seq `through`.
+pub(super) fn superseded_in(backend: &dyn Backend, through: u64) -> Result<(Vec<u64>, Purged), LogError> {
     let mut removals = Removals::default();
     let mut done = Purged::default();
-    for_each_record(log, |seq, event, _| {
+    for_each_record(backend, through, |seq, event, _| {
         removals.learn(seq, event);
         done.records_read += 1;
     })?;
     let mut seqs = Vec::new();
-    for_each_record(log, |seq, event, bytes| {
+    for_each_record(backend, through, |seq, event, bytes| {
         match removals.drops(seq, event) {
             Some(true) => done.removed_message_events += 1,
             Some(false) => done.removed_file_events += 1,
@@ -150,10 +163,14 @@ pub fn superseded(log: &EventLog) -> Result<(Vec<u64>, Purged), LogError> {
     Ok((seqs, done))
 }
 
-fn for_each_record(log: &EventLog, mut each: impl FnMut(u64, &Event, usize)) -> Result<(), LogError> {
+fn for_each_record(
+    backend: &dyn Backend,
+    through: u64,
+    mut each: impl FnMut(u64, &Event, usize),
+) -> Result<(), LogError> {
     let mut from = 1;
     loop {
-        let chunk = log.read_raw_blocking(from, CHUNK)?;
+        let chunk = backend.read_raw(from, through, CHUNK)?;
         let Some(&(last, _)) = chunk.last() else { return Ok(()) };
         for (seq, bytes) in &chunk {
             each(*seq, &decode(*seq, bytes)?.event, bytes.len());
@@ -226,6 +243,64 @@ pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{FileDeleted, FileStored, MessagePosted, MessagesExpired, StreamId};
+    use crate::ids::ContentHash;
+
+    fn post(room: &str, n: u64) -> Event {
+        Event::MessagePosted(MessagePosted {
+            room: RoomId::parse(room).expect("room"),
+            author: "ann".into(),
+            client_id: format!("c{n}"),
+            body: format!("message {n}"),
+        })
+    }
+
+    fn cut(room: &str, through_seq: u64) -> Event {
+        let room = RoomId::parse(room).expect("room");
+        Event::MessagesExpired(MessagesExpired { room, through_seq, policy: "max_messages 1".into() })
+    }
+
+    fn file(stored: bool) -> Event {
+        let (key, hash) = (FileKey::parse("a/b.mp3").expect("key"), ContentHash::of(&blake3::hash(b"x")));
+        if stored {
+            Event::FileStored(FileStored { key, hash, size: 1, content_type: "audio/mpeg".into(), owner: None })
+        } else {
+            Event::FileDeleted(FileDeleted { key, hash, reason: "deleted by the app".into() })
+        }
+    }
+
+    /// What goes of a stream is a prefix of it (what a purge by subject removes): an earlier
+    /// cut under a later one's reach and an earlier deletion go with what they removed.
+    #[tokio::test]
+    async fn what_removals_supersede_is_a_prefix_of_each_stream() {
+        let log = EventLog::in_memory(&crate::log::LogConfig::default()).expect("log");
+        let events = [
+            post("a", 1), // 1
+            post("a", 2), // 2
+            cut("a", 1),  // 3
+            post("a", 3), // 4
+            post("b", 1), // 5
+            file(true),   // 6
+            file(false),  // 7
+            file(true),   // 8
+            file(false),  // 9
+            cut("a", 4),  // 10: covers the cut at 3
+            post("a", 4), // 11
+            cut("b", 0),  // 12: cuts nothing
+            file(true),   // 13
+        ];
+        for event in events {
+            log.append(event).await.expect("append");
+        }
+        let (seqs, purged) = superseded(&log).expect("superseded");
+        assert_eq!(seqs, vec![1, 2, 3, 4, 6, 7, 8]);
+        assert_eq!((purged.removed_message_events, purged.removed_file_events), (4, 3));
+        log.remove(seqs).await.expect("remove");
+        let room_a = log.read_stream(&StreamId::room(&RoomId::parse("a").expect("room")), 0, 100).await.expect("a");
+        assert_eq!(room_a.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![10, 11]);
+        assert_eq!(superseded(&log).expect("again").0, Vec::<u64>::new(), "nothing more once removed");
+        log.close().await;
+    }
 
     /// A folder standing for a database, marked with its name.
     fn make(dir: &Path, name: &str) {

@@ -375,15 +375,102 @@ impl JetStreamPlace {
         let cluster =
             super::jetstream::JetStreamConfig { servers: vec![self.url.clone()], replicas: 1, ..Default::default() };
         let replica = reopen_sled(&self.dir.path().join(name));
-        EventLog::on_jetstream(replica, &LogConfig::default(), &cluster).await.expect("open the JetStream log")
+        EventLog::on_jetstream(replica, &LogConfig::default(), &cluster, true).await.expect("open the JetStream log")
     }
 }
 
 /// The suite's tests that hold for a log whose seqs JetStream assigns. The others do not
-/// apply: removal is not offered on it (`jetstream::ClusterError::RemoveUnsupported`), and the
-/// seq floor and the spy are the local writer's.
+/// apply: the seq floor and the spy are the local writer's, and a removal there takes only
+/// the start of a stream (what a purge by subject removes), so removing seqs in the middle of
+/// one removes nothing.
 mod jetstream {
     use super::*;
+    use crate::event::Envelope;
+
+    #[tokio::test]
+    async fn removed_records_are_not_read_by_range_or_stream() {
+        super::removed_records_are_not_read_by_range_or_stream::<JetStreamPlace>().await;
+    }
+
+    /// A janitor's run, as recorded.
+    fn janitor_ran() -> Event {
+        Event::JanitorRan(crate::event::JanitorRan {
+            run: 1,
+            trigger: "manual".into(),
+            started_at_unix_ms: 1,
+            finished_at_unix_ms: 2,
+            outcome: "succeeded".into(),
+            error: None,
+            rules: Vec::new(),
+            failed: Vec::new(),
+            failures: Vec::new(),
+        })
+    }
+
+    fn seqs(envelopes: &[Envelope]) -> Vec<u64> {
+        envelopes.iter().map(|e| e.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn a_removal_purges_the_stream_so_that_a_new_node_never_gets_the_records() {
+        let place = JetStreamPlace::new();
+        let a = place.node("a").await;
+        for n in 0..2 {
+            a.append(posted("a", n)).await.expect("post");
+            a.append(posted("b", n)).await.expect("post");
+        }
+        // An edit of seq 1 is published on a subject of its own, below room a's.
+        let edit = Event::MessageEdited(crate::event::MessageEdited {
+            room: RoomId::parse("a").expect("room"),
+            seq: 1,
+            author: "ann".into(),
+            client_id: "c0".into(),
+            posted_at_unix_ms: 0,
+            edited_by: "ann".into(),
+            body: "edited".into(),
+        });
+        assert_eq!(a.append(edit).await.expect("edit").seq, 5);
+        a.append(posted("a", 2)).await.expect("post");
+        // Room a holds 1, 3, 5 (the edit), 6; room b 2, 4. Seq 4 is not where room b starts:
+        // it stays, as a purge by subject could not take it alone.
+        assert_eq!(a.remove(vec![1, 3, 4, 5]).await.expect("remove"), 3);
+        assert_eq!(seqs(&a.read_range(1, usize::MAX).await.expect("range")), vec![2, 4, 6]);
+        let c = place.node("c").await;
+        c.watch_head().wait_for(|&head| head >= 6).await.expect("c catches up");
+        assert_eq!(seqs(&c.read_range(1, usize::MAX).await.expect("range")), vec![2, 4, 6], "purged from the stream");
+        close(a).await;
+        close(c).await;
+    }
+
+    #[tokio::test]
+    async fn after_a_janitor_run_every_node_purges_what_removals_superseded() {
+        let place = JetStreamPlace::new();
+        let (a, b) = (place.node("a").await, place.node("b").await);
+        for n in 0..5 {
+            a.append(posted("lobby", n)).await.expect("post");
+        }
+        let cut = Event::MessagesExpired(crate::event::MessagesExpired {
+            room: RoomId::parse("lobby").expect("room"),
+            through_seq: 3,
+            policy: "retention.default.max_messages: max_messages 2".into(),
+        });
+        let cut = b.append(cut).await.expect("cut").seq;
+        let ran = janitor_ran();
+        b.append(ran).await.expect("run");
+        for node in [&a, &b] {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while seqs_of_stream(node, &room("lobby"), 0).await != vec![4, 5, cut] {
+                assert!(std::time::Instant::now() < deadline, "the node never purged its replica");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        let c = place.node("c").await;
+        c.watch_head().wait_for(|&head| head > cut).await.expect("c catches up");
+        assert_eq!(seqs_of_stream(&c, &room("lobby"), 0).await, vec![4, 5, cut], "purged from the stream");
+        close(a).await;
+        close(b).await;
+        close(c).await;
+    }
 
     #[tokio::test]
     async fn appends_get_consecutive_seqs_in_submission_order() {
@@ -533,17 +620,7 @@ mod jetstream {
         let janitor = StreamId::janitor();
         // Both nodes begin a run with no run recorded (fence 0); a records its run first.
         let fence = super::super::Fence { stream: janitor.clone(), last_seq: 0 };
-        let ran = Event::JanitorRan(crate::event::JanitorRan {
-            run: 1,
-            trigger: "schedule".into(),
-            started_at_unix_ms: 1,
-            finished_at_unix_ms: 2,
-            outcome: "succeeded".into(),
-            error: None,
-            rules: Vec::new(),
-            failed: Vec::new(),
-            failures: Vec::new(),
-        });
+        let ran = janitor_ran();
         let recorded = a.append_fenced(ran.clone(), Some(&fence)).await.expect("a's run").seq;
         // b, paused past its lease, resumes: its cut of a room (another stream) and its own
         // record are refused, so it deletes and records nothing.

@@ -26,10 +26,17 @@
 //! (with `Nats-Expected-Last-Subject-Sequence-Subject`, nats-server 2.11 and later). A stale one
 //! is refused with [`LogError::Conflict`] and nothing is stored.
 //!
-//! Not here yet: removing records (the log purge stays a single-node rule).
+//! **Removing superseded records** (`log::compact`'s rule, which makes what goes of a stream a
+//! prefix of it) purges the stream by subject below a seq, then removes the same records from
+//! the replica ([`purge`]). The janitor's run does it on the lease holder (rule `log_purge`);
+//! every node, when its tail brings a `JanitorRan`, finds what its own replica holds that the
+//! log's removals now supersede and purges it too, from its replica and, if still there, from
+//! the stream. A purge is idempotent and needs no lease: what a removal supersedes stays
+//! superseded, whichever node finds it.
 //!
 //! [`Backend`]: super::Backend
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,7 +52,7 @@ pub use crate::config::JetStreamConfig;
 
 use super::backend::Backend;
 use super::writer::{Expect, WriterMsg};
-use super::LogError;
+use super::{off_async, LogError};
 use crate::event::{decode, encode, Envelope, Event, StreamId};
 
 /// The subjects of the log's stream.
@@ -108,8 +115,8 @@ pub enum ClusterError {
     ReplicaBehind { seq: u64, waited: Duration },
     #[error("record {0} is not in this node's replica of the log")]
     NotInReplica(u64),
-    #[error("removing records is not supported on the JetStream log")]
-    RemoveUnsupported,
+    #[error("purging superseded records of {subject} below seq {below} from the stream: {reason}")]
+    Purge { subject: String, below: u64, reason: String },
 }
 
 impl From<ClusterError> for LogError {
@@ -133,10 +140,14 @@ pub(super) struct Started {
 
 /// Connects, makes sure the stream exists, and starts the tail (filling `replica`) and the
 /// publisher (taking `rx`).
+///
+/// With `purge_superseded` (the janitor's `purge_log`), the tail purges what removals
+/// superseded whenever it brings a janitor's run (see the module's notes).
 pub(super) async fn start(
     replica: Arc<dyn Backend>,
     config: &JetStreamConfig,
     rx: mpsc::Receiver<WriterMsg>,
+    purge_superseded: bool,
 ) -> Result<Started, LogError> {
     let client = connect(config).await?;
     let nats = client.clone();
@@ -163,12 +174,14 @@ pub(super) async fn start(
         last_at: last.as_ref().map_or(0, |e| e.at_unix_ms),
         head: head_tx,
         failure: failure_tx,
+        purging: purge_superseded.then(Arc::default),
     };
     let (stop_tail, tail_stopped) = oneshot::channel();
     tokio::spawn(tail.run(tail_stopped));
     tokio::spawn(watch_connection(client, connected_tx));
     let publisher = Publisher {
         context,
+        stream: newest_of.clone(),
         replica,
         head: head.clone(),
         append_timeout: config.append_timeout,
@@ -659,6 +672,7 @@ struct InFlight {
 /// Takes appends in order, publishes them pipelined, and answers them in order.
 struct Publisher {
     context: Context,
+    stream: stream::Stream,
     replica: Arc<dyn Backend>,
     head: watch::Receiver<u64>,
     append_timeout: Duration,
@@ -688,8 +702,13 @@ impl Publisher {
                         }
                     }
                 }
-                WriterMsg::Remove { reply, .. } => {
-                    let _ = reply.send(Err(Arc::new(ClusterError::RemoveUnsupported.into())));
+                // Beside the appends, not behind them: a purge touches only records that a
+                // durable removal already superseded.
+                WriterMsg::Remove { seqs, reply } => {
+                    let (stream, replica, head) = (self.stream.clone(), self.replica.clone(), *self.head.borrow());
+                    tokio::spawn(async move {
+                        let _ = reply.send(purge(&stream, &replica, seqs, head).await.map_err(Arc::new));
+                    });
                 }
                 WriterMsg::Stop { done } => {
                     drop(inflight_tx);
@@ -836,10 +855,98 @@ struct Tail {
     head: watch::Sender<u64>,
     failure: watch::Sender<Option<Arc<LogError>>>,
     lag: watch::Sender<u64>,
+    /// Whether the tail purges what removals superseded when it brings a janitor's run
+    /// (`Some`), and whether such a purge is under way.
+    purging: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Most records the tail writes to the replica in one group.
 const TAIL_BATCH: usize = 4096;
+
+/// Most records one purge step removes (one request per subject filter per stream, then one
+/// removal from the replica).
+const PURGE_STEP: usize = 4096;
+
+/// Purges records that later removals superseded, `seqs` (found by `compact::superseded`):
+/// from the stream by subject, for each of their streams every message below the first record
+/// of it that is not among `seqs` (a purge by subject removes a prefix of a stream; what the
+/// rule supersedes of one is one), then the same records from the replica. Returns how many
+/// the replica held. Records at or above `head` stay, so that the newest never goes back.
+async fn purge(
+    stream: &stream::Stream,
+    replica: &Arc<dyn Backend>,
+    seqs: Vec<u64>,
+    head: u64,
+) -> Result<u64, LogError> {
+    let (bounds, going) = {
+        let replica = replica.clone();
+        off_async(move || prefixes(replica.as_ref(), &seqs, head)).await?
+    };
+    for (of, below) in bounds {
+        let base = subject(&of);
+        // A room's edits and deletions are on subjects below its own (`subject_of`).
+        for filter in [format!("{base}.>"), base] {
+            if let Err(error) = stream.purge().filter(filter.clone()).sequence(below).await {
+                return Err(ClusterError::Purge { subject: filter, below, reason: error.to_string() }.into());
+            }
+        }
+    }
+    let replica = replica.clone();
+    off_async(move || {
+        let removed = replica.remove(&going)?;
+        replica.sync()?;
+        Ok(removed)
+    })
+    .await
+}
+
+/// Of `seqs`, the ones below `head` that start their stream in the replica, ascending, and
+/// for each of their streams the seq below which its records go: the first record of the
+/// stream that is not among them, or one above its newest.
+fn prefixes(replica: &dyn Backend, seqs: &[u64], head: u64) -> Result<(BTreeMap<StreamId, u64>, Vec<u64>), LogError> {
+    let wanted: BTreeSet<u64> = seqs.iter().copied().filter(|&seq| seq < head).collect();
+    let mut newest: BTreeMap<StreamId, u64> = BTreeMap::new();
+    for &seq in &wanted {
+        for (seq, bytes) in replica.read_raw(seq, seq, 1)? {
+            newest.insert(decode(seq, &bytes)?.stream, seq);
+        }
+    }
+    let (mut bounds, mut going) = (BTreeMap::new(), Vec::new());
+    for (of, newest) in newest {
+        let (mut after, mut below, before) = (0, newest + 1, going.len());
+        'scan: loop {
+            let page = replica.read_stream_raw(&of, after, newest, PURGE_STEP)?;
+            let Some(&(last, _)) = page.last() else { break };
+            for (seq, _) in page {
+                if !wanted.contains(&seq) {
+                    below = seq;
+                    break 'scan;
+                }
+                going.push(seq);
+            }
+            after = last;
+        }
+        if going.len() > before {
+            bounds.insert(of, below);
+        }
+    }
+    going.sort_unstable();
+    Ok((bounds, going))
+}
+
+/// What the tail's purge does after a janitor's run: finds what this node's replica holds
+/// that removals supersede, through `through`, and purges it, [`PURGE_STEP`] at a time.
+async fn purge_replica(stream: stream::Stream, replica: Arc<dyn Backend>, through: u64) -> Result<u64, LogError> {
+    let (seqs, _) = {
+        let replica = replica.clone();
+        off_async(move || super::compact::superseded_in(replica.as_ref(), through)).await?
+    };
+    let mut removed = 0;
+    for step in seqs.chunks(PURGE_STEP) {
+        removed += purge(&stream, &replica, step.to_vec(), through).await?;
+    }
+    Ok(removed)
+}
 
 impl Tail {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
@@ -911,6 +1018,7 @@ impl Tail {
         batch: Vec<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>,
     ) -> Result<(), LogError> {
         let mut records: Vec<(u64, StreamId, Vec<u8>)> = Vec::with_capacity(batch.len());
+        let mut janitor_ran = false;
         for item in batch {
             let message = match item {
                 Ok(message) => message,
@@ -935,6 +1043,7 @@ impl Tail {
                 Err(error) => return Err(error.into()),
             };
             envelope.seq = seq;
+            janitor_ran |= matches!(envelope.event, Event::JanitorRan(_));
             envelope.at_unix_ms = envelope.at_unix_ms.max(self.last_at);
             self.last_seq = seq;
             self.last_at = envelope.at_unix_ms;
@@ -950,7 +1059,35 @@ impl Tail {
         .await
         .map_err(|e| LogError::Io(std::io::Error::other(e.to_string())))??;
         self.head.send_replace(last);
+        if janitor_ran {
+            self.purge_superseded(last);
+        }
         Ok(())
+    }
+
+    /// Starts a purge of what removals supersede through `through`, unless one is under way
+    /// (the next janitor's run starts another) or the tail does not purge.
+    fn purge_superseded(&self, through: u64) {
+        let Some(purging) = self.purging.clone() else { return };
+        if purging.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let (stream, replica) = (self.stream.clone(), self.replica.clone());
+        tokio::spawn(async move {
+            match purge_replica(stream, replica, through).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(
+                    removed,
+                    through,
+                    reason = "superseded by later retention cuts and file deletions (log_purge)",
+                    "purged superseded records from the stream and this node's replica"
+                ),
+                Err(error) => {
+                    tracing::warn!(error = %error, "purging superseded records failed; the next janitor's run tries again")
+                }
+            }
+            purging.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
     }
 }
 

@@ -234,14 +234,17 @@ impl EventLog {
     /// Opens the log of a cluster: the stream on NATS JetStream that `cluster` names, with this
     /// node's replica of it in `dir` (see [`jetstream`]). Waits for NATS up to
     /// `cluster.connect_timeout`.
+    /// With `purge_superseded`, the node purges what removals superseded after every
+    /// janitor's run (see [`jetstream`]).
     pub async fn open_jetstream(
         dir: &Path,
         config: &LogConfig,
         cluster: &jetstream::JetStreamConfig,
+        purge_superseded: bool,
     ) -> Result<Self, LogError> {
         let (dir, cache) = (dir.to_owned(), config.cache_bytes_max);
         let replica = off_async(move || Ok(Arc::new(SledBackend::open(&dir, cache)?))).await?;
-        Self::on_jetstream(replica, config, cluster).await
+        Self::on_jetstream(replica, config, cluster, purge_superseded).await
     }
 
     /// [`EventLog::open_jetstream`] with the replica on `replica` (a memory one, for tests).
@@ -249,9 +252,10 @@ impl EventLog {
         replica: Arc<dyn Backend>,
         config: &LogConfig,
         cluster: &jetstream::JetStreamConfig,
+        purge_superseded: bool,
     ) -> Result<Self, LogError> {
         let (writer, rx) = mpsc::channel(config.queue_max.max(1));
-        let started = jetstream::start(replica.clone(), cluster, rx).await?;
+        let started = jetstream::start(replica.clone(), cluster, rx, purge_superseded).await?;
         let (_, refusing) = watch::channel(0);
         let gone = Gone { closing: Arc::default(), failure: started.failure };
         let floors = crate::space::Floors::for_volume(config.min_free_bytes, 0);
@@ -543,6 +547,7 @@ fn decode_all(records: Vec<Raw>) -> Result<Vec<Envelope>, LogError> {
     records.iter().map(|(seq, bytes)| Ok(decode(*seq, bytes)?)).collect()
 }
 
+/// Runs a blocking call of the backend on a blocking thread.
 async fn off_async<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, LogError> + Send + 'static,
 ) -> Result<T, LogError> {
