@@ -49,6 +49,7 @@ pub const JANITOR_RUNS_TOTAL: &str = "roomlog_janitor_runs_total";
 pub const JANITOR_RUN_SECONDS: &str = "roomlog_janitor_run_seconds";
 pub const JANITOR_FREED_BYTES_TOTAL: &str = "roomlog_janitor_freed_bytes_total";
 pub const FILE_TIER_MOVES_TOTAL: &str = "roomlog_file_tier_moves_total";
+pub const FILE_SHARED_RELEASES_TOTAL: &str = "roomlog_file_shared_releases_total";
 pub const FILES: &str = "roomlog_files";
 pub const FILE_UPLOADS_TOTAL: &str = "roomlog_file_uploads_total";
 pub const FILE_UPLOAD_BYTES_TOTAL: &str = "roomlog_file_upload_bytes_total";
@@ -132,6 +133,10 @@ fn describe() {
     describe_histogram!(JANITOR_RUN_SECONDS, Unit::Seconds, "duration of janitor runs");
     describe_counter!(JANITOR_FREED_BYTES_TOTAL, Unit::Bytes, "bytes of keys, content and orphans the janitor removed");
     describe_counter!(FILE_TIER_MOVES_TOTAL, "content moved between tiers, by target tier");
+    describe_counter!(
+        FILE_SHARED_RELEASES_TOTAL,
+        "content no key named, deleted from a cluster's shared bucket by this node's reaper, by outcome (deleted; put_back: a key through another node named it meanwhile)"
+    );
     describe_gauge!(FILES, "content files stored, by tier");
     describe_counter!(FILE_UPLOADS_TOTAL, "uploads stored under a key");
     describe_counter!(FILE_UPLOAD_BYTES_TOTAL, Unit::Bytes, "bytes of uploads stored under a key");
@@ -182,6 +187,9 @@ fn zero() {
     }
     for to in ["hot", "cold"] {
         metrics::counter!(FILE_TIER_MOVES_TOTAL, "to" => to).increment(0);
+    }
+    for outcome in ["deleted", "put_back"] {
+        metrics::counter!(FILE_SHARED_RELEASES_TOTAL, "outcome" => outcome).increment(0);
     }
     // A histogram handle renders its buckets at 0 until the first sample.
     for name in [DELIVERY_SECONDS, APPEND_BATCH_EVENTS, APPEND_DURABLE_SECONDS, SEARCH_SECONDS, JANITOR_RUN_SECONDS] {

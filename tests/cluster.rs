@@ -653,18 +653,32 @@ async fn a_janitor_run_paused_past_another_nodes_run_stores_nothing() {
     }
 }
 
-/// The bytes of the ROOMLOG stream on each nats-server, as each reports its own copy.
-async fn stream_bytes(nats: &Cluster) -> Vec<u64> {
+/// The bytes of JetStream stream `name` on each nats-server, as each reports its own copy.
+async fn stream_bytes(nats: &Cluster, name: &str) -> Vec<u64> {
     let mut out = Vec::new();
     for server in &nats.servers {
         let url = format!("http://127.0.0.1:{}/jsz?streams=true", server.monitor_port);
         let jsz: Value = reqwest::get(&url).await.expect("jsz").json().await.expect("jsz json");
         let streams = jsz["account_details"].as_array().into_iter().flatten();
         let detail = streams.flat_map(|a| a["stream_detail"].as_array().into_iter().flatten());
-        let bytes = detail.filter(|s| s["name"] == "ROOMLOG").find_map(|s| s["state"]["bytes"].as_u64());
+        let bytes = detail.filter(|s| s["name"] == name).find_map(|s| s["state"]["bytes"].as_u64());
         out.push(bytes.unwrap_or(0));
     }
     out
+}
+
+/// Waits (bounded) until every nats-server's copy of stream `name` is at least `freed` bytes
+/// smaller than `before`.
+async fn until_freed(nats: &Cluster, name: &str, before: &[u64], freed: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = stream_bytes(nats, name).await;
+        if now.iter().zip(before).all(|(now, was)| now + freed <= *was) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} did not lose {freed} bytes on every server: {before:?} -> {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -692,7 +706,7 @@ async fn a_janitor_run_frees_what_retention_cut_from_the_stream_and_from_every_n
         a.log().append(post).await.expect("post");
     }
     holds_all(&a, &b).await;
-    let before = stream_bytes(&nats).await;
+    let before = stream_bytes(&nats, "ROOMLOG").await;
     let ran = a.janitor().run("manual").await.expect("run");
     assert_eq!(ran.outcome, "succeeded", "{ran:?}");
     // Every node purges its copy once the run is recorded, and the stream loses the bytes on
@@ -701,26 +715,18 @@ async fn a_janitor_run_frees_what_retention_cut_from_the_stream_and_from_every_n
     let tags = |events: Vec<roomlog::event::Envelope>| -> Vec<(u64, String)> {
         events.iter().map(|e| (e.seq, e.event.tag().to_owned())).collect()
     };
+    until_freed(&nats, "ROOMLOG", &before, (POSTS - 1) as u64 * BODY as u64).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let kept = loop {
         let mut copies = Vec::new();
         for node in [&a, &b] {
             copies.push(tags(node.log().read_stream(&stream, 0, usize::MAX).await.expect("room stream")));
         }
-        let freed = stream_bytes(&nats)
-            .await
-            .iter()
-            .zip(&before)
-            .all(|(now, was)| now + (POSTS - 1) as u64 * BODY as u64 <= *was);
-        if freed && copies.iter().all(|copy| copy.len() == 2) {
+        if copies.iter().all(|copy| copy.len() == 2) {
             assert_eq!(copies[0], copies[1], "both nodes keep the same records");
             break copies.swap_remove(0);
         }
-        assert!(
-            Instant::now() < deadline,
-            "not freed: stream bytes {:?} (were {before:?}), copies {copies:?}",
-            stream_bytes(&nats).await
-        );
+        assert!(Instant::now() < deadline, "a node's copy still holds what was cut: {copies:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(kept[0].1.starts_with("MessagePosted") && kept[1].1.starts_with("MessagesExpired"), "{kept:?}");
@@ -751,6 +757,128 @@ async fn a_file_uploaded_through_one_node_downloads_through_another() {
     assert_eq!(response.status().as_u16(), 200);
     let downloaded = response.bytes().await.expect("bytes");
     assert!(downloaded.as_ref() == body.as_slice(), "the same bytes through the other node");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Bytes that differ from other tests' content.
+fn content(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+}
+
+/// What a node started now, with no copy of its own, answers for `key`.
+async fn fresh_node_gets(dir: &std::path::Path, nats: &Cluster, key: &str) -> (u16, Vec<u8>) {
+    let node = common::start(node_config(&dir.join("fresh-node"), nats)).await;
+    projections_caught_up(node.addr()).await;
+    let got = get_file(node.addr(), key).await;
+    node.shutdown().await;
+    got
+}
+
+/// Uploads `body` under `key` through `node`, then waits until `other` has it; its hash.
+async fn uploaded(node: &Server, key: &str, body: &[u8], other: &Server) -> String {
+    let (status, stored) = common::put_file(node.addr(), key, body.to_vec(), "audio/mpeg").await;
+    assert_eq!(status, 201, "{stored}");
+    projections_caught_up(other.addr()).await;
+    stored["hash"].as_str().expect("hash").to_owned()
+}
+
+async fn delete_file(addr: std::net::SocketAddr, key: &str) -> u16 {
+    let url = format!("http://{addr}/api/files/{key}");
+    reqwest::Client::new().delete(url).send().await.expect("delete").status().as_u16()
+}
+
+async fn get_file(addr: std::net::SocketAddr, key: &str) -> (u16, Vec<u8>) {
+    let response = reqwest::get(format!("http://{addr}/api/files/{key}")).await.expect("get");
+    let status = response.status().as_u16();
+    (status, response.bytes().await.expect("bytes").to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_no_key_names_any_more_leaves_the_shared_bucket() {
+    const LEN: usize = 1 << 20;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let nodes = nodes(2, dir.path(), &nats).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let body = content(LEN, 1);
+    let hash = uploaded(a, "audio/gone.bin", &body, b).await;
+    assert_eq!(get_file(b.addr(), "audio/gone.bin").await, (200, body), "b holds a copy now too");
+    let shared = a.log().shared_files().expect("a cluster's bucket");
+    assert!(shared.holds(&hash).await.expect("holds"));
+    let before = stream_bytes(&nats, "OBJ_roomlog_files").await;
+    assert_eq!(delete_file(b.addr(), "audio/gone.bin").await, 200);
+    until_freed(&nats, "OBJ_roomlog_files", &before, LEN as u64).await;
+    assert!(!shared.holds(&hash).await.expect("holds"), "the object is deleted");
+    for node in &nodes {
+        assert_eq!(get_file(node.addr(), "audio/gone.bin").await.0, 404);
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// The value of the counter line `line` (name and labels) on `addr`'s /metrics.
+async fn counter(addr: std::net::SocketAddr, line: &str) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.expect("metrics").text().await.expect("text");
+    text.lines().find_map(|l| l.strip_prefix(line)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_named_again_through_another_node_while_a_reaper_deletes_it_is_put_back() {
+    const PUT_BACK: &str = "roomlog_file_shared_releases_total{outcome=\"put_back\"}";
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let nodes = nodes(2, dir.path(), &nats).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let body = content(200_000, 2);
+    uploaded(a, "audio/first.bin", &body, b).await;
+    let put_back_before = counter(a.addr(), PUT_BACK).await;
+    // A's reaper (a holds the only copy) is about to delete the bucket's copy...
+    let mut hold = roomlog::fault::hold_once("reaper:deleting");
+    assert_eq!(delete_file(a.addr(), "audio/first.bin").await, 200);
+    let reached = tokio::time::timeout(Duration::from_secs(30), &mut hold.reached).await;
+    assert!(matches!(reached, Ok(Ok(()))), "a's reaper never came to the shared copy");
+    // ...when the same content is uploaded through b, which finds it in the bucket still.
+    uploaded(b, "audio/second.bin", &body, a).await;
+    hold.release();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter(a.addr(), PUT_BACK).await == put_back_before {
+        assert!(Instant::now() < deadline, "a's reaper never put the content back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A node with no copy of its own reads it from the bucket.
+    assert_eq!(fresh_node_gets(dir.path(), &nats, "audio/second.bin").await, (200, body));
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_committed_after_its_content_left_the_bucket_puts_it_back_or_is_undone() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let nodes = nodes(2, dir.path(), &nats).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let body = content(100_000, 3);
+    let hash = uploaded(a, "audio/one.bin", &body, b).await;
+    // The content leaves the bucket, as it does when another node's reaper checked first.
+    let shared = a.log().shared_files().expect("a cluster's bucket");
+    shared.delete(&hash).await.expect("delete from the bucket");
+    // Through b, which has no copy, the new key could not be served: it is undone.
+    let (status, refused) = post(b.addr(), "/api/files/audio/one.bin?copy_to=audio/through-b.bin").await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (503, Some("storage_unavailable")), "{refused}");
+    projections_caught_up(a.addr()).await;
+    assert_eq!(get_file(a.addr(), "audio/through-b.bin").await.0, 404, "the copy was deleted again");
+    // Through a, which has the bytes, the content is put back.
+    let (status, copied) = post(a.addr(), "/api/files/audio/one.bin?copy_to=audio/through-a.bin").await;
+    assert_eq!(status, 201, "{copied}");
+    assert!(shared.holds(&hash).await.expect("holds"), "put back into the bucket");
+    assert_eq!(fresh_node_gets(dir.path(), &nats, "audio/through-a.bin").await, (200, body));
     for node in nodes {
         node.shutdown().await;
     }

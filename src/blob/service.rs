@@ -89,6 +89,9 @@ pub struct FileService {
     commit: Arc<Mutex<()>>,
     /// On a cluster's log: the content every node shares; this node's tiers are then a cache.
     shared: Option<crate::log::jetstream::SharedFiles>,
+    /// Content this node deleted from the shared bucket that a key named again before it
+    /// could put it back (NATS failed meanwhile): the reaper's next pass puts it back.
+    put_back: Arc<std::sync::Mutex<Vec<ContentHash>>>,
 }
 
 impl FileService {
@@ -103,6 +106,7 @@ impl FileService {
             lifecycle: Arc::default(),
             commit: Arc::new(Mutex::new(())),
             shared,
+            put_back: Arc::default(),
         }
     }
 
@@ -278,7 +282,9 @@ impl FileService {
             content_type,
             owner,
         });
-        self.commit(key, event).await
+        let entry = self.commit(key, event).await?;
+        self.confirm_shared(&entry).await?;
+        Ok(entry)
     }
 
     /// Points `to` at the content of `from`: no bytes move.
@@ -294,7 +300,27 @@ impl FileService {
             content_type: source.content_type,
             owner,
         });
-        self.commit(to, event).await
+        let entry = self.commit(to, event).await?;
+        self.confirm_shared(&entry).await?;
+        Ok(entry)
+    }
+
+    /// On a cluster's log, once a key is committed on content: makes sure the shared bucket
+    /// still holds the content, putting it back from this node's copy if another node's
+    /// reaper deleted it meanwhile (see [`FileService::release_shared`]). With no copy here to
+    /// put back, the key could not be served: it is deleted again, naming why, and the caller
+    /// is told to upload.
+    async fn confirm_shared(&self, entry: &FileEntry) -> Result<(), FileError> {
+        let Some(shared) = &self.shared else { return Ok(()) };
+        if shared.holds(entry.hash.as_str()).await.map_err(storage)? {
+            return Ok(());
+        }
+        if let Some((_, path)) = self.store.locate(&entry.hash, Tier::Hot).await {
+            return Box::pin(shared.put(entry.hash.as_str(), &path)).await.map_err(storage);
+        }
+        let reason = "its content was deleted by another node's reaper while the key was written";
+        self.delete(&entry.key, reason).await?;
+        Err(FileError::Storage("the content was removed meanwhile; upload again".into()))
     }
 
     /// The renames `moves` asks of a paid session's keys: (key, new key). A key the mapping
@@ -388,6 +414,7 @@ impl FileService {
     /// One pass of the reaper; returns the content deleted.
     pub async fn reap_once(&self) -> Result<Vec<ContentHash>, FileError> {
         self.caught_up().await;
+        self.put_back_owed().await?;
         let candidates = self.files.unreferenced(1000).map_err(storage)?;
         let mut reaped = Vec::new();
         for hash in candidates {
@@ -396,11 +423,67 @@ impl FileService {
             if self.files.references(&hash).map_err(storage)? > 0 {
                 continue; // referenced again
             }
+            if !self.release_shared(&hash).await? {
+                continue; // a key on another node names it again: put back, kept
+            }
             self.store.remove(&hash).await.map_err(storage)?;
             self.files.reaped(&hash).map_err(storage)?;
             tracing::debug!(%hash, "unreferenced content deleted");
             reaped.push(hash);
         }
         Ok(reaped)
+    }
+
+    /// On a cluster's log, deletes content no key references from the shared bucket, if this
+    /// node has a copy to put back (a node without one leaves the bucket to a node with one,
+    /// such as the uploader). Then it takes in everything the cluster committed meanwhile: if a
+    /// key names the content again (an upload or a copy through another node, whose own check
+    /// came before the deletion), it puts the content back and answers false.
+    async fn release_shared(&self, hash: &ContentHash) -> Result<bool, FileError> {
+        let Some(shared) = &self.shared else { return Ok(true) };
+        let Some((_, path)) = self.store.locate(hash, Tier::Hot).await else { return Ok(true) };
+        crate::fault::hold("reaper:deleting").await;
+        shared.delete(hash.as_str()).await.map_err(storage)?;
+        let still_unreferenced = async {
+            let seq = self.log.newest_everywhere().await.map_err(storage)?;
+            self.runner.wait_applied(seq).await;
+            Ok::<_, FileError>(self.files.references(hash).map_err(storage)? == 0)
+        };
+        let released = |outcome: &'static str| {
+            metrics::counter!(crate::metrics::FILE_SHARED_RELEASES_TOTAL, "outcome" => outcome).increment(1);
+        };
+        match still_unreferenced.await {
+            Ok(true) => {
+                released("deleted");
+                return Ok(true);
+            }
+            Ok(false) => tracing::info!(%hash, "content deleted from the shared bucket is named again: put back"),
+            Err(error) => {
+                tracing::warn!(%hash, error = %error, "could not check the cluster after deleting shared content: put back")
+            }
+        }
+        if let Err(error) = Box::pin(shared.put(hash.as_str(), &path)).await {
+            self.put_back.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(hash.clone());
+            return Err(storage(error));
+        }
+        released("put_back");
+        Ok(false)
+    }
+
+    /// Puts back what [`FileService::release_shared`] could not, while a key names it.
+    async fn put_back_owed(&self) -> Result<(), FileError> {
+        let owed = std::mem::take(&mut *self.put_back.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for hash in owed {
+            if self.files.references(&hash).map_err(storage)? == 0 {
+                continue; // the reaper's next pass deals with it
+            }
+            if let (Some(shared), Some((_, path))) = (&self.shared, self.store.locate(&hash, Tier::Hot).await) {
+                if let Err(error) = Box::pin(shared.put(hash.as_str(), &path)).await {
+                    self.put_back.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(hash);
+                    return Err(storage(error));
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -275,12 +275,27 @@ impl Newest {
             Err(error) if error.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
             Err(error) => return Err(ClusterError::Unavailable(self.waited_max, error.to_string()).into()),
         };
+        self.replica_holds(seq).await
+    }
+
+    /// `seq`, once this node's replica holds it.
+    async fn replica_holds(&self, seq: u64) -> Result<u64, LogError> {
         let mut head = self.head.clone();
         let reached = tokio::time::timeout(self.waited_max, head.wait_for(|&head| head >= seq)).await;
         match reached {
             Ok(Ok(_)) => Ok(seq),
             _ => Err(ClusterError::ReplicaBehind { seq, waited: self.waited_max }.into()),
         }
+    }
+
+    /// The seq of the newest record in the stream, asked of its leader, once this node's
+    /// replica holds it: everything the cluster committed before this call.
+    pub async fn caught_up_all(&self) -> Result<u64, LogError> {
+        let seq = match self.stream.clone().info().await {
+            Ok(info) => info.state.last_sequence,
+            Err(error) => return Err(ClusterError::Unavailable(self.waited_max, error.to_string()).into()),
+        };
+        self.replica_holds(seq).await
     }
 }
 
@@ -383,6 +398,8 @@ pub const FILE_BUCKET: &str = "roomlog_files";
 #[derive(Clone)]
 pub struct SharedFiles {
     store: async_nats::jetstream::object_store::ObjectStore,
+    /// The bucket's own stream, for reads the stream leader answers ([`SharedFiles::holds`]).
+    stream: stream::Stream,
 }
 
 impl std::fmt::Debug for SharedFiles {
@@ -405,15 +422,39 @@ impl SharedFiles {
                 .await
                 .map_err(|e| failed(e.to_string()))?,
         };
-        Ok(Self { store })
+        let stream = context.get_stream(format!("OBJ_{FILE_BUCKET}")).await.map_err(|e| failed(e.to_string()))?;
+        Ok(Self { store, stream })
+    }
+
+    /// Whether the bucket holds `name` now, asked of its stream's leader (the object store's
+    /// own `info` is a direct get, which a follower that is behind may answer).
+    pub async fn holds(&self, name: &str) -> Result<bool, ClusterError> {
+        use base64::Engine as _;
+        let meta = format!("$O.{FILE_BUCKET}.M.{}", base64::engine::general_purpose::URL_SAFE.encode(name));
+        match Box::pin(self.stream.get_last_raw_message_by_subject(&meta)).await {
+            Ok(message) => serde_json::from_slice::<async_nats::jetstream::object_store::ObjectInfo>(&message.payload)
+                .map(|info| !info.deleted)
+                .map_err(|e| ClusterError::Refused(format!("the bucket's record of {name}: {e}"))),
+            Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(error) => Err(ClusterError::Unavailable(Duration::ZERO, error.to_string())),
+        }
+    }
+
+    /// Deletes `name` from the bucket; gone already is fine.
+    pub async fn delete(&self, name: &str) -> Result<(), ClusterError> {
+        use async_nats::jetstream::object_store::DeleteErrorKind;
+        match Box::pin(self.store.delete(name)).await {
+            Err(error) if error.kind() != DeleteErrorKind::NotFound => {
+                Err(ClusterError::Refused(format!("deleting {name}: {error}")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Stores the file at `path` as `name`, unless the bucket has it already; returns once
     /// JetStream acknowledged every chunk.
     pub async fn put(&self, name: &str, path: &std::path::Path) -> Result<(), ClusterError> {
-        // Boxed: the client's object-store futures are large for a stack (a debug build's
-        // worker thread overflowed under an HTTP handler).
-        if Box::pin(self.store.info(name)).await.is_ok_and(|info| !info.deleted) {
+        if self.holds(name).await? {
             return Ok(());
         }
         let mut file = tokio::fs::File::open(path).await.map_err(|e| ClusterError::Refused(e.to_string()))?;

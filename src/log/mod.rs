@@ -394,6 +394,16 @@ impl EventLog {
         }
     }
 
+    /// The seq of the newest record of the whole log, once this node's copy holds it: on a
+    /// cluster's log, asked of the stream's leader, so that everything any node committed
+    /// before this call is in this node's copy after it; on a local log, the head.
+    pub async fn newest_everywhere(&self) -> Result<u64, LogError> {
+        match &self.cluster {
+            Some(cluster) => cluster.newest.caught_up_all().await,
+            None => Ok(self.head()),
+        }
+    }
+
     /// The seq of the newest record of `stream` at or below `through` in this node's copy of
     /// the log (0: none). Reads the stream from its start.
     pub async fn newest_held(&self, stream: &StreamId, through: u64) -> Result<u64, LogError> {
