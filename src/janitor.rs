@@ -674,12 +674,17 @@ impl JanitorState {
     /// a run, every later append of this one is refused, so a node paused past its lease (or
     /// asked for a run while another node ran one) does not delete or record twice. `None` on
     /// a local log, whose one janitor is this actor.
-    async fn fence(&self) -> Result<Option<Fence>, JanitorError> {
+    ///
+    /// The runs recorded so far are counted again from the janitor's stream then, other nodes'
+    /// among them, so that runs are numbered across the cluster.
+    async fn fence(&mut self) -> Result<Option<Fence>, JanitorError> {
         if !self.ctx.log.is_shared() {
             return Ok(None);
         }
+        let read = |e: LogError| JanitorError::Read(e.to_string());
         let stream = StreamId::janitor();
-        let last_seq = self.ctx.log.newest_of(&stream).await.map_err(|e| JanitorError::Read(e.to_string()))?;
+        let last_seq = self.ctx.log.newest_of(&stream).await.map_err(read)?;
+        self.runs = self.ctx.log.read_stream(&stream, 0, usize::MAX).await.map_err(read)?.len() as u64;
         Ok(Some(Fence { stream, last_seq }))
     }
 

@@ -737,6 +737,9 @@ async fn a_janitor_run_frees_what_retention_cut_from_the_stream_and_from_every_n
     let history = whole_history(a.addr(), "kept-short").await;
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(whole_history(c.addr(), "kept-short").await, history);
+    // Runs are numbered across the cluster, whichever node runs.
+    let second = b.janitor().run("manual").await.expect("b's run");
+    assert_eq!((ran.run, second.run), (1, 2), "{second:?}");
     for node in [a, b, c] {
         node.shutdown().await;
     }
