@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { listen } => done(cli::serve::serve(config, listen).await),
         Command::Rebuild { name } => done(cli::offline::rebuild(&config, &name)),
-        Command::Token { action } => done(cli::token::run(&config, action)),
+        Command::Token { action } => done(cli::token::run(&config, action).await),
         Command::Compact { json } => done(cli::offline::compact(&config, json)),
         Command::Check { json } => cli::offline::check(&config, json),
         Command::Config => done(cli::config::print(&config)),

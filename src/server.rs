@@ -72,7 +72,7 @@ impl Server {
             |source| ServerError::Io { what: format!("loading the token secret in {}", files.dir.display()), source };
         if config.log.backend == crate::log::LogBackend::Jetstream {
             // Every node of a cluster signs with the one secret, so that tokens work on any node.
-            let local = files.current_hex().map_err(io)?;
+            let local = files.shared_form().map_err(io)?;
             let shared = Box::pin(crate::log::jetstream::share_secret(&config.jetstream, local))
                 .await
                 .map_err(|source| ServerError::Log { path: "the cluster (sharing its token secret)".into(), source })?;

@@ -241,26 +241,51 @@ impl SecretFiles {
         Ok(true)
     }
 
-    /// Makes a new current secret; the old one stays accepted until `until_ms`.
-    /// The current secret as stored (64 hex digits), generated if there is none.
-    pub fn current_hex(&self) -> std::io::Result<String> {
-        Ok(hex(&self.load_or_create()?.current))
+    /// The secrets as a cluster shares them (`jetstream::share_secret`): the current one in
+    /// hex, then, after a rotation, the previous one and until when it is accepted
+    /// (`CURRENT [PREVIOUS UNTIL_MS]`).
+    pub fn shared_form(&self) -> std::io::Result<String> {
+        let secrets = self.load_or_create()?;
+        Ok(match secrets.previous {
+            Some((previous, until)) => format!("{} {} {until}", hex(&secrets.current), hex(&previous)),
+            None => hex(&secrets.current),
+        })
     }
 
-    /// Makes `secret` (64 hex digits) the current one, as a node of a cluster does with the
-    /// cluster's; returns whether it changed anything. Tokens signed with the secret it
-    /// replaces are no longer accepted.
-    pub fn adopt(&self, secret: &str) -> std::io::Result<bool> {
-        let parsed = parse_hex(secret).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "the cluster's token secret is not 64 hex digits")
-        })?;
-        if self.load_or_create()?.current == parsed {
-            return Ok(false);
+    /// Makes the cluster's secrets (in [`SecretFiles::shared_form`]) this node's, as a node of
+    /// a cluster does at start; returns whether it changed anything. Tokens signed with a
+    /// current secret it replaces are no longer accepted; a previous secret shared with its
+    /// grace is accepted until then.
+    pub fn adopt(&self, shared: &str) -> std::io::Result<bool> {
+        let invalid = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the cluster's token secret is not 64 hex digits (then, after a rotation, the previous secret and until when)",
+            )
+        };
+        let mut parts = shared.split_whitespace();
+        let current = parts.next().and_then(parse_hex).ok_or_else(invalid)?;
+        let previous = match (parts.next(), parts.next()) {
+            (Some(secret), Some(until)) => {
+                Some((parse_hex(secret).ok_or_else(invalid)?, until.parse::<u64>().map_err(|_| invalid())?))
+            }
+            _ => None,
+        };
+        let mine = self.load_or_create()?;
+        let mut changed = false;
+        // The previous one first: cut off between the two, the old current is still accepted.
+        if let Some((secret, until)) = previous.filter(|p| mine.previous != Some(*p)) {
+            write_private(&self.previous_path(), &format!("{} {until}", hex(&secret)))?;
+            changed = true;
         }
-        write_private(&self.current_path(), &hex(&parsed))?;
-        Ok(true)
+        if mine.current != current {
+            write_private(&self.current_path(), &hex(&current))?;
+            changed = true;
+        }
+        Ok(changed)
     }
 
+    /// Makes a new current secret; the old one stays accepted until `until_ms`.
     pub fn rotate(&self, until_ms: u64) -> std::io::Result<()> {
         let old = self.load_or_create()?;
         write_private(&self.previous_path(), &format!("{} {until_ms}", hex(&old.current)))?;
@@ -390,5 +415,22 @@ mod tests {
         let rotated = files.load_or_create().expect("load");
         assert_ne!(rotated.current, first.current);
         assert_eq!(rotated.previous, Some((first.current, NOW + 5000)));
+    }
+
+    #[test]
+    fn a_node_adopting_the_shared_form_accepts_what_the_rotating_node_accepts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (SecretFiles { dir: dir.path().join("a") }, SecretFiles { dir: dir.path().join("b") });
+        let old = a.load_or_create().expect("a");
+        assert!(b.adopt("not hex").is_err());
+        assert!(b.adopt(&a.shared_form().expect("shared")).expect("adopt"), "b had a secret of its own");
+        a.rotate(NOW + 5000).expect("rotate");
+        assert!(b.adopt(&a.shared_form().expect("shared")).expect("adopt"));
+        let (a, b) = (a.load_or_create().expect("a"), b.load_or_create().expect("b"));
+        assert_eq!((b.current, b.previous), (a.current, Some((old.current, NOW + 5000))));
+        let token = a.issue(&claims(NOW / 1000 + 60));
+        assert!(b.verify(&token, NOW).is_ok());
+        let signed_before = Secrets::new(old.current, None).issue(&claims(NOW / 1000 + 60));
+        assert!(b.verify(&signed_before, NOW).is_ok(), "the old one in its grace");
     }
 }

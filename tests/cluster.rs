@@ -968,15 +968,7 @@ async fn a_token_issued_by_one_node_is_accepted_by_every_node() {
     }
     let (a, a_config) = &nodes[0];
     let (b, _) = &nodes[1];
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
-    let claims = roomlog::token::Claims {
-        user: "root".into(),
-        rooms: Vec::new(),
-        admin: true,
-        exp,
-        session: None,
-        files: Vec::new(),
-    };
+    let claims = admin_claims();
     let token =
         roomlog::token::SecretFiles { dir: a_config.secret_dir() }.load_or_create().expect("a's secret").issue(&claims);
     let http = reqwest::Client::new();
@@ -988,6 +980,71 @@ async fn a_token_issued_by_one_node_is_accepted_by_every_node() {
         assert_eq!(with.status().as_u16(), 200, "node {name} accepts node a's token");
     }
     for (node, _) in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// An admin's claims, valid for an hour.
+fn admin_claims() -> roomlog::token::Claims {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
+    roomlog::token::Claims {
+        user: "root".into(),
+        rooms: Vec::new(),
+        admin: true,
+        exp,
+        session: None,
+        files: Vec::new(),
+    }
+}
+
+/// Whether `node` accepts `token` for the admin's status page.
+async fn accepts(node: &Server, token: &str) -> bool {
+    let url = format!("http://{}/api/status", node.addr());
+    let answer = reqwest::Client::new().get(url).bearer_auth(token).send().await.expect("get");
+    answer.status().as_u16() == 200
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_rotated_on_one_node_reaches_every_node_at_its_restart() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = start_nats(dir.path());
+    let configs: Vec<Config> = (0..2)
+        .map(|i| {
+            let mut config = node_config(&dir.path().join(format!("node{i}")), &nats);
+            config.auth.anonymous = roomlog::auth::Anonymous::None;
+            config.auth.admin_from_host = false;
+            config
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for config in &configs {
+        nodes.push(common::start(config.clone()).await);
+    }
+    let claims = admin_claims();
+    let a_secret = roomlog::token::SecretFiles { dir: configs[0].secret_dir() };
+    let old = a_secret.load_or_create().expect("a's secret").issue(&claims);
+    // The operator rotates on node a, with its configuration file, and restarts every node.
+    let toml = node_toml(&dir.path().join("node0.toml"), &nats, "");
+    let data = configs[0].data.clone().into_os_string();
+    let rotate =
+        ["--data".as_ref(), data.as_os_str(), "token".as_ref(), "rotate".as_ref(), "--grace".as_ref(), "1h".as_ref()];
+    let said = roomlog_command(&rotate, Some(&toml));
+    assert!(said.contains("cluster"), "{said}");
+    for node in nodes.drain(..) {
+        node.shutdown().await;
+    }
+    for config in &configs {
+        nodes.push(common::start(config.clone()).await);
+    }
+    // Restarted, node a keeps the rotated secret (the cluster's is the same now).
+    let new = a_secret.load_or_create().expect("a's rotated secret").issue(&claims);
+    assert_ne!(new, old, "the rotation stays");
+    for (name, node) in ["a", "b"].iter().zip(&nodes) {
+        assert!(accepts(node, &new).await, "node {name} accepts a token signed with the new secret");
+        assert!(accepts(node, &old).await, "node {name} still accepts the old one during the grace");
+    }
+    for node in nodes {
         node.shutdown().await;
     }
 }

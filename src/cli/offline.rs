@@ -156,7 +156,7 @@ pub async fn cluster_import(config: &Config, from: &std::path::Path, json: bool)
         .context("importing into the cluster's stream")?;
     let secret = roomlog::token::SecretFiles { dir: from.join("auth") };
     if secret.dir.join("secret").exists() {
-        let local = secret.current_hex().context("reading the token secret")?;
+        let local = secret.shared_form().context("reading the token secret")?;
         let shared = roomlog::log::jetstream::share_secret(&config.jetstream, local.clone()).await?;
         if shared != local {
             eprintln!("the cluster already had a token secret: tokens issued by the single node will be refused");

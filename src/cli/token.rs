@@ -6,7 +6,7 @@ use roomlog::Config;
 use super::args::TokenAction;
 
 /// `roomlog token issue|rotate`.
-pub fn run(config: &Config, action: TokenAction) -> anyhow::Result<()> {
+pub async fn run(config: &Config, action: TokenAction) -> anyhow::Result<()> {
     let files = roomlog::token::SecretFiles { dir: config.secret_dir() };
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let duration = |text: &str, flag: &str| {
@@ -48,10 +48,22 @@ pub fn run(config: &Config, action: TokenAction) -> anyhow::Result<()> {
         TokenAction::Rotate { grace } => {
             let until = now_ms.saturating_add(roomlog::clock::millis(duration(&grace, "--grace")?));
             files.rotate(until).context("rotating the token secret")?;
-            println!(
-                "new secret in {}; tokens signed with the old one stay valid for {grace} (restart the server to sign with the new one)",
-                files.dir.display()
-            );
+            if config.log.backend == roomlog::log::LogBackend::Jetstream {
+                // Every node of the cluster adopts it at its next start (`Server::start`).
+                let shared = files.shared_form().context("reading the new token secret")?;
+                roomlog::log::jetstream::publish_secret(&config.jetstream, shared)
+                    .await
+                    .context("sharing the new token secret with the cluster (the local one is rotated already)")?;
+                println!(
+                    "new secret in {} and in the cluster's bucket; tokens signed with the old one stay valid for {grace} on every node (restart each node to sign with the new one)",
+                    files.dir.display()
+                );
+            } else {
+                println!(
+                    "new secret in {}; tokens signed with the old one stay valid for {grace} (restart the server to sign with the new one)",
+                    files.dir.display()
+                );
+            }
         }
     }
     Ok(())

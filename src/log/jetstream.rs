@@ -613,30 +613,23 @@ pub async fn import(
 /// The KV bucket of what every node must share: the token secret.
 pub const SECRET_BUCKET: &str = "roomlog_secrets";
 
-/// The cluster's token secret: `local` if no node has shared one yet (this node's becomes the
-/// cluster's), else the one the first node shared, so that a token issued by any node is
+/// The key of the token secret in [`SECRET_BUCKET`].
+const SECRET_KEY: &str = "token-secret";
+
+/// The cluster's token secret (in `token::SecretFiles::shared_form`): `local` if no node has
+/// shared one yet (this node's becomes the cluster's), else the one shared last (by the first
+/// node, or by `roomlog token rotate` on any node), so that a token issued by any node is
 /// accepted by every node.
 pub async fn share_secret(config: &JetStreamConfig, local: String) -> Result<String, LogError> {
     use async_nats::jetstream::kv::CreateErrorKind;
-    let failed = |reason: String| LogError::from(ClusterError::Stream { stream: SECRET_BUCKET.into(), reason });
-    let client = connect(config).await?;
-    let context = async_nats::jetstream::ContextBuilder::new().timeout(config.ack_timeout).build(client);
+    let (store, failed) = secret_store(config).await?;
     let deadline = Instant::now() + config.connect_timeout;
-    let store = loop {
-        let store = kv_bucket(&context, SECRET_BUCKET, Duration::ZERO, config).await;
-        match store {
-            Ok(store) => break store,
-            // A cluster just started has no JetStream leader for a moment.
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
-            Err(error) => return Err(failed(error)),
-        }
-    };
     // Nodes starting together race to create the bucket and the key: a bucket just created
     // by another node may not answer for a moment.
     loop {
-        let outcome = match store.create("token-secret", bytes::Bytes::from(local.clone())).await {
+        let outcome = match store.create(SECRET_KEY, bytes::Bytes::from(local.clone())).await {
             Ok(_) => return Ok(local),
-            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => match store.get("token-secret").await {
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => match store.get(SECRET_KEY).await {
                 Ok(Some(shared)) => return String::from_utf8(shared.to_vec()).map_err(|e| failed(e.to_string())),
                 Ok(None) => "the shared token secret is being replaced".to_owned(),
                 Err(error) => error.to_string(),
@@ -650,8 +643,33 @@ pub async fn share_secret(config: &JetStreamConfig, local: String) -> Result<Str
     }
 }
 
-/// The key-value bucket `bucket` (one value per key, `replicas` copies, values kept for
-/// `max_age`, zero for ever), created if absent.
+/// Makes `shared` the cluster's token secret (after `roomlog token rotate`): every node adopts
+/// it at its next start.
+pub async fn publish_secret(config: &JetStreamConfig, shared: String) -> Result<(), LogError> {
+    let (store, failed) = secret_store(config).await?;
+    store.put(SECRET_KEY, bytes::Bytes::from(shared)).await.map_err(|e| failed(e.to_string()))?;
+    Ok(())
+}
+
+/// The bucket of the token secret, waiting up to `connect_timeout` for a cluster just started,
+/// and how to report its failures.
+async fn secret_store(
+    config: &JetStreamConfig,
+) -> Result<(async_nats::jetstream::kv::Store, impl Fn(String) -> LogError), LogError> {
+    let failed = |reason: String| LogError::from(ClusterError::Stream { stream: SECRET_BUCKET.into(), reason });
+    let client = connect(config).await?;
+    let context = async_nats::jetstream::ContextBuilder::new().timeout(config.ack_timeout).build(client);
+    let deadline = Instant::now() + config.connect_timeout;
+    loop {
+        match kv_bucket(&context, SECRET_BUCKET, Duration::ZERO, config).await {
+            Ok(store) => return Ok((store, failed)),
+            // A cluster just started has no JetStream leader for a moment.
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(error) => return Err(failed(error)),
+        }
+    }
+}
+
 async fn kv_bucket(
     context: &Context,
     bucket: &str,
