@@ -175,6 +175,7 @@ pub(super) async fn start(
         head: head_tx,
         failure: failure_tx,
         purging: purge_superseded.then(Arc::default),
+        purge_due: false,
     };
     let (stop_tail, tail_stopped) = oneshot::channel();
     tokio::spawn(tail.run(tail_stopped));
@@ -917,6 +918,10 @@ struct Tail {
     /// Whether the tail purges what removals superseded when it brings a janitor's run
     /// (`Some`), and whether such a purge is under way.
     purging: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// A janitor's run came that no purge has followed yet: one starts once the tail has
+    /// caught up with the stream (a node filling its replica from the start brings every
+    /// run ever recorded, and purges once, at the end).
+    purge_due: bool,
 }
 
 /// Most records the tail writes to the replica in one group.
@@ -1077,7 +1082,6 @@ impl Tail {
         batch: Vec<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>,
     ) -> Result<(), LogError> {
         let mut records: Vec<(u64, StreamId, Vec<u8>)> = Vec::with_capacity(batch.len());
-        let mut janitor_ran = false;
         for item in batch {
             let message = match item {
                 Ok(message) => message,
@@ -1102,7 +1106,7 @@ impl Tail {
                 Err(error) => return Err(error.into()),
             };
             envelope.seq = seq;
-            janitor_ran |= matches!(envelope.event, Event::JanitorRan(_));
+            self.purge_due |= matches!(envelope.event, Event::JanitorRan(_));
             envelope.at_unix_ms = envelope.at_unix_ms.max(self.last_at);
             self.last_seq = seq;
             self.last_at = envelope.at_unix_ms;
@@ -1118,19 +1122,20 @@ impl Tail {
         .await
         .map_err(|e| LogError::Io(std::io::Error::other(e.to_string())))??;
         self.head.send_replace(last);
-        if janitor_ran {
+        if self.purge_due && *self.lag.borrow() == 0 {
             self.purge_superseded(last);
         }
         Ok(())
     }
 
-    /// Starts a purge of what removals supersede through `through`, unless one is under way
-    /// (the next janitor's run starts another) or the tail does not purge.
-    fn purge_superseded(&self, through: u64) {
+    /// Starts a purge of what removals supersede through `through`, unless the tail does not
+    /// purge or one is under way (then it stays due, for the next batch after it).
+    fn purge_superseded(&mut self, through: u64) {
         let Some(purging) = self.purging.clone() else { return };
         if purging.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
+        self.purge_due = false;
         let (stream, replica) = (self.stream.clone(), self.replica.clone());
         tokio::spawn(async move {
             match purge_replica(stream, replica, through).await {
