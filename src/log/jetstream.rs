@@ -671,6 +671,8 @@ async fn secret_store(
     }
 }
 
+/// The key-value bucket `bucket` (one value per key, `replicas` copies, values kept for
+/// `max_age`, zero for ever), created if absent.
 async fn kv_bucket(
     context: &Context,
     bucket: &str,
