@@ -231,7 +231,7 @@ impl Rooms {
             nats,
             PRESENCE_SUBJECT.into(),
             serde_json::to_vec(&question).unwrap_or_default().into(),
-            Duration::from_millis(100),
+            Duration::from_millis(250),
             Duration::from_millis(500),
         )
         .await;
