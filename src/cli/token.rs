@@ -48,22 +48,20 @@ pub async fn run(config: &Config, action: TokenAction) -> anyhow::Result<()> {
         TokenAction::Rotate { grace } => {
             let until = now_ms.saturating_add(roomlog::clock::millis(duration(&grace, "--grace")?));
             files.rotate(until).context("rotating the token secret")?;
-            if config.log.backend == roomlog::log::LogBackend::Jetstream {
+            let (stored, valid_on) = if config.log.backend == roomlog::log::LogBackend::Jetstream {
                 // Every node of the cluster adopts it at its next start (`Server::start`).
                 let shared = files.shared_form().context("reading the new token secret")?;
                 roomlog::log::jetstream::publish_secret(&config.jetstream, shared)
                     .await
                     .context("sharing the new token secret with the cluster (the local one is rotated already)")?;
-                println!(
-                    "new secret in {} and in the cluster's bucket; tokens signed with the old one stay valid for {grace} on every node (restart each node to sign with the new one)",
-                    files.dir.display()
-                );
+                (" and in the cluster's bucket", " on every node (restart each node to sign with the new one)")
             } else {
-                println!(
-                    "new secret in {}; tokens signed with the old one stay valid for {grace} (restart the server to sign with the new one)",
-                    files.dir.display()
-                );
-            }
+                ("", " (restart the server to sign with the new one)")
+            };
+            println!(
+                "new secret in {}{stored}; tokens signed with the old one stay valid for {grace}{valid_on}",
+                files.dir.display()
+            );
         }
     }
     Ok(())

@@ -142,7 +142,8 @@ pub(super) struct Started {
 /// publisher (taking `rx`).
 ///
 /// With `purge_superseded` (the janitor's `purge_log`), the tail purges what removals
-/// superseded whenever it brings a janitor's run (see the module's notes).
+/// superseded once it has brought a janitor's run and caught up with the stream (see the
+/// module's notes).
 pub(super) async fn start(
     replica: Arc<dyn Backend>,
     config: &JetStreamConfig,
@@ -477,8 +478,8 @@ impl SharedFiles {
 }
 
 /// Asks every node: publishes `payload` on `subject` (plain NATS, not the stream) and gathers
-/// the answers until none came for `quiet` after the last one, or `max` has passed. For what nodes hold in memory
-/// only (presence); an unreachable NATS answers nothing.
+/// the answers until none came for `quiet` after the last one, or `max` has passed. For what
+/// nodes hold in memory only (presence); an unreachable NATS answers nothing.
 pub async fn ask_all(
     client: &async_nats::Client,
     subject: String,

@@ -234,8 +234,9 @@ impl EventLog {
     /// Opens the log of a cluster: the stream on NATS JetStream that `cluster` names, with this
     /// node's replica of it in `dir` (see [`jetstream`]). Waits for NATS up to
     /// `cluster.connect_timeout`.
-    /// With `purge_superseded`, the node purges what removals superseded after every
-    /// janitor's run (see [`jetstream`]).
+    ///
+    /// With `purge_superseded`, the node purges what removals superseded after a janitor's
+    /// run (see [`jetstream`]).
     pub async fn open_jetstream(
         dir: &Path,
         config: &LogConfig,
