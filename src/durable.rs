@@ -8,6 +8,7 @@
 //! durable (DESIGN.md invariant 1).
 
 mod sled_db;
+pub mod squeeze;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

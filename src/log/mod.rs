@@ -17,6 +17,7 @@ mod conformance;
 pub mod floor;
 pub mod jetstream;
 mod memory;
+mod pack;
 mod sled_store;
 mod writer;
 
@@ -83,6 +84,9 @@ pub enum LogError {
     /// A stored record does not decode.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A stored value of the sled log is neither a record nor a pack of records.
+    #[error(transparent)]
+    Pack(#[from] pack::PackError),
     /// The writer has stopped: the server is shutting down (HTTP 503, code `shutting_down`).
     #[error("the log is closed")]
     Closed,

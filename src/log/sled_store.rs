@@ -1,19 +1,21 @@
-//! The log's embedded default backend: a sled database with the records, a stream index, the
-//! fsync that sled omits, and the seq floor file beside it (`log::floor`).
+//! The log's embedded default backend: a sled database with the records (many to a value:
+//! `log::pack`), a stream index, the fsync that sled omits, and the seq floor file beside it
+//! (`log::floor`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::backend::{Backend, Encoded, Raw};
 use super::floor::{Floor, SeqFloor};
-use super::LogError;
+use super::{pack, LogError};
 use crate::durable::{Entry, SledDb, SledOpenError, SledSyncError, VALUE_BYTES_MAX};
 use crate::event::{decode, StreamId};
 #[cfg(test)]
 use crate::event::{encode, Envelope};
 
-/// Tree of log records: key = seq as big-endian u64 (so byte order is seq order).
+/// Tree of log records: key = a bare record's seq or a pack's first seq, as big-endian u64 (so
+/// byte order is seq order); value = the record or the pack (`log::pack`).
 pub(super) const LOG_TREE: &str = "log";
 /// Stream index: one entry per stream per group commit. Its key is the stream's length
 /// (2 bytes, big-endian: a file key's stream is up to 517 bytes; one byte once panicked the
@@ -52,6 +54,34 @@ pub struct SledBackend {
     log: sled::Tree,
     streams: sled::Tree,
     floor: Arc<Mutex<SeqFloor>>,
+    /// The entries written after the last sealed pack, to be sealed into packs together.
+    tail: Arc<Mutex<Tail>>,
+    /// Held to read across entries, and exclusively to seal: sealing replaces many keys by
+    /// one, and a range read that met the old keys on one side of it and the pack on the
+    /// other would miss records.
+    layout: Arc<RwLock<()>>,
+}
+
+/// The log's newest entries that are not sealed packs (bare records and plain packs of
+/// group commits), consecutive in the tree: once they hold a pack's worth of records or
+/// bytes, they are replaced by sealed packs in one atomic batch.
+#[derive(Debug, Default)]
+struct Tail {
+    keys: Vec<u64>,
+    records: usize,
+    bytes: usize,
+}
+
+impl Tail {
+    fn add(&mut self, key: u64, records: &[(u64, &[u8])]) {
+        self.keys.push(key);
+        self.records += records.len();
+        self.bytes += pack::raw_bytes(records);
+    }
+
+    fn is_full(&self) -> bool {
+        self.records >= pack::RECORDS_MAX || self.bytes >= pack::BYTES_MAX
+    }
 }
 
 impl SledBackend {
@@ -60,9 +90,85 @@ impl SledBackend {
     pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, LogError> {
         let db = SledDb::open(dir, cache_bytes_max)?;
         let floor = Arc::new(Mutex::new(SeqFloor::open(dir)?));
-        let store = Self { log: db.db().open_tree(LOG_TREE)?, streams: db.db().open_tree(STREAM_TREE)?, db, floor };
+        let store = Self {
+            log: db.db().open_tree(LOG_TREE)?,
+            streams: db.db().open_tree(STREAM_TREE)?,
+            db,
+            floor,
+            tail: Arc::default(),
+            layout: Arc::default(),
+        };
         store.repair_index()?;
+        *store.lock_tail() = store.find_tail()?;
         Ok(store)
+    }
+
+    fn lock_tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        // A writer that panicked while holding it left the tail as it was: at worst a part
+        // stays unsealed.
+        self.tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn reading(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.layout.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn rearranging(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.layout.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The unsealed entries at the end of the log, newest first found, at most a pack's
+    /// worth (a log written before packs has only bare records: its older ones stay bare
+    /// until `roomlog compact` rewrites it).
+    fn find_tail(&self) -> Result<Tail, LogError> {
+        let mut found = Vec::new();
+        let (mut records, mut bytes) = (0, 0);
+        for item in self.log.iter().rev() {
+            let (key, value) = item?;
+            if pack::is_sealed(&value) || value.len() > pack::BYTES_MAX {
+                break;
+            }
+            let held = pack::records(seq_of(&key), &value)?;
+            records += held.len();
+            bytes += held.iter().map(|(_, b)| b.len()).sum::<usize>();
+            found.push(seq_of(&key));
+            if records >= pack::RECORDS_MAX || bytes >= pack::BYTES_MAX {
+                break;
+            }
+        }
+        found.reverse();
+        Ok(Tail { keys: found, records, bytes })
+    }
+
+    /// Replaces the tail's entries by sealed packs in one atomic batch (sled recovers a batch
+    /// whole or not at all), so that a crash leaves every record in exactly one entry.
+    fn seal(&self, tail: &mut Tail) -> Result<(), LogError> {
+        if tail.keys.is_empty() {
+            return Ok(());
+        }
+        let _rearranging = self.rearranging();
+        let mut held: Vec<Raw> = Vec::with_capacity(tail.records);
+        for &key in &tail.keys {
+            if let Some(value) = self.log.get(key.to_be_bytes())? {
+                held.extend(pack::records(key, &value)?);
+            }
+        }
+        let held: Vec<(u64, &[u8])> = held.iter().map(|(seq, bytes)| (*seq, bytes.as_slice())).collect();
+        let mut batch = sled::Batch::default();
+        for key in &tail.keys {
+            batch.remove(&key.to_be_bytes());
+        }
+        for run in pack::runs(&held) {
+            batch.insert(&run[0].0.to_be_bytes(), sealed_or_bare(run));
+        }
+        self.log.apply_batch(batch)?;
+        *tail = Tail::default();
+        Ok(())
+    }
+
+    /// The entry holding `seq`, if any: the last one whose key is at or below it.
+    fn holding(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, LogError> {
+        Ok(self.log.range(..=seq.to_be_bytes()).next_back().transpose()?.map(|(key, value)| (seq_of(&key), value)))
     }
 
     fn with_floor<T>(&self, f: impl FnOnce(&mut SeqFloor) -> std::io::Result<T>) -> Result<T, LogError> {
@@ -130,7 +236,7 @@ impl SledBackend {
     /// Overwrites one record with bytes that do not decode, for tests of corruption handling.
     #[cfg(test)]
     pub fn corrupt_for_test(&self, seq: u64) -> Result<(), LogError> {
-        self.log.insert(seq.to_be_bytes(), &b"\xc1not an event"[..])?;
+        self.log.insert(seq.to_be_bytes(), &b"\x93not an event"[..])?;
         Ok(())
     }
 
@@ -153,7 +259,11 @@ impl Backend for SledBackend {
     }
 
     fn last(&self) -> Result<Option<Raw>, LogError> {
-        Ok(self.log.last()?.map(|(key, value)| (seq_of(&key), value.to_vec())))
+        let _reading = self.reading();
+        match self.log.last()? {
+            Some((key, value)) => Ok(pack::records(seq_of(&key), &value)?.pop()),
+            None => Ok(None),
+        }
     }
 
     fn next_seq_floor(&self) -> Result<u64, LogError> {
@@ -192,10 +302,31 @@ impl Backend for SledBackend {
         {
             return Err(LogError::StreamTooLong { seq, bytes: stream.as_str().len(), max: StreamId::LEN_MAX });
         }
-        for &(seq, _, bytes) in records {
-            self.log.insert(seq.to_be_bytes(), bytes)?;
+        let pairs: Vec<(u64, &[u8])> = records.iter().map(|&(seq, _, bytes)| (seq, bytes)).collect();
+        let runs = pack::runs(&pairs);
+        let mut tail = self.lock_tail();
+        for (i, run) in runs.iter().enumerate() {
+            // A run cut short by the next record is a full pack: sealed at once, after the
+            // tail before it, so that sealed packs never span another entry.
+            let complete =
+                i + 1 < runs.len() || run.len() >= pack::RECORDS_MAX || pack::raw_bytes(run) > pack::BYTES_MAX;
+            if complete {
+                self.seal(&mut tail)?;
+                self.log.insert(run[0].0.to_be_bytes(), sealed_or_bare(run))?;
+            } else {
+                let value = match run {
+                    [(_, bare)] => bare.to_vec(),
+                    _ => pack::plain(run),
+                };
+                self.log.insert(run[0].0.to_be_bytes(), value)?;
+                tail.add(run[0].0, run);
+            }
         }
-        self.index(records.iter().map(|&(seq, stream, _)| (stream, seq)), last_seq)
+        self.index(records.iter().map(|&(seq, stream, _)| (stream, seq)), last_seq)?;
+        if tail.is_full() {
+            self.seal(&mut tail)?;
+        }
+        Ok(())
     }
 
     /// See [`SledDb::sync`] for why an fsync of sled's data file is what makes "acknowledged"
@@ -205,17 +336,28 @@ impl Backend for SledBackend {
     }
 
     fn read_raw(&self, from_seq: u64, through_seq: u64, limit: usize) -> Result<Vec<Raw>, LogError> {
-        if from_seq > through_seq {
+        if from_seq > through_seq || limit == 0 {
             return Ok(Vec::new());
         }
-        self.log
-            .range(from_seq.to_be_bytes()..=through_seq.to_be_bytes())
-            .take(limit)
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((seq_of(&key), value.to_vec()))
-            })
-            .collect()
+        let _reading = self.reading();
+        // The entry holding `from_seq` may start before it: begin at the last entry at or below.
+        let start = self.holding(from_seq)?.map_or(from_seq, |(key, _)| key);
+        let mut out = Vec::new();
+        for item in self.log.range(start.to_be_bytes()..=through_seq.to_be_bytes()) {
+            let (key, value) = item?;
+            for record in pack::records(seq_of(&key), &value)? {
+                if record.0 > through_seq {
+                    return Ok(out);
+                }
+                if record.0 >= from_seq {
+                    out.push(record);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn read_stream_raw(
@@ -231,6 +373,9 @@ impl Backend for SledBackend {
             Some(item) => item?.0.to_vec(),
             None => stream_key(stream, from),
         };
+        let _reading = self.reading();
+        // The entry read last, for the stream's next seqs that are likely in it too.
+        let mut entry: Vec<Raw> = Vec::new();
         let mut out: Vec<Raw> = Vec::new();
         for item in self.streams.range(start..=stream_key(stream, u64::MAX)) {
             let (_, seqs) = item?;
@@ -241,23 +386,59 @@ impl Backend for SledBackend {
                 if out.last().is_some_and(|(last, _)| *last >= seq) {
                     continue; // entries never overlap; if they did, each seq still comes once
                 }
+                let within =
+                    |held: &[Raw]| held.first().is_some_and(|f| f.0 <= seq) && held.last().is_some_and(|l| l.0 >= seq);
+                if !within(&entry) {
+                    entry = match self.holding(seq)? {
+                        Some((key, value)) => pack::records(key, &value)?,
+                        None => Vec::new(),
+                    };
+                }
                 // A removed record's index entry may remain: a missing record is skipped.
-                if let Some(value) = self.log.get(seq.to_be_bytes())? {
-                    out.push((seq, value.to_vec()));
+                if let Ok(at) = entry.binary_search_by_key(&seq, |(s, _)| *s) {
+                    out.push(entry[at].clone());
                 }
             }
         }
         Ok(out)
     }
 
-    /// Removes the records; their stream-index entries stay (a read skips a missing record),
-    /// so that a removal is one key per record. sled reuses the space of removed keys for
-    /// later writes; its files do not shrink (only `roomlog compact` rewrites them).
+    /// Removes the records: each entry holding some is rewritten without them, or removed
+    /// when none of its records is left. Their stream-index entries stay (a read skips a
+    /// missing record). sled reuses the space of what it no longer holds for later writes;
+    /// its files do not shrink (only `roomlog compact` rewrites them).
     fn remove(&self, seqs: &[u64]) -> Result<u64, LogError> {
+        let mut tail = self.lock_tail();
+        let _rearranging = self.rearranging();
         let mut removed = 0;
-        for seq in seqs {
-            if self.log.remove(seq.to_be_bytes())?.is_some() {
-                removed += 1;
+        let mut at = 0;
+        while let Some(&seq) = seqs.get(at) {
+            let Some((key, value)) = self.holding(seq)? else {
+                at += 1;
+                continue;
+            };
+            let held = pack::records(key, &value)?;
+            let end = held.last().map_or(seq, |(last, _)| *last);
+            if seq > end {
+                at += 1; // not held by any entry: already gone
+                continue;
+            }
+            let mut gone: Vec<u64> = Vec::new();
+            while let Some(&seq) = seqs.get(at).filter(|&&s| s <= end) {
+                gone.push(seq);
+                at += 1;
+            }
+            let kept: Vec<(u64, &[u8])> =
+                held.iter().filter(|(s, _)| gone.binary_search(s).is_err()).map(|(s, b)| (*s, b.as_slice())).collect();
+            if kept.len() == held.len() {
+                continue;
+            }
+            removed += (held.len() - kept.len()) as u64;
+            if kept.is_empty() {
+                self.log.remove(key.to_be_bytes())?;
+                tail.keys.retain(|&k| k != key);
+            } else {
+                self.log.insert(key.to_be_bytes(), pack::like(&value, &kept))?;
             }
         }
         Ok(removed)
@@ -273,6 +454,14 @@ impl Backend for SledBackend {
 
     fn unsafe_files(&self) -> usize {
         self.db.blob_files()
+    }
+}
+
+/// A run of records as one entry: a lone record bare, more as a sealed pack.
+fn sealed_or_bare(run: &[(u64, &[u8])]) -> Vec<u8> {
+    match run {
+        [(_, bare)] => bare.to_vec(),
+        _ => pack::sealed(run),
     }
 }
 
@@ -361,6 +550,25 @@ mod tests {
         assert_eq!(log.append(posted("a", 7)).await.expect("append").seq, 7, "seqs continue after the repaired ones");
         let after: Vec<u64> = log.read_stream(&room_a, 5, 100).await.expect("stream").iter().map(|e| e.seq).collect();
         assert_eq!(after, vec![6, 7]);
+    }
+
+    #[tokio::test]
+    async fn appends_one_at_a_time_end_up_sealed_many_to_a_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open");
+        for n in 0..1000 {
+            log.append(posted(["a", "b"][n % 2], n)).await.expect("append");
+        }
+        log.close().await;
+        drop(log);
+        let backend = SledBackend::open(dir.path(), 1 << 20).expect("backend");
+        let values: Vec<sled::IVec> = backend.log.iter().values().collect::<Result<_, _>>().expect("values");
+        let sealed = values.iter().filter(|v| pack::is_sealed(v)).count();
+        assert_eq!(sealed, 1000 / pack::RECORDS_MAX, "every full pack's worth is sealed");
+        assert_eq!(values.len(), sealed + 1000 % pack::RECORDS_MAX, "the newest records wait bare");
+        let packed: usize = values.iter().map(|v| v.len()).sum();
+        let bare: usize = backend.read_raw(1, u64::MAX, usize::MAX).expect("read").iter().map(|r| r.1.len()).sum();
+        assert!(packed * 2 < bare, "sealed packs are compressed: {packed} bytes stored for {bare}");
     }
 
     #[tokio::test]
