@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tree::{self, CHECKPOINT_KEY};
 use super::{Projection, ProjectionError};
+use crate::durable::squeeze;
 use crate::event::Removal;
 use crate::event::{Envelope, Event, MessagePosted, RoomId};
 use crate::message::{Amendment, StoredMessage};
@@ -88,7 +89,7 @@ impl History {
             return Ok(out);
         }
         for item in self.tree.range(page_key(room, 0)..page_key(room, before_seq)).rev() {
-            let page: Page = decode_value(&item?.1)?;
+            let page: Page = decode_page(&item?.1)?;
             for message in page.into_iter().rev().filter(|m| m.seq < before_seq) {
                 out.push(message);
                 if out.len() == limit {
@@ -111,7 +112,7 @@ impl History {
             None => page_key(room, from),
         };
         for item in self.tree.range(start..=page_key(room, u64::MAX)) {
-            let page: Page = decode_value(&item?.1)?;
+            let page: Page = decode_page(&item?.1)?;
             for message in page.into_iter().filter(|m| m.seq >= from) {
                 if out.len() == limit {
                     return Ok(out);
@@ -144,7 +145,7 @@ impl History {
         match self.tree.range(page_key(room, 0)..=page_key(room, seq)).next_back() {
             Some(item) => {
                 let (key, value) = item?;
-                Ok(Some((key.to_vec(), decode_value(&value)?)))
+                Ok(Some((key.to_vec(), decode_page(&value)?)))
             }
             None => Ok(None),
         }
@@ -185,7 +186,7 @@ impl History {
         match self.tree.range(page_key(room, 0)..=page_key(room, u64::MAX)).next_back() {
             Some(item) => {
                 let (key, value) = item?;
-                Ok(Some((key.to_vec(), decode_value(&value)?)))
+                Ok(Some((key.to_vec(), decode_page(&value)?)))
             }
             None => Ok(None),
         }
@@ -267,7 +268,7 @@ impl HistoryProjection {
         if !page.is_empty() && (page.len() >= PAGE_MESSAGES_MAX || page_bytes(page) + bytes > PAGE_BYTES_MAX) {
             let full = std::mem::take(page);
             let full_key = std::mem::replace(key, page_key(&posted.room, envelope.seq));
-            write.batch.insert(full_key, encode_value(&full));
+            write.batch.insert(full_key, encode_page(&full));
         }
         page.push(message);
         let summary = self.summary(write, &posted.room)?;
@@ -304,7 +305,7 @@ impl HistoryProjection {
                 if page.is_empty() {
                     write.batch.remove(key);
                 } else {
-                    write.batch.insert(key, encode_value(&page));
+                    write.batch.insert(key, encode_page(&page));
                 }
                 let summary = self.summary(write, room)?;
                 summary.message_count = summary.message_count.saturating_sub(1);
@@ -322,7 +323,7 @@ impl HistoryProjection {
         }
         for item in self.tree.range(page_key(room, 0)..=page_key(room, through_seq)) {
             let (key, value) = item?;
-            let mut page: Page = decode_value(&value)?;
+            let mut page: Page = decode_page(&value)?;
             let before = page.len();
             removed_bytes += page.iter().filter(|m| m.seq <= through_seq).map(StoredMessage::stored_bytes).sum::<u64>();
             page.retain(|m| m.seq > through_seq);
@@ -331,7 +332,7 @@ impl HistoryProjection {
                 write.batch.remove(key);
             } else if page.len() < before {
                 // The key stays: it is still at most the seq of every message left.
-                write.batch.insert(key, encode_value(&page));
+                write.batch.insert(key, encode_page(&page));
             }
         }
         let summary = self.summary(write, room)?;
@@ -348,7 +349,7 @@ impl HistoryProjection {
 
     fn commit(&self, mut write: Pending, checkpoint: u64) -> Result<(), ProjectionError> {
         for (key, page) in write.open_pages.values() {
-            write.batch.insert(key.as_slice(), encode_value(page));
+            write.batch.insert(key.as_slice(), encode_page(page));
         }
         for (room, summary) in &write.summaries {
             write.batch.insert(summary_key(room), encode_value(summary));
@@ -380,7 +381,7 @@ fn write_split(batch: &mut sled::Batch, room: &RoomId, key: Vec<u8>, page: Page)
             (0, _) | (_, None) => key.clone(),
             (_, Some(first)) => page_key(room, first.seq),
         };
-        batch.insert(piece_key, encode_value(&piece));
+        batch.insert(piece_key, encode_page(&piece));
     }
 }
 
@@ -404,6 +405,27 @@ fn summary_key(room: &RoomId) -> Vec<u8> {
     let mut key = vec![b'r'];
     key.extend_from_slice(room.as_str().as_bytes());
     key
+}
+
+/// A page as stored: its messages in MessagePack, compressed (`durable::squeeze`). Chat text
+/// and the fields every message repeats compress to about half; a page holds at most
+/// [`PAGE_BYTES_MAX`] of text, so compressing it on each write costs a few microseconds.
+fn encode_page(page: &Page) -> Vec<u8> {
+    let mut stored = vec![squeeze::MARK];
+    stored.extend_from_slice(&squeeze::compress(&encode_value(page)));
+    stored
+}
+
+/// A page as [`encode_page`] stored it, or as stored uncompressed before issue 19.
+fn decode_page(bytes: &[u8]) -> Result<Page, ProjectionError> {
+    match bytes {
+        [squeeze::MARK, compressed @ ..] => {
+            let plain = squeeze::decompress(compressed, 2 * crate::durable::VALUE_BYTES_MAX)
+                .map_err(|e| ProjectionError::Task(format!("history page does not decompress: {e}")))?;
+            decode_value(&plain)
+        }
+        plain => decode_value(plain),
+    }
 }
 
 fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
