@@ -370,7 +370,8 @@ async fn groups_of_any_size_read_back_through_removals_and_restarts<P: Place>() 
     let next = write_groups(place.backend().as_ref(), 1, &sizes, &mut kept);
     reads_back(place.backend().as_ref(), &kept, "written");
     let backend = place.backend();
-    let gone: Vec<u64> = kept.iter().map(|(seq, _)| *seq).filter(|&s| s.is_multiple_of(7) || (80..=150).contains(&s)).collect();
+    let gone: Vec<u64> =
+        kept.iter().map(|(seq, _)| *seq).filter(|&s| s.is_multiple_of(7) || (80..=150).contains(&s)).collect();
     assert_eq!(backend.remove(&gone).expect("remove"), gone.len() as u64);
     assert_eq!(backend.remove(&gone).expect("again"), 0, "what is gone is not removed twice");
     backend.sync().expect("sync");
