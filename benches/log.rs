@@ -58,14 +58,20 @@ fn durable_appends(c: &mut Criterion) {
     });
     // 20,000 more appends into a log that already holds 1,000,000 events (larger than sled's
     // page cache of the default configuration by then): the steady state of a busy server.
+    // LOG_BENCH_BASE_EVENTS=10000000 measures into a log of 10 million instead (issue 19).
+    let base: u64 = std::env::var("LOG_BENCH_BASE_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let log = EventLog::open(dir.path(), &LogConfig::default()).expect("open log");
     let mut next = 0;
-    while next < 1_000_000 {
+    while next < base {
         runtime.block_on(append_burst(&log, next, BURST));
         next += BURST;
     }
-    group.bench_function("durable_append_20k_batched_1m_log", |b| {
+    let name = match base {
+        1_000_000 => "durable_append_20k_batched_1m_log".to_owned(),
+        _ => format!("durable_append_20k_batched_{base}_log"),
+    };
+    group.bench_function(name, |b| {
         b.iter(|| {
             runtime.block_on(append_burst(&log, next, BURST));
             next += BURST;
