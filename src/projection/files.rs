@@ -212,6 +212,9 @@ impl Projection for FilesProjection {
                 _ => {}
             }
         }
+        if p.entries.is_empty() && p.refs.is_empty() && p.owned.is_empty() && p.tiers.is_empty() {
+            return tree::advance(&self.tree, batch);
+        }
         let mut write = sled::Batch::default();
         for (key, entry) in &p.entries {
             match entry {

@@ -242,6 +242,9 @@ impl Projection for SessionsProjection {
                 }
             }
         }
+        if changed.is_empty() {
+            return tree::advance(&self.tree, batch);
+        }
         let mut write = sled::Batch::default();
         let mut counts: HashMap<SessionState, i64> = HashMap::new();
         for (id, (before, after)) in &changed {
