@@ -155,10 +155,59 @@ pub fn catch_up<P: Projection>(
         if batch.is_empty() {
             return Ok(applied);
         }
+        if batch.len() == APPLY_BATCH_MAX {
+            return apply_read_ahead(log, projection, batch, applied, progress);
+        }
         projection.apply(&batch)?;
         applied += batch.len() as u64;
         progress(applied);
     }
+}
+
+/// Catches up a projection that is a full batch or more behind (a rebuild, a start-up after
+/// downtime): a second thread reads and decodes the next batch while this one applies the
+/// last, which is most of the time of a projection that writes little. A follower a few
+/// events behind never gets here, so it starts no thread.
+fn apply_read_ahead<P: Projection>(
+    log: &EventLog,
+    projection: &mut P,
+    first: Vec<Envelope>,
+    mut applied: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, ProjectionError> {
+    let Some(after) = first.last().map(|e| e.seq) else { return Ok(applied) };
+    // One batch read ahead: more would only hold memory while the projection is the slower.
+    let (ahead, batches) = std::sync::mpsc::sync_channel::<Result<Vec<Envelope>, LogError>>(1);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut from = after + 1;
+            loop {
+                let batch = log.read_range_blocking(from, APPLY_BATCH_MAX);
+                let next = batch.as_ref().ok().and_then(|b| b.last()).map(|e| e.seq + 1);
+                // A send fails once the applying side stopped (done, or failed): so does this.
+                if ahead.send(batch).is_err() {
+                    return;
+                }
+                match next {
+                    Some(seq) => from = seq,
+                    None => return,
+                }
+            }
+        });
+        let mut batch = first;
+        loop {
+            projection.apply(&batch)?;
+            applied += batch.len() as u64;
+            progress(applied);
+            batch = match batches.recv() {
+                Ok(next) => next?,
+                Err(_) => return Ok(applied), // the reader stopped: it found the end
+            };
+            if batch.is_empty() {
+                return Ok(applied);
+            }
+        }
+    })
 }
 
 /// Drops a projection's state and rebuilds it from the whole log; returns events applied
