@@ -8,7 +8,8 @@
 //!
 //! [`fail_once`] is the in-process counterpart: a test arms a point and the code there returns
 //! an error once (`janitor:item`, before the janitor applies an item; `log:commit`, before the
-//! log writer's fsync of a group), and [`hold_once`] makes the next pass through a point wait
+//! log writer's fsync of a group; `files:shared-read`, a read of the cluster's shared bucket
+//! breaking off), and [`hold_once`] makes the next pass through a point wait
 //! until the test lets it go (`janitor:planned`, a janitor run planned and about to apply: a
 //! lease holder paused mid-run).
 
@@ -35,6 +36,12 @@ pub fn fail_once(point: &str, after: u64) {
     if let Ok(mut armed) = ARMED.lock() {
         *armed = Some((point.to_owned(), after));
     }
+}
+
+/// Whether a point armed by [`fail_once`] is still waiting for its pass (a test checks that
+/// the code it meant to fail went through the point).
+pub fn still_armed(point: &str) -> bool {
+    ARMED.lock().is_ok_and(|armed| armed.as_ref().is_some_and(|(p, _)| p == point))
 }
 
 /// Fails here if a test armed this point and its count is reached.

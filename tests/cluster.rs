@@ -1158,8 +1158,11 @@ async fn a_single_node_grows_into_a_cluster_and_back_without_losing_history_seqs
     assert_eq!(history_of(node.addr(), &rooms).await, before, "the same messages under the same seqs");
     let (status, session) = get(node.addr(), &format!("/api/sessions/{session_id}")).await;
     assert_eq!((status, session["session"]["state"].as_str()), (200, Some("active")), "{session}");
+    // The node has no copy yet: it reads the shared bucket, and the first read breaks off.
+    roomlog::fault::fail_once("files:shared-read", 0);
     let file = reqwest::get(format!("http://{}/api/files/photos/cat.jpg", node.addr())).await.expect("get");
-    assert_eq!(file.status().as_u16(), 200);
+    assert!(!roomlog::fault::still_armed("files:shared-read"), "the download read the shared bucket");
+    assert_eq!(file.status().as_u16(), 200, "a broken-off read of the shared bucket is read again");
     assert!(file.bytes().await.expect("bytes").as_ref() == body.as_slice(), "the same file");
     let mut bob = Client::connect(node.addr(), "bob").await;
     bob.join("lobby", Some(head_before)).await;

@@ -128,12 +128,37 @@ impl FileService {
         Box::pin(self.fetch_shared(entry)).await
     }
 
+    /// Copies content another node stored from the shared bucket to this node. A read of the
+    /// bucket that breaks off or brings other bytes is tried again, then reported as the
+    /// storage's failure (503): the client's request was fine, so it is not told it sent a cut
+    /// or mismatched upload (a loaded CI machine once answered a download with 400 that way).
     async fn fetch_shared(&self, entry: &FileEntry) -> Result<(Tier, std::path::PathBuf), FileError> {
+        const ATTEMPTS: u32 = 3;
         let missing = || FileError::ContentMissing(entry.key.to_string());
         let Some(shared) = &self.shared else { return Err(missing()) };
-        let Some(object) = shared.get(entry.hash.as_str()).await.map_err(storage)? else { return Err(missing()) };
-        let body = tokio_util::io::ReaderStream::new(object);
-        self.store.write(body, u64::MAX, Some(entry.hash.as_str())).await?;
+        let mut attempt = 1;
+        loop {
+            let Some(object) = shared.get(entry.hash.as_str()).await.map_err(storage)? else { return Err(missing()) };
+            let body = tokio_util::io::ReaderStream::new(object);
+            let written = match crate::fault::fail("files:shared-read") {
+                Err(injected) => Err(BlobError::Cut(injected.to_string())),
+                Ok(()) => self.store.write(body, u64::MAX, Some(entry.hash.as_str())).await,
+            };
+            match written {
+                Ok(_) => break,
+                Err(error @ (BlobError::Cut(_) | BlobError::HashMismatch { .. })) => {
+                    tracing::warn!(hash = %entry.hash, attempt, error = %error, "reading the shared copy failed");
+                    if attempt == ATTEMPTS {
+                        return Err(storage(std::io::Error::other(format!(
+                            "the shared copy of {} could not be read whole in {ATTEMPTS} attempts: {error}",
+                            entry.hash
+                        ))));
+                    }
+                    attempt += 1;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
         self.store.locate(&entry.hash, Tier::Hot).await.ok_or_else(missing)
     }
 
