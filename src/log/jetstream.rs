@@ -543,6 +543,29 @@ pub struct Imported {
     pub file_bytes: u64,
 }
 
+/// Waits until the stream answers publishes: one just created on a cluster of servers answers
+/// "no responders" for a moment (an import once failed on it), and the import's publishes,
+/// each naming the seq before it, cannot simply be sent again one by one. The probe names a
+/// last seq the stream cannot have, so the stream refuses it without storing anything.
+async fn until_answering(context: &Context) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = PublishMessage::build().payload(bytes::Bytes::new()).expected_last_sequence(u64::MAX);
+        let answer = match context.send_publish(GAP_SUBJECT, probe).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| (e.kind(), e.to_string())),
+            Err(e) => Err((e.kind(), e.to_string())),
+        };
+        match answer {
+            Err((PublishErrorKind::WrongLastSequence, _)) => return Ok(()),
+            Ok(()) => return Err("the stream stored a probe that named a seq it cannot have".to_owned()),
+            Err((_, reason)) if Instant::now() >= deadline => {
+                return Err(format!("the stream does not answer publishes after 30 s: {reason}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Moves a single node's log (`source`, its records as stored) into the cluster's stream, which
 /// must be empty, every record under its own seq; then the file content under `blobs` (every
 /// tier listed) into the shared bucket. The nodes of the cluster then start on empty data
@@ -565,6 +588,7 @@ pub async fn import(
             state.last_sequence
         )));
     }
+    until_answering(&context).await.map_err(failed)?;
     let mut done = Imported { records: 0, head_seq: 0, gaps: 0, files: 0, file_bytes: 0 };
     let mut placeholders = Vec::new();
     let mut from = 1;
