@@ -74,6 +74,16 @@ pub(super) fn sealed(records: &[(u64, &[u8])]) -> Vec<u8> {
     out
 }
 
+/// A run of records (from [`runs`]) as one entry under its first seq: a lone record bare,
+/// more as a sealed or a plain pack.
+pub(super) fn entry(run: &[(u64, &[u8])], seal: bool) -> Vec<u8> {
+    match run {
+        [(_, bare)] => bare.to_vec(),
+        _ if seal => sealed(run),
+        _ => plain(run),
+    }
+}
+
 /// The value storing `records` as an entry of the same kind as `was` (after a removal).
 pub(super) fn like(was: &[u8], records: &[(u64, &[u8])]) -> Vec<u8> {
     match records {

@@ -121,23 +121,24 @@ impl SledBackend {
     /// worth (a log written before packs has only bare records: its older ones stay bare
     /// until `roomlog compact` rewrites it).
     fn find_tail(&self) -> Result<Tail, LogError> {
-        let mut found = Vec::new();
-        let (mut records, mut bytes) = (0, 0);
+        let mut tail = Tail::default();
         for item in self.log.iter().rev() {
             let (key, value) = item?;
-            if pack::is_sealed(&value) || value.len() > pack::BYTES_MAX {
+            if pack::is_sealed(&value) {
                 break;
             }
             let held = pack::records(seq_of(&key), &value)?;
-            records += held.len();
-            bytes += held.iter().map(|(_, b)| b.len()).sum::<usize>();
-            found.push(seq_of(&key));
-            if records >= pack::RECORDS_MAX || bytes >= pack::BYTES_MAX {
+            let held: Vec<(u64, &[u8])> = held.iter().map(|(seq, bytes)| (*seq, bytes.as_slice())).collect();
+            if pack::raw_bytes(&held) > pack::BYTES_MAX {
+                break; // a record too large for any pack, bare as `write` left it
+            }
+            tail.add(seq_of(&key), &held);
+            if tail.is_full() {
                 break;
             }
         }
-        found.reverse();
-        Ok(Tail { keys: found, records, bytes })
+        tail.keys.reverse();
+        Ok(tail)
     }
 
     /// Replaces the tail's entries by sealed packs in one atomic batch (sled recovers a batch
@@ -159,7 +160,7 @@ impl SledBackend {
             batch.remove(&key.to_be_bytes());
         }
         for run in pack::runs(&held) {
-            batch.insert(&run[0].0.to_be_bytes(), sealed_or_bare(run));
+            batch.insert(&run[0].0.to_be_bytes(), pack::entry(run, true));
         }
         self.log.apply_batch(batch)?;
         *tail = Tail::default();
@@ -315,13 +316,9 @@ impl Backend for SledBackend {
                 i + 1 < runs.len() || run.len() >= pack::RECORDS_MAX || pack::raw_bytes(run) > pack::BYTES_MAX;
             if complete {
                 self.seal(&mut tail)?;
-                self.log.insert(run[0].0.to_be_bytes(), sealed_or_bare(run))?;
-            } else {
-                let value = match run {
-                    [(_, bare)] => bare.to_vec(),
-                    _ => pack::plain(run),
-                };
-                self.log.insert(run[0].0.to_be_bytes(), value)?;
+            }
+            self.log.insert(run[0].0.to_be_bytes(), pack::entry(run, complete))?;
+            if !complete {
                 tail.add(run[0].0, run);
             }
         }
@@ -457,14 +454,6 @@ impl Backend for SledBackend {
 
     fn unsafe_files(&self) -> usize {
         self.db.blob_files()
-    }
-}
-
-/// A run of records as one entry: a lone record bare, more as a sealed pack.
-fn sealed_or_bare(run: &[(u64, &[u8])]) -> Vec<u8> {
-    match run {
-        [(_, bare)] => bare.to_vec(),
-        _ => pack::sealed(run),
     }
 }
 

@@ -213,7 +213,7 @@ impl Projection for FilesProjection {
             }
         }
         if p.entries.is_empty() && p.refs.is_empty() && p.owned.is_empty() && p.tiers.is_empty() {
-            return tree::advance(&self.tree, batch);
+            return tree::advance(&self.tree, batch.last().map(|e| e.seq));
         }
         let mut write = sled::Batch::default();
         for (key, entry) in &p.entries {

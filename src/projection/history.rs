@@ -349,10 +349,8 @@ impl HistoryProjection {
 
     fn commit(&self, mut write: Pending, checkpoint: u64) -> Result<(), ProjectionError> {
         if write.open_pages.is_empty() && write.summaries.is_empty() {
-            // Nothing about messages (every change of a page goes with its room's summary):
-            // the checkpoint alone, without a sled batch (see `tree::advance`).
-            self.tree.insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes())?;
-            return Ok(());
+            // Nothing about messages (every change of a page goes with its room's summary).
+            return tree::advance(&self.tree, Some(checkpoint));
         }
         for (key, page) in write.open_pages.values() {
             write.batch.insert(key.as_slice(), encode_page(page));

@@ -71,9 +71,9 @@ pub(crate) mod tree {
     /// and wait on its data file at once (a chat message's batch used to cost the state
     /// database one such write per projection that ignores messages). A crash that loses it
     /// replays events that change nothing here.
-    pub fn advance(tree: &sled::Tree, batch: &[crate::event::Envelope]) -> Result<(), ProjectionError> {
-        if let Some(last) = batch.last() {
-            tree.insert(CHECKPOINT_KEY, &last.seq.to_be_bytes())?;
+    pub fn advance(tree: &sled::Tree, through: Option<u64>) -> Result<(), ProjectionError> {
+        if let Some(seq) = through {
+            tree.insert(CHECKPOINT_KEY, &seq.to_be_bytes())?;
         }
         Ok(())
     }

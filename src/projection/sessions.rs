@@ -243,7 +243,7 @@ impl Projection for SessionsProjection {
             }
         }
         if changed.is_empty() {
-            return tree::advance(&self.tree, batch);
+            return tree::advance(&self.tree, batch.last().map(|e| e.seq));
         }
         let mut write = sled::Batch::default();
         let mut counts: HashMap<SessionState, i64> = HashMap::new();
