@@ -4,6 +4,8 @@
 //!
 //!   cargo bench --bench search                  # MESSAGES=1000000 QUERIES=2000 SQLITE=1
 //!   MESSAGES=10000000 SQLITE=0 cargo bench --bench search   # roomlog alone at 10 million
+//!   SEARCH_BENCH_DIR=/some/dir ...              # keep the index there; a later run with the
+//!                                               # same MESSAGES queries it without indexing again
 //!
 //! Both engines answer the same thing: the top 20 by relevance (BM25 in both), a highlighted
 //! snippet for each, and the total number of matches (roomlog counts exactly up to
@@ -12,7 +14,7 @@
 #[path = "corpus/mod.rs"]
 mod corpus;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use corpus::{Corpus, Rng};
 use hdrhistogram::Histogram;
@@ -37,11 +39,19 @@ fn main() -> anyhow::Result<()> {
     let raw_bytes: usize = bodies.iter().map(String::len).sum();
     println!("corpus: {messages} messages, {:.1} MB of text", raw_bytes as f64 / 1e6);
 
-    let dir = tempfile::tempdir()?;
+    let temporary = tempfile::tempdir()?;
+    let kept = std::env::var_os("SEARCH_BENCH_DIR").map(std::path::PathBuf::from);
+    let dir = kept.clone().unwrap_or_else(|| temporary.path().to_owned());
+    let index_dir = dir.join(format!("search-{messages}"));
+    if kept.is_some() && index_dir.join("meta.json").exists() {
+        let index = search::open_reader(&index_dir)?;
+        println!("tantivy: the index kept in {} ({} documents)", index_dir.display(), index.documents());
+        return query(&corpus, &bodies, &index, &dir, queries, with_sqlite);
+    }
     // Index: the projection as the server runs it (one indexing thread), in batches as the log
     // gives them; one commit at the end, as a rebuild does.
     let config = SearchConfig { commit_events_max: usize::MAX, ..SearchConfig::default() };
-    let (index, mut projection) = search::open(&dir.path().join("search"), &config, 1)?;
+    let (index, mut projection) = search::open(&index_dir, &config, 1)?;
     let started = Instant::now();
     for (chunk_no, chunk) in bodies.chunks(4096).enumerate() {
         let batch: Vec<Envelope> = chunk
@@ -68,7 +78,7 @@ fn main() -> anyhow::Result<()> {
     projection.flush()?;
     projection.finish()?;
     let tantivy_secs = started.elapsed().as_secs_f64();
-    let index_bytes = search::SearchIndex::size_bytes(&dir.path().join("search"));
+    let index_bytes = search::SearchIndex::size_bytes(&index_dir);
     println!(
         "tantivy (roomlog's projection, 1 thread): indexed in {tantivy_secs:.1} s = {:.0} messages/s, {:.0} MB on disk",
         messages as f64 / tantivy_secs,
@@ -76,13 +86,27 @@ fn main() -> anyhow::Result<()> {
     );
     let index = {
         drop(index);
-        search::open_reader(&dir.path().join("search"))?
+        search::open_reader(&index_dir)?
     };
+    query(&corpus, &bodies, &index, &dir, queries, with_sqlite)
+}
 
-    let db_path = dir.path().join("fts.sqlite");
+/// Times the queries against the index (and SQLite FTS5 of the same bodies when asked).
+fn query(
+    corpus: &Corpus,
+    bodies: &[String],
+    index: &search::SearchIndex,
+    dir: &std::path::Path,
+    queries: usize,
+    with_sqlite: bool,
+) -> anyhow::Result<()> {
+    let db_path = dir.join(format!("fts-{}.sqlite", bodies.len()));
+    for stale in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{stale}", db_path.display()));
+    }
     let db = rusqlite::Connection::open(&db_path)?;
     // Without SQLite the table stays empty and is never queried.
-    index_sqlite(&db, &db_path, if with_sqlite { &bodies } else { &[] })?;
+    index_sqlite(&db, &db_path, if with_sqlite { bodies } else { &[] })?;
 
     // Queries: one word as people search (see Corpus::query_word), and two words that occur
     // together in some message.
@@ -164,7 +188,6 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let _ = Duration::ZERO;
     Ok(())
 }
 

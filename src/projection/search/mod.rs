@@ -91,6 +91,8 @@ pub struct SearchIndex {
     /// the commit payload when opened, then by the projection after each commit, so a search
     /// does not read `meta.json` to learn it.
     searchable: Arc<AtomicU64>,
+    /// The segments' `seq` columns, opened once each.
+    seqs: rank::SeqColumns,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -170,7 +172,7 @@ fn reader_of(index: Index) -> Result<SearchIndex, ProjectionError> {
     let (_, fields) = schema();
     let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
     let searchable = Arc::new(AtomicU64::new(payload(&index)?.map_or(0, |p| p.seq)));
-    Ok(SearchIndex { index, reader, fields, searchable })
+    Ok(SearchIndex { index, reader, fields, searchable, seqs: rank::SeqColumns::default() })
 }
 
 fn payload(index: &Index) -> Result<Option<Payload>, ProjectionError> {
@@ -547,10 +549,12 @@ impl SearchIndex {
                 // Pages of one search rank the same messages: none indexed after its first
                 // page. The bound is left out when the index holds nothing newer, so that the
                 // words alone make the query and tantivy can prune it.
-                if rank::max_seq(&searcher)? > through {
+                let seqs = self.seqs.of(&searcher)?;
+                if rank::max_seq(&searcher, &seqs) > through {
                     clauses.push((Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Included(through)))));
                 }
-                let ranked = rank::top_by_score(&searcher, rank::all_of(clauses).as_ref(), offset + request.limit + 1)?;
+                let ranked =
+                    rank::top_by_score(&searcher, &seqs, rank::all_of(clauses).as_ref(), offset + request.limit + 1)?;
                 let page = ranked.into_iter().skip(offset).map(|r| (r.score, r.address)).collect();
                 (page, total, Some((offset, through)))
             }
