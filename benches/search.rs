@@ -20,7 +20,7 @@ use corpus::{Corpus, Rng};
 use hdrhistogram::Histogram;
 use roomlog::config::SearchConfig;
 use roomlog::event::{Envelope, Event, MessagePosted, RoomId, StreamId};
-use roomlog::projection::search::{self, SearchParams, SearchRequest};
+use roomlog::projection::search::{self, SearchParams, SearchRequest, Sort};
 use roomlog::projection::Projection;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -126,22 +126,31 @@ fn query(
         })
         .collect();
 
-    let mut fts_top = db.prepare(
-        "SELECT rowid, room, author, at, snippet(m, 0, '<b>', '</b>', '…', 24) FROM m WHERE m MATCH ?1 ORDER BY rank LIMIT 20",
-    )?;
+    let top = |order: &str| {
+        db.prepare(&format!(
+            "SELECT rowid, room, author, at, snippet(m, 0, '<b>', '</b>', '…', 24) FROM m WHERE m MATCH ?1 ORDER BY {order} LIMIT 20"
+        ))
+    };
+    let (mut fts_top, mut fts_newest) = (top("rank")?, top("rowid DESC")?);
     let mut fts_count = db.prepare("SELECT count(*) FROM m WHERE m MATCH ?1")?;
     let now = SystemTime::now();
     println!();
     println!("| queries (top 20, snippets, total) | engine | p50 | p99 | mean | hits/query |");
     println!("|---|---|---|---|---|---|");
-    for (label, set) in [("one word", &one), ("two words", &two)] {
+    let sets = [
+        ("one word", &one, Sort::Relevance),
+        ("two words", &two, Sort::Relevance),
+        ("two words, newest first", &two, Sort::Time),
+    ];
+    for (label, set, sort) in sets {
         let run_tantivy = |q: &str| -> anyhow::Result<usize> {
-            let params = SearchParams { q: q.to_owned(), limit: Some(20), ..SearchParams::default() };
+            let params = SearchParams { q: q.to_owned(), limit: Some(20), sort: Some(sort), ..SearchParams::default() };
             let request = SearchRequest::new(&params, None, 20, now)?;
             Ok(index.search(&request)?.total)
         };
         let mut run_sqlite = |q: &str| -> anyhow::Result<usize> {
-            let rows = fts_top.query_map([q], |row| {
+            let statement = if sort == Sort::Time { &mut fts_newest } else { &mut fts_top };
+            let rows = statement.query_map([q], |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, String>(1)?,

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{
     BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery,
 };
@@ -30,7 +29,7 @@ use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
 };
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{doc, DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{doc, DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 pub use crate::config::SearchConfig;
 pub use rank::TOTAL_EXACT_MAX;
@@ -523,21 +522,10 @@ impl SearchIndex {
                     Some(Cursor::Time { before_seq }) => before_seq,
                     _ => u64::MAX,
                 };
-                let base = BooleanQuery::new(clauses);
-                let query = BooleanQuery::new(vec![
-                    (Occur::Must, Box::new(base.clone()) as Box<dyn Query>),
-                    (Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Excluded(before)))),
-                ]);
-                let collector = TopDocs::with_limit(request.limit + 1).order_by_fast_field::<u64>("seq", Order::Desc);
-                // Newest first walks every match anyway: a first page (whose query matches
-                // what the base does) counts in the same pass; later pages count the base.
-                let (docs, total) = if request.cursor.is_none() {
-                    let (n, docs) = searcher.search(&query, &(Count, collector))?;
-                    (docs, (n.min(TOTAL_EXACT_MAX), n <= TOTAL_EXACT_MAX))
-                } else {
-                    (searcher.search(&query, &collector)?, rank::bounded_count(&searcher, &base)?)
-                };
-                let page: Vec<(f32, DocAddress)> = docs.into_iter().map(|(_, address)| (0.0, address)).collect();
+                let seqs = self.seqs.of(&searcher)?;
+                let (docs, total) =
+                    rank::newest(&searcher, &seqs, rank::all_of(clauses).as_ref(), before, request.limit + 1)?;
+                let page: Vec<(f32, DocAddress)> = docs.into_iter().map(|address| (0.0, address)).collect();
                 (page, total, None)
             }
             Sort::Relevance => {

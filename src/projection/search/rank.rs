@@ -133,6 +133,47 @@ pub fn top_by_score(
     Ok(ranked)
 }
 
+/// The `k` newest matches of `query` whose seq is below `before`, newest first, and how many
+/// matches `query` has in all (exactly up to [`TOTAL_EXACT_MAX`], as [`bounded_count`]). Newest
+/// first has no order to prune by, so every match is walked, and counted in the same walk.
+/// `seqs` are the searcher's columns ([`SeqColumns::of`]).
+pub fn newest(
+    searcher: &Searcher,
+    seqs: &[Column<u64>],
+    query: &dyn Query,
+    before: u64,
+    k: usize,
+) -> tantivy::Result<(Vec<DocAddress>, (usize, bool))> {
+    let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
+    // The oldest of the newest `k` on top.
+    let mut best: BinaryHeap<Reverse<(u64, DocAddress)>> = BinaryHeap::with_capacity(k + 1);
+    let mut count = 0usize;
+    for (ord, (reader, seqs)) in searcher.segment_readers().iter().zip(seqs).enumerate() {
+        let alive = reader.alive_bitset();
+        let segment_ord = u32::try_from(ord).unwrap_or(u32::MAX);
+        weight.for_each_no_score(reader, &mut |docs| {
+            for &doc in docs {
+                if alive.is_some_and(|bits| !bits.is_alive(doc)) {
+                    continue;
+                }
+                count += 1;
+                let seq = seqs.first(doc).unwrap_or_default();
+                let newer = best.len() < k || best.peek().is_some_and(|oldest| seq > oldest.0 .0);
+                if seq < before && newer {
+                    best.push(Reverse((seq, DocAddress::new(segment_ord, doc))));
+                    if best.len() > k {
+                        best.pop();
+                    }
+                }
+            }
+        })?;
+    }
+    let mut page: Vec<(u64, DocAddress)> = best.into_iter().map(|Reverse(entry)| entry).collect();
+    page.sort_unstable_by(|a, b| b.cmp(a));
+    let total = (count.min(TOTAL_EXACT_MAX), count <= TOTAL_EXACT_MAX);
+    Ok((page.into_iter().map(|(_, address)| address).collect(), total))
+}
+
 /// A threshold that still lets a match of `score` through: tantivy passes only matches scoring
 /// above it, and its pruning adds block maxima in another order than the final score (a
 /// rounding apart), so the margin is relative, not one ulp.

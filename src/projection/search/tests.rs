@@ -144,4 +144,11 @@ fn given_more_matches_than_the_bound_then_the_total_says_at_least_and_equal_scor
     let seqs: Vec<u64> = first.hits.iter().chain(&second.hits).map(|hit| hit.seq).collect();
     assert_eq!(seqs, newest);
     assert_eq!(ask(&index, "common word", Sort::Relevance, None).hits[0].seq, common, "two words, ties too");
+
+    // Newest first reads the seqs across both segments, page after page, and every page counts.
+    let first = ask(&index, "word", Sort::Time, None);
+    let second = ask(&index, "word", Sort::Time, first.next_cursor.clone());
+    let seqs: Vec<u64> = first.hits.iter().chain(&second.hits).map(|hit| hit.seq).collect();
+    assert_eq!(seqs, newest, "newest first");
+    assert_eq!((second.total, second.total_is_exact), (TOTAL_EXACT_MAX, false), "a later page counts too");
 }
