@@ -533,7 +533,7 @@ impl SearchIndex {
                     Some(Cursor::Relevance { offset, through }) => (offset, through),
                     _ => (0, indexed_through_seq),
                 };
-                let total = rank::bounded_count(&searcher, rank::all_of(rank::copy(&clauses)).as_ref())?;
+                let counted = rank::all_of(rank::copy(&clauses));
                 // Pages of one search rank the same messages: none indexed after its first
                 // page. The bound is left out when the index holds nothing newer, so that the
                 // words alone make the query and tantivy can prune it.
@@ -541,8 +541,19 @@ impl SearchIndex {
                 if rank::max_seq(&searcher, &seqs) > through {
                     clauses.push((Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Included(through)))));
                 }
-                let ranked =
-                    rank::top_by_score(&searcher, &seqs, rank::all_of(clauses).as_ref(), offset + request.limit + 1)?;
+                let ranked = rank::all_of(clauses);
+                let k = offset + request.limit + 1;
+                // Counting and ranking walk the same postings apart; on a second core the
+                // count runs beside the ranking.
+                let (total, ranked) = std::thread::scope(|scope| {
+                    let total = scope.spawn(|| rank::bounded_count(&searcher, counted.as_ref()));
+                    let ranked = rank::top_by_score(&searcher, &seqs, ranked.as_ref(), k);
+                    let total = total
+                        .join()
+                        .unwrap_or_else(|_| Err(tantivy::TantivyError::InternalError("the count panicked".into())));
+                    (total, ranked)
+                });
+                let (total, ranked) = (total?, ranked?);
                 let page = ranked.into_iter().skip(offset).map(|r| (r.score, r.address)).collect();
                 (page, total, Some((offset, through)))
             }
