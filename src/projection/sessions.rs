@@ -4,7 +4,7 @@
 //! | key | value |
 //! |---|---|
 //! | `c` | checkpoint: last applied seq (u64 BE) |
-//! | `s` id | a [`Session`] |
+//! | `s` id | a [`Session`], fields in order without names (before: with names, still read) |
 //! | `d` due-ms (u64 BE) kind id | nothing: a due time (`e` expiry, `p` purge) |
 //! | `n` state | count of sessions in that state (u64 BE) |
 //!
@@ -90,8 +90,11 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ProjectionErr
     rmp_serde::from_slice(bytes).map_err(|e| ProjectionError::Task(format!("session value does not decode: {e}")))
 }
 
+/// A session as stored: its fields in order, without their names (a session's value was half
+/// field names). Values written with names, before, still decode: serde reads a struct from
+/// either form.
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    rmp_serde::to_vec_named(value).expect("session values are plain structs and always encode")
+    rmp_serde::to_vec(value).expect("session values are plain structs and always encode")
 }
 
 impl Sessions {
@@ -324,6 +327,21 @@ mod tests {
 
     fn apply(log: &EventLog, projection: &mut SessionsProjection) {
         catch_up(log, projection, |_| {}).expect("catch up");
+    }
+
+    #[test]
+    fn a_session_stored_with_field_names_before_reads_as_one_stored_without() {
+        let Event::SessionCreated(e) = created(&id(7)) else { unreachable!("created makes a SessionCreated") };
+        let mut session = Session::created(&e);
+        let compact = encode(&session);
+        let named = rmp_serde::to_vec_named(&session).expect("encodes");
+        assert!(compact.len() * 2 < named.len(), "{} bytes without names, {} with", compact.len(), named.len());
+        assert_eq!(decode::<Session>(&named).expect("the old form reads"), session);
+        assert_eq!(decode::<Session>(&compact).expect("the new form reads"), session);
+        session.state = SessionState::Expired;
+        session.changed_at_unix_ms = Some(START_MS + TTL_MS);
+        session.sweeps = vec![41, 97];
+        assert_eq!(decode::<Session>(&encode(&session)).expect("with sweeps"), session);
     }
 
     #[tokio::test]
