@@ -523,8 +523,11 @@ impl SearchIndex {
                     _ => u64::MAX,
                 };
                 let seqs = self.seqs.of(&searcher)?;
-                let (docs, total) =
-                    rank::newest(&searcher, &seqs, rank::all_of(clauses).as_ref(), before, request.limit + 1)?;
+                let base = rank::all_of(clauses);
+                let k = request.limit + 1;
+                let (total, docs) = rank::counting_beside(&searcher, base.as_ref(), || {
+                    rank::newest(&searcher, &seqs, base.as_ref(), before, k)
+                })?;
                 let page: Vec<(f32, DocAddress)> = docs.into_iter().map(|address| (0.0, address)).collect();
                 (page, total, None)
             }
@@ -543,17 +546,9 @@ impl SearchIndex {
                 }
                 let ranked = rank::all_of(clauses);
                 let k = offset + request.limit + 1;
-                // Counting and ranking walk the same postings apart; on a second core the
-                // count runs beside the ranking.
-                let (total, ranked) = std::thread::scope(|scope| {
-                    let total = scope.spawn(|| rank::bounded_count(&searcher, counted.as_ref()));
-                    let ranked = rank::top_by_score(&searcher, &seqs, ranked.as_ref(), k);
-                    let total = total
-                        .join()
-                        .unwrap_or_else(|_| Err(tantivy::TantivyError::InternalError("the count panicked".into())));
-                    (total, ranked)
-                });
-                let (total, ranked) = (total?, ranked?);
+                let (total, ranked) = rank::counting_beside(&searcher, counted.as_ref(), || {
+                    rank::top_by_score(&searcher, &seqs, ranked.as_ref(), k)
+                })?;
                 let page = ranked.into_iter().skip(offset).map(|r| (r.score, r.address)).collect();
                 (page, total, Some((offset, through)))
             }

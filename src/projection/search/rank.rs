@@ -12,12 +12,12 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tantivy::columnar::Column;
 use tantivy::index::SegmentId;
 use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query};
-use tantivy::{DocAddress, DocSet, Score, Searcher, TERMINATED};
+use tantivy::{DocAddress, DocSet, Score, Searcher, TantivyError, TERMINATED};
 
 /// Matches counted exactly; past this many, `total` is this and `total_is_exact` is false.
 pub const TOTAL_EXACT_MAX: usize = 10_000;
@@ -51,29 +51,79 @@ impl Ord for Ranked {
     }
 }
 
+/// Documents per chunk of a segment, for newest-first walks ([`newest`]).
+const CHUNK_DOCS: u32 = 16_384;
+
+/// One segment's `seq` column, and (once a newest-first search has asked) the largest seq of its
+/// first chunks of documents.
+#[derive(Clone)]
+pub struct SegmentSeqs {
+    pub column: Column<u64>,
+    chunk_docs: u32,
+    /// `upto[n]`: the largest seq among the segment's first `n` chunks of `chunk_docs` documents.
+    upto: Arc<OnceLock<Vec<u64>>>,
+}
+
+impl SegmentSeqs {
+    fn new(column: Column<u64>, chunk_docs: u32) -> Self {
+        Self { column, chunk_docs: chunk_docs.max(1), upto: Arc::default() }
+    }
+
+    /// The largest seq among the first `n` chunks, for each `n` (one read of the column, at
+    /// the segment's first newest-first search).
+    fn upto(&self) -> &[u64] {
+        self.upto.get_or_init(|| {
+            let docs = self.column.num_docs();
+            let mut upto = vec![0];
+            let (mut max, mut doc) = (0, 0);
+            while doc < docs {
+                let end = docs.min(doc.saturating_add(self.chunk_docs));
+                max = (doc..end).filter_map(|d| self.column.first(d)).fold(max, u64::max);
+                upto.push(max);
+                doc = end;
+            }
+            upto
+        })
+    }
+}
+
 /// Each segment's `seq` column, opened once per segment and shared by the searches after it.
 ///
 /// Opening a column reads its whole block index into memory (tantivy's blockwise-linear codec:
 /// about a megabyte per ten million documents), and a search opened it twice per segment:
 /// at ten million messages that copying was a third of a two-word search's time.
-#[derive(Clone, Default)]
-pub struct SeqColumns(Arc<Mutex<HashMap<SegmentId, Column<u64>>>>);
+#[derive(Clone)]
+pub struct SeqColumns {
+    segments: Arc<Mutex<HashMap<SegmentId, SegmentSeqs>>>,
+    chunk_docs: u32,
+}
+
+impl Default for SeqColumns {
+    fn default() -> Self {
+        Self::with_chunk_docs(CHUNK_DOCS)
+    }
+}
 
 impl SeqColumns {
+    /// Columns whose newest-first walks go `chunk_docs` documents at a time (tests use few).
+    pub fn with_chunk_docs(chunk_docs: u32) -> Self {
+        Self { segments: Arc::default(), chunk_docs }
+    }
+
     /// The `seq` column of each of the searcher's segments, in the searcher's order. Columns of
     /// segments the searcher no longer has (merged away) are dropped.
-    pub fn of(&self, searcher: &Searcher) -> tantivy::Result<Vec<Column<u64>>> {
-        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn of(&self, searcher: &Searcher) -> tantivy::Result<Vec<SegmentSeqs>> {
+        let mut cache = self.segments.lock().unwrap_or_else(PoisonError::into_inner);
         let readers = searcher.segment_readers();
         cache.retain(|id, _| readers.iter().any(|r| r.segment_id() == *id));
         readers
             .iter()
             .map(|reader| match cache.get(&reader.segment_id()) {
-                Some(column) => Ok(column.clone()),
+                Some(seqs) => Ok(seqs.clone()),
                 None => {
-                    let column = reader.fast_fields().u64("seq")?;
-                    cache.insert(reader.segment_id(), column.clone());
-                    Ok(column)
+                    let seqs = SegmentSeqs::new(reader.fast_fields().u64("seq")?, self.chunk_docs);
+                    cache.insert(reader.segment_id(), seqs.clone());
+                    Ok(seqs)
                 }
             })
             .collect()
@@ -100,7 +150,7 @@ pub fn copy(clauses: &[(Occur, Box<dyn Query>)]) -> Vec<(Occur, Box<dyn Query>)>
 /// the searcher's columns ([`SeqColumns::of`]).
 pub fn top_by_score(
     searcher: &Searcher,
-    seqs: &[Column<u64>],
+    seqs: &[SegmentSeqs],
     query: &dyn Query,
     k: usize,
 ) -> tantivy::Result<Vec<Ranked>> {
@@ -116,7 +166,7 @@ pub fn top_by_score(
         let segment_ord = u32::try_from(ord).unwrap_or(u32::MAX);
         weight.for_each_pruning(threshold, reader, &mut |doc, score| {
             if alive.is_none_or(|bits| bits.is_alive(doc)) {
-                let seq = seqs.first(doc).unwrap_or_default();
+                let seq = seqs.column.first(doc).unwrap_or_default();
                 best.push(Reverse(Ranked { score, seq, address: DocAddress::new(segment_ord, doc) }));
                 if best.len() > k {
                     best.pop();
@@ -133,31 +183,63 @@ pub fn top_by_score(
     Ok(ranked)
 }
 
-/// The `k` newest matches of `query` whose seq is below `before`, newest first, and how many
-/// matches `query` has in all (exactly up to [`TOTAL_EXACT_MAX`], as [`bounded_count`]). Newest
-/// first has no order to prune by, so every match is walked, and counted in the same walk.
-/// `seqs` are the searcher's columns ([`SeqColumns::of`]).
+/// The `k` newest matches of `query` whose seq is below `before`, newest first. `seqs` are the
+/// searcher's columns ([`SeqColumns::of`]).
+///
+/// Scores give no order to prune by here, seqs do: a segment's documents are mostly in seq
+/// order (one indexing thread adds them as the log gives them; a merge puts whole segments end
+/// to end), so the newest sit in its last chunks. Each segment is walked from its end, a window
+/// of chunks at a time (1, 2, 4, ... chunks, so a segment of few matches costs few scorers), always
+/// in the segment whose chunks not yet walked may hold the largest seq; the walk stops once the
+/// page's oldest seq is at or above what any chunk left could hold. Two common words at ten million
+/// messages walked millions of matches for a page of twenty.
 pub fn newest(
     searcher: &Searcher,
-    seqs: &[Column<u64>],
+    seqs: &[SegmentSeqs],
     query: &dyn Query,
     before: u64,
     k: usize,
-) -> tantivy::Result<(Vec<DocAddress>, (usize, bool))> {
+) -> tantivy::Result<Vec<DocAddress>> {
+    if k == 0 {
+        return Ok(Vec::new());
+    }
     let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
+    let readers = searcher.segment_readers();
     // The oldest of the newest `k` on top.
     let mut best: BinaryHeap<Reverse<(u64, DocAddress)>> = BinaryHeap::with_capacity(k + 1);
-    let mut count = 0usize;
-    for (ord, (reader, seqs)) in searcher.segment_readers().iter().zip(seqs).enumerate() {
+    // Per segment: its chunks not walked yet are the first `end`; the next window is `width`.
+    let mut left: Vec<(usize, usize)> = seqs.iter().map(|s| (s.upto().len() - 1, 1)).collect();
+    let below = before.saturating_sub(1);
+    loop {
+        // The segment whose chunks left may hold the largest seq below `before`.
+        let next = left
+            .iter()
+            .zip(seqs)
+            .enumerate()
+            .filter(|(_, ((end, _), _))| *end > 0)
+            .map(|(ord, ((end, _), seqs))| (seqs.upto()[*end].min(below), ord))
+            .max();
+        let Some((bound, ord)) = next else { break };
+        if best.len() == k && best.peek().is_some_and(|oldest| oldest.0 .0 >= bound) {
+            break;
+        }
+        let (Some(reader), Some(segment)) = (readers.get(ord), seqs.get(ord)) else { break };
+        let (end, width) = left[ord];
+        let start = end.saturating_sub(width);
+        left[ord] = (start, width.saturating_mul(2));
+        let chunk = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).saturating_mul(segment.chunk_docs);
+        let (first_doc, end_doc) = (chunk(start), chunk(end).min(reader.max_doc()));
         let alive = reader.alive_bitset();
         let segment_ord = u32::try_from(ord).unwrap_or(u32::MAX);
-        weight.for_each_no_score(reader, &mut |docs| {
-            for &doc in docs {
-                if alive.is_some_and(|bits| !bits.is_alive(doc)) {
-                    continue;
-                }
-                count += 1;
-                let seq = seqs.first(doc).unwrap_or_default();
+        let mut matches = weight.scorer(reader, 1.0)?;
+        // A fresh scorer stands on its first match, which may lie past the window's start.
+        let mut doc = matches.doc();
+        if doc < first_doc {
+            doc = matches.seek(first_doc);
+        }
+        while doc < end_doc {
+            if alive.is_none_or(|bits| bits.is_alive(doc)) {
+                let seq = segment.column.first(doc).unwrap_or_default();
                 let newer = best.len() < k || best.peek().is_some_and(|oldest| seq > oldest.0 .0);
                 if seq < before && newer {
                     best.push(Reverse((seq, DocAddress::new(segment_ord, doc))));
@@ -166,12 +248,28 @@ pub fn newest(
                     }
                 }
             }
-        })?;
+            doc = matches.advance();
+        }
     }
     let mut page: Vec<(u64, DocAddress)> = best.into_iter().map(|Reverse(entry)| entry).collect();
     page.sort_unstable_by(|a, b| b.cmp(a));
-    let total = (count.min(TOTAL_EXACT_MAX), count <= TOTAL_EXACT_MAX);
-    Ok((page.into_iter().map(|(_, address)| address).collect(), total))
+    Ok(page.into_iter().map(|(_, address)| address).collect())
+}
+
+/// Runs `walk` while a second thread counts the matches of `counted` ([`bounded_count`]): the
+/// two walks share nothing, and the count was a fifth of a two-word search at ten million
+/// messages.
+pub fn counting_beside<T: Send>(
+    searcher: &Searcher,
+    counted: &dyn Query,
+    walk: impl FnOnce() -> tantivy::Result<T>,
+) -> tantivy::Result<((usize, bool), T)> {
+    std::thread::scope(|scope| {
+        let total = scope.spawn(|| bounded_count(searcher, counted));
+        let walked = walk();
+        let total = total.join().unwrap_or_else(|_| Err(TantivyError::InternalError("the count panicked".into())));
+        Ok((total?, walked?))
+    })
 }
 
 /// A threshold that still lets a match of `score` through: tantivy passes only matches scoring
@@ -205,13 +303,13 @@ pub fn bounded_count(searcher: &Searcher, query: &dyn Query) -> tantivy::Result<
 
 /// The largest seq among the searcher's documents (0 for an empty index), from its columns
 /// ([`SeqColumns::of`]).
-pub fn max_seq(searcher: &Searcher, seqs: &[Column<u64>]) -> u64 {
+pub fn max_seq(searcher: &Searcher, seqs: &[SegmentSeqs]) -> u64 {
     let readers = searcher.segment_readers();
     readers
         .iter()
         .zip(seqs)
         .filter(|(reader, _)| reader.max_doc() > 0)
-        .map(|(_, seqs)| seqs.max_value())
+        .map(|(_, seqs)| seqs.column.max_value())
         .max()
         .unwrap_or(0)
 }

@@ -152,3 +152,47 @@ fn given_more_matches_than_the_bound_then_the_total_says_at_least_and_equal_scor
     assert_eq!(seqs, newest, "newest first");
     assert_eq!((second.total, second.total_is_exact), (TOTAL_EXACT_MAX, false), "a later page counts too");
 }
+
+#[test]
+fn given_segments_whose_documents_are_out_of_seq_order_then_newest_first_pages_through_every_match() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (_, mut projection) = open(dir.path(), &SearchConfig::default(), 1).expect("open the index");
+    let body = |seq: u64| match (seq % 3, seq % 7) {
+        (0, 0) => "alpha beta",
+        (0, _) => "alpha",
+        (_, 0) => "beta",
+        _ => "gamma beta",
+    };
+    let batch = |runs: &[std::ops::RangeInclusive<u64>]| -> Vec<Envelope> {
+        runs.iter().cloned().flatten().flat_map(|seq| messages(seq, 1, body(seq))).collect()
+    };
+    // Three segments holding runs of seqs out of order, as merges and edits leave them: the
+    // newest of the first segment sit in its first documents.
+    for runs in [vec![401..=500, 1..=100, 201..=260], vec![101..=200, 501..=520], vec![261..=400]] {
+        projection.apply(&batch(&runs)).expect("apply");
+        projection.flush().expect("commit");
+    }
+    projection.finish().expect("close the writer");
+    let mut index = open_reader(dir.path()).expect("open the index to read");
+
+    for chunk_docs in [1, 4, 7, 16_384] {
+        index.seqs = rank::SeqColumns::with_chunk_docs(chunk_docs);
+        for q in ["alpha", "beta", "alpha beta", "gamma"] {
+            let expected: Vec<u64> = (1..=520)
+                .rev()
+                .filter(|seq| q.split(' ').all(|word| body(*seq).split(' ').any(|w| w == word)))
+                .collect();
+            let (mut seqs, mut cursor) = (Vec::new(), None);
+            for _ in 0..100 {
+                let page = ask(&index, q, Sort::Time, cursor);
+                assert_eq!((page.total, page.total_is_exact), (expected.len(), true), "{q}: every page counts");
+                seqs.extend(page.hits.iter().map(|hit| hit.seq));
+                cursor = page.next_cursor;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            assert_eq!(seqs, expected, "{q}, chunks of {chunk_docs}: newest first, each once");
+        }
+    }
+}
