@@ -9,7 +9,8 @@
 //! [`fail_once`] is the in-process counterpart: a test arms a point and the code there returns
 //! an error once (`janitor:item`, before the janitor applies an item; `log:commit`, before the
 //! log writer's fsync of a group; `files:shared-read`, a read of the cluster's shared bucket
-//! breaking off), and [`hold_once`] makes the next pass through a point wait
+//! breaking off; `jetstream:files-bucket`, a node's request for the shared bucket going
+//! unanswered as it starts), and [`hold_once`] makes the next pass through a point wait
 //! until the test lets it go (`janitor:planned`, a janitor run planned and about to apply: a
 //! lease holder paused mid-run).
 
@@ -24,7 +25,9 @@ pub async fn pause(point: &str) {
     }
 }
 
-static ARMED: std::sync::Mutex<Option<(String, u64)>> = std::sync::Mutex::new(None);
+/// Points armed by [`fail_once`], each with the passes still to let through: one entry per point,
+/// so that tests running side by side in one process can arm different points.
+static ARMED: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
 
 /// A failure injected at a point, once, by a test in this process.
 #[derive(Debug, thiserror::Error)]
@@ -34,29 +37,30 @@ pub struct Injected(String);
 /// Makes the `(after + 1)`-th pass through `point` fail, once (tests in this process only).
 pub fn fail_once(point: &str, after: u64) {
     if let Ok(mut armed) = ARMED.lock() {
-        *armed = Some((point.to_owned(), after));
+        armed.retain(|(p, _)| p != point);
+        armed.push((point.to_owned(), after));
     }
 }
 
 /// Whether a point armed by [`fail_once`] is still waiting for its pass (a test checks that
 /// the code it meant to fail went through the point).
 pub fn still_armed(point: &str) -> bool {
-    ARMED.lock().is_ok_and(|armed| armed.as_ref().is_some_and(|(p, _)| p == point))
+    ARMED.lock().is_ok_and(|armed| armed.iter().any(|(p, _)| p == point))
 }
 
 /// Fails here if a test armed this point and its count is reached.
 pub fn fail(point: &str) -> Result<(), Injected> {
     let Ok(mut armed) = ARMED.lock() else { return Ok(()) };
-    match armed.as_mut() {
-        Some((p, 0)) if p == point => {
-            *armed = None;
+    let Some(at) = armed.iter().position(|(p, _)| p == point) else { return Ok(()) };
+    match &mut armed[at].1 {
+        0 => {
+            armed.remove(at);
             Err(Injected(point.to_owned()))
         }
-        Some((p, n)) if p == point => {
+        n => {
             *n -= 1;
             Ok(())
         }
-        _ => Ok(()),
     }
 }
 

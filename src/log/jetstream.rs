@@ -234,18 +234,11 @@ async fn ensure_stream(context: &Context, config: &JetStreamConfig) -> Result<st
         allow_direct: true,
         ..Default::default()
     };
-    let deadline = Instant::now() + config.connect_timeout;
-    let mut stream = loop {
-        match context.get_or_create_stream(wanted.clone()).await {
-            Ok(stream) => break stream,
-            // A cluster just started has no JetStream leader for a moment.
-            Err(error) if Instant::now() < deadline => {
-                tracing::info!(error = %error, "waiting for JetStream");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(error) => return Err(failed(error.to_string())),
-        }
-    };
+    let mut stream = until_ready(config, &config.stream, || async {
+        context.get_or_create_stream(wanted.clone()).await.map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(failed)?;
     let info = stream.info().await.map_err(|e| failed(e.to_string()))?;
     let have = &info.config;
     if have.subjects != wanted.subjects || have.storage != wanted.storage || have.num_replicas != wanted.num_replicas {
@@ -319,7 +312,7 @@ pub struct Leases {
 
 impl Leases {
     async fn open(context: &Context, config: &JetStreamConfig) -> Result<Self, LogError> {
-        let store = kv_bucket(context, LEASE_BUCKET, config.lease_ttl, config)
+        let store = until_ready(config, LEASE_BUCKET, || kv_bucket(context, LEASE_BUCKET, config.lease_ttl, config))
             .await
             .map_err(|reason| LogError::from(ClusterError::Stream { stream: LEASE_BUCKET.into(), reason }))?;
         let holder = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
@@ -413,18 +406,24 @@ impl std::fmt::Debug for SharedFiles {
 impl SharedFiles {
     async fn open(context: &Context, config: &JetStreamConfig) -> Result<Self, LogError> {
         let failed = |reason: String| LogError::from(ClusterError::Stream { stream: FILE_BUCKET.into(), reason });
-        let store = match context.get_object_store(FILE_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => context
-                .create_object_store(async_nats::jetstream::object_store::Config {
-                    bucket: FILE_BUCKET.into(),
-                    num_replicas: config.replicas.max(1),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| failed(e.to_string()))?,
-        };
-        let stream = context.get_stream(format!("OBJ_{FILE_BUCKET}")).await.map_err(|e| failed(e.to_string()))?;
+        let (store, stream) = until_ready(config, FILE_BUCKET, || async {
+            crate::fault::fail("jetstream:files-bucket").map_err(|e| e.to_string())?;
+            let store = match context.get_object_store(FILE_BUCKET).await {
+                Ok(store) => store,
+                Err(_) => context
+                    .create_object_store(async_nats::jetstream::object_store::Config {
+                        bucket: FILE_BUCKET.into(),
+                        num_replicas: config.replicas.max(1),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?,
+            };
+            let stream = context.get_stream(format!("OBJ_{FILE_BUCKET}")).await.map_err(|e| e.to_string())?;
+            Ok((store, stream))
+        })
+        .await
+        .map_err(failed)?;
         Ok(Self { store, stream })
     }
 
@@ -688,13 +687,30 @@ async fn secret_store(
     let failed = |reason: String| LogError::from(ClusterError::Stream { stream: SECRET_BUCKET.into(), reason });
     let client = connect(config).await?;
     let context = async_nats::jetstream::ContextBuilder::new().timeout(config.ack_timeout).build(client);
+    let store = until_ready(config, SECRET_BUCKET, || kv_bucket(&context, SECRET_BUCKET, Duration::ZERO, config))
+        .await
+        .map_err(&failed)?;
+    Ok((store, failed))
+}
+
+/// Tries `attempt` until it succeeds, for at most `connect_timeout`, and returns its last error
+/// after that: a cluster just started has no JetStream leader for a moment, and a busy one may
+/// answer a request late (a node starting under CI's load saw its file bucket's creation time out).
+/// Each attempt must be safe to repeat (get, else create).
+async fn until_ready<T, F, Fut>(config: &JetStreamConfig, what: &str, mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let deadline = Instant::now() + config.connect_timeout;
     loop {
-        match kv_bucket(&context, SECRET_BUCKET, Duration::ZERO, config).await {
-            Ok(store) => return Ok((store, failed)),
-            // A cluster just started has no JetStream leader for a moment.
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
-            Err(error) => return Err(failed(error)),
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if Instant::now() < deadline => {
+                tracing::info!(%error, what, "waiting for JetStream");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => return Err(error),
         }
     }
 }
