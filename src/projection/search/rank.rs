@@ -264,11 +264,21 @@ pub fn counting_beside<T: Send>(
     counted: &dyn Query,
     walk: impl FnOnce() -> tantivy::Result<T>,
 ) -> tantivy::Result<((usize, bool), T)> {
+    let count = || bounded_count(searcher, counted);
     std::thread::scope(|scope| {
-        let total = scope.spawn(|| bounded_count(searcher, counted));
-        let walked = walk();
-        let total = total.join().unwrap_or_else(|_| Err(TantivyError::InternalError("the count panicked".into())));
-        Ok((total?, walked?))
+        match std::thread::Builder::new().name("search-count".into()).spawn_scoped(scope, count) {
+            Ok(total) => {
+                let walked = walk();
+                let total =
+                    total.join().unwrap_or_else(|_| Err(TantivyError::InternalError("the count panicked".into())));
+                Ok((total?, walked?))
+            }
+            // No thread to be had (the process at its limit): the count runs after the walk.
+            Err(_) => {
+                let walked = walk()?;
+                Ok((count()?, walked))
+            }
+        }
     })
 }
 
