@@ -545,23 +545,27 @@ pub struct Imported {
 /// Waits until the stream answers publishes: one just created on a cluster of servers answers
 /// "no responders" for a moment (an import once failed on it), and the import's publishes,
 /// each naming the seq before it, cannot simply be sent again one by one. The probe names a
-/// last seq the stream cannot have, so the stream refuses it without storing anything.
-async fn until_answering(context: &Context) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+/// last seq the stream cannot have, so the stream refuses it without storing anything. Asked
+/// again for at most `connect_timeout`, as every other wait for the cluster ([`until_ready`]).
+async fn until_answering(context: &Context, config: &JetStreamConfig) -> Result<(), String> {
+    let refused = until_ready(config, GAP_SUBJECT, || async {
         let probe = PublishMessage::build().payload(bytes::Bytes::new()).expected_last_sequence(u64::MAX);
         let answer = match context.send_publish(GAP_SUBJECT, probe).await {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| (e.kind(), e.to_string())),
             Err(e) => Err((e.kind(), e.to_string())),
         };
         match answer {
-            Err((PublishErrorKind::WrongLastSequence, _)) => return Ok(()),
-            Ok(()) => return Err("the stream stored a probe that named a seq it cannot have".to_owned()),
-            Err((_, reason)) if Instant::now() >= deadline => {
-                return Err(format!("the stream does not answer publishes after 30 s: {reason}"))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err((PublishErrorKind::WrongLastSequence, _)) => Ok(true),
+            Ok(()) => Ok(false),
+            Err((_, reason)) => Err(reason),
         }
+    })
+    .await
+    .map_err(|reason| format!("the stream does not answer publishes after {:?}: {reason}", config.connect_timeout))?;
+    if refused {
+        Ok(())
+    } else {
+        Err("the stream stored a probe that named a seq it cannot have".to_owned())
     }
 }
 
@@ -587,7 +591,7 @@ pub async fn import(
             state.last_sequence
         )));
     }
-    until_answering(&context).await.map_err(failed)?;
+    until_answering(&context, config).await.map_err(failed)?;
     let mut done = Imported { records: 0, head_seq: 0, gaps: 0, files: 0, file_bytes: 0 };
     let mut placeholders = Vec::new();
     let mut from = 1;

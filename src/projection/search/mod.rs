@@ -544,10 +544,10 @@ impl SearchIndex {
                 if rank::max_seq(&searcher, &seqs) > through {
                     clauses.push((Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Included(through)))));
                 }
-                let ranked = rank::all_of(clauses);
+                let ranking = rank::all_of(clauses);
                 let k = offset + request.limit + 1;
                 let (total, ranked) = rank::counting_beside(&searcher, counted.as_ref(), || {
-                    rank::top_by_score(&searcher, &seqs, ranked.as_ref(), k)
+                    rank::top_by_score(&searcher, &seqs, ranking.as_ref(), k)
                 })?;
                 let page = ranked.into_iter().skip(offset).map(|r| (r.score, r.address)).collect();
                 (page, total, Some((offset, through)))
