@@ -103,6 +103,11 @@ pub struct JanitorConfig {
     /// deletions superseded (rule `log_purge`; planning it reads the whole log). The log then
     /// stops growing by what is removed; the files shrink only with `roomlog compact`.
     pub purge_log: bool,
+    /// After a purge that removed at least an eighth of the log's records, rewrite the log's
+    /// files while serving, which gives the removed records' space back to the filesystem
+    /// (sled reuses freed space but never shrinks its file). Needs free space for a copy of
+    /// the log; appends wait only for the swap at its end.
+    pub rewrite_log: bool,
 }
 
 impl Default for JanitorConfig {
@@ -113,6 +118,7 @@ impl Default for JanitorConfig {
             orphan_min_age: Duration::from_secs(3600),
             retry_after: Duration::from_secs(15 * 60),
             purge_log: true,
+            rewrite_log: true,
         }
     }
 }

@@ -128,13 +128,21 @@ enum Op {
     },
     CompressLog(std::path::PathBuf),
     DeleteLog(std::path::PathBuf),
-    /// Remove these superseded records from the log (see `JanitorContext::plan_log_purge`).
-    PurgeLog(Vec<u64>),
+    /// Remove these superseded records from the log (see `JanitorContext::plan_log_purge`),
+    /// then, with `rewrite`, rewrite its files to give their space back.
+    PurgeLog {
+        seqs: Vec<u64>,
+        rewrite: bool,
+    },
 }
 
 /// Records removed per turn of an online purge: between turns the writer takes the appends
 /// queued behind it, so chat goes on while a large purge runs.
 const PURGE_GROUP: usize = 4096;
+
+/// A purge removing at least one record in this many rewrites the log's files afterwards
+/// (`janitor.rewrite_log`): a smaller one leaves space that sled reuses for later appends.
+const REWRITE_SHARE: u64 = 8;
 
 /// What a run would do now, item by item and per rule, and the parts of the plan that could
 /// not be read (a broken cold tier does not hide what the other rules would do).
@@ -229,6 +237,12 @@ impl JanitorContext {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
+        let rewrite = self.config.rewrite_log && purged.removed().saturating_mul(REWRITE_SHARE) >= purged.records_read;
+        let then = if rewrite {
+            "; then the log's files are rewritten while serving, giving their space back to the filesystem"
+        } else {
+            ""
+        };
         Ok(vec![PlanItem {
             rule: PURGE_RULE.into(),
             action: "purge_log",
@@ -239,8 +253,8 @@ impl JanitorContext {
             detail: format!(
                 "{} events of rooms at or below a later retention cut and {} events of keys deleted later: superseded, their effect already undone",
                 purged.removed_message_events, purged.removed_file_events
-            ),
-            op: Op::PurgeLog(seqs),
+            ) + then,
+            op: Op::PurgeLog { seqs, rewrite },
         }])
     }
 
@@ -510,10 +524,25 @@ impl JanitorContext {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || gzip_file(&path)).await.map_err(|e| e.to_string())?
             }
-            Op::PurgeLog(seqs) => {
+            Op::PurgeLog { seqs, rewrite } => {
                 let mut removed = 0;
                 for group in seqs.chunks(PURGE_GROUP) {
                     removed += self.log.remove(group.to_vec()).await.map_err(|e| e.to_string())?;
+                }
+                if *rewrite && removed > 0 {
+                    match self.log.rewrite().await {
+                        Ok(Some(done)) => tracing::info!(
+                            records = done.records,
+                            bytes_before = done.bytes_before,
+                            bytes_after = done.bytes_after,
+                            paused_ms = done.paused_ms,
+                            "the log's files were rewritten after the purge"
+                        ),
+                        Ok(None) => {}
+                        Err(error) => {
+                            return Err(ItemError::Failed(format!("rewriting the log after the purge: {error}")))
+                        }
+                    }
                 }
                 Ok(removed > 0)
             }

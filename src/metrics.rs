@@ -214,6 +214,21 @@ pub fn disk_usage(dir: &std::path::Path) -> Option<(u64, u64)> {
     Some((used, used + available))
 }
 
+/// Bytes the filesystem has allocated to the files under `dir` (not following links): what
+/// `du` counts and deleting them gives back, holes in sparse files left out.
+pub fn allocated_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => allocated_bytes(&entry.path()),
+            Ok(t) if t.is_file() => entry.metadata().map_or(0, |m| m.blocks() * 512),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Bytes of the files under `dir` (not following links).
 pub fn disk_bytes(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };

@@ -260,3 +260,99 @@ async fn the_janitor_purges_superseded_events_while_serving_and_rebuilds_equal_t
     roomlog(&["rebuild", "all"], &data);
     assert_eq!(state(&data).await, live, "every projection rebuilt from the purged log equals the live one");
 }
+
+/// Messages of room `bulk` written straight into the log of `data` (a server fills no faster
+/// than a client sends), as `roomlog-load --fill` writes them.
+async fn fill_log(data: &Path, messages: usize) {
+    use roomlog::event::{MessagePosted, RoomId};
+    let log = EventLog::open(&roomlog::layout::log_dir(data), &LogConfig::default()).expect("open log");
+    let room = RoomId::parse("bulk").expect("room");
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(5_000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for &n in chunk {
+            let event = Event::MessagePosted(MessagePosted {
+                room: room.clone(),
+                author: "ann".into(),
+                client_id: format!("b{n}"),
+                body: body("bulk", n),
+            });
+            pending.push(log.submit(event).await.expect("submit"));
+        }
+        for p in pending {
+            p.durable().await.expect("durable");
+        }
+    }
+    log.close().await;
+}
+
+/// Freeing space online (issue 19): the janitor's purge is followed by a rewrite of the log's
+/// files while the server serves, so the log's folder shrinks without a stop; a client chatting
+/// all the while has every message acknowledged, once, and kept through a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_janitor_gives_the_purged_space_back_to_the_filesystem_while_a_client_chats() {
+    const BULK: usize = 40_000;
+    const BULK_KEPT: usize = 4_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("live");
+    fill_log(&data, BULK).await;
+    let mut config = common::config(&data);
+    config.janitor.every = None;
+    config.retention.rooms.insert("bulk".into(), RoomRetention { max_messages: Some(BULK_KEPT as u64), max_age: None });
+    let server = common::start(config.clone()).await;
+    let janitor_run = |addr: std::net::SocketAddr| async move {
+        let url = format!("http://{addr}/api/janitor/run");
+        let ran: Value = reqwest::Client::new().post(url).send().await.expect("run").json().await.expect("json");
+        ran
+    };
+    // The first run cuts the room; what the cut superseded is the second run's purge.
+    janitor_run(server.addr()).await;
+    let log_dir = roomlog::layout::log_dir(&data);
+    let before = roomlog::metrics::allocated_bytes(&log_dir);
+
+    let addr = server.addr();
+    let chat = tokio::spawn(async move {
+        let mut bob = Client::connect(addr, "bob").await;
+        bob.join("chat", None).await;
+        let mut acked = Vec::new();
+        for n in 0..300 {
+            acked.push(bob.say("chat", &format!("during the rewrite {n}"), &format!("d{n}")).await);
+        }
+        acked
+    });
+    let ran = janitor_run(server.addr()).await;
+    let acked = chat.await.expect("chat");
+    assert_eq!(ran["outcome"], "succeeded", "{ran}");
+    let purged = ran["rules"].as_array().expect("rules").iter().find(|r| r["rule"] == "log_purge").cloned();
+    assert_eq!(purged.map(|r| r["items"].clone()), Some(json!(BULK - BULK_KEPT)), "{ran}");
+    let after = roomlog::metrics::allocated_bytes(&log_dir);
+    println!("log folder: {before} bytes before the purge, {after} after it and its rewrite");
+    assert!(after * 2 <= before, "the log's folder gives back at least half: {before} -> {after}");
+    assert!(
+        !data.join("log.compact").exists() && !data.join("log.old").exists(),
+        "nothing of the rewrite is left beside the log"
+    );
+
+    // Every acknowledged message is there once, in order, before and after a restart.
+    let bodies = |history: Vec<Value>| history.iter().map(|m| m["body"].clone()).collect::<Vec<_>>();
+    let expected: Vec<Value> = (0..300).map(|n| json!(format!("during the rewrite {n}"))).collect();
+    assert!(acked.windows(2).all(|w| w[0] < w[1]), "seqs rise through the swap");
+    common::projections_caught_up(server.addr()).await;
+    assert_eq!(bodies(common::whole_history(server.addr(), "chat").await), expected);
+    let bulk = common::whole_history(server.addr(), "bulk").await;
+    assert_eq!((bulk.len(), &bulk[0]["body"]), (BULK_KEPT, &json!(body("bulk", BULK - BULK_KEPT))));
+    let head = server.log().head();
+    server.shutdown().await;
+    let server = common::start(config).await;
+    assert_eq!(server.log().head(), head);
+    assert_eq!(bodies(common::whole_history(server.addr(), "chat").await), expected);
+    let events = server.log().read_range(1, 10_000_000).await.expect("read");
+    let chat_seqs: Vec<u64> = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::MessagePosted(p) if p.room.as_str() == "chat"))
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(chat_seqs, acked, "the log holds each acknowledged message once, under its seq");
+    let bulk_left = events.iter().filter(|e| matches!(&e.event, Event::MessagePosted(p) if p.room.as_str() == "bulk"));
+    assert_eq!(bulk_left.count(), BULK_KEPT, "the purged messages stay gone");
+    server.shutdown().await;
+}

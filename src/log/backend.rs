@@ -97,4 +97,23 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn unsafe_files(&self) -> usize {
         0
     }
+
+    /// Rewrites the backend's files while the log serves, giving back to the filesystem the
+    /// space of removed records; `None` where there is nothing to give back this way (memory,
+    /// or a store that frees space itself).
+    fn rewrite(&self) -> Result<Option<Rewritten>, LogError> {
+        Ok(None)
+    }
+}
+
+/// What an online rewrite of the log's files did ([`Backend::rewrite`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rewritten {
+    /// Records copied.
+    pub records: u64,
+    /// Bytes the filesystem held for the log's folder before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// How long every other call on the log waited for the swap at the end.
+    pub paused_ms: u64,
 }

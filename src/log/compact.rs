@@ -51,7 +51,7 @@ pub struct Compacted {
     pub bytes_after: u64,
 }
 
-fn sibling(log_dir: &Path, suffix: &str) -> PathBuf {
+pub(super) fn sibling(log_dir: &Path, suffix: &str) -> PathBuf {
     let mut name = log_dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(suffix);
     log_dir.with_file_name(name)
@@ -81,6 +81,18 @@ pub fn recover(log_dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Moves the log in `log_dir` to `old_dir` and the complete, synced one in `fresh_dir` to
+/// `log_dir`, then syncs the data folder; [`recover`] settles a crash between any two steps.
+pub(super) fn swap_in(log_dir: &Path, fresh_dir: &Path, old_dir: &Path) -> Result<(), LogError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| LogError::Compact { what, source }
+    };
+    std::fs::rename(log_dir, old_dir).map_err(io("moving the old log aside"))?;
+    std::fs::rename(fresh_dir, log_dir).map_err(io("moving the compacted log in"))?;
+    sync_parent(log_dir).map_err(io("syncing the data folder"))
 }
 
 /// What the first pass learns: each room's last cut and each key's last deletion.
@@ -232,9 +244,7 @@ pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogErr
         // The seq floor goes with the log: no seq handed out before is handed out again.
         fresh.set_floor(old.floor())?;
     }
-    std::fs::rename(log_dir, &old_dir).map_err(io("moving the old log aside"))?;
-    std::fs::rename(&fresh_dir, log_dir).map_err(io("moving the compacted log in"))?;
-    sync_parent(log_dir).map_err(io("syncing the data folder"))?;
+    swap_in(log_dir, &fresh_dir, &old_dir)?;
     std::fs::remove_dir_all(&old_dir).map_err(io("deleting the old log"))?;
     done.bytes_after = crate::metrics::disk_bytes(log_dir);
     Ok(done)

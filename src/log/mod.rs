@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use crate::config::{LogBackend, LogConfig};
-pub use backend::{Backend, Encoded, Raw};
+pub use backend::{Backend, Encoded, Raw, Rewritten};
 pub use memory::MemoryBackend;
 pub use sled_store::{LegacyDb, SledBackend};
 pub use writer::Expect;
@@ -248,7 +248,12 @@ impl EventLog {
         purge_superseded: bool,
     ) -> Result<Self, LogError> {
         let (dir, cache) = (dir.to_owned(), config.cache_bytes_max);
-        let replica = off_async(move || Ok(Arc::new(SledBackend::open(&dir, cache)?))).await?;
+        let replica = off_async(move || {
+            compact::recover(&dir)
+                .map_err(|source| LogError::Compact { what: "settling an earlier rewrite".into(), source })?;
+            Ok(Arc::new(SledBackend::open(&dir, cache)?))
+        })
+        .await?;
         Self::on_jetstream(replica, config, cluster, purge_superseded).await
     }
 
@@ -518,6 +523,14 @@ impl EventLog {
         let (reply, rx) = oneshot::channel();
         self.writer.send(WriterMsg::Remove { seqs, reply }).await.map_err(|_| Arc::new(self.gone.why()))?;
         rx.await.map_err(|_| Arc::new(self.gone.why()))?
+    }
+
+    /// Rewrites the log's files while it serves, giving the space of removed records back to
+    /// the filesystem (see [`SledBackend::rewrite`]); `None` where the backend has nothing to
+    /// give back this way. Appends wait only for the swap at the end.
+    pub async fn rewrite(&self) -> Result<Option<Rewritten>, LogError> {
+        let backend = self.backend.clone();
+        off_async(move || backend.rewrite()).await
     }
 
     /// Decodes every record, oldest first, and returns how many there are: the check an

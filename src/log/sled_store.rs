@@ -3,10 +3,11 @@
 //! (`log::floor`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::backend::{Backend, Encoded, Raw};
+use super::backend::{Backend, Encoded, Raw, Rewritten};
+use super::compact;
 use super::floor::{Floor, SeqFloor};
 use super::{pack, LogError};
 use crate::durable::{Entry, SledDb, SledOpenError, SledSyncError, VALUE_BYTES_MAX};
@@ -47,9 +48,9 @@ impl From<SledSyncError> for LogError {
     }
 }
 
-/// The sled database holding the log, and its seq floor.
-#[derive(Debug, Clone)]
-pub struct SledBackend {
+/// The sled database holding the log, and its seq floor, as one [`SledBackend`] has it open.
+#[derive(Debug)]
+struct Store {
     db: SledDb,
     log: sled::Tree,
     streams: sled::Tree,
@@ -84,7 +85,7 @@ impl Tail {
     }
 }
 
-impl SledBackend {
+impl Store {
     /// Opens the database in `dir`, creating it if needed, and completes the stream index if a
     /// crash came between writing a group's records and its index entries.
     pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, LogError> {
@@ -178,17 +179,24 @@ impl SledBackend {
         Ok(f(&mut floor)?)
     }
 
-    /// The folder holding the database.
-    pub fn dir(&self) -> &Path {
-        self.db.dir()
-    }
-
     /// (last indexed seq, next seq to assign) as recorded by the last complete group commit.
     fn indexed(&self) -> Result<(u64, u64), LogError> {
         Ok(match self.streams.get(INDEXED_KEY)? {
             Some(v) if v.len() == 16 => (seq_of(&v[..8]), seq_of(&v[8..])),
             _ => (0, 1),
         })
+    }
+
+    /// Raises the next seq the index checkpoint records to at least `next` (a rewrite carries
+    /// the old database's, which removed newest records may have left above its last record).
+    fn carry_next_seq(&self, next: u64) -> Result<(), LogError> {
+        let (indexed, next_now) = self.indexed()?;
+        if next > next_now {
+            let mut checkpoint = indexed.to_be_bytes().to_vec();
+            checkpoint.extend_from_slice(&next.to_be_bytes());
+            self.streams.insert(INDEXED_KEY, checkpoint)?;
+        }
+        Ok(())
     }
 
     /// Writes the stream-index entries of one group of (stream, seq), ascending by seq.
@@ -257,7 +265,7 @@ impl SledBackend {
     }
 }
 
-impl Backend for SledBackend {
+impl Backend for Store {
     fn name(&self) -> &'static str {
         "sled"
     }
@@ -457,6 +465,243 @@ impl Backend for SledBackend {
     }
 }
 
+/// The log's embedded default backend: the sled database in the log folder, which
+/// [`SledBackend::rewrite`] swaps for a fresh copy of itself while the log serves.
+#[derive(Debug)]
+pub struct SledBackend {
+    /// The database open now; an error once a swap closed it and could not open it again.
+    /// Every call holds it shared; a swap holds it alone while it closes, renames and reopens.
+    store: RwLock<Result<Store, String>>,
+    dir: PathBuf,
+    cache_bytes_max: u64,
+}
+
+/// A call on a log whose database a swap closed and could not open again.
+#[derive(Debug, thiserror::Error)]
+#[error("the log's database was closed to swap in its rewritten copy and did not open again ({0}); restart the server")]
+pub struct NotReopened(String);
+
+/// Records read and copied per step of a rewrite.
+const REWRITE_CHUNK: usize = 4096;
+
+impl SledBackend {
+    /// Opens the database in `dir`, creating it if needed, and completes the stream index if a
+    /// crash came between writing a group's records and its index entries.
+    pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, LogError> {
+        let store = Store::open(dir, cache_bytes_max)?;
+        Ok(Self { store: RwLock::new(Ok(store)), dir: dir.to_path_buf(), cache_bytes_max })
+    }
+
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Result<Store, String>> {
+        // A call that panicked holding it shared changed nothing of it; a swap that panicked
+        // left either store or the error, each whole.
+        self.store.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn with<T>(&self, call: impl FnOnce(&Store) -> Result<T, LogError>) -> Result<T, LogError> {
+        match &*self.current() {
+            Ok(store) => call(store),
+            Err(why) => Err(LogError::Storage(Box::new(NotReopened(why.clone())))),
+        }
+    }
+
+    /// Writes the log's records into a fresh database beside it and swaps that in, while the
+    /// log serves: what `roomlog compact` does offline, minus the choice of what to drop (the
+    /// janitor's purge has removed that already). sled never shrinks its file; this gives the
+    /// space of removed records back to the filesystem. The copy is made under shared access
+    /// (appends go on into the old database meanwhile); then, with every call held off, the
+    /// records written since are copied, the fresh database is synced, both are closed, the
+    /// folders are renamed as `log::compact` renames them (a crash at any step is settled by
+    /// `compact::recover` at the next open) and the fresh one is opened in place. Records
+    /// removed from the old database during the copy may come back; a later purge removes them.
+    pub fn rewrite(&self) -> Result<Rewritten, LogError> {
+        let (fresh_dir, old_dir) = (compact::sibling(&self.dir, ".compact"), compact::sibling(&self.dir, ".old"));
+        let io = |what: &'static str| move |source| LogError::Compact { what: what.to_owned(), source };
+        for leftover in [&fresh_dir, &old_dir] {
+            if leftover.exists() {
+                std::fs::remove_dir_all(leftover).map_err(io("removing an earlier rewrite's leftover"))?;
+            }
+        }
+        let bytes_before = crate::metrics::allocated_bytes(&self.dir);
+        let available = self.with(|store| Ok(store.available_bytes()))?;
+        if let Some(available) = available.filter(|&free| free < bytes_before) {
+            return Err(LogError::Compact {
+                what: format!("rewriting the log online needs up to {bytes_before} bytes free, {available} are"),
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+            });
+        }
+        let fresh = Store::open(&fresh_dir, self.cache_bytes_max)?;
+        let copied = (|| {
+            let mut from = 1;
+            loop {
+                let chunk = self.with(|store| store.read_raw(from, u64::MAX, REWRITE_CHUNK))?;
+                match copy(&chunk, &fresh)? {
+                    Some(next) => from = next,
+                    None => return Ok(from),
+                }
+            }
+        })();
+        let from = match copied {
+            Ok(from) => from,
+            Err(error) => return Err(abandon(fresh, &fresh_dir, error)),
+        };
+        let mut slot = self.store.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held_since = std::time::Instant::now();
+        let old = match &*slot {
+            Ok(store) => store,
+            Err(why) => return Err(abandon(fresh, &fresh_dir, LogError::Storage(Box::new(NotReopened(why.clone()))))),
+        };
+        let finished = (|| {
+            let mut from = from;
+            while let Some(next) = copy(&old.read_raw(from, u64::MAX, REWRITE_CHUNK)?, &fresh)? {
+                from = next;
+            }
+            fresh.carry_next_seq(old.next_seq_floor()?)?;
+            fresh.set_floor(old.floor())?;
+            fresh.sync()
+        })();
+        if let Err(error) = finished {
+            return Err(abandon(fresh, &fresh_dir, error));
+        }
+        let records = fresh.read_raw(1, u64::MAX, usize::MAX).map(|all| all.len() as u64);
+        drop(fresh);
+        // Both closed before the renames: sled writes its snapshots into the folder it opened.
+        *slot = Err("closed for the swap".into());
+        let reopened = compact::swap_in(&self.dir, &fresh_dir, &old_dir)
+            .and_then(|()| Store::open(&self.dir, self.cache_bytes_max));
+        let paused = held_since.elapsed();
+        match reopened {
+            Ok(store) => *slot = Ok(store),
+            Err(error) => {
+                tracing::error!(%error, "the log did not open again after its online rewrite; its calls fail until a restart");
+                *slot = Err(error.to_string());
+                return Err(error);
+            }
+        }
+        drop(slot);
+        std::fs::remove_dir_all(&old_dir).map_err(io("deleting the log's old files"))?;
+        Ok(Rewritten {
+            records: records?,
+            bytes_before,
+            bytes_after: crate::metrics::allocated_bytes(&self.dir),
+            paused_ms: paused.as_millis() as u64,
+        })
+    }
+
+    /// The log folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    #[cfg(test)]
+    pub fn corrupt_for_test(&self, seq: u64) -> Result<(), LogError> {
+        self.with(|store| store.corrupt_for_test(seq))
+    }
+
+    #[cfg(test)]
+    pub fn write_records_only_for_test(&self, envelopes: &[Envelope]) -> Result<(), LogError> {
+        self.with(|store| store.write_records_only_for_test(envelopes))
+    }
+
+    /// Every stored value of the log tree, for tests of how records are packed.
+    #[cfg(test)]
+    fn values_for_test(&self) -> Result<Vec<sled::IVec>, LogError> {
+        self.with(|store| Ok(store.log.iter().values().collect::<Result<_, _>>()?))
+    }
+}
+
+/// Copies `chunk` into `to` and returns the seq after it, or `None` for an empty chunk.
+fn copy(chunk: &[Raw], to: &Store) -> Result<Option<u64>, LogError> {
+    let Some(&(last, _)) = chunk.last() else { return Ok(None) };
+    let streams =
+        chunk.iter().map(|(seq, bytes)| Ok(decode(*seq, bytes)?.stream)).collect::<Result<Vec<_>, LogError>>()?;
+    let records: Vec<Encoded<'_>> =
+        chunk.iter().zip(&streams).map(|((seq, bytes), stream)| (*seq, stream, bytes.as_slice())).collect();
+    to.write(&records)?;
+    Ok(Some(last + 1))
+}
+
+/// Closes and deletes an unfinished rewrite's database, and hands back why it stopped.
+fn abandon(fresh: Store, fresh_dir: &Path, error: LogError) -> LogError {
+    drop(fresh);
+    if let Err(cleanup) = std::fs::remove_dir_all(fresh_dir) {
+        tracing::warn!(dir = %fresh_dir.display(), %cleanup, "an unfinished rewrite of the log is left; the next open removes it");
+    }
+    error
+}
+
+impl Backend for SledBackend {
+    fn name(&self) -> &'static str {
+        "sled"
+    }
+
+    fn last(&self) -> Result<Option<Raw>, LogError> {
+        self.with(Store::last)
+    }
+
+    fn next_seq_floor(&self) -> Result<u64, LogError> {
+        self.with(Store::next_seq_floor)
+    }
+
+    fn floor(&self) -> Floor {
+        self.current().as_ref().map_or_else(|_| Floor::default(), Store::floor)
+    }
+
+    fn reserve(&self, through: u64, acked_through: u64) -> Result<(), LogError> {
+        self.with(|store| store.reserve(through, acked_through))
+    }
+
+    fn release(&self, head: u64) -> Result<(), LogError> {
+        self.with(|store| store.release(head))
+    }
+
+    fn set_floor(&self, floor: Floor) -> Result<(), LogError> {
+        self.with(|store| store.set_floor(floor))
+    }
+
+    fn write(&self, records: &[Encoded<'_>]) -> Result<(), LogError> {
+        self.with(|store| store.write(records))
+    }
+
+    fn sync(&self) -> Result<(), LogError> {
+        self.with(Store::sync)
+    }
+
+    fn read_raw(&self, from_seq: u64, through_seq: u64, limit: usize) -> Result<Vec<Raw>, LogError> {
+        self.with(|store| store.read_raw(from_seq, through_seq, limit))
+    }
+
+    fn read_stream_raw(
+        &self,
+        stream: &StreamId,
+        after_seq: u64,
+        through_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Raw>, LogError> {
+        self.with(|store| store.read_stream_raw(stream, after_seq, through_seq, limit))
+    }
+
+    fn remove(&self, seqs: &[u64]) -> Result<u64, LogError> {
+        self.with(|store| store.remove(seqs))
+    }
+
+    fn record_bytes_max(&self) -> usize {
+        VALUE_BYTES_MAX
+    }
+
+    fn available_bytes(&self) -> Option<u64> {
+        fs2::available_space(&self.dir).ok()
+    }
+
+    fn unsafe_files(&self) -> usize {
+        self.current().as_ref().map_or(0, Store::unsafe_files)
+    }
+
+    fn rewrite(&self) -> Result<Option<Rewritten>, LogError> {
+        SledBackend::rewrite(self).map(Some)
+    }
+}
+
 fn stream_key(stream: &StreamId, seq: u64) -> Vec<u8> {
     let name = stream.as_str().as_bytes();
     // Records of longer streams are refused before they are written (`write_encoded`).
@@ -554,7 +799,7 @@ mod tests {
         log.close().await;
         drop(log);
         let backend = SledBackend::open(dir.path(), 1 << 20).expect("backend");
-        let values: Vec<sled::IVec> = backend.log.iter().values().collect::<Result<_, _>>().expect("values");
+        let values = backend.values_for_test().expect("values");
         let sealed = values.iter().filter(|v| pack::is_sealed(v)).count();
         assert_eq!(sealed, 1000 / pack::RECORDS_MAX, "every full pack's worth is sealed");
         assert_eq!(values.len(), sealed + 1000 % pack::RECORDS_MAX, "the newest records wait bare");
