@@ -25,6 +25,21 @@ pub async fn pause(point: &str) {
     }
 }
 
+/// [`pause`] for blocking code: the thread stops here for good if the environment names
+/// `point`. Points: `log-rewrite:copied` (an online rewrite of the log has its copy synced,
+/// appends held off, nothing renamed), `log-swap:moved-aside` (a compaction or rewrite moved
+/// the old log aside, the new one not yet in place), `log-rewrite:swapped` (both renames and
+/// the folder's fsync done, the new log not yet opened), `log-rewrite:reopened` (the new log
+/// open and taking appends, the old one not yet deleted).
+pub fn pause_blocking(point: &str) {
+    if std::env::var(ENV).is_ok_and(|p| p == point) {
+        eprintln!("roomlog fault: paused at {point}");
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 /// Points armed by [`fail_once`], each with the passes still to let through: one entry per point,
 /// so that tests running side by side in one process can arm different points.
 static ARMED: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());

@@ -413,10 +413,56 @@ async fn missing(addr: SocketAddr, acked: &HashMap<String, (usize, u64)>, ids: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_survives_power_cuts_at_random_moments() {
+    chat_under_power_cuts("power cuts", CUTS, false).await;
+}
+
+/// The same while the log's files are rewritten online (`POST /api/janitor/rewrite_log`, what
+/// the janitor does after a large purge) over and over, so that the cuts fall while the copy
+/// is written, while appends are held off for the swap, and between its renames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_message_survives_power_cuts_during_online_rewrites_of_the_log() {
+    chat_under_power_cuts("power cuts during online log rewrites", REWRITE_CUTS, true).await;
+}
+
+/// Power cuts in the test with online rewrites of the log.
+const REWRITE_CUTS: usize = 9;
+/// Where the first rounds of the rewrite test cut, one each: at each step of the swap, where
+/// the server is made to stop (`fault::pause_blocking`) so that the cut falls exactly there.
+/// The rounds after them cut at a random moment (most often while the copy is written). The
+/// steps come first, while the log is small: a round waits for its rewrite to get there, and
+/// the senders go on meanwhile.
+/// Once a point is reached the round's load goes on for as long again before the cut: at the
+/// first, the new log takes appends, so that messages acknowledged only by it are cut too.
+const REWRITE_POINTS: [&str; 4] =
+    ["log-rewrite:reopened", "log-rewrite:copied", "log-swap:moved-aside", "log-rewrite:swapped"];
+/// Longest wait for a round's rewrite to reach its point.
+const POINT_WAIT: Duration = Duration::from_secs(30);
+
+/// Asks the server at `addr` for rewrites of its log, one after another, until the cut; how
+/// many finished.
+async fn rewrite_until_cut(addr: SocketAddr, cut_made: Arc<AtomicBool>) -> usize {
+    let client = reqwest::Client::new();
+    let mut done = 0;
+    while !cut_made.load(Ordering::SeqCst) {
+        let url = format!("http://{addr}/api/janitor/rewrite_log");
+        match client.post(url).send().await {
+            Ok(answer) if answer.status().is_success() => done += 1,
+            Ok(answer) => eprintln!("a rewrite was refused: {}", answer.text().await.unwrap_or_default()),
+            Err(_) => break, // the server is gone: the cut
+        }
+    }
+    done
+}
+
+/// Senders under power cuts at random moments, `cuts` of them, with rewrites of the log
+/// running throughout each round if `rewrites`; then the user's checks.
+async fn chat_under_power_cuts(name: &str, cuts_wanted: usize, rewrites: bool) {
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some((fs, data)) = mount_data(dir.path(), "power cuts") else { return };
-    let mut rng = Rng::seeded("chat");
+    let Some((fs, data)) = mount_data(dir.path(), name) else { return };
+    let mut rng = Rng::seeded(if rewrites { "chat with rewrites" } else { "chat" });
+    let mut rewrites_done = 0;
+    let mut points_reached: BTreeMap<&str, usize> = BTreeMap::new();
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
     let outboxes: Vec<Arc<Mutex<Outbox>>> = (0..SENDERS).map(|_| Arc::default()).collect();
     let mut start_failures: Vec<String> = Vec::new();
@@ -424,9 +470,11 @@ async fn every_acknowledged_message_survives_power_cuts_at_random_moments() {
     let mut cuts = 0;
     let mut lost_at_restart = 0;
 
-    for round in 0..=CUTS {
+    for round in 0..=cuts_wanted {
         let log = dir.path().join(format!("server-{round}.log"));
-        let server = match start(&data, &log, &[]).await {
+        let point = REWRITE_POINTS.get(round).copied().filter(|_| rewrites);
+        let env: Vec<(&str, &str)> = point.map(|p| (roomlog::fault::ENV, p)).into_iter().collect();
+        let server = match start(&data, &log, &env).await {
             Ok(server) => server,
             Err(failure) => {
                 eprintln!("round {round}: the server did not start: {}\n{}", failure.why, gist(&failure.stderr, 12));
@@ -462,7 +510,7 @@ async fn every_acknowledged_message_survives_power_cuts_at_random_moments() {
                 lost_at_restart += gone.len();
             }
         }
-        if round == CUTS {
+        if round == cuts_wanted {
             drop(server);
             break;
         }
@@ -473,6 +521,7 @@ async fn every_acknowledged_message_survives_power_cuts_at_random_moments() {
                 tokio::spawn(send_until_cut(server.addr, s, outboxes[s].clone(), ledger.clone(), cut_made.clone()))
             })
             .collect();
+        let rewriter = rewrites.then(|| tokio::spawn(rewrite_until_cut(server.addr, cut_made.clone())));
         // The load's clock starts at the round's first acks: a restarted server may take a
         // while to take writes (rooms load their recent history), and the cut must fall under
         // load, not before it.
@@ -483,6 +532,20 @@ async fn every_acknowledged_message_survives_power_cuts_at_random_moments() {
         let warm_up = warm_up.elapsed();
         let load = Duration::from_millis(rng.between(LOAD_MS_MIN, LOAD_MS_MAX));
         tokio::time::sleep(load).await;
+        if let Some(point) = point {
+            let paused = format!("roomlog fault: paused at {point}");
+            let waiting = Instant::now();
+            while !std::fs::read_to_string(&log).unwrap_or_default().contains(&paused) && waiting.elapsed() < POINT_WAIT
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if std::fs::read_to_string(&log).unwrap_or_default().contains(&paused) {
+                *points_reached.entry(point).or_default() += 1;
+                tokio::time::sleep(load).await;
+            } else {
+                eprintln!("round {round}: the rewrite did not reach {point} within {POINT_WAIT:?}; cut anyway");
+            }
+        }
         cut_made.store(true, Ordering::SeqCst);
         cut(&fs, server);
         cuts += 1;
@@ -491,6 +554,12 @@ async fn every_acknowledged_message_survives_power_cuts_at_random_moments() {
                 .await
                 .expect("a sender ends once its server is gone")
                 .expect("sender task");
+        }
+        if let Some(rewriter) = rewriter {
+            rewrites_done += tokio::time::timeout(Duration::from_secs(30), rewriter)
+                .await
+                .expect("the rewrites end once the server is gone")
+                .expect("rewrite task");
         }
         let stats = fs.stats();
         eprintln!(
@@ -536,8 +605,13 @@ async fn every_acknowledged_message_survives_power_cuts_at_random_moments() {
     for failure in &start_failures {
         eprintln!("start-up failure: {failure}");
     }
+    let rewritten = if rewrites {
+        format!(", online rewrites finished {rewrites_done}, cuts at a step of the swap {points_reached:?}")
+    } else {
+        String::new()
+    };
     report(&format!(
-        "power cuts: {cuts}, acknowledged {}, lost {}, reused seqs {}, start-up failures {}",
+        "{name}: {cuts}, acknowledged {}, lost {}, reused seqs {}, start-up failures {}{rewritten}",
         thousands(ledger.acked.len()),
         thousands(lost),
         thousands(reused),
@@ -546,7 +620,11 @@ async fn every_acknowledged_message_survives_power_cuts_at_random_moments() {
     assert_eq!(lost, 0, "acknowledged messages lost");
     assert_eq!(reused, 0, "seqs acknowledged for two messages");
     assert_eq!(start_failures.len(), 0, "start-up failures");
-    assert!(ledger.acked.len() > CUTS * 10, "the test must acknowledge messages to mean anything");
+    assert!(ledger.acked.len() > cuts_wanted * 10, "the test must acknowledge messages to mean anything");
+    if rewrites {
+        let unreached: Vec<&str> = REWRITE_POINTS.iter().copied().filter(|p| !points_reached.contains_key(p)).collect();
+        assert!(unreached.is_empty(), "the cuts must fall at every step of the swap; never reached: {unreached:?}");
+    }
     assert!(problems.is_empty(), "{} problems, the first: {:?}", problems.len(), problems.first());
 }
 

@@ -73,5 +73,6 @@ from_coded!(
     crate::actor::session::SessionError,
     crate::actor::ChatError,
     crate::janitor::JanitorError,
+    crate::log::LogError,
     super::SearchFailure,
 );

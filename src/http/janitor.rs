@@ -26,13 +26,19 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .and(with_app.clone())
         .then(|app: Arc<App>| async move { run(&app).await })
         .map(Reply::into_response);
+    let rewrite = warp::path!("api" / "janitor" / "rewrite_log")
+        .and(warp::post())
+        .and(gate.clone())
+        .and(with_app.clone())
+        .then(|app: Arc<App>| async move { rewrite_log(&app).await })
+        .map(Reply::into_response);
     let runs = warp::path!("api" / "janitor" / "runs")
         .and(warp::get())
         .and(gate)
         .and(super::credentials())
         .and(with_app)
         .then(|query: HashMap<String, String>, app: Arc<App>| async move { runs(&query, &app).await.into_response() });
-    plan.or(run).unify().or(runs).unify().boxed()
+    plan.or(run).unify().or(rewrite).unify().or(runs).unify().boxed()
 }
 
 /// `POST /api/janitor/run`: a run now; 500 with the run's record when it failed part way.
@@ -40,6 +46,14 @@ async fn run(app: &App) -> Result<impl Reply, ApiError> {
     let ran = app.janitor.run("manual").await?;
     let status = if ran.error.is_none() { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
     Ok(warp::reply::with_status(warp::reply::json(&ran), status))
+}
+
+/// `POST /api/janitor/rewrite_log`: rewrites the log's files now, while serving, as the janitor
+/// does after a large purge; `{"rewritten": null}` where the log frees space itself (a
+/// cluster's stream) or holds nothing on disk.
+async fn rewrite_log(app: &App) -> Result<impl Reply, ApiError> {
+    let rewritten = app.log.rewrite().await?;
+    Ok(warp::reply::json(&serde_json::json!({ "rewritten": rewritten })))
 }
 
 /// `GET /api/janitor/runs?limit=`: the last `limit` runs, each with its seq.

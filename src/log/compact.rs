@@ -91,6 +91,7 @@ pub(super) fn swap_in(log_dir: &Path, fresh_dir: &Path, old_dir: &Path) -> Resul
         move |source| LogError::Compact { what, source }
     };
     std::fs::rename(log_dir, old_dir).map_err(io("moving the old log aside"))?;
+    crate::fault::pause_blocking("log-swap:moved-aside");
     std::fs::rename(fresh_dir, log_dir).map_err(io("moving the compacted log in"))?;
     sync_parent(log_dir).map_err(io("syncing the data folder"))
 }

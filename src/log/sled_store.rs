@@ -548,21 +548,29 @@ impl SledBackend {
         let mut fresh = Store::open(&fresh_dir, self.cache_bytes_max)?;
         let mut records = 0;
         let mut from = 1;
-        let mut catch_up = |fresh: &Store| loop {
+        // Copies through `through`, at a third of one core if `gently`; an end that moves
+        // with the appends would never be reached while they come faster than the copy.
+        let mut catch_up = |fresh: &Store, through: u64, gently: bool| loop {
             let started = std::time::Instant::now();
-            let chunk = self.with(|store| store.read_raw(from, u64::MAX, REWRITE_CHUNK))?;
+            let chunk = self.with(|store| store.read_raw(from, through, REWRITE_CHUNK))?;
             match copy(&chunk, fresh, &mut records)? {
                 Some(next) => from = next,
                 None => return fresh.sync(),
             }
-            // Synced a chunk at a time, and a third of one core at most: the server's own
-            // commits wait on the same disk, behind whatever the copy left for it to write
-            // (a chat p99 of 2.8 times its own while sled's flusher wrote the copy a second
-            // at a time, 1.4 times with these; `benches/run-purge.sh`).
-            fresh.sync()?;
-            std::thread::sleep(started.elapsed() * 2);
+            if gently {
+                // Synced a chunk at a time, and a third of one core at most: the server's own
+                // commits wait on the same disk, behind whatever the copy left for it to write
+                // (a chat p99 of 2.8 times its own while sled's flusher wrote the copy a second
+                // at a time, 1.4 times with these; `benches/run-purge.sh`).
+                fresh.sync()?;
+                std::thread::sleep(started.elapsed() * 2);
+            }
         };
-        if let Err(error) = catch_up(&fresh) {
+        let head = || self.with(|store| Ok(store.last()?.map_or(0, |(seq, _)| seq)));
+        // The log as it was, gently; then, after opening the copy once more, what came
+        // meanwhile, at full speed, so that what is left for the hold is little.
+        let copied = head().and_then(|through| catch_up(&fresh, through, true));
+        if let Err(error) = copied {
             return Err(abandon(fresh, &fresh_dir, error));
         }
         // Opened once more before the hold, so that the opening in place under it is short:
@@ -570,7 +578,8 @@ impl SledBackend {
         // last segment with zeros, and it writes a snapshot once it has opened.
         drop(fresh);
         fresh = Store::open(&fresh_dir, self.cache_bytes_max)?;
-        if let Err(error) = catch_up(&fresh) {
+        let copied = head().and_then(|through| catch_up(&fresh, through, false));
+        if let Err(error) = copied {
             return Err(abandon(fresh, &fresh_dir, error));
         }
         let mut slot = self.store.write().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -591,11 +600,14 @@ impl SledBackend {
         if let Err(error) = finished {
             return Err(abandon(fresh, &fresh_dir, error));
         }
+        crate::fault::pause_blocking("log-rewrite:copied");
         drop(fresh);
         // Both closed before the renames: sled writes its snapshots into the folder it opened.
         *slot = Err("closed for the swap".into());
-        let reopened = compact::swap_in(&self.dir, &fresh_dir, &old_dir)
-            .and_then(|()| Store::open(&self.dir, self.cache_bytes_max));
+        let reopened = compact::swap_in(&self.dir, &fresh_dir, &old_dir).and_then(|()| {
+            crate::fault::pause_blocking("log-rewrite:swapped");
+            Store::open(&self.dir, self.cache_bytes_max)
+        });
         let paused = held_since.elapsed();
         match reopened {
             Ok(store) => *slot = Ok(store),
@@ -606,6 +618,7 @@ impl SledBackend {
             }
         }
         drop(slot);
+        crate::fault::pause_blocking("log-rewrite:reopened");
         std::fs::remove_dir_all(&old_dir).map_err(io("deleting the log's old files"))?;
         Ok(Rewritten {
             records,
