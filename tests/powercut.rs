@@ -307,10 +307,11 @@ async fn send_until_cut(
     outbox: Arc<Mutex<Outbox>>,
     ledger: Arc<Mutex<Ledger>>,
     cut_made: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
 ) {
     let room = sender % ROOMS.len();
     while !cut_made.load(Ordering::SeqCst) {
-        send_on_one_connection(addr, sender, room, &outbox, &ledger).await;
+        send_on_one_connection(addr, sender, room, &outbox, &ledger, &held).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -321,6 +322,7 @@ async fn send_on_one_connection(
     room: usize,
     outbox: &Mutex<Outbox>,
     ledger: &Mutex<Ledger>,
+    held: &AtomicBool,
 ) {
     let Ok((ws, _)) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?name=s{sender}")).await else { return };
     let (mut tx, mut rx) = ws.split();
@@ -332,7 +334,7 @@ async fn send_on_one_connection(
     retry.reverse();
     let mut in_flight = 0;
     loop {
-        while in_flight < WINDOW {
+        while in_flight < WINDOW && !held.load(Ordering::SeqCst) {
             let client_id = retry.pop().unwrap_or_else(|| {
                 let mut outbox = outbox.lock().expect("lock");
                 outbox.made += 1;
@@ -347,7 +349,9 @@ async fn send_on_one_connection(
             }
             in_flight += 1;
         }
-        let Some(Ok(Message::Text(text))) = rx.next().await else { return };
+        // Bounded, so that a sender held with nothing in flight sends again once let go.
+        let Ok(next) = tokio::time::timeout(Duration::from_millis(50), rx.next()).await else { continue };
+        let Some(Ok(Message::Text(text))) = next else { return };
         let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { return };
         match frame["type"].as_str() {
             Some("ack") => {
@@ -516,9 +520,12 @@ async fn chat_under_power_cuts(name: &str, cuts_wanted: usize, rewrites: bool) {
         }
 
         let cut_made = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(false));
         let senders: Vec<_> = (0..SENDERS)
             .map(|s| {
-                tokio::spawn(send_until_cut(server.addr, s, outboxes[s].clone(), ledger.clone(), cut_made.clone()))
+                let (outbox, ledger, cut_made, held) =
+                    (outboxes[s].clone(), ledger.clone(), cut_made.clone(), held.clone());
+                tokio::spawn(send_until_cut(server.addr, s, outbox, ledger, cut_made, held))
             })
             .collect();
         let rewriter = rewrites.then(|| tokio::spawn(rewrite_until_cut(server.addr, cut_made.clone())));
@@ -533,12 +540,16 @@ async fn chat_under_power_cuts(name: &str, cuts_wanted: usize, rewrites: bool) {
         let load = Duration::from_millis(rng.between(LOAD_MS_MIN, LOAD_MS_MAX));
         tokio::time::sleep(load).await;
         if let Some(point) = point {
+            // The senders stop sending new messages while the rewrite gets there (appends
+            // faster than its gentle copy would keep it from ending), then go on.
+            held.store(true, Ordering::SeqCst);
             let paused = format!("roomlog fault: paused at {point}");
             let waiting = Instant::now();
             while !std::fs::read_to_string(&log).unwrap_or_default().contains(&paused) && waiting.elapsed() < POINT_WAIT
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            held.store(false, Ordering::SeqCst);
             if std::fs::read_to_string(&log).unwrap_or_default().contains(&paused) {
                 *points_reached.entry(point).or_default() += 1;
                 tokio::time::sleep(load).await;
