@@ -104,9 +104,10 @@ pub struct JanitorConfig {
     /// stops growing by what is removed; the files shrink only with `roomlog compact`.
     pub purge_log: bool,
     /// After a purge that removed at least an eighth of the log's records (from a log of two
-    /// sled segments, 32 MiB, or more), rewrite the log's files while serving, which gives the removed records' space back to the filesystem
-    /// (sled reuses freed space but never shrinks its file). Needs free space for a copy of
-    /// the log; appends wait only for the swap at its end.
+    /// sled segments, 32 MiB, or more), rewrite the log's files while serving, which gives the
+    /// removed records' space back to the filesystem (sled reuses freed space and shrinks its
+    /// file only when segments at its end come free). Needs free space for a copy of the log;
+    /// appends wait only for the swap at its end.
     pub rewrite_log: bool,
 }
 

@@ -239,10 +239,10 @@ impl JanitorContext {
         }
         // sled zero-fills the rest of its last segment whenever it opens a database, so a log
         // of under two segments would come out of a rewrite no smaller.
-        let log_bytes = crate::metrics::allocated_bytes(&crate::layout::log_dir(&self.data));
         let rewrite = self.config.rewrite_log
             && purged.removed().saturating_mul(REWRITE_SHARE) >= purged.records_read
-            && log_bytes >= 2 * crate::durable::SEGMENT_BYTES as u64;
+            && crate::metrics::allocated_bytes(&crate::layout::log_dir(&self.data))
+                >= 2 * crate::durable::SEGMENT_BYTES as u64;
         let then = if rewrite {
             "; then the log's files are rewritten while serving, giving their space back to the filesystem"
         } else {

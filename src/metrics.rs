@@ -218,25 +218,22 @@ pub fn disk_usage(dir: &std::path::Path) -> Option<(u64, u64)> {
 /// `du` counts and deleting them gives back, holes in sparse files left out.
 pub fn allocated_bytes(dir: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .map(|entry| match entry.file_type() {
-            Ok(t) if t.is_dir() => allocated_bytes(&entry.path()),
-            Ok(t) if t.is_file() => entry.metadata().map_or(0, |m| m.blocks() * 512),
-            _ => 0,
-        })
-        .sum()
+    sum_files(dir, &|m| m.blocks() * 512)
 }
 
 /// Bytes of the files under `dir` (not following links).
 pub fn disk_bytes(dir: &std::path::Path) -> u64 {
+    sum_files(dir, &|m| m.len())
+}
+
+/// `bytes` of every file under `dir`, summed (not following links; what cannot be read counts 0).
+fn sum_files(dir: &std::path::Path, bytes: &dyn Fn(&std::fs::Metadata) -> u64) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .filter_map(Result::ok)
         .map(|entry| match entry.file_type() {
-            Ok(t) if t.is_dir() => disk_bytes(&entry.path()),
-            Ok(t) if t.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            Ok(t) if t.is_dir() => sum_files(&entry.path(), bytes),
+            Ok(t) if t.is_file() => entry.metadata().map_or(0, |m| bytes(&m)),
             _ => 0,
         })
         .sum()

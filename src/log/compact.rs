@@ -51,6 +51,12 @@ pub struct Compacted {
     pub bytes_after: u64,
 }
 
+/// The error of a step of a compaction or a rewrite that failed on the filesystem.
+pub(super) fn failed(what: &str) -> impl FnOnce(std::io::Error) -> LogError {
+    let what = what.to_owned();
+    move |source| LogError::Compact { what, source }
+}
+
 pub(super) fn sibling(log_dir: &Path, suffix: &str) -> PathBuf {
     let mut name = log_dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(suffix);
@@ -86,14 +92,10 @@ pub fn recover(log_dir: &Path) -> std::io::Result<()> {
 /// Moves the log in `log_dir` to `old_dir` and the complete, synced one in `fresh_dir` to
 /// `log_dir`, then syncs the data folder; [`recover`] settles a crash between any two steps.
 pub(super) fn swap_in(log_dir: &Path, fresh_dir: &Path, old_dir: &Path) -> Result<(), LogError> {
-    let io = |what: &str| {
-        let what = what.to_owned();
-        move |source| LogError::Compact { what, source }
-    };
-    std::fs::rename(log_dir, old_dir).map_err(io("moving the old log aside"))?;
+    std::fs::rename(log_dir, old_dir).map_err(failed("moving the old log aside"))?;
     crate::fault::pause_blocking("log-swap:moved-aside");
-    std::fs::rename(fresh_dir, log_dir).map_err(io("moving the compacted log in"))?;
-    sync_parent(log_dir).map_err(io("syncing the data folder"))
+    std::fs::rename(fresh_dir, log_dir).map_err(failed("moving the compacted log in"))?;
+    sync_parent(log_dir).map_err(failed("syncing the data folder"))
 }
 
 /// What the first pass learns: each room's last cut and each key's last deletion.
@@ -194,11 +196,7 @@ fn for_each_record(
 
 /// Rewrites the (closed) log in `log_dir` without what removals superseded, and swaps it in.
 pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogError> {
-    let io = |what: &str| {
-        let what = what.to_owned();
-        move |source| LogError::Compact { what, source }
-    };
-    recover(log_dir).map_err(io("settling an earlier compaction"))?;
+    recover(log_dir).map_err(failed("settling an earlier compaction"))?;
     let bytes_before = crate::metrics::disk_bytes(log_dir);
     let (fresh_dir, old_dir) = (sibling(log_dir, ".compact"), sibling(log_dir, ".old"));
     let mut done = Compacted {
@@ -246,7 +244,7 @@ pub fn compact(log_dir: &Path, cache_bytes_max: u64) -> Result<Compacted, LogErr
         fresh.set_floor(old.floor())?;
     }
     swap_in(log_dir, &fresh_dir, &old_dir)?;
-    std::fs::remove_dir_all(&old_dir).map_err(io("deleting the old log"))?;
+    std::fs::remove_dir_all(&old_dir).map_err(failed("deleting the old log"))?;
     done.bytes_after = crate::metrics::disk_bytes(log_dir);
     Ok(done)
 }

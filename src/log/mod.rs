@@ -184,8 +184,6 @@ impl EventLog {
     /// The newest record is decoded before anything is served: a damaged tail stops start-up
     /// with an error naming its seq.
     pub fn open(dir: &Path, config: &LogConfig) -> Result<Self, LogError> {
-        compact::recover(dir)
-            .map_err(|source| LogError::Compact { what: "settling an earlier compaction".into(), source })?;
         let backend = SledBackend::open(dir, config.cache_bytes_max)?;
         let floors = crate::space::Floors::for_dir(config.min_free_bytes, dir);
         Self::start(Arc::new(backend), config, floors)
@@ -248,12 +246,7 @@ impl EventLog {
         purge_superseded: bool,
     ) -> Result<Self, LogError> {
         let (dir, cache) = (dir.to_owned(), config.cache_bytes_max);
-        let replica = off_async(move || {
-            compact::recover(&dir)
-                .map_err(|source| LogError::Compact { what: "settling an earlier rewrite".into(), source })?;
-            Ok(Arc::new(SledBackend::open(&dir, cache)?))
-        })
-        .await?;
+        let replica = off_async(move || Ok(Arc::new(SledBackend::open(&dir, cache)?))).await?;
         Self::on_jetstream(replica, config, cluster, purge_superseded).await
     }
 

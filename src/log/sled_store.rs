@@ -487,9 +487,11 @@ pub struct NotReopened(String);
 const REWRITE_CHUNK: usize = 4096;
 
 impl SledBackend {
-    /// Opens the database in `dir`, creating it if needed, and completes the stream index if a
-    /// crash came between writing a group's records and its index entries.
+    /// Opens the database in `dir`, creating it if needed: first settles a compaction or a
+    /// rewrite a crash cut off (`compact::recover`), then completes the stream index if a crash
+    /// came between writing a group's records and its index entries.
     pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, LogError> {
+        compact::recover(dir).map_err(compact::failed("settling an earlier compaction or rewrite"))?;
         let store = Store::open(dir, cache_bytes_max)?;
         Ok(Self { store: RwLock::new(Ok(store)), rewriting: Mutex::default(), dir: dir.to_path_buf(), cache_bytes_max })
     }
@@ -531,15 +533,10 @@ impl SledBackend {
             }
         };
         let (fresh_dir, old_dir) = (compact::sibling(&self.dir, ".compact"), compact::sibling(&self.dir, ".old"));
-        let io = |what: &'static str| move |source| LogError::Compact { what: what.to_owned(), source };
-        for leftover in [&fresh_dir, &old_dir] {
-            if leftover.exists() {
-                std::fs::remove_dir_all(leftover).map_err(io("removing an earlier rewrite's leftover"))?;
-            }
-        }
+        // With the log in place, what an earlier rewrite left beside it is only removed.
+        compact::recover(&self.dir).map_err(compact::failed("removing an earlier rewrite's leftover"))?;
         let bytes_before = crate::metrics::allocated_bytes(&self.dir);
-        let available = self.with(|store| Ok(store.available_bytes()))?;
-        if let Some(available) = available.filter(|&free| free < bytes_before) {
+        if let Some(available) = self.available_bytes().filter(|&free| free < bytes_before) {
             return Err(LogError::Compact {
                 what: format!("rewriting the log online needs up to {bytes_before} bytes free, {available} are"),
                 source: std::io::Error::from(std::io::ErrorKind::StorageFull),
@@ -618,7 +615,7 @@ impl SledBackend {
         }
         drop(slot);
         crate::fault::pause_blocking("log-rewrite:reopened");
-        std::fs::remove_dir_all(&old_dir).map_err(io("deleting the log's old files"))?;
+        std::fs::remove_dir_all(&old_dir).map_err(compact::failed("deleting the log's old files"))?;
         Ok(Rewritten {
             records,
             bytes_before,
