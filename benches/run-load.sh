@@ -3,6 +3,7 @@
 #
 #   bash benches/run-load.sh            # 100 clients, 5 senders, 2000 msg/s, 10 s each
 #   SECS=30 RATE=1000 bash benches/run-load.sh
+#   BASELINE=0 BIN=folder bash benches/run-load.sh   # roomlog alone, a given build's binaries
 #
 # Everything runs on this machine over loopback; every step is bounded in time.
 set -euo pipefail
@@ -13,12 +14,13 @@ source benches/common.sh
 load=$bin/roomlog-load
 
 echo "== roomlog"
-ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write ROOMLOG_LIMITS__FRAMES_PER_SECOND=0 ROOMLOG_LIMITS__CONNECTIONS_PER_ADDRESS_MAX=100000 target/release/roomlog serve --data "$work/data" --listen 127.0.0.1:7700 & pids+=($!)
+ROOMLOG_LOG=warn ROOMLOG_AUTH__ANONYMOUS=write ROOMLOG_LIMITS__FRAMES_PER_SECOND=0 ROOMLOG_LIMITS__CONNECTIONS_PER_ADDRESS_MAX=100000 $bin/roomlog serve --data "$work/data" --listen 127.0.0.1:7700 & pids+=($!)
 server=$!
 wait_port 7700
 $load --addr 127.0.0.1:7700 --clients "$CLIENTS" --senders "$SENDERS" --rate "$RATE" --secs "$SECS" --room "load-$RANDOM" --label roomlog
 $load --addr 127.0.0.1:7700 --idle "$IDLE" --server-pid "$server" --label roomlog-idle
 kill "$server"; wait "$server" 2>/dev/null || true
+if [ "${BASELINE:-1}" = 0 ]; then exit 0; fi
 
 echo "== Python baseline (FastAPI + uvicorn, last 100 in a list)"
 if [ ! -x benches/baseline/.venv/bin/uvicorn ]; then

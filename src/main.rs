@@ -16,6 +16,19 @@ use roomlog::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process. mimalloc asks for them on the memory it
+/// takes from the kernel, and then the first touch of each 2 MiB, of fresh memory or of memory
+/// it gave back, makes the kernel zero the whole 2 MiB: sled takes a fresh 16 MiB write buffer
+/// for every segment, so a rebuild of the history spent a fifth of its time in the kernel's
+/// `clear_page_erms`. Without them (README, "Huge pages"): the rebuild is faster, the server's
+/// memory smaller, its chat p99 no worse.
+fn without_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off; running with them");
+    }
+}
+
 /// The command's exit code: 0 when it did what was asked; each command documents its others
 /// (an error it returns exits 1 with the error and its causes on stderr).
 #[tokio::main]
@@ -27,6 +40,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     // its log lines go to stderr.
     let to_stderr = !matches!(cli.command, Command::Serve { .. });
     let _log_files = cli::logging::init_tracing(&config.logging, to_stderr)?;
+    without_huge_pages();
     if let Some(data) = cli.data {
         config.data = data;
     }
