@@ -424,6 +424,7 @@ impl SharedFiles {
         })
         .await
         .map_err(failed)?;
+        until_answering(context, config, &format!("$O.{FILE_BUCKET}.C.probe")).await.map_err(failed)?;
         Ok(Self { store, stream })
     }
 
@@ -542,15 +543,17 @@ pub struct Imported {
     pub file_bytes: u64,
 }
 
-/// Waits until the stream answers publishes: one just created on a cluster of servers answers
-/// "no responders" for a moment (an import once failed on it), and the import's publishes,
-/// each naming the seq before it, cannot simply be sent again one by one. The probe names a
-/// last seq the stream cannot have, so the stream refuses it without storing anything. Asked
-/// again for at most `connect_timeout`, as every other wait for the cluster ([`until_ready`]).
-async fn until_answering(context: &Context, config: &JetStreamConfig) -> Result<(), String> {
-    let refused = until_ready(config, GAP_SUBJECT, || async {
+/// Waits until the stream that takes `subject` answers publishes there: one just created on a
+/// cluster of servers answers "no responders" for a moment. An import once failed on it in its
+/// log's stream, and CI's run of stop 27 in the file bucket's (the object store's put gives up
+/// at the first chunk refused). The import's publishes, each naming the seq before it, cannot
+/// simply be sent again one by one, nor can an object's chunks. The probe names a last seq the
+/// stream cannot have, so the stream refuses it without storing anything. Asked again for at
+/// most `connect_timeout`, as every other wait for the cluster ([`until_ready`]).
+async fn until_answering(context: &Context, config: &JetStreamConfig, subject: &str) -> Result<(), String> {
+    let refused = until_ready(config, subject, || async {
         let probe = PublishMessage::build().payload(bytes::Bytes::new()).expected_last_sequence(u64::MAX);
-        let answer = match context.send_publish(GAP_SUBJECT, probe).await {
+        let answer = match context.send_publish(subject.to_owned(), probe).await {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| (e.kind(), e.to_string())),
             Err(e) => Err((e.kind(), e.to_string())),
         };
@@ -591,7 +594,7 @@ pub async fn import(
             state.last_sequence
         )));
     }
-    until_answering(&context, config).await.map_err(failed)?;
+    until_answering(&context, config, GAP_SUBJECT).await.map_err(failed)?;
     let mut done = Imported { records: 0, head_seq: 0, gaps: 0, files: 0, file_bytes: 0 };
     let mut placeholders = Vec::new();
     let mut from = 1;
