@@ -66,6 +66,14 @@ pub enum MigrateError {
     State(#[from] StateError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    /// The folder given as the data folder is one of sled's databases (a `log/` or `state/`
+    /// of a data folder, or a copy of one): [`refuse_sled_database`].
+    #[error(
+        "{path} is a sled database (it holds sled's files conf and db), not a roomlog data folder: \
+         give the folder that holds log/, state/ and search/ (for a database named log or state, \
+         its parent)"
+    )]
+    SledDatabase { path: String },
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> MigrateError + '_ {
@@ -78,6 +86,17 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(name)
 }
 
+/// Refuses a folder that is one of sled's databases as the data folder (an operator gave
+/// `<data>/log` for `<data>`): its `db` is sled's file of segments, which [`migrate`] would
+/// take for the old layout's folder and fail on with "File exists". Called before anything is
+/// written to the folder.
+pub fn refuse_sled_database(data: &Path) -> Result<(), MigrateError> {
+    if legacy_dir(data).is_file() && data.join("conf").is_file() {
+        return Err(MigrateError::SledDatabase { path: data.display().to_string() });
+    }
+    Ok(())
+}
+
 /// Moves a data folder of the layout before issue 18 to this one; does nothing to a folder
 /// that is already of this layout (or empty). Returns what it copied, if it ran.
 pub fn migrate(data: &Path, cache_bytes_max: u64) -> Result<Option<Migrated>, MigrateError> {
@@ -85,6 +104,7 @@ pub fn migrate(data: &Path, cache_bytes_max: u64) -> Result<Option<Migrated>, Mi
     if !legacy.exists() {
         return Ok(None);
     }
+    refuse_sled_database(data)?;
     if log.exists() {
         // The migration finished but for deleting the old database.
         std::fs::remove_dir_all(&legacy).map_err(io("deleting the migrated database"))?;

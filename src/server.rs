@@ -34,6 +34,8 @@ pub enum ServerError {
     Projection { name: &'static str, source: ProjectionError },
     #[error("moving the data folder to the new layout: {0}")]
     Migrate(crate::layout::MigrateError),
+    #[error("the data folder: {0}")]
+    DataFolder(crate::layout::MigrateError),
     #[error("opening the projections' store in {path}: {source}")]
     State { path: String, source: crate::durable::SledOpenError },
     #[error("starting the actors: {0}")]
@@ -67,6 +69,8 @@ impl Server {
     /// Starts on the configured authentication: signed tokens under the secret in
     /// `auth.secret_dir` (generated at first start), and `auth.anonymous` for callers without.
     pub async fn start(config: Config, listener: TcpListener) -> Result<Self, ServerError> {
+        // Before the token secret is written into it.
+        crate::layout::refuse_sled_database(&config.data).map_err(ServerError::DataFolder)?;
         let files = crate::token::SecretFiles { dir: config.secret_dir() };
         let io =
             |source| ServerError::Io { what: format!("loading the token secret in {}", files.dir.display()), source };
@@ -118,6 +122,7 @@ impl Server {
         auth: Arc<dyn Authenticator>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServerError> {
+        crate::layout::refuse_sled_database(&config.data).map_err(ServerError::DataFolder)?;
         // Checked before anything opens: a bad rule stops start-up with nothing held.
         let lifecycle = crate::blob::lifecycle::Rules::load(config.files.lifecycle.as_deref())
             .map_err(|e| ServerError::Config(e.to_string()))?;

@@ -122,6 +122,7 @@ pub fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
 
 /// Moves a data folder of the layout before the separate state store (see `roomlog::layout`).
 pub fn migrate(config: &Config) -> anyhow::Result<()> {
+    roomlog::layout::refuse_sled_database(&config.data)?;
     roomlog::layout::migrate(&config.data, config.log.cache_bytes_max)
         .with_context(|| format!("moving {} to the new layout (is a server running on it?)", config.data.display()))?;
     Ok(())
@@ -138,6 +139,7 @@ pub fn open_log(config: &Config) -> anyhow::Result<EventLog> {
 pub async fn cluster_import(config: &Config, from: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let cache = config.log.cache_bytes_max;
+    roomlog::layout::refuse_sled_database(from)?;
     let source_data = from.to_owned();
     tokio::task::spawn_blocking(move || roomlog::layout::migrate(&source_data, cache))
         .await?

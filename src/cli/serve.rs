@@ -11,6 +11,7 @@ pub async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> 
     if let Some(listen) = listen {
         config.listen = listen;
     }
+    roomlog::layout::refuse_sled_database(&config.data)?;
     roomlog::durable::create_dir_all(&config.data)
         .with_context(|| format!("creating data folder {}", config.data.display()))?;
     // Checked before binding and compacting: a second server on a folder in use says which
