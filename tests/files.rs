@@ -54,13 +54,7 @@ async fn create_session(server: &Server) -> String {
 
 /// Content files on disk.
 fn contents(dir: &std::path::Path) -> usize {
-    walk(&dir.join("blobs/hot"))
-}
-
-fn walk(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| entries.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum())
-        .unwrap_or(0)
+    common::files_under(&dir.join("blobs/hot")).len()
 }
 
 /// Waits (bounded) until `n` content files are on disk: the reaper works in the background.
@@ -173,7 +167,7 @@ async fn bad_keys_hashes_and_cut_uploads_leave_nothing_behind() {
     let (status, _) = get(server.addr(), "/api/files/temp_photos/cut.jpg").await;
     assert_eq!(status, 404, "no key");
     assert_eq!(contents(dir.path()), 0, "no content file");
-    assert_eq!(walk(&dir.path().join("blobs/tmp")), 0, "no temporary file");
+    assert_eq!(common::files_under(&dir.path().join("blobs/tmp")).len(), 0, "no temporary file");
     server.shutdown().await;
 }
 

@@ -108,22 +108,6 @@ async fn a_migration_cut_off_before_its_end_is_done_again() {
     assert_eq!(whole_history(server.addr, "big").await.len(), 40);
 }
 
-/// Every file under `dir` with its size, to see that nothing was written there.
-fn listing(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(listing(&path));
-        } else {
-            let len = entry.metadata().expect("metadata").len();
-            out.push((path, len));
-        }
-    }
-    out.sort();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_database_given_as_the_data_folder_is_refused_with_what_to_give_instead() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -135,7 +119,8 @@ async fn a_log_database_given_as_the_data_folder_is_refused_with_what_to_give_in
     client.say("lobby", "kept", "c1").await;
     server.shutdown().await;
     let log = data.join("log");
-    let before = listing(&log);
+    let before = common::files_under(&log);
+    assert!(before.iter().any(|(path, _)| path.ends_with("conf")), "the log is a sled database: {before:?}");
 
     // An operator gives the log's own folder as the data folder: to the server, to a command.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
@@ -144,7 +129,7 @@ async fn a_log_database_given_as_the_data_folder_is_refused_with_what_to_give_in
     assert!(refused.contains("is a sled database") && refused.contains("its parent"), "{refused}");
     let error = roomlog::layout::migrate(&log, 16 << 20).expect_err("refused");
     assert!(matches!(error, roomlog::layout::MigrateError::SledDatabase { .. }), "{error}");
-    assert_eq!(listing(&log), before, "nothing was written into the database's folder");
+    assert_eq!(common::files_under(&log), before, "nothing was written into the database's folder");
 
     // Its parent, the data folder, serves what was sent.
     let server = common::spawn(&data);

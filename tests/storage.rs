@@ -83,13 +83,7 @@ async fn storage_totals_match_the_files_on_disk() {
     server.shutdown().await;
 }
 
+/// Bytes of every file under `dir`, at any depth.
 fn walk_sizes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| if e.path().is_dir() { walk_sizes(&e.path()) } else { e.metadata().map_or(0, |m| m.len()) })
-                .sum()
-        })
-        .unwrap_or(0)
+    common::files_under(dir).iter().map(|(_, len)| len).sum()
 }

@@ -16,6 +16,22 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for a frame before it fails: a bound against hanging, not a measure.
 pub const FRAME_WAIT: Duration = Duration::from_secs(20);
 
+/// Every file under `dir`, at any depth, with its size, sorted by path; none when `dir` does
+/// not exist.
+pub fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push((path, entry.metadata().map_or(0, |m| m.len())));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// A configuration for tests: data in `dir`, port chosen by the OS, callers trusted by the
 /// name they give and the test's host trusted as admin (`auth.anonymous = "write"`,
 /// `auth.admin_from_host`; `tests/tokens.rs` tests tokens), and no per-connection frame rate
