@@ -43,7 +43,7 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = EventLog::open(&dir.path().join("log"), &LogConfig::default()).expect("open log");
         let state = roomlog::state::StateDb::open(&dir.path().join("state"), 256 << 20).expect("state");
-        let (_, mut projection) = history::open(&state).expect("history");
+        let mut projection = history::projection(&state).expect("history");
         let per_burst = (payload_per_burst / body_bytes.max(1)).max(1) as u64;
         let (mut worst_log, mut worst_state, mut worst_ratio) = (0u64, 0u64, 0f64);
         let mut n = 0u64;

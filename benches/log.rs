@@ -100,7 +100,7 @@ fn replay(c: &mut Criterion) {
         runtime.block_on(append_burst(&log, start, 20_000));
     }
     let state = roomlog::state::StateDb::open(&dir.path().join("state"), 256 << 20).expect("state");
-    let (_, mut projection) = history::open(&state).expect("history");
+    let mut projection = history::projection(&state).expect("history");
     let mut group = c.benchmark_group("projection");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));

@@ -165,7 +165,7 @@ fn check_projections(state_dir: &Path, cache_bytes_max: u64, report: &mut CheckR
         ));
     }
     let checkpoints: [(&str, Result<u64, String>); 3] = [
-        (Kind::History.name(), guarded("history", || checkpoint_of(history::open(&state)))),
+        (Kind::History.name(), guarded("history", || checkpoint_of(history::projection(&state).map(|p| ((), p))))),
         (Kind::Sessions.name(), guarded("sessions", || checkpoint_of(sessions::open(&state)))),
         (Kind::Files.name(), guarded("files", || checkpoint_of(files::open(&state)))),
     ];

@@ -454,7 +454,7 @@ impl JanitorContext {
             let (mut count, mut bytes, mut through, mut by_age) = (0u64, 0u64, 0u64, false);
             let mut after = summary.removed_through_seq;
             'pages: loop {
-                let page = self.history.after(&room, after, PAGE).map_err(|e| read(&e))?;
+                let page = self.history.kept_after(&room, after, PAGE).map_err(|e| read(&e))?;
                 for message in &page {
                     let old = older_than.is_some_and(|cutoff| message.at_unix_ms < cutoff);
                     if count >= excess && !old {

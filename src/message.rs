@@ -38,6 +38,56 @@ impl StoredMessage {
     }
 }
 
+/// One message as a history page keeps it: everything but its text, which stays in the log's
+/// record that holds it (the post, or its newest edit) and is read from there when the message
+/// is shown ([`KeptMessage::with_text`]). What retention and a room's deduplication need is here
+/// without reading the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptMessage {
+    pub seq: u64,
+    pub at_unix_ms: u64,
+    pub author: String,
+    pub client_id: String,
+    /// The length of the text, in bytes.
+    pub body_bytes: u64,
+    /// The newest edit: its seq (the record holding the text now) and its time; `None`: the
+    /// text is the post's.
+    pub edit: Option<(u64, u64)>,
+}
+
+impl KeptMessage {
+    /// The message a post stored at `seq`, `at_unix_ms` is.
+    pub fn posted(seq: u64, at_unix_ms: u64, posted: &MessagePosted) -> Self {
+        let (author, client_id) = (posted.author.clone(), posted.client_id.clone());
+        Self { seq, at_unix_ms, author, client_id, body_bytes: posted.body.len() as u64, edit: None }
+    }
+
+    /// The seq of the record that holds the text: the newest edit, or the post.
+    pub fn text_seq(&self) -> u64 {
+        self.edit.map_or(self.seq, |(seq, _)| seq)
+    }
+
+    /// The text it stores (author, client id and body), as [`StoredMessage::stored_bytes`].
+    pub fn stored_bytes(&self) -> u64 {
+        (self.author.len() + self.client_id.len()) as u64 + self.body_bytes
+    }
+
+    /// The message with its text, from `record` (the one at [`KeptMessage::text_seq`]);
+    /// `None` when `record` is not the post or edit of this message.
+    pub fn with_text(self, record: &Envelope) -> Option<StoredMessage> {
+        let body = match &record.event {
+            Event::MessagePosted(posted) if self.edit.is_none() && record.seq == self.seq => &posted.body,
+            Event::MessageEdited(edit) if edit.seq == self.seq && self.edit.is_some_and(|(s, _)| s == record.seq) => {
+                &edit.body
+            }
+            _ => return None,
+        };
+        let Self { seq, at_unix_ms, author, client_id, edit, .. } = self;
+        let edited_at_unix_ms = edit.map(|(_, at)| at);
+        Some(StoredMessage { seq, at_unix_ms, author, client_id, body: body.clone(), edited_at_unix_ms })
+    }
+}
+
 /// An edit or a deletion of one message, as a resuming client must be told of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Amendment {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::event::RoomId;
-use crate::message::{Amendment, StoredMessage};
+use crate::message::{Amendment, KeptMessage, StoredMessage};
 use crate::wire::{amendment_frame, message_frame, WireMessage};
 
 pub use crate::presence::MemberId;
@@ -91,21 +91,24 @@ impl RoomState {
     /// the last `capacity` go to the ring, the ids of the last `window` to the duplicate window.
     /// `removed_through_seq` is what retention already removed. `amendments` are the edits and
     /// deletions after the first message loaded: the ring keeps their notices too.
+    /// `known`: the room's newest messages as the history keeps them (the deduplication
+    /// window's and the ring's); `in_ring`: the newest `capacity` of them with their texts.
     pub fn new(
         room: RoomId,
         capacity: usize,
         window: usize,
-        loaded: &[StoredMessage],
+        known: &[KeptMessage],
+        in_ring: &[StoredMessage],
         amendments: &[Amendment],
         removed_through_seq: u64,
     ) -> Self {
         let capacity = capacity.max(1);
         let window = window.max(capacity);
-        let in_ring = &loaded[loaded.len().saturating_sub(capacity)..];
-        let floor_seq = match in_ring.first() {
+        let in_ring = &in_ring[in_ring.len().saturating_sub(capacity)..];
+        let floor_seq = match known.len().checked_sub(capacity) {
             // A full ring may have older messages behind it.
-            Some(first) if in_ring.len() == capacity => first.seq.saturating_sub(1),
-            _ => removed_through_seq,
+            Some(first) => known[first].seq.saturating_sub(1),
+            None => removed_through_seq,
         };
         let mut state = Self {
             room,
@@ -117,7 +120,7 @@ impl RoomState {
             window,
             inflight: HashMap::new(),
         };
-        for message in &loaded[loaded.len().saturating_sub(window)..] {
+        for message in &known[known.len().saturating_sub(window)..] {
             state.remember((message.author.clone(), message.client_id.clone()), message.seq);
         }
         let mut items: Vec<ChatMessage> = in_ring.iter().map(|m| ChatMessage::new(&state.room, m)).collect();
@@ -251,6 +254,28 @@ impl RoomState {
 mod tests {
     use super::*;
 
+    /// A room started on `loaded` (its newest messages, oldest first) as its actor starts it.
+    fn started(
+        capacity: usize,
+        window: usize,
+        loaded: &[StoredMessage],
+        amendments: &[Amendment],
+        removed: u64,
+    ) -> RoomState {
+        let known: Vec<KeptMessage> = loaded
+            .iter()
+            .map(|m| KeptMessage {
+                seq: m.seq,
+                at_unix_ms: m.at_unix_ms,
+                author: m.author.clone(),
+                client_id: m.client_id.clone(),
+                body_bytes: m.body.len() as u64,
+                edit: m.edited_at_unix_ms.map(|at| (m.seq, at)),
+            })
+            .collect();
+        RoomState::new(room(), capacity, window, &known, loaded, amendments, removed)
+    }
+
     fn stored(seq: u64, client_id: &str) -> StoredMessage {
         StoredMessage {
             seq,
@@ -276,7 +301,7 @@ mod tests {
 
     #[test]
     fn given_a_new_message_when_retried_before_and_after_commit_then_it_is_appended_once() {
-        let mut state = RoomState::new(room(), 10, 10, &[], &[], 0);
+        let mut state = started(10, 10, &[], &[], 0);
         assert_eq!(state.decide_post(1, key("a")), PostDecision::Append);
         assert_eq!(state.decide_post(2, key("a")), PostDecision::AlreadyInFlight);
         let (message, ackers) = state.committed(&stored(7, "a"));
@@ -288,7 +313,7 @@ mod tests {
     #[test]
     fn given_a_full_ring_when_messages_arrive_then_the_floor_rises_and_old_resumes_need_the_disk() {
         let loaded: Vec<_> = (1..=3).map(|s| stored(s * 10, &format!("c{s}"))).collect();
-        let mut state = RoomState::new(room(), 3, 4, &loaded, &[], 0);
+        let mut state = started(3, 4, &loaded, &[], 0);
         assert_eq!(state.floor_seq(), 9, "a full ring may hide older messages");
         assert!(state.after(5).is_none());
         assert_eq!(seqs(&state.after(10).expect("in memory")), vec![20, 30]);
@@ -309,7 +334,7 @@ mod tests {
 
     #[test]
     fn given_a_room_shorter_than_the_ring_then_everything_after_retention_is_in_memory() {
-        let state = RoomState::new(room(), 10, 10, &[stored(5, "a"), stored(8, "b")], &[], 3);
+        let state = started(10, 10, &[stored(5, "a"), stored(8, "b")], &[], 3);
         assert_eq!(state.floor_seq(), 3);
         assert_eq!(seqs(&state.after(3).expect("in memory")), vec![5, 8]);
         assert!(state.after(0).is_none(), "before retention's cut, memory cannot answer");
@@ -318,7 +343,7 @@ mod tests {
     #[test]
     fn given_edits_and_deletions_then_joiners_see_current_text_and_resumers_get_the_notices() {
         let loaded: Vec<_> = (1..=3).map(|s| stored(s, &format!("c{s}"))).collect();
-        let mut state = RoomState::new(room(), 10, 10, &loaded, &[], 0);
+        let mut state = started(10, 10, &loaded, &[], 0);
         let mut edited = stored(2, "c2");
         edited.body = "fixed".into();
         let edit = Amendment { seq: 4, at_unix_ms: 4, target: 2, by: "ann".into(), body: Some("fixed".into()) };
@@ -339,13 +364,13 @@ mod tests {
     fn given_amendments_stored_when_the_room_starts_then_the_ring_holds_their_notices() {
         let loaded = vec![stored(1, "a"), stored(3, "b")];
         let amendments = [Amendment { seq: 4, at_unix_ms: 4, target: 2, by: "ann".into(), body: None }];
-        let state = RoomState::new(room(), 10, 10, &loaded, &amendments, 0);
+        let state = started(10, 10, &loaded, &amendments, 0);
         assert_eq!(seqs(&state.after(0).expect("in memory")), vec![1, 3, 4]);
     }
 
     #[test]
     fn given_a_failed_append_then_its_waiters_are_returned_and_a_retry_appends_again() {
-        let mut state = RoomState::new(room(), 10, 10, &[], &[], 0);
+        let mut state = started(10, 10, &[], &[], 0);
         state.decide_post(4, key("x"));
         state.decide_post(5, key("x"));
         assert_eq!(state.failed(&key("x")), vec![4, 5]);

@@ -184,8 +184,9 @@ impl Server {
             accept_lost_records: config.log.accept_lost_records,
             recovered: &mut recovered,
         };
+        let texts: Arc<dyn history::RoomRecords> = Arc::new(log.clone());
         let (history, history_runner, history_following) =
-            start_projection(Kind::History, &mut starting, || history::open(&state), no_repair).await?;
+            start_projection(Kind::History, &mut starting, || history::open(&state, texts.clone()), no_repair).await?;
         let search_dir = config.search_dir();
         let search_config = config.search.clone();
         let open_search = || search::open(&search_dir, &search_config, 1);

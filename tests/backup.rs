@@ -188,7 +188,7 @@ fn log_and_history(data: &Path) -> (Vec<roomlog::event::Envelope>, Vec<history::
     let log = EventLog::open(&roomlog::layout::log_dir(data), &LogConfig::default()).expect("open restored log");
     let events = log.read_range_blocking(1, 100_000).expect("read");
     let state = roomlog::state::StateDb::open(&roomlog::layout::state_dir(data), 1 << 24).expect("state");
-    let (history, _) = history::open(&state).expect("history");
+    let (history, _) = history::open(&state, std::sync::Arc::new(log.clone())).expect("history");
     (events, history.dump().expect("dump"))
 }
 

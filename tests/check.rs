@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{spawn, spawn_with, whole_history, Client};
+use roomlog::projection::history;
 
 /// Runs `roomlog check` on `data`: exit code and stdout.
 fn check(data: &Path) -> (i32, String) {
@@ -104,6 +105,36 @@ async fn a_damaged_projection_store_is_reported_then_rebuilt_at_start() {
     );
     let (_, status) = common::get(server.addr, "/api/status").await;
     assert!(status["recovered_at_start"].to_string().contains("rebuilt"), "said in the status: {status}");
+}
+
+/// A data folder whose history was written by a release that kept each message's text in its
+/// pages (format 1, before the texts stayed only in the log) is rebuilt at start: every message
+/// is served with its text, and the status says why it was rebuilt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_of_an_earlier_format_is_rebuilt_at_start_with_every_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let seqs = folder_with_messages(&data).await;
+    {
+        let state = roomlog::state::StateDb::open(&data.join("state"), 1 << 24).expect("open the state store");
+        let tree = state.open_tree("proj.history").expect("the history's tree");
+        assert_eq!(tree.get(history::FORMAT_KEY).expect("read").as_deref(), Some(&[history::FORMAT][..]));
+        tree.insert(history::FORMAT_KEY, &[1]).expect("written as format 1 was");
+        state.sync().expect("sync");
+    }
+    let (code, out) = check(&data);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("earlier format") && out.contains("rebuilds it from the log"), "{out}");
+
+    let server = spawn(&data);
+    let history = whole_history(server.addr, "lobby").await;
+    let served: Vec<(u64, &str)> =
+        history.iter().map(|m| (m["seq"].as_u64().expect("seq"), m["body"].as_str().expect("body"))).collect();
+    let expected: Vec<String> = (0..seqs.len()).map(|n| format!("m{n}")).collect();
+    assert_eq!(served, seqs.iter().copied().zip(expected.iter().map(String::as_str)).collect::<Vec<_>>());
+    let (_, status) = common::get(server.addr, "/api/status").await;
+    let recovered = status["recovered_at_start"].to_string();
+    assert!(recovered.contains("history") && recovered.contains("earlier format"), "said in the status: {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

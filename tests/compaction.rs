@@ -55,7 +55,7 @@ struct State {
 async fn state(data: &Path) -> State {
     let log = EventLog::open(&roomlog::layout::log_dir(data), &LogConfig::default()).expect("open log");
     let store = roomlog::state::StateDb::open(&roomlog::layout::state_dir(data), 1 << 24).expect("state");
-    let history = history::open(&store).expect("history").0;
+    let history = history::open(&store, std::sync::Arc::new(log.clone())).expect("history").0;
     let rooms = history
         .rooms()
         .expect("rooms")

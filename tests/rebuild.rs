@@ -70,7 +70,7 @@ async fn rebuilding_history_from_the_log_gives_the_live_state() {
     {
         let log = EventLog::open(&config.log_dir(), &config.log).expect("open log");
         let state = roomlog::state::StateDb::open(&config.state_dir(), 1 << 24).expect("open state");
-        let (history, mut projection) = history::open(&state).expect("open history");
+        let (history, mut projection) = history::open(&state, std::sync::Arc::new(log.clone())).expect("open history");
         let (applied, _) = projection::rebuild(&log, &mut projection, |_| {}).expect("rebuild");
         assert_eq!(applied, sent + 1);
         assert_eq!(history.dump().expect("dump rebuilt"), live);

@@ -116,12 +116,15 @@ impl Actor for RoomActor {
         // Everything through here is in what the room loads next (on a shared log, the room
         // follows the log from here).
         let followed_through = ctx.history_runner.applied();
-        let loaded = ctx.history.recent(&room, ctx.chat.dedup_window.max(ctx.chat.ring_capacity))?;
+        // The deduplication window needs no texts; only the ring's messages are read whole.
+        let known = ctx.history.recent_kept(&room, ctx.chat.dedup_window.max(ctx.chat.ring_capacity))?;
         let removed = ctx.history.summary(&room)?.map_or(0, |s| s.removed_through_seq);
-        let first = loaded.len().saturating_sub(ctx.chat.ring_capacity);
-        let after = loaded.get(first).map_or(removed, |m| m.seq.saturating_sub(1));
+        let first = known.len().saturating_sub(ctx.chat.ring_capacity);
+        let after = known.get(first).map_or(removed, |m| m.seq.saturating_sub(1));
+        let in_ring = ctx.history.with_texts(&room, known[first..].to_vec())?;
         let amendments = ctx.history.amendments(&room, after, u64::MAX)?;
-        let state = RoomState::new(room, ctx.chat.ring_capacity, ctx.chat.dedup_window, &loaded, &amendments, removed);
+        let (capacity, window) = (ctx.chat.ring_capacity, ctx.chat.dedup_window);
+        let state = RoomState::new(room, capacity, window, &known, &in_ring, &amendments, removed);
 
         let (forwarder, pending) = mpsc::channel(ctx.chat.room_inflight_max);
         tokio::spawn(forward_acknowledgements(pending, myself.clone()));

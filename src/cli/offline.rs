@@ -93,7 +93,7 @@ pub fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
         let progress = |applied: u64| bar.set_position(applied);
         let (applied, rate) = match kind {
             Kind::History => {
-                let (_, mut projection) = history::open(&state)?;
+                let mut projection = history::projection(&state)?;
                 projection::rebuild(&log, &mut projection, progress)?
             }
             Kind::Sessions => {

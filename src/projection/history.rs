@@ -8,15 +8,19 @@
 //! | key | value |
 //! |---|---|
 //! | `c` | checkpoint: last applied seq (u64 BE) |
-//! | `m` room-len room first-seq | a page: up to 64 [`StoredMessage`]s and 32 KiB of them (or one larger message), ascending |
+//! | `v` | the format of the pages: [`FORMAT`] |
+//! | `m` room-len room first-seq | a page: up to 64 [`KeptMessage`]s and 32 KiB of their authors and client ids, ascending |
 //! | `r` room | a [`RoomSummary`] |
 //! | `a` room-len room seq | an [`Amendment`]: an edit or deletion, kept so that a client resuming from an older seq is told |
 //!
 //! A page's key is at most the seq of each of its messages, and every message of a page is
-//! below the next page's key. The state depends only on the events, not on how they were
+//! below the next page's key. A page keeps no message's text: the text stays in the log, in the
+//! post or its newest edit, and reads take it from the room's stream ([`RoomRecords`]), so that
+//! a message's text is on disk once, not once in the log and again in the history (issue 19). The state depends only on the events, not on how they were
 //! batched, so a rebuild gives byte-equal state (DESIGN.md invariant 3).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,17 +29,22 @@ use super::{Projection, ProjectionError};
 use crate::durable::squeeze;
 use crate::event::Removal;
 use crate::event::{Envelope, Event, MessagePosted, RoomId};
-use crate::message::{Amendment, StoredMessage};
+use crate::log::EventLog;
+use crate::message::{Amendment, KeptMessage, StoredMessage};
 
 const TREE: &str = "proj.history";
 /// Messages per page: large enough to amortise sled's per-key cost, small enough that
 /// appending to a page at low traffic rewrites only a few KiB.
 pub const PAGE_MESSAGES_MAX: usize = 64;
-/// Bytes of messages (author, client id, body) per page: a page closes before it would pass
-/// this, and an edit that makes one pass it splits it, so that a page, even of one 64 KiB
-/// message, stays far under `durable::VALUE_BYTES_MAX` and never becomes one of sled's
-/// unsynced blob files (issue 18).
+/// Bytes of what a page keeps of its messages (authors and client ids): a page closes before it
+/// would pass this, so that a page, even of long client ids, stays far under
+/// `durable::VALUE_BYTES_MAX` and never becomes one of sled's unsynced blob files (issue 18).
 pub const PAGE_BYTES_MAX: u64 = 32 * 1024;
+/// The format of the pages this build writes. A tree of another format (pages that held each
+/// message's text, before issue 19 moved it out) is rebuilt from the log at start.
+pub const FORMAT: u8 = 2;
+/// The key under which the tree records its [`FORMAT`].
+pub const FORMAT_KEY: &[u8] = b"v";
 
 pub use super::Entry;
 
@@ -60,6 +69,19 @@ pub struct RoomSummary {
 #[derive(Debug, Clone)]
 pub struct History {
     tree: sled::Tree,
+    records: Arc<dyn RoomRecords>,
+}
+
+/// Where the history reads the texts its pages point to: a room's records in the log.
+pub trait RoomRecords: Send + Sync + std::fmt::Debug {
+    /// Up to `limit` records of `room`'s stream with a seq above `after`, ascending.
+    fn room_records(&self, room: &RoomId, after: u64, limit: usize) -> Result<Vec<Envelope>, ProjectionError>;
+}
+
+impl RoomRecords for EventLog {
+    fn room_records(&self, room: &RoomId, after: u64, limit: usize) -> Result<Vec<Envelope>, ProjectionError> {
+        Ok(self.read_stream_blocking(&crate::event::StreamId::room(room), after, limit)?)
+    }
 }
 
 /// The writing side, owned by the projection runner.
@@ -68,13 +90,29 @@ pub struct HistoryProjection {
     tree: sled::Tree,
 }
 
-/// Opens the history tree in `db`: the reading handle and the projection that writes it.
-pub fn open(db: &crate::state::StateDb) -> Result<(History, HistoryProjection), ProjectionError> {
-    let tree = db.open_tree(TREE)?;
-    Ok((History { tree: tree.clone() }, HistoryProjection { tree }))
+/// Opens the history tree in `db`: the reading handle, which reads texts from `records` (the
+/// log), and the projection that writes it.
+pub fn open(
+    db: &crate::state::StateDb,
+    records: Arc<dyn RoomRecords>,
+) -> Result<(History, HistoryProjection), ProjectionError> {
+    let projection = projection(db)?;
+    Ok((History { tree: projection.tree.clone(), records }, projection))
 }
 
-type Page = Vec<StoredMessage>;
+/// Opens the history tree in `db` for writing only (a rebuild, a check of its checkpoint).
+pub fn projection(db: &crate::state::StateDb) -> Result<HistoryProjection, ProjectionError> {
+    let tree = db.open_tree(TREE)?;
+    if tree.is_empty() {
+        tree.insert(FORMAT_KEY, &[FORMAT])?;
+    }
+    Ok(HistoryProjection { tree })
+}
+
+type Page = Vec<KeptMessage>;
+
+/// Texts read per call from a room's stream, at most.
+const TEXTS_READ_MAX: usize = 4_096;
 
 impl History {
     /// The newest `limit` messages of a room, oldest first.
@@ -82,8 +120,62 @@ impl History {
         self.before(room, u64::MAX, limit)
     }
 
+    /// The newest `limit` messages of a room without their texts, oldest first.
+    pub fn recent_kept(&self, room: &RoomId, limit: usize) -> Result<Vec<KeptMessage>, ProjectionError> {
+        self.kept_before(room, u64::MAX, limit)
+    }
+
     /// Up to `limit` messages with seq < `before_seq`, oldest first.
     pub fn before(&self, room: &RoomId, before_seq: u64, limit: usize) -> Result<Vec<StoredMessage>, ProjectionError> {
+        let kept = self.kept_before(room, before_seq, limit)?;
+        self.with_texts(room, kept)
+    }
+
+    /// Up to `limit` messages with seq > `after_seq`, oldest first.
+    pub fn after(&self, room: &RoomId, after_seq: u64, limit: usize) -> Result<Vec<StoredMessage>, ProjectionError> {
+        let kept = self.kept_after(room, after_seq, limit)?;
+        self.with_texts(room, kept)
+    }
+
+    /// One message by seq, if the room still has it.
+    pub fn get(&self, room: &RoomId, seq: u64) -> Result<Option<StoredMessage>, ProjectionError> {
+        let kept = page_holding(&self.tree, room, seq)?.and_then(|(_, page)| page.into_iter().find(|m| m.seq == seq));
+        Ok(self.with_texts(room, kept.into_iter().collect())?.pop())
+    }
+
+    /// `kept` (messages of `room`, ascending) with their texts, read from the room's records in
+    /// the log. A message whose record is gone is left out: the log removes records only once
+    /// a retention cut supersedes them, and this history then drops them too when it applies it.
+    pub fn with_texts(&self, room: &RoomId, kept: Vec<KeptMessage>) -> Result<Vec<StoredMessage>, ProjectionError> {
+        let mut wanted: Vec<u64> = kept.iter().map(KeptMessage::text_seq).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let (Some(&first), Some(&last)) = (wanted.first(), wanted.last()) else { return Ok(Vec::new()) };
+        let mut texts: HashMap<u64, Envelope> = HashMap::with_capacity(wanted.len());
+        let mut after = first - 1;
+        while after < last {
+            let left = wanted.len() - texts.len();
+            let read = self.records.room_records(room, after, left.clamp(64, TEXTS_READ_MAX))?;
+            let Some(end) = read.last().map(|record| record.seq) else { break };
+            texts.extend(read.into_iter().filter(|r| wanted.binary_search(&r.seq).is_ok()).map(|r| (r.seq, r)));
+            after = end;
+        }
+        Ok(kept
+            .into_iter()
+            .filter_map(|message| {
+                let record = texts.get(&message.text_seq())?;
+                message.with_text(record)
+            })
+            .collect())
+    }
+
+    /// Up to `limit` messages with seq < `before_seq` without their texts, oldest first.
+    pub fn kept_before(
+        &self,
+        room: &RoomId,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<KeptMessage>, ProjectionError> {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
@@ -102,8 +194,9 @@ impl History {
         Ok(out)
     }
 
-    /// Up to `limit` messages with seq > `after_seq`, oldest first.
-    pub fn after(&self, room: &RoomId, after_seq: u64, limit: usize) -> Result<Vec<StoredMessage>, ProjectionError> {
+    /// Up to `limit` messages with seq > `after_seq` without their texts, oldest first: what
+    /// retention walks.
+    pub fn kept_after(&self, room: &RoomId, after_seq: u64, limit: usize) -> Result<Vec<KeptMessage>, ProjectionError> {
         let mut out = Vec::new();
         let Some(from) = after_seq.checked_add(1) else { return Ok(out) };
         // The page holding `from` may start before it: begin at the last page at or below.
@@ -123,11 +216,6 @@ impl History {
         Ok(out)
     }
 
-    /// One message by seq, if the room still has it.
-    pub fn get(&self, room: &RoomId, seq: u64) -> Result<Option<StoredMessage>, ProjectionError> {
-        Ok(self.page_holding(room, seq)?.and_then(|(_, page)| page.into_iter().find(|m| m.seq == seq)))
-    }
-
     /// Edits and deletions of a room with a seq in `after < seq <= through`, oldest first.
     pub fn amendments(&self, room: &RoomId, after: u64, through: u64) -> Result<Vec<Amendment>, ProjectionError> {
         let Some(from) = after.checked_add(1) else { return Ok(Vec::new()) };
@@ -140,20 +228,9 @@ impl History {
             .collect()
     }
 
-    /// The page that holds `seq` if the room has it: the last page whose key is at or below it.
-    fn page_holding(&self, room: &RoomId, seq: u64) -> Result<Option<(Vec<u8>, Page)>, ProjectionError> {
-        match self.tree.range(page_key(room, 0)..=page_key(room, seq)).next_back() {
-            Some(item) => {
-                let (key, value) = item?;
-                Ok(Some((key.to_vec(), decode_page(&value)?)))
-            }
-            None => Ok(None),
-        }
-    }
-
     /// A room's summary; `None` for a room that never had a message.
     pub fn summary(&self, room: &RoomId) -> Result<Option<RoomSummary>, ProjectionError> {
-        self.tree.get(summary_key(room))?.map(|v| decode_value(&v)).transpose()
+        summary_in(&self.tree, room)
     }
 
     /// Every room with its summary, in name order.
@@ -180,17 +257,22 @@ impl History {
     pub fn dump(&self) -> Result<Vec<Entry>, ProjectionError> {
         tree::dump(&self.tree)
     }
+}
 
-    /// The newest page of a room, with its key.
-    fn last_page(&self, room: &RoomId) -> Result<Option<(Vec<u8>, Page)>, ProjectionError> {
-        match self.tree.range(page_key(room, 0)..=page_key(room, u64::MAX)).next_back() {
-            Some(item) => {
-                let (key, value) = item?;
-                Ok(Some((key.to_vec(), decode_page(&value)?)))
-            }
-            None => Ok(None),
+/// The page of `room` that holds `seq` if the room has it: the last page whose key is at or
+/// below it (with `u64::MAX`, the room's newest page), with its key.
+fn page_holding(tree: &sled::Tree, room: &RoomId, seq: u64) -> Result<Option<(Vec<u8>, Page)>, ProjectionError> {
+    match tree.range(page_key(room, 0)..=page_key(room, seq)).next_back() {
+        Some(item) => {
+            let (key, value) = item?;
+            Ok(Some((key.to_vec(), decode_page(&value)?)))
         }
+        None => Ok(None),
     }
+}
+
+fn summary_in(tree: &sled::Tree, room: &RoomId) -> Result<Option<RoomSummary>, ProjectionError> {
+    tree.get(summary_key(room))?.map(|v| decode_value(&v)).transpose()
 }
 
 impl Projection for HistoryProjection {
@@ -198,8 +280,17 @@ impl Projection for HistoryProjection {
         crate::projection::Kind::History.name()
     }
 
+    /// The checkpoint, or an error for pages of another format, which start-up answers by
+    /// rebuilding the history from the log.
     fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        self.reader().checkpoint()
+        let format = self.tree.get(FORMAT_KEY)?;
+        if format.as_deref() != Some(&[FORMAT][..]) {
+            let found = format
+                .and_then(|v| v.first().copied())
+                .map_or("1 (each message's text kept)".into(), |f| f.to_string());
+            return Err(ProjectionError::Outdated(format!("history pages of format {found}, not {FORMAT}")));
+        }
+        tree::checkpoint(&self.tree)
     }
 
     fn apply(&mut self, batch: &[Envelope]) -> Result<(), ProjectionError> {
@@ -230,7 +321,9 @@ impl Projection for HistoryProjection {
     }
 
     fn reset(&mut self) -> Result<(), ProjectionError> {
-        tree::reset(&self.tree)
+        tree::reset(&self.tree)?;
+        self.tree.insert(FORMAT_KEY, &[FORMAT])?;
+        Ok(())
     }
 }
 
@@ -244,28 +337,24 @@ struct Pending {
 }
 
 impl HistoryProjection {
-    fn reader(&self) -> History {
-        History { tree: self.tree.clone() }
-    }
-
     fn summary<'a>(&self, write: &'a mut Pending, room: &RoomId) -> Result<&'a mut RoomSummary, ProjectionError> {
         if !write.summaries.contains_key(room) {
-            let stored = self.reader().summary(room)?.unwrap_or_default();
+            let stored = summary_in(&self.tree, room)?.unwrap_or_default();
             write.summaries.insert(room.clone(), stored);
         }
         Ok(write.summaries.get_mut(room).expect("inserted just above"))
     }
 
     fn posted(&self, write: &mut Pending, envelope: &Envelope, posted: &MessagePosted) -> Result<(), ProjectionError> {
-        let message = StoredMessage::posted(envelope.seq, envelope.at_unix_ms, posted);
+        let message = KeptMessage::posted(envelope.seq, envelope.at_unix_ms, posted);
         if !write.open_pages.contains_key(&posted.room) {
-            let last = self.reader().last_page(&posted.room)?;
+            let last = page_holding(&self.tree, &posted.room, u64::MAX)?;
             let page = last.unwrap_or_else(|| (page_key(&posted.room, envelope.seq), Vec::new()));
             write.open_pages.insert(posted.room.clone(), page);
         }
-        let bytes = message.stored_bytes();
+        let (bytes, kept_bytes) = (message.stored_bytes(), page_bytes_of(&message));
         let (key, page) = write.open_pages.get_mut(&posted.room).expect("inserted just above");
-        if !page.is_empty() && (page.len() >= PAGE_MESSAGES_MAX || page_bytes(page) + bytes > PAGE_BYTES_MAX) {
+        if !page.is_empty() && (page.len() >= PAGE_MESSAGES_MAX || page_bytes(page) + kept_bytes > PAGE_BYTES_MAX) {
             let full = std::mem::take(page);
             let full_key = std::mem::replace(key, page_key(&posted.room, envelope.seq));
             write.batch.insert(full_key, encode_page(&full));
@@ -288,15 +377,15 @@ impl HistoryProjection {
         seq: u64,
     ) -> Result<(), ProjectionError> {
         let Some(amendment) = Amendment::of(envelope) else { return Ok(()) };
-        let Some((key, mut page)) = self.reader().page_holding(room, seq)? else { return Ok(()) };
+        let Some((key, mut page)) = page_holding(&self.tree, room, seq)? else { return Ok(()) };
         let Some(index) = page.iter().position(|m| m.seq == seq) else { return Ok(()) };
         let bytes_before = page[index].stored_bytes();
         match &amendment.body {
             Some(body) => {
-                page[index].body = body.clone();
-                page[index].edited_at_unix_ms = Some(envelope.at_unix_ms);
+                page[index].body_bytes = body.len() as u64;
+                page[index].edit = Some((envelope.seq, envelope.at_unix_ms));
                 let bytes_after = page[index].stored_bytes();
-                write_split(&mut write.batch, room, key, page);
+                write.batch.insert(key, encode_page(&page));
                 let summary = self.summary(write, room)?;
                 summary.message_bytes = (summary.message_bytes + bytes_after).saturating_sub(bytes_before);
             }
@@ -325,7 +414,7 @@ impl HistoryProjection {
             let (key, value) = item?;
             let mut page: Page = decode_page(&value)?;
             let before = page.len();
-            removed_bytes += page.iter().filter(|m| m.seq <= through_seq).map(StoredMessage::stored_bytes).sum::<u64>();
+            removed_bytes += page.iter().filter(|m| m.seq <= through_seq).map(KeptMessage::stored_bytes).sum::<u64>();
             page.retain(|m| m.seq > through_seq);
             removed += (before - page.len()) as u64;
             if page.is_empty() {
@@ -364,29 +453,13 @@ impl HistoryProjection {
     }
 }
 
+/// What a page keeps of its messages, in bytes: their authors and client ids.
 fn page_bytes(page: &Page) -> u64 {
-    page.iter().map(StoredMessage::stored_bytes).sum()
+    page.iter().map(page_bytes_of).sum()
 }
 
-/// Writes a page that an edit changed, split into pages of at most [`PAGE_BYTES_MAX`] (or one
-/// message) if it grew past it: the first keeps its key, each other is keyed by its first seq,
-/// so every message is still below the next page's key.
-fn write_split(batch: &mut sled::Batch, room: &RoomId, key: Vec<u8>, page: Page) {
-    let mut pieces: Vec<Page> = vec![Vec::new()];
-    for message in page {
-        let open = pieces.last_mut().expect("starts with one piece");
-        if !open.is_empty() && page_bytes(open) + message.stored_bytes() > PAGE_BYTES_MAX {
-            pieces.push(Vec::new());
-        }
-        pieces.last_mut().expect("starts with one piece").push(message);
-    }
-    for (n, piece) in pieces.into_iter().enumerate() {
-        let piece_key = match (n, piece.first()) {
-            (0, _) | (_, None) => key.clone(),
-            (_, Some(first)) => page_key(room, first.seq),
-        };
-        batch.insert(piece_key, encode_page(&piece));
-    }
+fn page_bytes_of(message: &KeptMessage) -> u64 {
+    (message.author.len() + message.client_id.len()) as u64
 }
 
 fn page_key(room: &RoomId, seq: u64) -> Vec<u8> {
@@ -411,25 +484,23 @@ fn summary_key(room: &RoomId) -> Vec<u8> {
     key
 }
 
-/// A page as stored: its messages in MessagePack, compressed (`durable::squeeze`). Chat text
-/// and the fields every message repeats compress to about half; a page holds at most
-/// [`PAGE_BYTES_MAX`] of text, so compressing it on each write costs a few microseconds.
+/// A page as stored: what it keeps of its messages in MessagePack, compressed
+/// (`durable::squeeze`): the fields every message repeats (the high bytes of seqs and times, an
+/// author's name) compress well, and a page is a few KiB, so compressing it costs little.
 fn encode_page(page: &Page) -> Vec<u8> {
     let mut stored = vec![squeeze::MARK];
     stored.extend_from_slice(&squeeze::compress(&encode_value(page)));
     stored
 }
 
-/// A page as [`encode_page`] stored it, or as stored uncompressed before issue 19.
+/// A page as [`encode_page`] stored it (a tree of [`FORMAT`]: older ones are rebuilt first).
 fn decode_page(bytes: &[u8]) -> Result<Page, ProjectionError> {
-    match bytes {
-        [squeeze::MARK, compressed @ ..] => {
-            let plain = squeeze::decompress(compressed, 2 * crate::durable::VALUE_BYTES_MAX)
-                .map_err(|e| ProjectionError::Task(format!("history page does not decompress: {e}")))?;
-            decode_value(&plain)
-        }
-        plain => decode_value(plain),
-    }
+    let [squeeze::MARK, compressed @ ..] = bytes else {
+        return Err(ProjectionError::Task("history page is not compressed: written by an earlier format".into()));
+    };
+    let plain = squeeze::decompress(compressed, 2 * crate::durable::VALUE_BYTES_MAX)
+        .map_err(|e| ProjectionError::Task(format!("history page does not decompress: {e}")))?;
+    decode_value(&plain)
 }
 
 fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
@@ -514,9 +585,67 @@ mod tests {
         assert!(history.amendments(&room("a"), 0, u64::MAX).expect("amendments").is_empty(), "cut with them");
     }
 
-    fn fresh() -> (History, HistoryProjection) {
+    /// The records a test applied, as the log would give them to the history.
+    #[derive(Debug, Default)]
+    struct Applied(std::sync::Mutex<Vec<Envelope>>);
+
+    impl RoomRecords for Applied {
+        fn room_records(&self, room: &RoomId, after: u64, limit: usize) -> Result<Vec<Envelope>, ProjectionError> {
+            let applied = self.0.lock().map_err(|e| ProjectionError::Task(e.to_string()))?;
+            let stream = StreamId::room(room);
+            Ok(applied.iter().filter(|e| e.stream == stream && e.seq > after).take(limit).cloned().collect())
+        }
+    }
+
+    /// The projection of a test, keeping what it applies for the history's reads.
+    struct Tested {
+        projection: HistoryProjection,
+        applied: Arc<Applied>,
+    }
+
+    impl Tested {
+        fn apply(&mut self, batch: &[Envelope]) -> Result<(), ProjectionError> {
+            self.applied.0.lock().expect("not poisoned").extend_from_slice(batch);
+            self.projection.apply(batch)
+        }
+    }
+
+    fn fresh() -> (History, Tested) {
         let db = crate::state::StateDb::temporary().expect("temporary store");
-        open(&db).expect("open history")
+        let applied = Arc::new(Applied::default());
+        let (history, projection) = open(&db, applied.clone()).expect("open history");
+        (history, Tested { projection, applied })
+    }
+
+    #[test]
+    fn given_a_long_message_then_the_history_keeps_no_copy_of_its_text_and_reads_it_from_the_log() {
+        let (history, mut projection) = fresh();
+        // 4,000 characters that do not compress: a copy of them could not hide in a page.
+        let text: String = (0..200u32).map(|n| blake3::hash(&n.to_le_bytes()).to_hex()[..20].to_owned()).collect();
+        let mut post = posted(1, "a", "x");
+        if let Event::MessagePosted(p) = &mut post.event {
+            p.body = text.clone();
+        }
+        projection.apply(&[post, posted(2, "a", "y")]).expect("apply");
+        let kept: usize = history.dump().expect("dump").iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(kept < 400, "the history holds {kept} bytes for a {}-byte text", text.len());
+        let read = history.recent(&room("a"), 10).expect("recent");
+        assert_eq!(read.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), vec![text.as_str(), "hello 2"]);
+        let summary = history.summary(&room("a")).expect("summary").expect("room");
+        assert_eq!(summary.message_bytes, read.iter().map(StoredMessage::stored_bytes).sum::<u64>());
+    }
+
+    #[test]
+    fn given_a_record_the_log_removed_before_the_cut_was_applied_then_reads_leave_its_message_out() {
+        let (history, mut projection) = fresh();
+        projection.apply(&[posted(1, "a", "x"), posted(2, "a", "y"), posted(3, "a", "z")]).expect("apply");
+        // The janitor removes records once a cut supersedes them; the history may not have
+        // applied that cut yet.
+        projection.applied.0.lock().expect("not poisoned").retain(|e| e.seq != 2);
+        let seqs = |v: Vec<StoredMessage>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(history.recent(&room("a"), 10).expect("recent")), vec![1, 3]);
+        assert_eq!(history.get(&room("a"), 2).expect("get"), None);
+        assert_eq!(history.kept_after(&room("a"), 0, 10).expect("kept").len(), 3, "retention still counts it");
     }
 
     #[test]

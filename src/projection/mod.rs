@@ -113,6 +113,10 @@ pub enum ProjectionError {
     /// The background task running the projection panicked or was cancelled.
     #[error("projection task: {0}")]
     Task(String),
+    /// The state was written in a format this build no longer reads. Start-up rebuilds it from
+    /// the log.
+    #[error("stored in an earlier format: {0}")]
+    Outdated(String),
 }
 
 /// A fold over the log with its own checkpoint.

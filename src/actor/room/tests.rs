@@ -26,7 +26,7 @@ struct Chat {
 async fn chat(config: ChatConfig) -> Chat {
     let log = memory_log();
     let db = state();
-    let (history, projection) = history::open(&db).expect("open history");
+    let (history, projection) = history::open(&db, std::sync::Arc::new(log.clone())).expect("open history");
     let (history_runner, _following) = Runner::start(log.clone(), projection, None).await.expect("start history");
     let ctx = ChatContext {
         log: log.clone(),

@@ -13,7 +13,7 @@ fn seqs(messages: &[StoredMessage]) -> Vec<u64> {
 /// A history fed live from `log` by a runner, on its own temporary store.
 async fn live(log: &EventLog) -> (History, Runner, tokio::task::JoinHandle<()>, crate::state::StateDb) {
     let db = state();
-    let (history, projection) = open(&db).expect("open history");
+    let (history, projection) = open(&db, Arc::new(log.clone())).expect("open history");
     let (runner, following) = Runner::start(log.clone(), projection, None).await.expect("start the runner");
     (history, runner, following, db)
 }
@@ -21,7 +21,7 @@ async fn live(log: &EventLog) -> (History, Runner, tokio::task::JoinHandle<()>, 
 /// A history rebuilt from the whole of `log` on a store of its own.
 fn rebuilt(log: &EventLog) -> (History, crate::state::StateDb) {
     let db = state();
-    let (history, mut projection) = open(&db).expect("open history");
+    let (history, mut projection) = open(&db, Arc::new(log.clone())).expect("open history");
     rebuild(log, &mut projection, |_| {}).expect("rebuild from the log");
     (history, db)
 }
@@ -138,7 +138,7 @@ async fn given_a_store_caught_up_when_it_is_reopened_then_catch_up_applies_only_
     }
     {
         let db = crate::state::StateDb::open(dir.path(), 8 << 20).expect("open the store");
-        let (_, mut projection) = open(&db).expect("open history");
+        let mut projection = projection(&db).expect("open history");
         assert_eq!(catch_up(&log, &mut projection, |_| {}).expect("catch up"), 3);
         db.sync().expect("sync the store");
     }
@@ -147,7 +147,7 @@ async fn given_a_store_caught_up_when_it_is_reopened_then_catch_up_applies_only_
     }
 
     let db = crate::state::StateDb::open(dir.path(), 8 << 20).expect("reopen the store");
-    let (history, mut projection) = open(&db).expect("open history");
+    let (history, mut projection) = open(&db, Arc::new(log.clone())).expect("open history");
     assert_eq!(history.checkpoint().expect("checkpoint"), seqs_posted[2], "the checkpoint survived the reopen");
     let applied = catch_up(&log, &mut projection, |_| {}).expect("catch up");
 
