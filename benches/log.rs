@@ -1,5 +1,6 @@
-//! Criterion benchmarks of the internals: durable appends through the group-commit log, and
-//! replaying the log into the history projection (the cost of `roomlog rebuild history`).
+//! Criterion benchmarks of the internals: durable appends through the group-commit log,
+//! replaying the log into the history projection (the cost of `roomlog rebuild history`), and
+//! reading the history back (its pages keep no text: each read takes the texts from the log).
 //!
 //! `cargo bench --bench log`
 
@@ -100,7 +101,7 @@ fn replay(c: &mut Criterion) {
         runtime.block_on(append_burst(&log, start, 20_000));
     }
     let state = roomlog::state::StateDb::open(&dir.path().join("state"), 256 << 20).expect("state");
-    let mut projection = history::projection(&state).expect("history");
+    let (reader, mut projection) = history::open(&state, std::sync::Arc::new(log.clone())).expect("history");
     let mut group = c.benchmark_group("projection");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
@@ -114,6 +115,23 @@ fn replay(c: &mut Criterion) {
             },
             BatchSize::PerIteration,
         )
+    });
+    group.finish();
+
+    // What a client's history request and a room's start read, from one of the 20 rooms (of a
+    // history built here, whether or not the rebuild above ran).
+    projection::rebuild(&log, &mut projection, |_| {}).expect("rebuild");
+    let room = RoomId::parse("room-7").expect("valid room");
+    let mut group = c.benchmark_group("history");
+    group.bench_function("recent_50_of_one_room_in_20", |b| {
+        b.iter(|| assert_eq!(reader.recent(&room, 50).expect("recent").len(), 50))
+    });
+    group.bench_function("room_start_window_10000_ring_1000", |b| {
+        b.iter(|| {
+            let known = reader.recent_kept(&room, 10_000).expect("kept");
+            let ring = reader.with_texts(&room, known[known.len() - 1_000..].to_vec()).expect("texts");
+            assert_eq!((known.len(), ring.len()), (10_000, 1_000));
+        })
     });
     group.finish();
     runtime.block_on(log.close());

@@ -46,15 +46,45 @@ pub(super) fn is_sealed(value: &[u8]) -> bool {
 
 /// The records of the entry stored under `key`, ascending.
 pub(super) fn records(key: u64, value: &[u8]) -> Result<Vec<Raw>, PackError> {
+    Ok(unpack(key, value)?.into_records())
+}
+
+/// An entry read once: its bytes (decompressed if it is sealed) and where each record lies in
+/// them, ascending, so that a reader wanting a few of its records copies only those.
+pub(super) struct Unpacked {
+    bytes: Vec<u8>,
+    at: Vec<(u64, std::ops::Range<usize>)>,
+}
+
+/// The entry stored under `key`, read.
+pub(super) fn unpack(key: u64, value: &[u8]) -> Result<Unpacked, PackError> {
     let error = |why| PackError { key, why };
-    match value {
-        [MARK, PLAIN, body @ ..] => split(body).ok_or_else(|| error("a record runs past the pack's end")),
+    let (bytes, from) = match value {
+        [MARK, PLAIN, ..] => (value.to_vec(), 2),
         [MARK, SEALED, body @ ..] => {
-            let plain = squeeze::decompress(body, UNPACKED_MAX).map_err(|_| error("it does not decompress"))?;
-            split(&plain).ok_or_else(|| error("a record runs past the pack's end"))
+            (squeeze::decompress(body, UNPACKED_MAX).map_err(|_| error("it does not decompress"))?, 0)
         }
-        [MARK, ..] => Err(error("unknown pack kind")),
-        bare => Ok(vec![(key, bare.to_vec())]),
+        [MARK, ..] => return Err(error("unknown pack kind")),
+        bare => return Ok(Unpacked { bytes: bare.to_vec(), at: vec![(key, 0..bare.len())] }),
+    };
+    let at = locate(&bytes, from).ok_or_else(|| error("a record runs past the pack's end"))?;
+    Ok(Unpacked { bytes, at })
+}
+
+impl Unpacked {
+    /// Whether `seq` is within the entry's first and last record (held, or removed from it).
+    pub(super) fn spans(&self, seq: u64) -> bool {
+        matches!((self.at.first(), self.at.last()), (Some((first, _)), Some((last, _))) if *first <= seq && seq <= *last)
+    }
+
+    /// The record `seq`, if the entry holds it.
+    pub(super) fn get(&self, seq: u64) -> Option<&[u8]> {
+        let index = self.at.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+        self.bytes.get(self.at[index].1.clone())
+    }
+
+    fn into_records(self) -> Vec<Raw> {
+        self.at.into_iter().map(|(seq, range)| (seq, self.bytes[range].to_vec())).collect()
     }
 }
 
@@ -126,13 +156,16 @@ fn join(records: &[(u64, &[u8])], out: &mut Vec<u8>) {
     }
 }
 
-fn split(mut body: &[u8]) -> Option<Vec<Raw>> {
+/// Where each record of a pack's records (from `bytes[from..]`) lies: its seq and its range.
+fn locate(bytes: &[u8], mut from: usize) -> Option<Vec<(u64, std::ops::Range<usize>)>> {
     let mut out = Vec::new();
-    while !body.is_empty() {
-        let seq = u64::from_be_bytes(body.get(..8)?.try_into().ok()?);
-        let len = u32::from_be_bytes(body.get(8..12)?.try_into().ok()?) as usize;
-        out.push((seq, body.get(HEAD_BYTES..HEAD_BYTES.checked_add(len)?)?.to_vec()));
-        body = &body[HEAD_BYTES + len..];
+    while from < bytes.len() {
+        let seq = u64::from_be_bytes(bytes.get(from..from + 8)?.try_into().ok()?);
+        let len = u32::from_be_bytes(bytes.get(from + 8..from + HEAD_BYTES)?.try_into().ok()?) as usize;
+        let start = from + HEAD_BYTES;
+        let end = start.checked_add(len).filter(|&end| end <= bytes.len())?;
+        out.push((seq, start..end));
+        from = end;
     }
     Some(out)
 }

@@ -382,8 +382,9 @@ impl Backend for Store {
             None => stream_key(stream, from),
         };
         let _reading = self.reading();
-        // The entry read last, for the stream's next seqs that are likely in it too.
-        let mut entry: Vec<Raw> = Vec::new();
+        // The entry read last, for the stream's next seqs that are likely in it too; only the
+        // stream's own records are copied out of it.
+        let mut entry: Option<pack::Unpacked> = None;
         let mut out: Vec<Raw> = Vec::new();
         for item in self.streams.range(start..=stream_key(stream, u64::MAX)) {
             let (_, seqs) = item?;
@@ -394,17 +395,15 @@ impl Backend for Store {
                 if out.last().is_some_and(|(last, _)| *last >= seq) {
                     continue; // entries never overlap; if they did, each seq still comes once
                 }
-                let within =
-                    |held: &[Raw]| held.first().is_some_and(|f| f.0 <= seq) && held.last().is_some_and(|l| l.0 >= seq);
-                if !within(&entry) {
+                if !entry.as_ref().is_some_and(|held| held.spans(seq)) {
                     entry = match self.holding(seq)? {
-                        Some((key, value)) => pack::records(key, &value)?,
-                        None => Vec::new(),
+                        Some((key, value)) => Some(pack::unpack(key, &value)?),
+                        None => None,
                     };
                 }
                 // A removed record's index entry may remain: a missing record is skipped.
-                if let Ok(at) = entry.binary_search_by_key(&seq, |(s, _)| *s) {
-                    out.push(entry[at].clone());
+                if let Some(record) = entry.as_ref().and_then(|held| held.get(seq)) {
+                    out.push((seq, record.to_vec()));
                 }
             }
         }
