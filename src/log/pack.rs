@@ -5,8 +5,9 @@
 //!   (and still stores a group of one, or a record too large to pack). Its key is its seq.
 //! - a **pack**: [`MARK`], a kind byte, then records as `seq (u64 BE) · length (u32 BE) · bytes`,
 //!   ascending, either as they are ([`PLAIN`], a group commit's own records) or compressed
-//!   whole with LZ4 ([`SEALED`], written once a run of small entries holds [`RECORDS_MAX`]
-//!   records or [`BYTES_MAX`] bytes). Its key is at most its first seq.
+//!   whole with zstd ([`SEALED_DENSE`], written once a run of small entries holds
+//!   [`RECORDS_MAX`] records or [`BYTES_MAX`] bytes; [`SEALED`] for one sealed with LZ4, as
+//!   packs were before, or if zstd fails). Its key is at most its first seq.
 //!
 //! [`MARK`] (0xc1, `durable::squeeze`) is the one byte MessagePack never uses, so no encoded envelope starts with
 //! it: a value says by its first byte which it is, and logs written before packs read as they
@@ -17,8 +18,11 @@ use super::backend::Raw;
 use crate::durable::squeeze::{self, MARK};
 /// Kind byte of a pack whose records follow as they are.
 const PLAIN: u8 = 0;
-/// Kind byte of a pack whose records follow LZ4-compressed (with their length before them).
+/// Kind byte of a pack whose records follow LZ4-compressed (with their length before them):
+/// how packs were sealed until zstd; still read.
 const SEALED: u8 = 1;
+/// Kind byte of a pack whose records follow zstd-compressed (one frame, stating its size).
+const SEALED_DENSE: u8 = 2;
 /// Records per sealed pack: a hundredth of the keys sled would otherwise hold, and a pack a
 /// reader decompresses whole stays small.
 pub(super) const RECORDS_MAX: usize = 64;
@@ -41,7 +45,7 @@ pub struct PackError {
 
 /// Whether a value is a sealed pack (nothing is added to it any more).
 pub(super) fn is_sealed(value: &[u8]) -> bool {
-    value.len() > 1 && value[0] == MARK && value[1] == SEALED
+    value.len() > 1 && value[0] == MARK && (value[1] == SEALED || value[1] == SEALED_DENSE)
 }
 
 /// The records of the entry stored under `key`, ascending.
@@ -63,6 +67,9 @@ pub(super) fn unpack(key: u64, value: &[u8]) -> Result<Unpacked, PackError> {
         [MARK, PLAIN, ..] => (value.to_vec(), 2),
         [MARK, SEALED, body @ ..] => {
             (squeeze::decompress(body, UNPACKED_MAX).map_err(|_| error("it does not decompress"))?, 0)
+        }
+        [MARK, SEALED_DENSE, body @ ..] => {
+            (squeeze::decompress_dense(body, UNPACKED_MAX).map_err(|_| error("it does not decompress"))?, 0)
         }
         [MARK, ..] => return Err(error("unknown pack kind")),
         bare => return Ok(Unpacked { bytes: bare.to_vec(), at: vec![(key, 0..bare.len())] }),
@@ -99,9 +106,10 @@ pub(super) fn plain(records: &[(u64, &[u8])]) -> Vec<u8> {
 pub(super) fn sealed(records: &[(u64, &[u8])]) -> Vec<u8> {
     let mut body = Vec::with_capacity(raw_bytes(records));
     join(records, &mut body);
-    let mut out = vec![MARK, SEALED];
-    out.extend_from_slice(&squeeze::compress(&body));
-    out
+    match squeeze::compress_dense(&body) {
+        Some(dense) => [&[MARK, SEALED_DENSE][..], &dense].concat(),
+        None => [&[MARK, SEALED][..], &squeeze::compress(&body)].concat(),
+    }
 }
 
 /// A run of records (from [`runs`]) as one entry under its first seq: a lone record bare,
@@ -185,6 +193,22 @@ mod tests {
     }
 
     #[test]
+    fn a_pack_sealed_with_lz4_before_zstd_still_reads() {
+        let records: Vec<(u64, Vec<u8>)> = (10..20).map(|s| (s, format!("record {s}").into_bytes())).collect();
+        let borrowed: Vec<(u64, &[u8])> = records.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+        let mut body = Vec::new();
+        join(&borrowed, &mut body);
+        let lz4 = [&[MARK, SEALED][..], &squeeze::compress(&body)].concat();
+        let dense = sealed(&borrowed);
+        assert_eq!(dense[1], SEALED_DENSE, "sealed with zstd now");
+        for value in [lz4, dense] {
+            assert!(is_sealed(&value));
+            assert_eq!(records_of(10, &value), records);
+            assert_eq!(unpack(10, &value).expect("unpacks").get(15), Some(&b"record 15"[..]));
+        }
+    }
+
+    #[test]
     fn a_damaged_pack_is_an_error_naming_its_key() {
         let records_in: Vec<(u64, &[u8])> = vec![(3, b"abc"), (5, b"defgh")];
         let mut damaged = plain(&records_in);
@@ -192,6 +216,7 @@ mod tests {
         let err = records(3, &damaged).expect_err("truncated");
         assert!(err.to_string().starts_with("log entry 3 is not a record"), "{err}");
         assert!(records(3, &[MARK, SEALED, 9, 9]).is_err());
+        assert!(records(3, &[MARK, SEALED_DENSE, 9, 9]).is_err());
         assert!(records(3, &[MARK, 7]).is_err());
     }
 
