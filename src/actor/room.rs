@@ -117,13 +117,20 @@ impl Actor for RoomActor {
         // follows the log from here).
         let followed_through = ctx.history_runner.applied();
         // The deduplication window needs no texts; only the ring's messages are read whole.
-        let known = ctx.history.recent_kept(&room, ctx.chat.dedup_window.max(ctx.chat.ring_capacity))?;
-        let removed = ctx.history.summary(&room)?.map_or(0, |s| s.removed_through_seq);
-        let first = known.len().saturating_sub(ctx.chat.ring_capacity);
-        let after = known.get(first).map_or(removed, |m| m.seq.saturating_sub(1));
-        let in_ring = ctx.history.with_texts(&room, known[first..].to_vec())?;
-        let amendments = ctx.history.amendments(&room, after, u64::MAX)?;
         let (capacity, window) = (ctx.chat.ring_capacity, ctx.chat.dedup_window);
+        let reading = room.clone();
+        let (known, in_ring, amendments, removed) = ctx
+            .history
+            .off_async(move |history| {
+                let known = history.recent_kept(&reading, window.max(capacity))?;
+                let removed = history.summary(&reading)?.map_or(0, |s| s.removed_through_seq);
+                let first = known.len().saturating_sub(capacity);
+                let after = known.get(first).map_or(removed, |m| m.seq.saturating_sub(1));
+                let in_ring = history.with_texts(&reading, known[first..].to_vec())?;
+                let amendments = history.amendments(&reading, after, u64::MAX)?;
+                Ok((known, in_ring, amendments, removed))
+            })
+            .await?;
         let state = RoomState::new(room, capacity, window, &known, &in_ring, &amendments, removed);
 
         let (forwarder, pending) = mpsc::channel(ctx.chat.room_inflight_max);
@@ -422,7 +429,9 @@ impl RoomActorState {
             None => {
                 // Older than memory: the history has it once it has applied what the room did.
                 self.ctx.history_runner.wait_applied(self.ctx.log.head()).await;
-                self.ctx.history.get(&room, seq)?.map(|m| (m.author, m.client_id, m.at_unix_ms))
+                let reading = room.clone();
+                let message = self.ctx.history.off_async(move |history| history.get(&reading, seq)).await?;
+                message.map(|m| (m.author, m.client_id, m.at_unix_ms))
             }
         };
         let checked = match target {

@@ -78,7 +78,7 @@ pub fn rooms(query: HashMap<String, String>, app: Arc<App>) -> Answer {
 
 /// `GET /api/rooms/{room}/messages?before=&after=&limit=`: a page of history, oldest first.
 /// Without `before` or `after`, the newest page.
-pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> Answer {
+pub async fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> Answer {
     let room = room_of(&room)?;
     let number = |key: &str| -> Result<Option<u64>, String> {
         query
@@ -108,12 +108,15 @@ pub fn messages(room: String, query: HashMap<String, String>, app: Arc<App>) -> 
         .map_err(ApiError::storage)?
         .ok_or_else(|| ApiError::new(ErrorCode::RoomNotFound, format!("room {room} has no messages")))?;
     let page = match after {
-        Some(after) => app.history.after(&room, after, limit + 1).map(|mut m| {
-            let more = m.len() > limit;
-            m.truncate(limit);
-            (m, more)
-        }),
-        None => app.history_page(&room, before.unwrap_or(u64::MAX), limit).map(|(m, more, _)| (m, more)),
+        Some(after) => {
+            let room = room.clone();
+            app.history.off_async(move |history| history.after(&room, after, limit + 1)).await.map(|mut m| {
+                let more = m.len() > limit;
+                m.truncate(limit);
+                (m, more)
+            })
+        }
+        None => app.history_page(&room, before.unwrap_or(u64::MAX), limit).await.map(|(m, more, _)| (m, more)),
     };
     let (messages, more) = page.map_err(ApiError::storage)?;
     let messages: Vec<_> = messages.iter().map(|m| WireMessage::of(room.as_str(), m)).collect();

@@ -191,19 +191,24 @@ impl App {
 
     /// A page of a room's history before `before`, with whether older messages remain and
     /// what retention removed.
-    pub fn history_page(
+    pub async fn history_page(
         &self,
         room: &RoomId,
         before: u64,
         limit: usize,
     ) -> Result<(Vec<StoredMessage>, bool, Option<u64>), crate::projection::ProjectionError> {
-        let mut messages = self.history.before(room, before, limit + 1)?;
-        let more = messages.len() > limit;
-        if more {
-            messages.remove(0);
-        }
-        let removed = self.history.summary(room)?.map(|s| s.removed_through_seq).filter(|&r| r > 0);
-        Ok((messages, more, removed))
+        let room = room.clone();
+        self.history
+            .off_async(move |history| {
+                let mut messages = history.before(&room, before, limit + 1)?;
+                let more = messages.len() > limit;
+                if more {
+                    messages.remove(0);
+                }
+                let removed = history.summary(&room)?.map(|s| s.removed_through_seq).filter(|&r| r > 0);
+                Ok((messages, more, removed))
+            })
+            .await
     }
 }
 
@@ -404,7 +409,7 @@ fn inner_routes(
         warp::path!("api" / "rooms" / String / "messages").and(warp::get()).and(credentials()).and(with_app).then(
             |room, query, app: Arc<App>| async move {
                 app.history_barrier().await;
-                api::messages(room, query, app).into_response()
+                api::messages(room, query, app).await.into_response()
             },
         );
     ws.or(sessions::routes(app.clone()))

@@ -356,7 +356,7 @@ impl Connection {
                 let limit =
                     limit.unwrap_or(self.app.config.chat.recent_count).clamp(1, self.app.config.chat.history_page_max);
                 self.app.history_barrier().await;
-                match self.app.history_page(&room, before.unwrap_or(u64::MAX), limit) {
+                match self.app.history_page(&room, before.unwrap_or(u64::MAX), limit).await {
                     Ok((messages, more, removed)) => {
                         let messages = messages.iter().map(|m| WireMessage::of(room.as_str(), m)).collect();
                         self.write(render(&ServerFrame::History {

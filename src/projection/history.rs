@@ -143,6 +143,19 @@ impl History {
         Ok(self.with_texts(room, kept.into_iter().collect())?.pop())
     }
 
+    /// Runs `read` on a blocking thread, for the async callers: a read that takes texts from the
+    /// log decompresses the packs that hold them (a scrollback of 200 messages, a room's ring of
+    /// 1,000), which is no work for the threads that serve connections.
+    pub async fn off_async<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&History) -> Result<T, ProjectionError> + Send + 'static,
+    ) -> Result<T, ProjectionError> {
+        let history = self.clone();
+        tokio::task::spawn_blocking(move || read(&history))
+            .await
+            .map_err(|e| ProjectionError::Task(format!("reading the history: {e}")))?
+    }
+
     /// `kept` (messages of `room`, ascending) with their texts, read from the room's records in
     /// the log. A message whose record is gone is left out: the log removes records only once
     /// a retention cut supersedes them, and this history then drops them too when it applies it.
