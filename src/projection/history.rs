@@ -16,8 +16,9 @@
 //! A page's key is at most the seq of each of its messages, and every message of a page is
 //! below the next page's key. A page keeps no message's text: the text stays in the log, in the
 //! post or its newest edit, and reads take it from the room's stream ([`RoomRecords`]), so that
-//! a message's text is on disk once, not once in the log and again in the history (issue 19). The state depends only on the events, not on how they were
-//! batched, so a rebuild gives byte-equal state (DESIGN.md invariant 3).
+//! a message's text is on disk once, not once in the log and again in the history (issue 19).
+//! The state depends only on the events, not on how they were batched, so a rebuild gives
+//! byte-equal state (DESIGN.md invariant 3).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -88,6 +89,9 @@ impl RoomRecords for EventLog {
 #[derive(Debug)]
 pub struct HistoryProjection {
     tree: sled::Tree,
+    /// Why the tree cannot be read, when it was written in another format (read once, at
+    /// open); cleared by a reset.
+    outdated: Option<String>,
 }
 
 /// Opens the history tree in `db`: the reading handle, which reads texts from `records` (the
@@ -106,7 +110,13 @@ pub fn projection(db: &crate::state::StateDb) -> Result<HistoryProjection, Proje
     if tree.is_empty() {
         tree.insert(FORMAT_KEY, &[FORMAT])?;
     }
-    Ok(HistoryProjection { tree })
+    let format = tree.get(FORMAT_KEY)?;
+    let outdated = (format.as_deref() != Some(&[FORMAT][..])).then(|| {
+        let found =
+            format.and_then(|v| v.first().copied()).map_or("1 (each message's text kept)".into(), |f| f.to_string());
+        format!("history pages of format {found}, not {FORMAT}")
+    });
+    Ok(HistoryProjection { tree, outdated })
 }
 
 type Page = Vec<KeptMessage>;
@@ -165,7 +175,7 @@ impl History {
         wanted.dedup();
         let (Some(&first), Some(&last)) = (wanted.first(), wanted.last()) else { return Ok(Vec::new()) };
         let mut texts: HashMap<u64, Envelope> = HashMap::with_capacity(wanted.len());
-        let mut after = first - 1;
+        let mut after = first.saturating_sub(1);
         while after < last {
             let left = wanted.len() - texts.len();
             let read = self.records.room_records(room, after, left.clamp(64, TEXTS_READ_MAX))?;
@@ -296,12 +306,8 @@ impl Projection for HistoryProjection {
     /// The checkpoint, or an error for pages of another format, which start-up answers by
     /// rebuilding the history from the log.
     fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        let format = self.tree.get(FORMAT_KEY)?;
-        if format.as_deref() != Some(&[FORMAT][..]) {
-            let found = format
-                .and_then(|v| v.first().copied())
-                .map_or("1 (each message's text kept)".into(), |f| f.to_string());
-            return Err(ProjectionError::Outdated(format!("history pages of format {found}, not {FORMAT}")));
+        if let Some(why) = &self.outdated {
+            return Err(ProjectionError::Outdated(why.clone()));
         }
         tree::checkpoint(&self.tree)
     }
@@ -336,6 +342,7 @@ impl Projection for HistoryProjection {
     fn reset(&mut self) -> Result<(), ProjectionError> {
         tree::reset(&self.tree)?;
         self.tree.insert(FORMAT_KEY, &[FORMAT])?;
+        self.outdated = None;
         Ok(())
     }
 }
