@@ -8,7 +8,8 @@
 //!                                               # same MESSAGES queries it without indexing again
 //!
 //! Both engines answer the same thing: the top 20 by relevance (BM25 in both), a highlighted
-//! snippet for each, and the total number of matches (roomlog counts exactly up to
+//! snippet for each (roomlog reads the hits' texts from its log, which the run writes first), and
+//! the total number of matches (roomlog counts exactly up to
 //! `TOTAL_EXACT_MAX` and then says "at least"; SQLite's count is compared up to that bound).
 
 #[path = "corpus/mod.rs"]
@@ -19,7 +20,8 @@ use std::time::{Instant, SystemTime};
 use corpus::{Corpus, Rng};
 use hdrhistogram::Histogram;
 use roomlog::config::SearchConfig;
-use roomlog::event::{Envelope, Event, MessagePosted, RoomId, StreamId};
+use roomlog::event::{Event, MessagePosted, RoomId};
+use roomlog::log::{EventLog, LogConfig};
 use roomlog::projection::search::{self, SearchParams, SearchRequest, Sort};
 use roomlog::projection::Projection;
 
@@ -43,36 +45,50 @@ fn main() -> anyhow::Result<()> {
     let kept = std::env::var_os("SEARCH_BENCH_DIR").map(std::path::PathBuf::from);
     let dir = kept.clone().unwrap_or_else(|| temporary.path().to_owned());
     let index_dir = dir.join(format!("search-{messages}"));
-    if kept.is_some() && index_dir.join("meta.json").exists() {
+    let log_dir = dir.join(format!("log-{messages}"));
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _entered = runtime.enter();
+    if kept.is_some() && index_dir.join("meta.json").exists() && log_dir.exists() {
         let index = search::open_reader(&index_dir)?;
+        let log = EventLog::open(&log_dir, &LogConfig::default())?;
         println!("tantivy: the index kept in {} ({} documents)", index_dir.display(), index.documents());
-        return query(&corpus, &bodies, &index, &dir, queries, with_sqlite);
+        return query(&corpus, &bodies, &index, &log, &dir, queries, with_sqlite);
     }
+    // The log the hits' texts are read from: the index keeps none.
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let log = EventLog::open(&log_dir, &LogConfig::default())?;
+    let started = Instant::now();
+    runtime.block_on(async {
+        for (chunk_no, chunk) in bodies.chunks(20_000).enumerate() {
+            let mut pending = Vec::with_capacity(chunk.len());
+            for (i, body) in chunk.iter().enumerate() {
+                let n = chunk_no * 20_000 + i + 1;
+                let room = rooms[n % rooms.len()].clone();
+                let posted = MessagePosted {
+                    room,
+                    author: format!("user{}", n % 500),
+                    client_id: format!("c{n}"),
+                    body: body.clone(),
+                };
+                pending.push(log.submit(Event::MessagePosted(posted)).await?);
+            }
+            for append in pending {
+                append.durable().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    println!("log: {messages} messages appended in {:.1} s", started.elapsed().as_secs_f64());
     // Index: the projection as the server runs it (one indexing thread), in batches as the log
     // gives them; one commit at the end, as a rebuild does.
     let config = SearchConfig { commit_events_max: usize::MAX, ..SearchConfig::default() };
     let (index, mut projection) = search::open(&index_dir, &config, 1)?;
     let started = Instant::now();
-    for (chunk_no, chunk) in bodies.chunks(4096).enumerate() {
-        let batch: Vec<Envelope> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, body)| {
-                let seq = (chunk_no * 4096 + i + 1) as u64;
-                let room = &rooms[seq as usize % rooms.len()];
-                Envelope {
-                    seq,
-                    at_unix_ms: 1_790_000_000_000 + seq * 1000,
-                    stream: StreamId::room(room),
-                    event: Event::MessagePosted(MessagePosted {
-                        room: room.clone(),
-                        author: format!("user{}", seq % 500),
-                        client_id: format!("c{seq}"),
-                        body: body.clone(),
-                    }),
-                }
-            })
-            .collect();
+    let mut next = 1;
+    loop {
+        let batch = log.read_range_blocking(next, 4096)?;
+        let Some(last) = batch.last() else { break };
+        next = last.seq + 1;
         projection.apply(&batch)?;
     }
     projection.flush()?;
@@ -88,7 +104,7 @@ fn main() -> anyhow::Result<()> {
         drop(index);
         search::open_reader(&index_dir)?
     };
-    query(&corpus, &bodies, &index, &dir, queries, with_sqlite)
+    query(&corpus, &bodies, &index, &log, &dir, queries, with_sqlite)
 }
 
 /// Times the queries against the index (and SQLite FTS5 of the same bodies when asked).
@@ -96,6 +112,7 @@ fn query(
     corpus: &Corpus,
     bodies: &[String],
     index: &search::SearchIndex,
+    log: &EventLog,
     dir: &std::path::Path,
     queries: usize,
     with_sqlite: bool,
@@ -146,7 +163,7 @@ fn query(
         let run_tantivy = |q: &str| -> anyhow::Result<usize> {
             let params = SearchParams { q: q.to_owned(), limit: Some(20), sort: Some(sort), ..SearchParams::default() };
             let request = SearchRequest::new(&params, None, 20, now)?;
-            Ok(index.search(&request)?.total)
+            Ok(index.search(&request, log)?.total)
         };
         let mut run_sqlite = |q: &str| -> anyhow::Result<usize> {
             let statement = if sort == Sort::Time { &mut fts_newest } else { &mut fts_top };

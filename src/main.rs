@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             done(cli::backup::restore(&config, &files, until_seq, until_time))
         }
         Command::ClusterImport { from, json } => done(cli::offline::cluster_import(&config, &from, json).await),
-        Command::Search(args) => done(cli::search::run(&config, args)),
+        Command::Search(args) => done(cli::search::run(&config, args).await),
         Command::Janitor { action, addr, json } => cli::janitor::run(&config, action, addr, json).await,
         Command::Stats { addr, json } => cli::storage::stats(&config, addr, json).await,
         Command::Scrub { addr, json } => cli::storage::scrub(&config, addr, json).await,

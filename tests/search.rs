@@ -309,6 +309,14 @@ async fn retention_removes_messages_from_the_index_and_rebuild_search_gives_the_
     let printed = String::from_utf8_lossy(&cli.stdout);
     let mut server = spawn(&data);
     projections_caught_up(server.addr).await;
+    // With the server running (it holds the log, where the texts are), the command asks it.
+    let asked = Command::new(env!("CARGO_BIN_EXE_roomlog"))
+        .args(["search", "alpha -gamma", "--sort", "time", "--addr", &server.addr.to_string(), "--data"])
+        .arg(&data)
+        .output()
+        .expect("roomlog search");
+    assert!(asked.status.success(), "{}", String::from_utf8_lossy(&asked.stderr));
+    assert_eq!(String::from_utf8_lossy(&asked.stdout), printed, "the running server answers as the data folder did");
     for (q, expected) in queries.iter().zip(&live) {
         let (total, hits) = search_all(server.addr, q).await;
         assert_eq!(total, expected.0, "{q}: totals");

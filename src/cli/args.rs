@@ -103,8 +103,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Search past messages from the command line (reads the index directly; works whether
-    /// or not the server runs). Query syntax: words, "phrases", -exclusions, prefix*.
+    /// Search past messages from the command line: through the running server if one answers,
+    /// else from the data folder. Query syntax: words, "phrases", -exclusions, prefix*.
     Search(SearchArgs),
     /// The janitor of the running server: `plan` (what a run would remove now, per rule, and the
     /// bytes it would free; nothing is deleted), `run` (now), `runs` (the last ones).
@@ -223,4 +223,8 @@ pub struct SearchArgs {
     /// Print the JSON answer, as `GET /api/search` gives it.
     #[arg(long)]
     pub json: bool,
+    /// The running server's address (default: from `<data>/roomlog.addr`); when none answers,
+    /// the search reads the stopped server's data folder.
+    #[arg(long)]
+    pub addr: Option<std::net::SocketAddr>,
 }

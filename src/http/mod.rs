@@ -158,8 +158,9 @@ impl App {
         let request = SearchRequest::new(params, readable, self.config.search.limit_max, std::time::SystemTime::now())
             .map_err(|e| SearchFailure::Invalid(e.0))?;
         let index = self.search.clone();
+        let log = self.log.clone();
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || index.search(&request))
+        let result = tokio::task::spawn_blocking(move || index.search(&request, &log))
             .await
             .map_err(SearchFailure::unavailable)?
             .map_err(SearchFailure::unavailable);

@@ -7,6 +7,11 @@
 //! count, on the projection runner's blocking thread. A message is one document identified
 //! by its seq; every event that removes messages ([`Event::removal`]) deletes their documents,
 //! and an edit deletes the old text and adds the new.
+//!
+//! The index keeps no copy of the texts: a document stores its room, author, times and the seq
+//! of the record that holds its text (the post, or its newest edit), and a page of hits reads
+//! those texts from the log ([`MessageTexts`]) to cut its snippets (issue 19: the stored bodies
+//! were 95 MB of the 150 MB index of the 1M corpus, a third copy of every text).
 
 pub mod query;
 mod rank;
@@ -14,7 +19,7 @@ mod rank;
 mod tests;
 pub mod tokenizer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,11 +41,12 @@ pub use rank::TOTAL_EXACT_MAX;
 
 use super::{Projection, ProjectionError};
 use crate::event::{Envelope, Event, Removal, RoomId};
+use crate::log::EventLog;
 use query::{Item, QueryError};
 
 /// Bumped when the schema or the tokenizer changes: an index of another version is dropped
-/// and rebuilt from the log when it is opened.
-const SCHEMA_VERSION: u32 = 1;
+/// and rebuilt from the log when it is opened. 2: bodies no longer stored, `text_seq` added.
+const SCHEMA_VERSION: u32 = 2;
 /// Most index terms one `prefix*` expands to.
 const PREFIX_EXPANSIONS_MAX: u32 = 200;
 /// Characters of text around the matches in a snippet.
@@ -53,12 +59,14 @@ struct Fields {
     author: Field,
     at: Field,
     body: Field,
+    /// The seq of the record that holds the text: the post, or the edit that gave it.
+    text_seq: Field,
 }
 
 fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
     let number = NumericOptions::default().set_indexed().set_stored().set_fast();
-    let body = TextOptions::default().set_stored().set_indexing_options(
+    let body = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
             .set_tokenizer(tokenizer::NAME)
             .set_index_option(IndexRecordOption::WithFreqsAndPositions),
@@ -69,6 +77,7 @@ fn schema() -> (Schema, Fields) {
         author: builder.add_text_field("author", STRING | STORED),
         at: builder.add_u64_field("at", number),
         body: builder.add_text_field("body", body),
+        text_seq: builder.add_u64_field("text_seq", STORED),
     };
     (builder.build(), fields)
 }
@@ -213,13 +222,13 @@ impl Projection for SearchProjection {
                 Event::MessagePosted(p) => {
                     self.writer.add_document(doc!(
                         f.seq => envelope.seq, f.room => p.room.as_str(), f.author => p.author.as_str(),
-                        f.at => envelope.at_unix_ms, f.body => p.body.as_str(),
+                        f.at => envelope.at_unix_ms, f.body => p.body.as_str(), f.text_seq => envelope.seq,
                     ))?;
                 }
                 Event::MessageEdited(e) => {
                     self.writer.add_document(doc!(
                         f.seq => e.seq, f.room => e.room.as_str(), f.author => e.author.as_str(),
-                        f.at => e.posted_at_unix_ms, f.body => e.body.as_str(),
+                        f.at => e.posted_at_unix_ms, f.body => e.body.as_str(), f.text_seq => envelope.seq,
                     ))?;
                 }
                 _ => {}
@@ -408,7 +417,7 @@ impl SearchRequest {
 }
 
 /// One hit.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
     pub room: String,
     pub seq: u64,
@@ -421,7 +430,7 @@ pub struct Hit {
 }
 
 /// A page of hits.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hits {
     /// How many messages match in all (not only this page), counted exactly up to
     /// [`TOTAL_EXACT_MAX`]; past it, that number.
@@ -434,6 +443,44 @@ pub struct Hits {
     pub next_cursor: Option<String>,
     /// The index holds every event up to this seq.
     pub indexed_through_seq: u64,
+}
+
+/// Where a page of hits reads its texts: the records of the log that hold them.
+pub trait MessageTexts {
+    /// The texts held by the records at `seqs` (ascending): a message posted, or an edit. A
+    /// record the log no longer holds (a retention cut the index has not applied yet) is left
+    /// out of the answer.
+    fn texts(&self, seqs: &[u64]) -> Result<HashMap<u64, String>, ProjectionError>;
+}
+
+/// Records at most this far apart are read together, in one read of the log (a sealed pack
+/// holds 64): a page sorted by time is mostly neighbours.
+const TEXTS_READ_SPAN: u64 = 64;
+
+impl MessageTexts for EventLog {
+    fn texts(&self, seqs: &[u64]) -> Result<HashMap<u64, String>, ProjectionError> {
+        let mut texts = HashMap::with_capacity(seqs.len());
+        let mut rest = seqs;
+        while let Some(&first) = rest.first() {
+            let together = rest.iter().take_while(|&&seq| seq - first < TEXTS_READ_SPAN).count();
+            let (run, after) = rest.split_at(together);
+            rest = after;
+            let last = run.last().copied().unwrap_or(first);
+            let span = usize::try_from(last - first + 1).unwrap_or(usize::MAX);
+            for (seq, bytes) in self.read_raw_blocking(first, span)? {
+                if run.binary_search(&seq).is_err() {
+                    continue;
+                }
+                let record = crate::event::decode(seq, &bytes).map_err(crate::log::LogError::from)?;
+                match record.event {
+                    Event::MessagePosted(posted) => texts.insert(seq, posted.body),
+                    Event::MessageEdited(edit) => texts.insert(seq, edit.body),
+                    _ => None,
+                };
+            }
+        }
+        Ok(texts)
+    }
 }
 
 impl SearchIndex {
@@ -454,8 +501,9 @@ impl SearchIndex {
             .unwrap_or(0)
     }
 
-    /// Runs a search. Blocking: call it off the async threads.
-    pub fn search(&self, request: &SearchRequest) -> Result<Hits, ProjectionError> {
+    /// Runs a search, reading the texts of the page's hits from `texts` (the log). Blocking:
+    /// call it off the async threads.
+    pub fn search(&self, request: &SearchRequest, texts: &dyn MessageTexts) -> Result<Hits, ProjectionError> {
         let f = self.fields;
         let searcher = self.reader.searcher();
         let indexed_through_seq = self.indexed_through();
@@ -515,8 +563,16 @@ impl SearchIndex {
             let to = request.until_ms.map_or(Bound::Unbounded, Bound::Included);
             clauses.push((Occur::Must, Box::new(seq_range(f.at, from, to))));
         }
+        let snippets = SnippetGenerator::new(highlight, tokenizer::analyzer(), f.body, SNIPPET_CHARS);
+        // The hits are read (their fields, then their texts from the log) while the count still
+        // runs beside: at 10M messages the count is the longer of the two.
+        let page_of = |ranked: Vec<(f32, DocAddress)>| -> Result<(bool, Vec<Hit>), ProjectionError> {
+            let more = ranked.len() > request.limit;
+            let hits = self.hits(&searcher, ranked.into_iter().take(request.limit), &snippets, texts)?;
+            Ok((more, hits))
+        };
         // The page, the total, and for relevance order the window its cursor continues in.
-        let (page, (total, total_is_exact), window) = match request.sort {
+        let ((total, total_is_exact), (more, hits), window) = match request.sort {
             Sort::Time => {
                 let before = match request.cursor {
                     Some(Cursor::Time { before_seq }) => before_seq,
@@ -525,11 +581,11 @@ impl SearchIndex {
                 let seqs = self.seqs.of(&searcher)?;
                 let base = rank::all_of(clauses);
                 let k = request.limit + 1;
-                let (total, docs) = rank::counting_beside(&searcher, base.as_ref(), || {
-                    rank::newest(&searcher, &seqs, base.as_ref(), before, k)
+                let (total, page) = rank::counting_beside(&searcher, base.as_ref(), || {
+                    let docs = rank::newest(&searcher, &seqs, base.as_ref(), before, k)?;
+                    page_of(docs.into_iter().map(|address| (0.0, address)).collect())
                 })?;
-                let page: Vec<(f32, DocAddress)> = docs.into_iter().map(|address| (0.0, address)).collect();
-                (page, total, None)
+                (total, page, None)
             }
             Sort::Relevance => {
                 let (offset, through) = match request.cursor {
@@ -546,31 +602,13 @@ impl SearchIndex {
                 }
                 let ranking = rank::all_of(clauses);
                 let k = offset + request.limit + 1;
-                let (total, ranked) = rank::counting_beside(&searcher, counted.as_ref(), || {
-                    rank::top_by_score(&searcher, &seqs, ranking.as_ref(), k)
+                let (total, page) = rank::counting_beside(&searcher, counted.as_ref(), || {
+                    let ranked = rank::top_by_score(&searcher, &seqs, ranking.as_ref(), k)?;
+                    page_of(ranked.into_iter().skip(offset).map(|r| (r.score, r.address)).collect())
                 })?;
-                let page = ranked.into_iter().skip(offset).map(|r| (r.score, r.address)).collect();
-                (page, total, Some((offset, through)))
+                (total, page, Some((offset, through)))
             }
         };
-        let more = page.len() > request.limit;
-        let snippets = SnippetGenerator::new(highlight, tokenizer::analyzer(), f.body, SNIPPET_CHARS);
-        let mut hits = Vec::with_capacity(request.limit);
-        for (score, address) in page.into_iter().take(request.limit) {
-            let doc: TantivyDocument = searcher.doc(address)?;
-            let text = |field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-            let number = |field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or_default();
-            let snippet = snippets.snippet_from_doc(&doc);
-            let snippet = if snippet.is_empty() { escape_start(&text(f.body)) } else { snippet.to_html() };
-            hits.push(Hit {
-                room: text(f.room),
-                seq: number(f.seq),
-                author: text(f.author),
-                at_unix_ms: number(f.at),
-                snippet,
-                score,
-            });
-        }
         let next_cursor = match hits.last() {
             Some(last) if more => Some(
                 match window {
@@ -583,6 +621,47 @@ impl SearchIndex {
             _ => None,
         };
         Ok(Hits { total, total_is_exact, hits, next_cursor, indexed_through_seq })
+    }
+
+    /// The hits of a page: each document's stored fields, and its text from `texts` for the
+    /// snippet. A message whose record the log no longer holds (removed by a retention cut
+    /// that the index has not applied yet) is left out: its text is gone.
+    fn hits(
+        &self,
+        searcher: &tantivy::Searcher,
+        page: impl Iterator<Item = (f32, DocAddress)>,
+        snippets: &SnippetGenerator,
+        texts: &dyn MessageTexts,
+    ) -> Result<Vec<Hit>, ProjectionError> {
+        let f = self.fields;
+        let mut found = Vec::new();
+        for (score, address) in page {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            let text = |field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let number = |field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or_default();
+            let hit = Hit {
+                room: text(f.room),
+                seq: number(f.seq),
+                author: text(f.author),
+                at_unix_ms: number(f.at),
+                snippet: String::new(),
+                score,
+            };
+            found.push((number(f.text_seq), hit));
+        }
+        let mut wanted: Vec<u64> = found.iter().map(|(text_seq, _)| *text_seq).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut bodies = texts.texts(&wanted)?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(text_seq, mut hit)| {
+                let body = bodies.remove(&text_seq)?;
+                let snippet = snippets.snippet(&body);
+                hit.snippet = if snippet.is_empty() { escape_start(&body) } else { snippet.to_html() };
+                Some(hit)
+            })
+            .collect())
     }
 
     /// Adds the index terms that start with `prefix` to the terms a snippet highlights.

@@ -259,11 +259,11 @@ pub fn newest(
 /// Runs `walk` while a second thread counts the matches of `counted` ([`bounded_count`]): the
 /// two walks share nothing, and the count was a fifth of a two-word search at ten million
 /// messages.
-pub fn counting_beside<T: Send>(
+pub fn counting_beside<T: Send, E: From<TantivyError>>(
     searcher: &Searcher,
     counted: &dyn Query,
-    walk: impl FnOnce() -> tantivy::Result<T>,
-) -> tantivy::Result<((usize, bool), T)> {
+    walk: impl FnOnce() -> Result<T, E>,
+) -> Result<((usize, bool), T), E> {
     let count = || bounded_count(searcher, counted);
     std::thread::scope(|scope| {
         match std::thread::Builder::new().name("search-count".into()).spawn_scoped(scope, count) {

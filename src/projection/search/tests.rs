@@ -15,10 +15,10 @@ fn config() -> SearchConfig {
 }
 
 /// The seqs a search for `q` finds, newest first.
-fn find(index: &SearchIndex, q: &str) -> Vec<u64> {
+fn find(index: &SearchIndex, log: &EventLog, q: &str) -> Vec<u64> {
     let params = SearchParams { q: q.into(), sort: Some(Sort::Time), ..SearchParams::default() };
     let request = SearchRequest::new(&params, None, 100, SystemTime::now()).expect("a valid search");
-    index.search(&request).expect("search").hits.iter().map(|hit| hit.seq).collect()
+    index.search(&request, log).expect("search").hits.iter().map(|hit| hit.seq).collect()
 }
 
 async fn live(log: &EventLog, dir: &Path) -> (SearchIndex, Runner, tokio::task::JoinHandle<()>) {
@@ -36,10 +36,10 @@ async fn given_a_posted_message_when_the_index_has_it_then_a_search_for_its_word
     append(&log, posted("b", "bob", "c1", "lunch at noon?")).await;
     caught_up(&runner, &log).await;
 
-    assert_eq!(find(&index, "report"), vec![wanted.seq]);
-    assert_eq!(find(&index, "\"report is ready\""), vec![wanted.seq], "a phrase");
-    assert_eq!(find(&index, "QUARTER*"), vec![wanted.seq], "a prefix, case folded");
-    assert_eq!(find(&index, "report -quarterly"), Vec::<u64>::new(), "an exclusion");
+    assert_eq!(find(&index, &log, "report"), vec![wanted.seq]);
+    assert_eq!(find(&index, &log, "\"report is ready\""), vec![wanted.seq], "a phrase");
+    assert_eq!(find(&index, &log, "QUARTER*"), vec![wanted.seq], "a prefix, case folded");
+    assert_eq!(find(&index, &log, "report -quarterly"), Vec::<u64>::new(), "an exclusion");
     assert_eq!(index.indexed_through(), log.head());
     close(&log, following).await;
 }
@@ -53,16 +53,82 @@ async fn given_a_deleted_or_edited_message_then_a_search_no_longer_finds_its_old
     let kept = append(&log, posted("a", "ann", "c2", "public plans")).await;
     let changed = append(&log, posted("a", "ann", "c3", "meet at the harbour")).await;
     caught_up(&runner, &log).await;
-    assert_eq!(find(&index, "plans"), vec![kept.seq, removed.seq]);
+    assert_eq!(find(&index, &log, "plans"), vec![kept.seq, removed.seq]);
 
     append(&log, deleted(&removed, "ann")).await;
     append(&log, edited(&changed, "ann", "meet at the station")).await;
     caught_up(&runner, &log).await;
 
-    assert_eq!(find(&index, "plans"), vec![kept.seq]);
-    assert_eq!(find(&index, "secret"), Vec::<u64>::new());
-    assert_eq!(find(&index, "harbour"), Vec::<u64>::new(), "the old text of an edit is gone");
-    assert_eq!(find(&index, "station"), vec![changed.seq], "the new text is found under the message's seq");
+    assert_eq!(find(&index, &log, "plans"), vec![kept.seq]);
+    assert_eq!(find(&index, &log, "secret"), Vec::<u64>::new());
+    assert_eq!(find(&index, &log, "harbour"), Vec::<u64>::new(), "the old text of an edit is gone");
+    assert_eq!(find(&index, &log, "station"), vec![changed.seq], "the new text is found under the message's seq");
+    close(&log, following).await;
+}
+
+/// The snippets of a search for `q`, best first.
+fn snippets(index: &SearchIndex, log: &EventLog, q: &str) -> Vec<String> {
+    let params = SearchParams { q: q.into(), ..SearchParams::default() };
+    let request = SearchRequest::new(&params, None, 100, SystemTime::now()).expect("a valid search");
+    index.search(&request, log).expect("search").hits.into_iter().map(|hit| hit.snippet).collect()
+}
+
+#[tokio::test]
+async fn given_long_messages_then_the_index_keeps_no_copy_of_their_texts_and_snippets_read_them_from_the_log() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let log = memory_log();
+    let (index, runner, following) = live(&log, dir.path()).await;
+    // Words drawn from a small vocabulary in a random order: little for the index's terms and
+    // positions, much for a store of the texts (LZ4 finds few repeats in them).
+    let vocabulary = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron"];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut text_bytes = 0;
+    let mut first = None;
+    for n in 0..60 {
+        let words: Vec<&str> = (0..1_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                vocabulary[(x % 8) as usize]
+            })
+            .collect();
+        let body = format!("needle{n} {}", words.join(" "));
+        text_bytes += body.len();
+        let stored = append(&log, posted("a", "ann", &format!("c{n}"), &body)).await;
+        first.get_or_insert(stored);
+    }
+    caught_up(&runner, &log).await;
+    let index_bytes = SearchIndex::size_bytes(dir.path());
+    assert!(
+        index_bytes * 3 < text_bytes as u64,
+        "the index holds {index_bytes} bytes for {text_bytes} bytes of text: no copy of the texts"
+    );
+    let found = snippets(&index, &log, "needle7");
+    assert_eq!(found.len(), 1);
+    assert!(found[0].starts_with("<b>needle7</b> "), "the snippet is cut from the text in the log: {}", found[0]);
+
+    let Some(first) = first else { panic!("sixty messages were posted") };
+    append(&log, edited(&first, "ann", "needle0 rewritten at the harbour")).await;
+    caught_up(&runner, &log).await;
+    assert_eq!(snippets(&index, &log, "harbour"), vec!["needle0 rewritten at the <b>harbour</b>".to_owned()]);
+    close(&log, following).await;
+}
+
+#[tokio::test]
+async fn given_a_record_the_log_removed_before_the_index_applied_the_cut_then_its_hit_is_left_out() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let log = memory_log();
+    let (index, runner, following) = live(&log, dir.path()).await;
+    let gone = append(&log, posted("a", "ann", "c1", "plans for friday")).await;
+    let kept = append(&log, posted("a", "ann", "c2", "plans for monday")).await;
+    caught_up(&runner, &log).await;
+    // The janitor removes records once a retention cut supersedes them; the index may not
+    // have applied that cut yet.
+    log.remove(vec![gone.seq]).await.expect("remove the record");
+
+    assert_eq!(find(&index, &log, "plans"), vec![kept.seq], "no hit without its text");
+    assert_eq!(find(&index, &log, "friday"), Vec::<u64>::new());
     close(&log, following).await;
 }
 
@@ -87,11 +153,11 @@ async fn given_an_indexed_log_when_the_index_is_rebuilt_then_the_same_searches_f
     rebuild(&log, &mut projection, |_| {}).expect("rebuild from the log");
 
     for q in ["apple", "banana", "cherry", "strudel", "bread -banana", "crumble"] {
-        assert_eq!(find(&rebuilt, q), find(&index, q), "search {q:?}");
+        assert_eq!(find(&rebuilt, &log, q), find(&index, &log, q), "search {q:?}");
     }
-    assert!(!find(&rebuilt, "apple").contains(&posts[0].seq), "the deleted message stays deleted");
-    assert_eq!(find(&rebuilt, "strudel"), vec![posts[2].seq], "the edited message reads its edit");
-    assert!(!find(&rebuilt, "banana").contains(&posts[1].seq), "retention removed room b's first messages");
+    assert!(!find(&rebuilt, &log, "apple").contains(&posts[0].seq), "the deleted message stays deleted");
+    assert_eq!(find(&rebuilt, &log, "strudel"), vec![posts[2].seq], "the edited message reads its edit");
+    assert!(!find(&rebuilt, &log, "banana").contains(&posts[1].seq), "retention removed room b's first messages");
     assert_eq!(rebuilt.documents(), index.documents());
     close(&log, following).await;
 }
@@ -108,10 +174,32 @@ fn messages(first: u64, n: u64, body: &str) -> Vec<Envelope> {
         .collect()
 }
 
-fn ask(index: &SearchIndex, q: &str, sort: Sort, cursor: Option<String>) -> Hits {
+/// The texts of envelopes applied to a projection directly, without a log.
+#[derive(Default)]
+struct Texts(std::collections::HashMap<u64, String>);
+
+impl Texts {
+    /// Keeps the texts of `batch` and hands it on.
+    fn of(&mut self, batch: Vec<Envelope>) -> Vec<Envelope> {
+        for envelope in &batch {
+            if let Event::MessagePosted(p) = &envelope.event {
+                self.0.insert(envelope.seq, p.body.clone());
+            }
+        }
+        batch
+    }
+}
+
+impl MessageTexts for Texts {
+    fn texts(&self, seqs: &[u64]) -> Result<HashMap<u64, String>, ProjectionError> {
+        Ok(seqs.iter().filter_map(|seq| Some((*seq, self.0.get(seq)?.clone()))).collect())
+    }
+}
+
+fn ask(index: &SearchIndex, texts: &Texts, q: &str, sort: Sort, cursor: Option<String>) -> Hits {
     let params = SearchParams { q: q.into(), sort: Some(sort), limit: Some(20), cursor, ..SearchParams::default() };
     let request = SearchRequest::new(&params, None, 100, SystemTime::now()).expect("a valid search");
-    index.search(&request).expect("search")
+    index.search(&request, texts).expect("search")
 }
 
 #[test]
@@ -120,34 +208,35 @@ fn given_more_matches_than_the_bound_then_the_total_says_at_least_and_equal_scor
     let (_, mut projection) = open(dir.path(), &SearchConfig::default(), 1).expect("open the index");
     let common = TOTAL_EXACT_MAX as u64 + 20;
     // Two commits, so two segments: the order must not depend on how the index is split.
-    projection.apply(&messages(1, common / 2, "common word")).expect("apply");
+    let mut texts = Texts::default();
+    projection.apply(&texts.of(messages(1, common / 2, "common word"))).expect("apply");
     projection.flush().expect("commit");
-    projection.apply(&messages(common / 2 + 1, common - common / 2, "common word")).expect("apply");
-    projection.apply(&messages(common + 1, 30, "common rare")).expect("apply");
+    projection.apply(&texts.of(messages(common / 2 + 1, common - common / 2, "common word"))).expect("apply");
+    projection.apply(&texts.of(messages(common + 1, 30, "common rare"))).expect("apply");
     projection.flush().expect("commit");
     projection.finish().expect("close the writer");
     let index = open_reader(dir.path()).expect("open the index to read");
 
     for sort in [Sort::Relevance, Sort::Time] {
-        let many = ask(&index, "common", sort, None);
+        let many = ask(&index, &texts, "common", sort, None);
         assert_eq!((many.total, many.total_is_exact), (TOTAL_EXACT_MAX, false), "{sort:?}: at least the bound");
-        let few = ask(&index, "rare", sort, None);
+        let few = ask(&index, &texts, "rare", sort, None);
         assert_eq!((few.total, few.total_is_exact), (30, true), "{sort:?}: below the bound, exact");
-        let both = ask(&index, "common rare", sort, None);
+        let both = ask(&index, &texts, "common rare", sort, None);
         assert_eq!((both.total, both.total_is_exact), (30, true), "{sort:?}: an intersection, exact");
     }
 
     // Every "common word" scores alike: the newest come first, page after page, none twice.
     let newest: Vec<u64> = (common - 39..=common).rev().collect();
-    let first = ask(&index, "word", Sort::Relevance, None);
-    let second = ask(&index, "word", Sort::Relevance, first.next_cursor.clone());
+    let first = ask(&index, &texts, "word", Sort::Relevance, None);
+    let second = ask(&index, &texts, "word", Sort::Relevance, first.next_cursor.clone());
     let seqs: Vec<u64> = first.hits.iter().chain(&second.hits).map(|hit| hit.seq).collect();
     assert_eq!(seqs, newest);
-    assert_eq!(ask(&index, "common word", Sort::Relevance, None).hits[0].seq, common, "two words, ties too");
+    assert_eq!(ask(&index, &texts, "common word", Sort::Relevance, None).hits[0].seq, common, "two words, ties too");
 
     // Newest first reads the seqs across both segments, page after page, and every page counts.
-    let first = ask(&index, "word", Sort::Time, None);
-    let second = ask(&index, "word", Sort::Time, first.next_cursor.clone());
+    let first = ask(&index, &texts, "word", Sort::Time, None);
+    let second = ask(&index, &texts, "word", Sort::Time, first.next_cursor.clone());
     let seqs: Vec<u64> = first.hits.iter().chain(&second.hits).map(|hit| hit.seq).collect();
     assert_eq!(seqs, newest, "newest first");
     assert_eq!((second.total, second.total_is_exact), (TOTAL_EXACT_MAX, false), "a later page counts too");
@@ -168,8 +257,9 @@ fn given_segments_whose_documents_are_out_of_seq_order_then_newest_first_pages_t
     };
     // Three segments holding runs of seqs out of order, as merges and edits leave them: the
     // newest of the first segment sit in its first documents.
+    let mut texts = Texts::default();
     for runs in [vec![401..=500, 1..=100, 201..=260], vec![101..=200, 501..=520], vec![261..=400]] {
-        projection.apply(&batch(&runs)).expect("apply");
+        projection.apply(&texts.of(batch(&runs))).expect("apply");
         projection.flush().expect("commit");
     }
     projection.finish().expect("close the writer");
@@ -184,7 +274,7 @@ fn given_segments_whose_documents_are_out_of_seq_order_then_newest_first_pages_t
                 .collect();
             let (mut seqs, mut cursor) = (Vec::new(), None);
             for _ in 0..100 {
-                let page = ask(&index, q, Sort::Time, cursor);
+                let page = ask(&index, &texts, q, Sort::Time, cursor);
                 assert_eq!((page.total, page.total_is_exact), (expected.len(), true), "{q}: every page counts");
                 seqs.extend(page.hits.iter().map(|hit| hit.seq));
                 cursor = page.next_cursor;
