@@ -25,12 +25,19 @@ use roomlog::log::{EventLog, LogConfig};
 use roomlog::projection::search::{self, SearchParams, SearchRequest, Sort};
 use roomlog::projection::Projection;
 
+/// The allocator the `roomlog` binary runs with (mimalloc, transparent huge pages off), so that
+/// the searches are timed as the server would run them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing useful to us.
+    #[cfg(target_os = "linux")]
+    nix::sys::prctl::set_thp_disable(true)?;
     let messages = env_or("MESSAGES", 1_000_000);
     let queries = env_or("QUERIES", 2000);
     let with_sqlite = env_or("SQLITE", 1) != 0;

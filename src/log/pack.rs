@@ -90,6 +90,11 @@ impl Unpacked {
         self.bytes.get(self.at[index].1.clone())
     }
 
+    /// The records held, ascending, as (seq, bytes) in the entry.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.at.iter().filter_map(|(seq, range)| Some((*seq, self.bytes.get(range.clone())?)))
+    }
+
     fn into_records(self) -> Vec<Raw> {
         self.at.into_iter().map(|(seq, range)| (seq, self.bytes[range].to_vec())).collect()
     }

@@ -3,6 +3,7 @@
 //! (`log::floor`).
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -348,17 +349,26 @@ impl Backend for Store {
             return Ok(Vec::new());
         }
         let _reading = self.reading();
-        // The entry holding `from_seq` may start before it: begin at the last entry at or below.
-        let start = self.holding(from_seq)?.map_or(from_seq, |(key, _)| key);
+        // The entry holding `from_seq` may start before it: begin at the last entry at or
+        // below, read once here, then the entries after it (not looked up when the first
+        // serves the read: a search's hit wants one record).
+        let first = self.holding(from_seq)?;
+        let after = match &first {
+            Some((key, _)) => Bound::Excluded(key.to_be_bytes()),
+            None => Bound::Included(from_seq.to_be_bytes()),
+        };
+        let rest = self.log.range((after, Bound::Included(through_seq.to_be_bytes())));
+        let entries = first.map(Ok).into_iter().chain(rest.map(|item| item.map(|(key, value)| (seq_of(&key), value))));
         let mut out = Vec::new();
-        for item in self.log.range(start.to_be_bytes()..=through_seq.to_be_bytes()) {
+        for item in entries {
             let (key, value) = item?;
-            for record in pack::records(seq_of(&key), &value)? {
-                if record.0 > through_seq {
+            // Only the records wanted are copied out of the entry.
+            for (seq, record) in pack::unpack(key, &value)?.iter() {
+                if seq > through_seq {
                     return Ok(out);
                 }
-                if record.0 >= from_seq {
-                    out.push(record);
+                if seq >= from_seq {
+                    out.push((seq, record.to_vec()));
                     if out.len() >= limit {
                         return Ok(out);
                     }

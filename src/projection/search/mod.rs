@@ -8,9 +8,10 @@
 //! by its seq; every event that removes messages ([`Event::removal`]) deletes their documents,
 //! and an edit deletes the old text and adds the new.
 //!
-//! The index keeps no copy of the texts: a document stores its room, author, times and the seq
-//! of the record that holds its text (the post, or its newest edit), and a page of hits reads
-//! those texts from the log ([`MessageTexts`]) to cut its snippets (issue 19: the stored bodies
+//! The index keeps no copy of the texts and stores no documents: a document's room, author,
+//! times and the seq of the record that holds its text (the post, or its newest edit) are
+//! columns, and a page of hits reads those texts from the log ([`MessageTexts`]) to cut its
+//! snippets (issue 19: the stored bodies
 //! were 95 MB of the 150 MB index of the 1M corpus, a third copy of every text).
 
 pub mod query;
@@ -30,11 +31,9 @@ use serde::{Deserialize, Serialize};
 use tantivy::query::{
     BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery,
 };
-use tantivy::schema::{
-    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
-};
+use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, FAST, STRING};
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{doc, DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{doc, DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 pub use crate::config::SearchConfig;
 pub use rank::TOTAL_EXACT_MAX;
@@ -45,7 +44,8 @@ use crate::log::EventLog;
 use query::{Item, QueryError};
 
 /// Bumped when the schema or the tokenizer changes: an index of another version is dropped
-/// and rebuilt from the log when it is opened. 2: bodies no longer stored, `text_seq` added.
+/// and rebuilt from the log when it is opened. 2: nothing stored (columns, and the texts in
+/// the log), `text_seq` added.
 const SCHEMA_VERSION: u32 = 2;
 /// Most index terms one `prefix*` expands to.
 const PREFIX_EXPANSIONS_MAX: u32 = 200;
@@ -65,7 +65,8 @@ struct Fields {
 
 fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
-    let number = NumericOptions::default().set_indexed().set_stored().set_fast();
+    // Nothing is stored: what a hit shows is read from columns, its text from the log.
+    let number = NumericOptions::default().set_indexed().set_fast();
     let body = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
             .set_tokenizer(tokenizer::NAME)
@@ -73,11 +74,11 @@ fn schema() -> (Schema, Fields) {
     );
     let fields = Fields {
         seq: builder.add_u64_field("seq", number.clone()),
-        room: builder.add_text_field("room", STRING | STORED),
-        author: builder.add_text_field("author", STRING | STORED),
+        room: builder.add_text_field("room", STRING | FAST),
+        author: builder.add_text_field("author", STRING | FAST),
         at: builder.add_u64_field("at", number),
         body: builder.add_text_field("body", body),
-        text_seq: builder.add_u64_field("text_seq", STORED),
+        text_seq: builder.add_u64_field("text_seq", FAST),
     };
     (builder.build(), fields)
 }
@@ -99,8 +100,8 @@ pub struct SearchIndex {
     /// the commit payload when opened, then by the projection after each commit, so a search
     /// does not read `meta.json` to learn it.
     searchable: Arc<AtomicU64>,
-    /// The segments' `seq` columns, opened once each.
-    seqs: rank::SeqColumns,
+    /// The segments' columns, opened once each.
+    seqs: rank::ColumnCache,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -180,7 +181,7 @@ fn reader_of(index: Index) -> Result<SearchIndex, ProjectionError> {
     let (_, fields) = schema();
     let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
     let searchable = Arc::new(AtomicU64::new(payload(&index)?.map_or(0, |p| p.seq)));
-    Ok(SearchIndex { index, reader, fields, searchable, seqs: rank::SeqColumns::default() })
+    Ok(SearchIndex { index, reader, fields, searchable, seqs: rank::ColumnCache::default() })
 }
 
 fn payload(index: &Index) -> Result<Option<Payload>, ProjectionError> {
@@ -446,7 +447,7 @@ pub struct Hits {
 }
 
 /// Where a page of hits reads its texts: the records of the log that hold them.
-pub trait MessageTexts {
+pub trait MessageTexts: Sync {
     /// The texts held by the records at `seqs` (ascending): a message posted, or an edit. A
     /// record the log no longer holds (a retention cut the index has not applied yet) is left
     /// out of the answer.
@@ -564,11 +565,12 @@ impl SearchIndex {
             clauses.push((Occur::Must, Box::new(seq_range(f.at, from, to))));
         }
         let snippets = SnippetGenerator::new(highlight, tokenizer::analyzer(), f.body, SNIPPET_CHARS);
-        // The hits are read (their fields, then their texts from the log) while the count still
-        // runs beside: at 10M messages the count is the longer of the two.
+        let seqs = self.seqs.of(&searcher)?;
+        // The hits are read (their columns, then their texts from the log) while the count
+        // still runs beside: at 10M messages the count is the longer of the two.
         let page_of = |ranked: Vec<(f32, DocAddress)>| -> Result<(bool, Vec<Hit>), ProjectionError> {
             let more = ranked.len() > request.limit;
-            let hits = self.hits(&searcher, ranked.into_iter().take(request.limit), &snippets, texts)?;
+            let hits = hits(&seqs, ranked.into_iter().take(request.limit), &snippets, texts)?;
             Ok((more, hits))
         };
         // The page, the total, and for relevance order the window its cursor continues in.
@@ -578,7 +580,6 @@ impl SearchIndex {
                     Some(Cursor::Time { before_seq }) => before_seq,
                     _ => u64::MAX,
                 };
-                let seqs = self.seqs.of(&searcher)?;
                 let base = rank::all_of(clauses);
                 let k = request.limit + 1;
                 let (total, page) = rank::counting_beside(&searcher, base.as_ref(), || {
@@ -596,7 +597,6 @@ impl SearchIndex {
                 // Pages of one search rank the same messages: none indexed after its first
                 // page. The bound is left out when the index holds nothing newer, so that the
                 // words alone make the query and tantivy can prune it.
-                let seqs = self.seqs.of(&searcher)?;
                 if rank::max_seq(&searcher, &seqs) > through {
                     clauses.push((Occur::Must, Box::new(seq_range(f.seq, Bound::Unbounded, Bound::Included(through)))));
                 }
@@ -621,47 +621,6 @@ impl SearchIndex {
             _ => None,
         };
         Ok(Hits { total, total_is_exact, hits, next_cursor, indexed_through_seq })
-    }
-
-    /// The hits of a page: each document's stored fields, and its text from `texts` for the
-    /// snippet. A message whose record the log no longer holds (removed by a retention cut
-    /// that the index has not applied yet) is left out: its text is gone.
-    fn hits(
-        &self,
-        searcher: &tantivy::Searcher,
-        page: impl Iterator<Item = (f32, DocAddress)>,
-        snippets: &SnippetGenerator,
-        texts: &dyn MessageTexts,
-    ) -> Result<Vec<Hit>, ProjectionError> {
-        let f = self.fields;
-        let mut found = Vec::new();
-        for (score, address) in page {
-            let doc: TantivyDocument = searcher.doc(address)?;
-            let text = |field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-            let number = |field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or_default();
-            let hit = Hit {
-                room: text(f.room),
-                seq: number(f.seq),
-                author: text(f.author),
-                at_unix_ms: number(f.at),
-                snippet: String::new(),
-                score,
-            };
-            found.push((number(f.text_seq), hit));
-        }
-        let mut wanted: Vec<u64> = found.iter().map(|(text_seq, _)| *text_seq).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let mut bodies = texts.texts(&wanted)?;
-        Ok(found
-            .into_iter()
-            .filter_map(|(text_seq, mut hit)| {
-                let body = bodies.remove(&text_seq)?;
-                let snippet = snippets.snippet(&body);
-                hit.snippet = if snippet.is_empty() { escape_start(&body) } else { snippet.to_html() };
-                Some(hit)
-            })
-            .collect())
     }
 
     /// Adds the index terms that start with `prefix` to the terms a snippet highlights.
@@ -691,6 +650,72 @@ impl SearchIndex {
         }
         Ok(())
     }
+}
+
+/// The hits of a page: what each document's columns hold, and its text from `texts` for the
+/// snippet. A message whose record the log no longer holds (removed by a retention cut that
+/// the index has not applied yet) is left out: its text is gone.
+fn hits(
+    columns: &[rank::SegmentColumns],
+    page: impl Iterator<Item = (f32, DocAddress)>,
+    snippets: &SnippetGenerator,
+    texts: &dyn MessageTexts,
+) -> Result<Vec<Hit>, ProjectionError> {
+    let mut found = Vec::new();
+    for (score, address) in page {
+        let Some(segment) = columns.get(address.segment_ord as usize) else { continue };
+        let (doc, shown) = (address.doc_id, &segment.shown);
+        let hit = Hit {
+            room: rank::Shown::text(shown.room.as_ref(), doc)?,
+            seq: segment.column.first(doc).unwrap_or_default(),
+            author: rank::Shown::text(shown.author.as_ref(), doc)?,
+            at_unix_ms: shown.at.first(doc).unwrap_or_default(),
+            snippet: String::new(),
+            score,
+        };
+        found.push((shown.text_seq.first(doc).unwrap_or_default(), hit));
+    }
+    let mut wanted: Vec<u64> = found.iter().map(|(text_seq, _)| *text_seq).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut bodies = texts_on_two_threads(texts, &wanted)?;
+    Ok(found
+        .into_iter()
+        .filter_map(|(text_seq, mut hit)| {
+            let body = bodies.remove(&text_seq)?;
+            let snippet = snippets.snippet(&body);
+            hit.snippet = if snippet.is_empty() { escape_start(&body) } else { snippet.to_html() };
+            Some(hit)
+        })
+        .collect())
+}
+
+/// Runs of hits fewer than this are read on the search's own thread.
+const TEXTS_SPLIT_RUNS_MIN: usize = 4;
+
+/// The texts of `wanted` (ascending), read half on this thread and half on a second one when
+/// they lie in several places of the log: at ten million messages each is a read of sled's
+/// file (its cache holds a fraction of the log), about 40 µs, and a page has 20.
+fn texts_on_two_threads(texts: &dyn MessageTexts, wanted: &[u64]) -> Result<HashMap<u64, String>, ProjectionError> {
+    let starts: Vec<usize> =
+        (0..wanted.len()).filter(|&i| i == 0 || wanted[i] - wanted[i - 1] >= TEXTS_READ_SPAN).collect();
+    if starts.len() < TEXTS_SPLIT_RUNS_MIN {
+        return texts.texts(wanted);
+    }
+    let (mine, theirs) = wanted.split_at(starts[starts.len() / 2]);
+    std::thread::scope(|scope| {
+        match std::thread::Builder::new().name("search-texts".into()).spawn_scoped(scope, || texts.texts(theirs)) {
+            Ok(other) => {
+                let mut read = texts.texts(mine)?;
+                let more =
+                    other.join().map_err(|_| ProjectionError::Task("reading the hits' texts panicked".into()))?;
+                read.extend(more?);
+                Ok(read)
+            }
+            // No thread to be had (the process at its limit): all on this one.
+            Err(_) => texts.texts(wanted),
+        }
+    })
 }
 
 /// The character of a query that is one CJK character (no regex syntax: a CJK character is

@@ -14,10 +14,10 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use tantivy::columnar::Column;
+use tantivy::columnar::{Column, StrColumn};
 use tantivy::index::SegmentId;
 use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query};
-use tantivy::{DocAddress, DocSet, Score, Searcher, TantivyError, TERMINATED};
+use tantivy::{DocAddress, DocId, DocSet, Score, Searcher, SegmentReader, TantivyError, TERMINATED};
 
 /// Matches counted exactly; past this many, `total` is this and `total_is_exact` is false.
 pub const TOTAL_EXACT_MAX: usize = 10_000;
@@ -57,16 +57,55 @@ const CHUNK_DOCS: u32 = 16_384;
 /// One segment's `seq` column, and (once a newest-first search has asked) the largest seq of its
 /// first chunks of documents.
 #[derive(Clone)]
-pub struct SegmentSeqs {
+pub struct SegmentColumns {
+    /// The `seq` column.
     pub column: Column<u64>,
+    /// What a hit shows, read from columns rather than from a store of documents.
+    pub shown: Shown,
     chunk_docs: u32,
     /// `upto[n]`: the largest seq among the segment's first `n` chunks of `chunk_docs` documents.
     upto: Arc<OnceLock<Vec<u64>>>,
 }
 
-impl SegmentSeqs {
-    fn new(column: Column<u64>, chunk_docs: u32) -> Self {
-        Self { column, chunk_docs: chunk_docs.max(1), upto: Arc::default() }
+/// A segment's columns of what a hit shows besides its seq.
+#[derive(Clone)]
+pub struct Shown {
+    pub at: Column<u64>,
+    pub text_seq: Column<u64>,
+    /// `None` in a segment without documents.
+    pub room: Option<StrColumn>,
+    pub author: Option<StrColumn>,
+}
+
+impl Shown {
+    fn open(reader: &SegmentReader) -> tantivy::Result<Self> {
+        let fast = reader.fast_fields();
+        Ok(Self {
+            at: fast.u64("at")?,
+            text_seq: fast.u64("text_seq")?,
+            room: fast.str("room")?,
+            author: fast.str("author")?,
+        })
+    }
+
+    /// The text of `doc` in a string column (empty if it has none).
+    pub fn text(column: Option<&StrColumn>, doc: DocId) -> tantivy::Result<String> {
+        let mut out = String::new();
+        if let Some((column, ord)) = column.and_then(|c| Some((c, c.term_ords(doc).next()?))) {
+            column.ord_to_str(ord, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+impl SegmentColumns {
+    fn new(reader: &SegmentReader, chunk_docs: u32) -> tantivy::Result<Self> {
+        Ok(Self {
+            column: reader.fast_fields().u64("seq")?,
+            shown: Shown::open(reader)?,
+            chunk_docs: chunk_docs.max(1),
+            upto: Arc::default(),
+        })
     }
 
     /// The largest seq among the first `n` chunks, for each `n` (one read of the column, at
@@ -87,32 +126,33 @@ impl SegmentSeqs {
     }
 }
 
-/// Each segment's `seq` column, opened once per segment and shared by the searches after it.
+/// Each segment's columns (`seq`, and what a hit shows), opened once per segment and shared by
+/// the searches after it.
 ///
 /// Opening a column reads its whole block index into memory (tantivy's blockwise-linear codec:
-/// about a megabyte per ten million documents), and a search opened it twice per segment:
-/// at ten million messages that copying was a third of a two-word search's time.
+/// about a megabyte per ten million documents), and a search opened the `seq` column twice per
+/// segment: at ten million messages that copying was a third of a two-word search's time.
 #[derive(Clone)]
-pub struct SeqColumns {
-    segments: Arc<Mutex<HashMap<SegmentId, SegmentSeqs>>>,
+pub struct ColumnCache {
+    segments: Arc<Mutex<HashMap<SegmentId, SegmentColumns>>>,
     chunk_docs: u32,
 }
 
-impl Default for SeqColumns {
+impl Default for ColumnCache {
     fn default() -> Self {
         Self::with_chunk_docs(CHUNK_DOCS)
     }
 }
 
-impl SeqColumns {
+impl ColumnCache {
     /// Columns whose newest-first walks go `chunk_docs` documents at a time (tests use few).
     pub fn with_chunk_docs(chunk_docs: u32) -> Self {
         Self { segments: Arc::default(), chunk_docs }
     }
 
-    /// The `seq` column of each of the searcher's segments, in the searcher's order. Columns of
+    /// The columns of each of the searcher's segments, in the searcher's order. Columns of
     /// segments the searcher no longer has (merged away) are dropped.
-    pub fn of(&self, searcher: &Searcher) -> tantivy::Result<Vec<SegmentSeqs>> {
+    pub fn of(&self, searcher: &Searcher) -> tantivy::Result<Vec<SegmentColumns>> {
         let mut cache = self.segments.lock().unwrap_or_else(PoisonError::into_inner);
         let readers = searcher.segment_readers();
         cache.retain(|id, _| readers.iter().any(|r| r.segment_id() == *id));
@@ -121,7 +161,7 @@ impl SeqColumns {
             .map(|reader| match cache.get(&reader.segment_id()) {
                 Some(seqs) => Ok(seqs.clone()),
                 None => {
-                    let seqs = SegmentSeqs::new(reader.fast_fields().u64("seq")?, self.chunk_docs);
+                    let seqs = SegmentColumns::new(reader, self.chunk_docs)?;
                     cache.insert(reader.segment_id(), seqs.clone());
                     Ok(seqs)
                 }
@@ -147,10 +187,10 @@ pub fn copy(clauses: &[(Occur, Box<dyn Query>)]) -> Vec<(Occur, Box<dyn Query>)>
 }
 
 /// The `k` best matches of `query`, best first: by BM25 score, ties newest first. `seqs` are
-/// the searcher's columns ([`SeqColumns::of`]).
+/// the searcher's columns ([`ColumnCache::of`]).
 pub fn top_by_score(
     searcher: &Searcher,
-    seqs: &[SegmentSeqs],
+    seqs: &[SegmentColumns],
     query: &dyn Query,
     k: usize,
 ) -> tantivy::Result<Vec<Ranked>> {
@@ -184,7 +224,7 @@ pub fn top_by_score(
 }
 
 /// The `k` newest matches of `query` whose seq is below `before`, newest first. `seqs` are the
-/// searcher's columns ([`SeqColumns::of`]).
+/// searcher's columns ([`ColumnCache::of`]).
 ///
 /// Scores give no order to prune by here, seqs do: a segment's documents are mostly in seq
 /// order (one indexing thread adds them as the log gives them; a merge puts whole segments end
@@ -195,7 +235,7 @@ pub fn top_by_score(
 /// messages walked millions of matches for a page of twenty.
 pub fn newest(
     searcher: &Searcher,
-    seqs: &[SegmentSeqs],
+    seqs: &[SegmentColumns],
     query: &dyn Query,
     before: u64,
     k: usize,
@@ -312,8 +352,8 @@ pub fn bounded_count(searcher: &Searcher, query: &dyn Query) -> tantivy::Result<
 }
 
 /// The largest seq among the searcher's documents (0 for an empty index), from its columns
-/// ([`SeqColumns::of`]).
-pub fn max_seq(searcher: &Searcher, seqs: &[SegmentSeqs]) -> u64 {
+/// ([`ColumnCache::of`]).
+pub fn max_seq(searcher: &Searcher, seqs: &[SegmentColumns]) -> u64 {
     let readers = searcher.segment_readers();
     readers
         .iter()

@@ -266,7 +266,7 @@ fn given_segments_whose_documents_are_out_of_seq_order_then_newest_first_pages_t
     let mut index = open_reader(dir.path()).expect("open the index to read");
 
     for chunk_docs in [1, 4, 7, 16_384] {
-        index.seqs = rank::SeqColumns::with_chunk_docs(chunk_docs);
+        index.seqs = rank::ColumnCache::with_chunk_docs(chunk_docs);
         for q in ["alpha", "beta", "alpha beta", "gamma"] {
             let expected: Vec<u64> = (1..=520)
                 .rev()
