@@ -445,7 +445,7 @@ impl Config {
 
 /// The most `limits.body_bytes_max` may be: with the client id and names, a message's log
 /// record, edit or history page then stays under the size sled keeps durable
-/// (`durable::VALUE_BYTES_MAX`, 128 KiB; see `durable::SledDb`).
+/// (`durable::VALUE_BYTES_MAX`, 80 KiB; see `durable::SledDb`).
 pub const BODY_BYTES_LIMIT: usize = 64 * 1024;
 /// The most `limits.client_id_bytes_max` may be, for the same reason.
 pub const CLIENT_ID_BYTES_LIMIT: usize = 1024;

@@ -1,7 +1,7 @@
 //! What lives where in the data folder, and the move from the layout before it.
 //!
 //! ```text
-//! <data>/log/      the event log: a sled database (16 MiB segments) and its seq floor
+//! <data>/log/      the event log: a sled database (8 MiB segments) and its seq floor
 //! <data>/state/    the projections' state and the growth samples: a sled database
 //! <data>/search/   the search index (tantivy)
 //! <data>/blobs/    the file store's hot tier

@@ -18,8 +18,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Turns transparent huge pages off for this process. mimalloc asks for them on the memory it
 /// takes from the kernel, and then the first touch of each 2 MiB, of fresh memory or of memory
-/// it gave back, makes the kernel zero the whole 2 MiB: sled takes a fresh 16 MiB write buffer
-/// for every segment, so a rebuild of the history spent a fifth of its time in the kernel's
+/// it gave back, makes the kernel zero the whole 2 MiB: sled takes a fresh write buffer of a
+/// segment's size (8 MiB, 16 MiB then) for every segment, so a rebuild of the history spent a fifth of its time in the kernel's
 /// `clear_page_erms`. Without them (README, "Huge pages"): the rebuild is faster, the server's
 /// memory smaller, its chat p99 no worse.
 fn without_huge_pages() {

@@ -12,11 +12,20 @@
 //!
 //! So no page may ever become a blob file. A page is a tree node of at most 17 entries (sled
 //! splits a leaf past 16; a random insert-and-remove workload never showed 18), so the
-//! segment size is raised to sled's maximum, 16 MiB (blob threshold 4 MiB), and every value
-//! roomlog stores is held to [`VALUE_BYTES_MAX`], 128 KiB: 24 such entries, a third more than
-//! a leaf can hold, still fit under the threshold. The log refuses a larger record and the
-//! projections never build one (history pages close by bytes); `tests/no_blob_files.rs`
-//! drives the worst-case sizes and finds no file under `blobs/`.
+//! segment size is raised to 8 MiB (blob threshold 2 MiB), and every value roomlog stores is
+//! held to [`VALUE_BYTES_MAX`], 80 KiB: 24 such entries, a third more than a leaf can hold,
+//! still fit under the threshold. The log refuses a larger record and the projections never
+//! build one (history pages close by bytes, a stream-index entry holds at most
+//! [`crate::log`]'s 4,096 seqs); `tests/no_blob_files.rs` drives the worst-case sizes and finds
+//! no file under `blobs/`.
+//!
+//! Databases created from issue 18 to 2026-12-06 have 16 MiB segments (sled's maximum; blob
+//! threshold 4 MiB, for values then held to 128 KiB) and are opened as they are: a value of
+//! today's bound is safer still in them. New databases get 8 MiB: sled grows and cleans its
+//! file a whole segment at a time and keeps a few partly filled, which at 16 MiB was most of a
+//! small database (`bash benches/run-footprint.sh`: 100,000 sessions took 1,211 bytes each
+//! with 16 MiB segments, 927 with 8 MiB, 843 with 4 MiB; 4 MiB would hold values to 40 KiB,
+//! under a 64 KiB message).
 //!
 //! Measured before choosing (`cargo bench --bench sled_blobs`: sequential records committed 16
 //! at a time, each commit fsynced), this way against the other remedy (default segments, and an
@@ -32,13 +41,17 @@ use std::time::{Duration, Instant};
 /// One key and its value, as stored.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
-/// sled's segment size for every database roomlog creates: sled's maximum, so that a page is
-/// only written to a blob file past 4 MiB. sled cannot change it for an existing database.
-pub const SEGMENT_BYTES: usize = 16 * 1024 * 1024;
+/// sled's segment size for every database roomlog creates, so that a page is only written to
+/// a blob file past 2 MiB. sled cannot change it for an existing database.
+pub const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// The segment size of the databases roomlog created before 2026-12-06 (sled's maximum), which
+/// it still opens as they are.
+pub const SEGMENT_BYTES_BEFORE: usize = 16 * 1024 * 1024;
 
 /// The largest value roomlog writes into a sled tree (a log record, a history page). See the
 /// module documentation for why this keeps every page out of blob files.
-pub const VALUE_BYTES_MAX: usize = 128 * 1024;
+pub const VALUE_BYTES_MAX: usize = 80 * 1024;
 
 /// How long opening waits for sled to release the lock of a handle this process just dropped.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
@@ -57,7 +70,7 @@ pub enum SledOpenError {
     Panicked(String),
     /// The database was written with another segment size (by a roomlog before issue 18);
     /// its data is migrated into a new database rather than opened in place.
-    #[error("the database was created with {found}-byte segments, not {SEGMENT_BYTES}; it must be migrated")]
+    #[error("the database was created with {found}-byte segments, not {SEGMENT_BYTES} or {SEGMENT_BYTES_BEFORE}; it must be migrated")]
     OldLayout { found: usize },
 }
 
@@ -72,13 +85,16 @@ pub struct SledDb {
 }
 
 impl SledDb {
-    /// Opens (or creates) the database in `dir` with [`SEGMENT_BYTES`] segments, then makes
-    /// every file sled wrote while opening durable, folders included.
+    /// Opens (or creates) the database in `dir`: a new one with [`SEGMENT_BYTES`] segments, one
+    /// of [`SEGMENT_BYTES_BEFORE`] as it is; then makes every file sled wrote while opening
+    /// durable, folders included.
     pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, SledOpenError> {
-        if let Some(found) = segment_size_of(dir).filter(|&s| s != SEGMENT_BYTES) {
-            return Err(SledOpenError::OldLayout { found });
-        }
-        let db = open_sled(dir, SEGMENT_BYTES, cache_bytes_max)?;
+        let segment_bytes = match segment_size_of(dir) {
+            None => SEGMENT_BYTES,
+            Some(found) if found == SEGMENT_BYTES || found == SEGMENT_BYTES_BEFORE => found,
+            Some(found) => return Err(SledOpenError::OldLayout { found }),
+        };
+        let db = open_sled(dir, segment_bytes, cache_bytes_max)?;
         let data_file = File::options().read(true).write(true).open(dir.join("db"))?;
         let opened = Self { db, data_file: Some(Arc::new(Mutex::new(data_file))), dir: dir.to_path_buf() };
         opened.settle_files()?;
@@ -207,6 +223,21 @@ mod tests {
         assert!(matches!(err, SledOpenError::OldLayout { found: 524_288 }), "{err}");
         let read = SledDb::open_old(dir.path(), 1 << 20).expect("opened for migration");
         assert_eq!(read.get("k").expect("get").as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_new_database_has_the_smaller_segments_and_one_of_the_larger_opens_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (new, before) = (dir.path().join("new"), dir.path().join("before"));
+        let older = sled::Config::new().path(&before).segment_size(SEGMENT_BYTES_BEFORE).open().expect("older sled");
+        older.insert("k", "v").expect("insert");
+        older.flush().expect("flush");
+        drop(older);
+        drop(SledDb::open(&new, 1 << 20).expect("a new database"));
+        let opened = SledDb::open(&before, 1 << 20).expect("a database of 16 MiB segments opens");
+        assert_eq!(opened.db().get("k").expect("get").as_deref(), Some(&b"v"[..]));
+        assert_eq!(segment_size_of(&new), Some(SEGMENT_BYTES));
+        assert_eq!(segment_size_of(&before), Some(SEGMENT_BYTES_BEFORE), "left as it was");
     }
 
     #[test]

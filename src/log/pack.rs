@@ -163,7 +163,7 @@ pub(super) fn runs<'a, 'b>(records: &'b [(u64, &'a [u8])]) -> Vec<&'b [(u64, &'a
 fn join(records: &[(u64, &[u8])], out: &mut Vec<u8>) {
     for (seq, bytes) in records {
         out.extend_from_slice(&seq.to_be_bytes());
-        // A record is at most `VALUE_BYTES_MAX` (128 KiB): its length fits in a u32.
+        // A record is at most `VALUE_BYTES_MAX` (80 KiB): its length fits in a u32.
         out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         out.extend_from_slice(bytes);
     }

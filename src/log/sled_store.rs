@@ -200,12 +200,12 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the stream-index entries of one group of (stream, seq), ascending by seq.
+    /// Writes the stream-index entries of one group of (stream, seq), ascending by seq: an
+    /// entry per stream, of at most [`STREAM_ENTRY_SEQS_MAX`] seqs (a group of `log.batch_max`
+    /// events of one stream could otherwise pass `VALUE_BYTES_MAX`).
     fn index<'a>(&self, group: impl Iterator<Item = (&'a StreamId, u64)>, last_seq: u64) -> Result<(), LogError> {
         let mut by_stream: BTreeMap<&StreamId, Vec<u8>> = BTreeMap::new();
-        let mut firsts: BTreeMap<&StreamId, u64> = BTreeMap::new();
         for (stream, seq) in group {
-            firsts.entry(stream).or_insert(seq);
             by_stream.entry(stream).or_default().extend_from_slice(&seq.to_be_bytes());
         }
         // Plain inserts, the checkpoint last, rather than one batch: sled recovers a prefix of
@@ -214,7 +214,9 @@ impl Store {
         // A batch makes sled write what came before it on its own, which cost each commit a
         // second write and wait of the data file (seen with strace: 308 µs a lone append).
         for (stream, seqs) in by_stream {
-            self.streams.insert(stream_key(stream, firsts[stream]), seqs)?;
+            for entry in seqs.chunks(8 * STREAM_ENTRY_SEQS_MAX) {
+                self.streams.insert(stream_key(stream, seq_of(entry.get(..8).unwrap_or_default())), entry)?;
+            }
         }
         let next_seq = last_seq.max(self.indexed()?.1.saturating_sub(1)) + 1;
         let mut checkpoint = last_seq.to_be_bytes().to_vec();
@@ -760,6 +762,9 @@ fn stream_key(stream: &StreamId, seq: u64) -> Vec<u8> {
     key
 }
 
+/// Seqs one stream-index entry holds at most: 32 KiB, far under `VALUE_BYTES_MAX`.
+const STREAM_ENTRY_SEQS_MAX: usize = 4096;
+
 /// Reads a big-endian seq key; a key of the wrong length reads as 0, which no record uses.
 fn seq_of(key: &[u8]) -> u64 {
     key.try_into().map(u64::from_be_bytes).unwrap_or(0)
@@ -857,6 +862,27 @@ mod tests {
 
     /// What a rewrite keeps: every record left, byte for byte, under its seq, read by range
     /// and by stream; the seq floor and the next seq; and nothing of what was removed.
+    #[test]
+    fn a_group_of_one_stream_larger_than_an_index_entry_reads_back_whole_from_anywhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = SledBackend::open(&dir.path().join("log"), 1 << 20).expect("backend");
+        let stream = posted("a", 0).stream();
+        let n = 2 * STREAM_ENTRY_SEQS_MAX as u64 + 100;
+        let records: Vec<(u64, Vec<u8>)> = (1..=n)
+            .map(|seq| (seq, encode(&Envelope { seq, at_unix_ms: seq, stream: stream.clone(), event: posted("a", 1) })))
+            .collect();
+        let encoded: Vec<Encoded<'_>> = records.iter().map(|(seq, bytes)| (*seq, &stream, bytes.as_slice())).collect();
+        backend.write(&encoded).expect("one group of every record");
+        backend.sync().expect("sync");
+        for after in [0, STREAM_ENTRY_SEQS_MAX as u64 - 1, STREAM_ENTRY_SEQS_MAX as u64, n - 1] {
+            let read = backend.read_stream_raw(&stream, after, n, usize::MAX).expect("read the stream");
+            let seqs: Vec<u64> = read.iter().map(|(seq, _)| *seq).collect();
+            assert_eq!(seqs, (after + 1..=n).collect::<Vec<_>>(), "after {after}");
+        }
+        let largest = backend.with(|store| Ok(store.streams.iter().values().flatten().map(|v| v.len()).max()));
+        assert!(largest.expect("index").unwrap_or(0) <= 8 * STREAM_ENTRY_SEQS_MAX, "entries stay small");
+    }
+
     #[test]
     fn a_rewrite_keeps_every_record_left_and_the_seq_bookkeeping() {
         let dir = tempfile::tempdir().expect("tempdir");
