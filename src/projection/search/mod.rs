@@ -11,8 +11,8 @@
 //! The index keeps no copy of the texts and stores no documents: a document's room, author,
 //! times and the seq of the record that holds its text (the post, or its newest edit) are
 //! columns, and a page of hits reads those texts from the log ([`MessageTexts`]) to cut its
-//! snippets (issue 19: the stored bodies
-//! were 95 MB of the 150 MB index of the 1M corpus, a third copy of every text).
+//! snippets (issue 19: the stored bodies were 95 MB of the 150 MB index of the 1M corpus, a
+//! third copy of every text).
 
 pub mod query;
 mod rank;

@@ -66,6 +66,46 @@ async fn given_a_deleted_or_edited_message_then_a_search_no_longer_finds_its_old
     close(&log, following).await;
 }
 
+#[tokio::test]
+async fn given_an_index_of_the_schema_that_stored_texts_when_opened_then_it_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    {
+        // Schema version 1, as releases before 2026-12-06 wrote it: the body stored, no
+        // `text_seq`, one document committed through seq 1.
+        use tantivy::schema::{STORED, STRING};
+        let mut builder = Schema::builder();
+        let number = NumericOptions::default().set_indexed().set_stored().set_fast();
+        let body = TextOptions::default().set_stored().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(tokenizer::NAME)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        );
+        let seq = builder.add_u64_field("seq", number.clone());
+        let room = builder.add_text_field("room", STRING | STORED);
+        let author = builder.add_text_field("author", STRING | STORED);
+        let at = builder.add_u64_field("at", number);
+        let text = builder.add_text_field("body", body);
+        let index = Index::create_in_dir(dir.path(), builder.build()).expect("an index of version 1");
+        index.tokenizers().register(tokenizer::NAME, tokenizer::analyzer());
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15 << 20).expect("writer");
+        writer
+            .add_document(doc!(seq => 1u64, room => "a", author => "ann", at => 1u64, text => "an old stale text"))
+            .expect("add");
+        let mut prepared = writer.prepare_commit().expect("prepare");
+        prepared.set_payload(r#"{"schema":1,"seq":1}"#);
+        prepared.commit().expect("commit");
+    }
+    let log = memory_log();
+    let (index, runner, following) = live(&log, dir.path()).await;
+    let wanted = append(&log, posted("a", "ann", "c1", "the current words")).await;
+    caught_up(&runner, &log).await;
+
+    assert_eq!(find(&index, &log, "stale"), Vec::<u64>::new(), "the old index was dropped");
+    assert_eq!(find(&index, &log, "current"), vec![wanted.seq], "and rebuilt from the log");
+    assert_eq!(snippets(&index, &log, "current"), vec!["the <b>current</b> words".to_owned()]);
+    close(&log, following).await;
+}
+
 /// The snippets of a search for `q`, best first.
 fn snippets(index: &SearchIndex, log: &EventLog, q: &str) -> Vec<String> {
     let params = SearchParams { q: q.into(), ..SearchParams::default() };
