@@ -96,7 +96,7 @@ impl Unpacked {
     }
 
     fn into_records(self) -> Vec<Raw> {
-        self.at.into_iter().map(|(seq, range)| (seq, self.bytes[range].to_vec())).collect()
+        self.iter().map(|(seq, bytes)| (seq, bytes.to_vec())).collect()
     }
 }
 

@@ -458,15 +458,25 @@ pub trait MessageTexts: Sync {
 /// holds 64): a page sorted by time is mostly neighbours.
 const TEXTS_READ_SPAN: u64 = 64;
 
+/// `seqs` (ascending) in runs read together: each run's seqs lie within [`TEXTS_READ_SPAN`] of
+/// its first.
+fn runs(seqs: &[u64]) -> Vec<&[u64]> {
+    let mut runs = Vec::new();
+    let mut rest = seqs;
+    while let Some(&first) = rest.first() {
+        let together = rest.iter().take_while(|&&seq| seq - first < TEXTS_READ_SPAN).count();
+        let (run, after) = rest.split_at(together);
+        runs.push(run);
+        rest = after;
+    }
+    runs
+}
+
 impl MessageTexts for EventLog {
     fn texts(&self, seqs: &[u64]) -> Result<HashMap<u64, String>, ProjectionError> {
         let mut texts = HashMap::with_capacity(seqs.len());
-        let mut rest = seqs;
-        while let Some(&first) = rest.first() {
-            let together = rest.iter().take_while(|&&seq| seq - first < TEXTS_READ_SPAN).count();
-            let (run, after) = rest.split_at(together);
-            rest = after;
-            let last = run.last().copied().unwrap_or(first);
+        for run in runs(seqs) {
+            let (Some(&first), Some(&last)) = (run.first(), run.last()) else { continue };
             let span = usize::try_from(last - first + 1).unwrap_or(usize::MAX);
             for (seq, bytes) in self.read_raw_blocking(first, span)? {
                 if run.binary_search(&seq).is_err() {
@@ -697,12 +707,12 @@ const TEXTS_SPLIT_RUNS_MIN: usize = 4;
 /// they lie in several places of the log: at ten million messages each is a read of sled's
 /// file (its cache holds a fraction of the log), about 40 µs, and a page has 20.
 fn texts_on_two_threads(texts: &dyn MessageTexts, wanted: &[u64]) -> Result<HashMap<u64, String>, ProjectionError> {
-    let starts: Vec<usize> =
-        (0..wanted.len()).filter(|&i| i == 0 || wanted[i] - wanted[i - 1] >= TEXTS_READ_SPAN).collect();
-    if starts.len() < TEXTS_SPLIT_RUNS_MIN {
+    let runs = runs(wanted);
+    if runs.len() < TEXTS_SPLIT_RUNS_MIN {
         return texts.texts(wanted);
     }
-    let (mine, theirs) = wanted.split_at(starts[starts.len() / 2]);
+    let mine: usize = runs[..runs.len() / 2].iter().map(|run| run.len()).sum();
+    let (mine, theirs) = wanted.split_at(mine);
     std::thread::scope(|scope| {
         match std::thread::Builder::new().name("search-texts".into()).spawn_scoped(scope, || texts.texts(theirs)) {
             Ok(other) => {

@@ -236,6 +236,17 @@ impl MessageTexts for Texts {
     }
 }
 
+#[test]
+fn given_hits_in_many_places_of_the_log_then_their_texts_are_read_on_two_threads_and_all_come_back() {
+    let seqs: Vec<u64> = vec![1, 2, 100, 300, 301, 500, 900, 2_000];
+    assert_eq!(runs(&seqs).len(), 6, "six places, each read once");
+    let texts = Texts(seqs.iter().map(|&seq| (seq, format!("text {seq}"))).collect());
+    let read = texts_on_two_threads(&texts, &seqs).expect("read");
+    let mut got: Vec<(u64, String)> = read.into_iter().collect();
+    got.sort();
+    assert_eq!(got, seqs.iter().map(|&seq| (seq, format!("text {seq}"))).collect::<Vec<_>>());
+}
+
 fn ask(index: &SearchIndex, texts: &Texts, q: &str, sort: Sort, cursor: Option<String>) -> Hits {
     let params = SearchParams { q: q.into(), sort: Some(sort), limit: Some(20), cursor, ..SearchParams::default() };
     let request = SearchRequest::new(&params, None, 100, SystemTime::now()).expect("a valid search");
