@@ -13,7 +13,7 @@ pub mod squeeze;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub use sled_db::{Entry, SledDb, SledOpenError, SledSyncError, SEGMENT_BYTES, VALUE_BYTES_MAX};
+pub use sled_db::{Entry, Shape, SledDb, SledOpenError, SledSyncError, LOG, SEGMENT_BYTES, STATE, VALUE_BYTES_MAX};
 
 /// Makes the names in `dir` (new, renamed or removed ones) durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {

@@ -31,7 +31,7 @@ pub enum Opened {
 impl StateDb {
     /// Opens the store in `dir`, creating it if needed.
     pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, SledOpenError> {
-        Ok(Self { db: SledDb::open(dir, cache_bytes_max)? })
+        Ok(Self { db: SledDb::open(dir, crate::durable::STATE, cache_bytes_max)? })
     }
 
     /// Opens the store in `dir`; one that does not open is moved aside (never deleted: an

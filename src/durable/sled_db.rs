@@ -11,21 +11,24 @@
 //! fsync discipline on roomlog's side can close the race.
 //!
 //! So no page may ever become a blob file. A page is a tree node of at most 17 entries (sled
-//! splits a leaf past 16; a random insert-and-remove workload never showed 18), so the
-//! segment size is raised to 8 MiB (blob threshold 2 MiB), and every value roomlog stores is
-//! held to [`VALUE_BYTES_MAX`], 80 KiB: 24 such entries, a third more than a leaf can hold,
-//! still fit under the threshold. The log refuses a larger record and the projections never
-//! build one (history pages close by bytes, a stream-index entry holds at most
-//! [`crate::log`]'s 4,096 seqs); `tests/no_blob_files.rs` drives the worst-case sizes and finds
-//! no file under `blobs/`.
+//! splits a leaf past 16; a random insert-and-remove workload never showed 18), so each
+//! database's segment size and value bound go together ([`Shape`]): 24 values at the bound, a
+//! third more than a leaf can hold, still fit under a quarter of a segment. The log's database
+//! has 8 MiB segments (blob threshold 2 MiB) for records up to [`VALUE_BYTES_MAX`], 80 KiB; the
+//! projections' has 4 MiB (threshold 1 MiB) for values up to 40 KiB. The log refuses a larger
+//! record and the projections never build one (history pages close by bytes: the largest is
+//! about 34 KB; a stream-index entry holds at most [`crate::log`]'s 4,096 seqs);
+//! `tests/no_blob_files.rs` drives the worst-case sizes and finds no file under `blobs/`.
 //!
 //! Databases created from issue 18 to 2026-12-06 have 16 MiB segments (sled's maximum; blob
-//! threshold 4 MiB, for values then held to 128 KiB) and are opened as they are: a value of
-//! today's bound is safer still in them. New databases get 8 MiB: sled grows and cleans its
-//! file a whole segment at a time and keeps a few partly filled, which at 16 MiB was most of a
-//! small database (`bash benches/run-footprint.sh`: 100,000 sessions took 1,211 bytes each
-//! with 16 MiB segments, 927 with 8 MiB, 843 with 4 MiB; 4 MiB would hold values to 40 KiB,
-//! under a 64 KiB message).
+//! threshold 4 MiB, for values then held to 128 KiB), and projections' databases created on
+//! 2026-12-06 have 8 MiB; each opens as it is: a value of today's bound is safer still in
+//! larger segments. Smaller segments are for the disk: sled grows and cleans its file a whole
+//! segment at a time and keeps a few partly filled, which at 16 MiB was most of a small
+//! database (`bash benches/run-footprint.sh`: 100,000 sessions took 1,211 bytes each with
+//! 16 MiB segments, 927 with 8 MiB; the 1M corpus's `state/` 83.9 MB with 16 MiB, 58.7 MB with
+//! 8 MiB, 42.0 MB with 4 MiB). 4 MiB for the log would hold records to 40 KiB, under a 64 KiB
+//! message.
 //!
 //! Measured before choosing (`cargo bench --bench sled_blobs`: sequential records committed 16
 //! at a time, each commit fsynced), this way against the other remedy (default segments, and an
@@ -41,16 +44,39 @@ use std::time::{Duration, Instant};
 /// One key and its value, as stored.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
-/// sled's segment size for every database roomlog creates, so that a page is only written to
-/// a blob file past 2 MiB. sled cannot change it for an existing database.
-pub const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+/// The segment size a database is created with, and the largest value it may then hold: a
+/// page passes to a blob file past a quarter of a segment, and 24 values at the bound, a third
+/// more than a leaf holds, stay under that. sled cannot change the segment size of an existing
+/// database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub segment_bytes: usize,
+    pub value_bytes_max: usize,
+}
+
+/// The log's database: 8 MiB segments (blob threshold 2 MiB) for records up to 80 KiB (a
+/// 64 KiB message is a record of about 66 KiB).
+pub const LOG: Shape = Shape { segment_bytes: 8 * 1024 * 1024, value_bytes_max: VALUE_BYTES_MAX };
+
+/// The projections' database: 4 MiB segments (blob threshold 1 MiB) for values up to 40 KiB
+/// (a history page closes at 32 KiB of its authors and client ids; a session or a file entry
+/// is well under 2 KiB). The smaller segment took 17 MB off the 1M corpus's `state/`.
+pub const STATE: Shape = Shape { segment_bytes: 4 * 1024 * 1024, value_bytes_max: 40 * 1024 };
+
+/// sled's segment size for the log's database ([`LOG`]).
+pub const SEGMENT_BYTES: usize = LOG.segment_bytes;
 
 /// The segment size of the databases roomlog created before 2026-12-06 (sled's maximum), which
 /// it still opens as they are.
 pub const SEGMENT_BYTES_BEFORE: usize = 16 * 1024 * 1024;
 
-/// The largest value roomlog writes into a sled tree (a log record, a history page). See the
-/// module documentation for why this keeps every page out of blob files.
+/// The segment sizes roomlog has created databases with since issue 18: a database of one of
+/// them at least its [`Shape`]'s opens as it is (a value of the shape's bound is safer still
+/// in larger segments).
+const SEGMENT_BYTES_KNOWN: [usize; 3] = [STATE.segment_bytes, LOG.segment_bytes, SEGMENT_BYTES_BEFORE];
+
+/// The largest value roomlog writes into the log's tree (a record). See the module
+/// documentation for why this keeps every page out of blob files.
 pub const VALUE_BYTES_MAX: usize = 80 * 1024;
 
 /// How long opening waits for sled to release the lock of a handle this process just dropped.
@@ -70,8 +96,8 @@ pub enum SledOpenError {
     Panicked(String),
     /// The database was written with another segment size (by a roomlog before issue 18);
     /// its data is migrated into a new database rather than opened in place.
-    #[error("the database was created with {found}-byte segments, not {SEGMENT_BYTES} or {SEGMENT_BYTES_BEFORE}; it must be migrated")]
-    OldLayout { found: usize },
+    #[error("the database was created with {found}-byte segments, not {wanted} or one of the larger roomlog created; it must be migrated")]
+    OldLayout { found: usize, wanted: usize },
 }
 
 /// An open database with the handle that makes its commits durable.
@@ -85,14 +111,14 @@ pub struct SledDb {
 }
 
 impl SledDb {
-    /// Opens (or creates) the database in `dir`: a new one with [`SEGMENT_BYTES`] segments, one
-    /// of [`SEGMENT_BYTES_BEFORE`] as it is; then makes every file sled wrote while opening
-    /// durable, folders included.
-    pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, SledOpenError> {
+    /// Opens (or creates) the database in `dir`: a new one with `shape`'s segments, one of
+    /// larger segments roomlog created before as it is; then makes every file sled wrote while
+    /// opening durable, folders included.
+    pub fn open(dir: &Path, shape: Shape, cache_bytes_max: u64) -> Result<Self, SledOpenError> {
         let segment_bytes = match segment_size_of(dir) {
-            None => SEGMENT_BYTES,
-            Some(found) if found == SEGMENT_BYTES || found == SEGMENT_BYTES_BEFORE => found,
-            Some(found) => return Err(SledOpenError::OldLayout { found }),
+            None => shape.segment_bytes,
+            Some(found) if found >= shape.segment_bytes && SEGMENT_BYTES_KNOWN.contains(&found) => found,
+            Some(found) => return Err(SledOpenError::OldLayout { found, wanted: shape.segment_bytes }),
         };
         let db = open_sled(dir, segment_bytes, cache_bytes_max)?;
         let data_file = File::options().read(true).write(true).open(dir.join("db"))?;
@@ -219,31 +245,51 @@ mod tests {
         old.insert("k", "v").expect("insert");
         old.flush().expect("flush");
         drop(old);
-        let err = SledDb::open(dir.path(), 1 << 20).expect_err("an old layout is not opened in place");
-        assert!(matches!(err, SledOpenError::OldLayout { found: 524_288 }), "{err}");
+        let err = SledDb::open(dir.path(), STATE, 1 << 20).expect_err("an old layout is not opened in place");
+        assert!(matches!(err, SledOpenError::OldLayout { found: 524_288, .. }), "{err}");
         let read = SledDb::open_old(dir.path(), 1 << 20).expect("opened for migration");
         assert_eq!(read.get("k").expect("get").as_deref(), Some(&b"v"[..]));
     }
 
-    #[test]
-    fn a_new_database_has_the_smaller_segments_and_one_of_the_larger_opens_as_it_is() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (new, before) = (dir.path().join("new"), dir.path().join("before"));
-        let older = sled::Config::new().path(&before).segment_size(SEGMENT_BYTES_BEFORE).open().expect("older sled");
+    fn sled_with_segments(dir: &Path, segment_bytes: usize) {
+        let older = sled::Config::new().path(dir).segment_size(segment_bytes).open().expect("older sled");
         older.insert("k", "v").expect("insert");
         older.flush().expect("flush");
-        drop(older);
-        drop(SledDb::open(&new, 1 << 20).expect("a new database"));
-        let opened = SledDb::open(&before, 1 << 20).expect("a database of 16 MiB segments opens");
-        assert_eq!(opened.db().get("k").expect("get").as_deref(), Some(&b"v"[..]));
-        assert_eq!(segment_size_of(&new), Some(SEGMENT_BYTES));
-        assert_eq!(segment_size_of(&before), Some(SEGMENT_BYTES_BEFORE), "left as it was");
+    }
+
+    #[test]
+    fn a_new_database_has_its_shapes_segments_and_one_of_larger_segments_opens_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = |name: &str| dir.path().join(name);
+        for (name, segment_bytes) in [("log-16", SEGMENT_BYTES_BEFORE), ("state-16", SEGMENT_BYTES_BEFORE)] {
+            sled_with_segments(&at(name), segment_bytes);
+        }
+        sled_with_segments(&at("state-8"), LOG.segment_bytes);
+        sled_with_segments(&at("log-4"), STATE.segment_bytes);
+        drop(SledDb::open(&at("log"), LOG, 1 << 20).expect("a new log database"));
+        drop(SledDb::open(&at("state"), STATE, 1 << 20).expect("a new state database"));
+        assert_eq!(segment_size_of(&at("log")), Some(8 << 20));
+        assert_eq!(segment_size_of(&at("state")), Some(4 << 20));
+        for (name, shape) in [("log-16", LOG), ("state-16", STATE), ("state-8", STATE)] {
+            let opened = SledDb::open(&at(name), shape, 1 << 20).expect("larger segments open");
+            assert_eq!(opened.db().get("k").expect("get").as_deref(), Some(&b"v"[..]));
+        }
+        assert_eq!(segment_size_of(&at("state-8")), Some(8 << 20), "left as it was");
+        let err = SledDb::open(&at("log-4"), LOG, 1 << 20).expect_err("segments too small for the log's records");
+        assert!(matches!(err, SledOpenError::OldLayout { found: 4_194_304, wanted: 8_388_608 }), "{err}");
     }
 
     #[test]
     fn values_up_to_the_bound_never_become_blob_files() {
+        for shape in [LOG, STATE] {
+            values_up_to_the_bound_of(shape);
+        }
+    }
+
+    fn values_up_to_the_bound_of(shape: Shape) {
+        let value_bytes = shape.value_bytes_max;
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = SledDb::open(dir.path(), 64 << 20).expect("open");
+        let db = SledDb::open(dir.path(), shape, 64 << 20).expect("open");
         let tree = db.db().open_tree("t").expect("tree");
         let mut x: u64 = 88_172_645_463_325_252;
         for n in 0..400u64 {
@@ -251,18 +297,18 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             // Appends and random overwrites and removals, as the log and the projections do.
-            tree.insert(n.to_be_bytes(), vec![1u8; VALUE_BYTES_MAX]).expect("append");
+            tree.insert(n.to_be_bytes(), vec![1u8; value_bytes]).expect("append");
             let key = (x % 100).to_be_bytes();
             if x.is_multiple_of(3) {
                 tree.remove(key).expect("remove");
             } else {
-                tree.insert(key, vec![2u8; VALUE_BYTES_MAX]).expect("overwrite");
+                tree.insert(key, vec![2u8; value_bytes]).expect("overwrite");
             }
             if n % 16 == 0 {
                 db.sync().expect("sync");
             }
         }
         db.sync().expect("sync");
-        assert_eq!(db.blob_files(), 0, "no page may be written to a blob file");
+        assert_eq!(db.blob_files(), 0, "no page may be written to a blob file ({shape:?})");
     }
 }

@@ -90,7 +90,7 @@ impl Store {
     /// Opens the database in `dir`, creating it if needed, and completes the stream index if a
     /// crash came between writing a group's records and its index entries.
     pub fn open(dir: &Path, cache_bytes_max: u64) -> Result<Self, LogError> {
-        let db = SledDb::open(dir, cache_bytes_max)?;
+        let db = SledDb::open(dir, crate::durable::LOG, cache_bytes_max)?;
         let floor = Arc::new(Mutex::new(SeqFloor::open(dir)?));
         let store = Self {
             log: db.db().open_tree(LOG_TREE)?,

@@ -555,6 +555,43 @@ mod tests {
         }
     }
 
+    /// The largest page the projection can write: 64 messages whose authors and client ids
+    /// (random, so they do not compress) fill the page's byte bound, every number at its
+    /// widest. It must fit the state database's value bound (`durable::STATE`), or sled could
+    /// write it to an unsynced blob file.
+    #[test]
+    fn the_largest_page_fits_the_state_databases_value_bound() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut random_text = |len: usize| -> String {
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"[(x % 64) as usize])
+                })
+                .collect()
+        };
+        let each = (PAGE_BYTES_MAX as usize) / PAGE_MESSAGES_MAX;
+        let page: Page = (0..PAGE_MESSAGES_MAX as u64)
+            .map(|n| KeptMessage {
+                seq: u64::MAX - 2 * n,
+                at_unix_ms: u64::MAX - n,
+                author: random_text(64),
+                client_id: random_text(each - 64),
+                body_bytes: u64::MAX,
+                edit: Some((u64::MAX - 2 * n - 1, u64::MAX)),
+            })
+            .collect();
+        assert_eq!(page_bytes(&page), PAGE_BYTES_MAX, "the page is at its byte bound");
+        let stored = encode_page(&page).len();
+        assert!(
+            stored <= crate::durable::STATE.value_bytes_max,
+            "{stored} bytes, over {}",
+            crate::durable::STATE.value_bytes_max
+        );
+    }
+
     fn expired(seq: u64, room_name: &str, through_seq: u64) -> Envelope {
         let room = room(room_name);
         Envelope {
