@@ -1,6 +1,7 @@
-//! Compression of values roomlog stores in sled: LZ4 for the history's pages (rewritten at each
-//! message: fast both ways) and zstd for sealed packs of log records (`log::pack`: written once,
-//! a third smaller on chat text). A compressed value starts with [`MARK`], the one byte
+//! Compression of values roomlog stores in sled: zstd for sealed packs of log records
+//! (`log::pack`: a third smaller than LZ4 on chat text) and for the history's pages (two fifths
+//! smaller); LZ4 where zstd fails, and for packs sealed before zstd. A compressed value starts
+//! with [`MARK`], the one byte
 //! MessagePack never uses, so that a reader tells it from a value written before compression
 //! by its first byte.
 
