@@ -109,7 +109,11 @@ pub fn rebuild(config: &Config, name: &str) -> anyhow::Result<()> {
                 let (_, mut projection) = search::open(&config.search_dir(), &config.search, threads)
                     .context("opening the search index (is the server running?)")?;
                 let result = projection::rebuild(&log, &mut projection, progress)?;
-                projection.finish()?;
+                let merging = Instant::now();
+                let segments = projection.finish()?;
+                if segments > 1 {
+                    println!("merged the search index's {segments} segments into one in {:.2?}", merging.elapsed());
+                }
                 result
             }
         };

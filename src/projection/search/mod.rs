@@ -304,12 +304,28 @@ impl SearchProjection {
         Ok(())
     }
 
-    /// Waits for the index's background merges to finish (for a rebuild that exits next).
-    pub fn finish(self) -> Result<(), ProjectionError> {
+    /// Ends a rebuild: waits for the background merges, then merges what is left into one
+    /// segment, which also removes the files merged away. Returns how many segments there
+    /// were. One segment is the smallest index and the quickest to search (the 1M corpus:
+    /// 50.6 MB against 55.6 MB in 6 segments and 60.3 MB in 12, as the indexing threads and
+    /// merges happened to leave it; 2 s of merging). The live index keeps tantivy's merge
+    /// policy.
+    pub fn finish(self) -> Result<usize, ProjectionError> {
         self.writer.wait_merging_threads()?;
-        Ok(())
+        let segments = self.read.index.searchable_segment_ids()?;
+        if segments.len() > 1 {
+            let mut writer: IndexWriter = self.read.index.writer_with_num_threads(1, MERGE_WRITER_BYTES)?;
+            writer.merge(&segments).wait()?;
+            writer.wait_merging_threads()?;
+        }
+        self.read.reader.reload()?;
+        Ok(segments.len())
     }
 }
+
+/// The indexing budget of the writer that only merges at the end of a rebuild (tantivy's
+/// least).
+const MERGE_WRITER_BYTES: usize = 15 << 20;
 
 /// How hits are ordered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

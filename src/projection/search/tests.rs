@@ -265,8 +265,9 @@ fn given_more_matches_than_the_bound_then_the_total_says_at_least_and_equal_scor
     projection.apply(&texts.of(messages(common / 2 + 1, common - common / 2, "common word"))).expect("apply");
     projection.apply(&texts.of(messages(common + 1, 30, "common rare"))).expect("apply");
     projection.flush().expect("commit");
-    projection.finish().expect("close the writer");
+    drop(projection); // as the server leaves it: not merged into one segment as a rebuild ends
     let index = open_reader(dir.path()).expect("open the index to read");
+    assert_eq!(index.index.searchable_segment_ids().expect("segments").len(), 2);
 
     for sort in [Sort::Relevance, Sort::Time] {
         let many = ask(&index, &texts, "common", sort, None);
@@ -313,8 +314,9 @@ fn given_segments_whose_documents_are_out_of_seq_order_then_newest_first_pages_t
         projection.apply(&texts.of(batch(&runs))).expect("apply");
         projection.flush().expect("commit");
     }
-    projection.finish().expect("close the writer");
+    drop(projection); // as the server leaves it: not merged into one segment as a rebuild ends
     let mut index = open_reader(dir.path()).expect("open the index to read");
+    assert_eq!(index.index.searchable_segment_ids().expect("segments").len(), 3);
 
     for chunk_docs in [1, 4, 7, 16_384] {
         index.seqs = rank::ColumnCache::with_chunk_docs(chunk_docs);
@@ -335,5 +337,36 @@ fn given_segments_whose_documents_are_out_of_seq_order_then_newest_first_pages_t
             }
             assert_eq!(seqs, expected, "{q}, chunks of {chunk_docs}: newest first, each once");
         }
+    }
+}
+
+/// A rebuild ends with one segment: the same hits, totals and snippets as the segments it
+/// merged, and the commit's payload (how far the index got) kept.
+#[test]
+fn given_a_rebuild_that_left_several_segments_when_it_finishes_then_one_segment_answers_the_same() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (_, mut projection) = open(dir.path(), &SearchConfig::default(), 1).expect("open the index");
+    let mut texts = Texts::default();
+    for (first, body) in [(1, "apple pie"), (41, "apple tart"), (81, "pear pie")] {
+        projection.apply(&texts.of(messages(first, 40, body))).expect("apply");
+        projection.flush().expect("commit");
+    }
+    let before = open_reader(dir.path()).expect("open the index to read");
+    assert_eq!(before.index.searchable_segment_ids().expect("segments").len(), 3);
+    let answers = |index: &SearchIndex| -> Vec<Hits> {
+        ["apple", "pie", "apple pie", "pear"]
+            .iter()
+            .flat_map(|q| [Sort::Relevance, Sort::Time].map(|sort| ask(index, &texts, q, sort, None)))
+            .collect()
+    };
+    let expected = answers(&before);
+    assert_eq!(projection.finish().expect("finish"), 3, "it merged three segments");
+    let after = open_reader(dir.path()).expect("open the index to read");
+    assert_eq!(after.index.searchable_segment_ids().expect("segments").len(), 1);
+    assert_eq!(after.indexed_through(), 120, "the payload stays");
+    let found = answers(&after);
+    for (got, want) in found.iter().zip(&expected) {
+        let seqs = |hits: &Hits| hits.hits.iter().map(|h| (h.seq, h.snippet.clone())).collect::<Vec<_>>();
+        assert_eq!((seqs(got), got.total, got.total_is_exact), (seqs(want), want.total, want.total_is_exact));
     }
 }
