@@ -15,20 +15,22 @@
 //! database's segment size and value bound go together ([`Shape`]): 24 values at the bound, a
 //! third more than a leaf can hold, still fit under a quarter of a segment. The log's database
 //! has 8 MiB segments (blob threshold 2 MiB) for records up to [`VALUE_BYTES_MAX`], 80 KiB; the
-//! projections' has 4 MiB (threshold 1 MiB) for values up to 40 KiB. The log refuses a larger
+//! projections' has 1 MiB (threshold 256 KiB) for values up to 10 KiB. The log refuses a larger
 //! record and the projections never build one (history pages close by bytes: the largest is
-//! about 34 KB; a stream-index entry holds at most [`crate::log`]'s 4,096 seqs);
+//! about 8 KB; an edit's text stays in the log; a stream-index entry holds at most
+//! [`crate::log`]'s 4,096 seqs);
 //! `tests/no_blob_files.rs` drives the worst-case sizes and finds no file under `blobs/`.
 //!
 //! Databases created from issue 18 to 2026-12-06 have 16 MiB segments (sled's maximum; blob
 //! threshold 4 MiB, for values then held to 128 KiB), and projections' databases created on
-//! 2026-12-06 have 8 MiB; each opens as it is: a value of today's bound is safer still in
-//! larger segments. Smaller segments are for the disk: sled grows and cleans its file a whole
-//! segment at a time and keeps a few partly filled, which at 16 MiB was most of a small
+//! 2026-12-06 before this have 8 MiB; each opens as it is: a value of today's bound is safer
+//! still in larger segments. Smaller segments are for the disk: sled grows and cleans its file
+//! a whole segment at a time and keeps a few partly filled, which at 16 MiB was most of a small
 //! database (`bash benches/run-footprint.sh`: 100,000 sessions took 1,211 bytes each with
 //! 16 MiB segments, 927 with 8 MiB; the 1M corpus's `state/` 83.9 MB with 16 MiB, 58.7 MB with
-//! 8 MiB, 42.0 MB with 4 MiB). 4 MiB for the log would hold records to 40 KiB, under a 64 KiB
-//! message.
+//! 8 MiB, 21.7 MB with 1 MiB and zstd pages). The log's records go to 66 KiB (a 64 KiB
+//! message), which 8 MiB segments need; smaller ones took little off it (163.7 MB with 4 MiB
+//! or 1 MiB against 167.8 MB).
 //!
 //! Measured before choosing (`cargo bench --bench sled_blobs`: sequential records committed 16
 //! at a time, each commit fsynced), this way against the other remedy (default segments, and an
@@ -58,10 +60,11 @@ pub struct Shape {
 /// 64 KiB message is a record of about 66 KiB).
 pub const LOG: Shape = Shape { segment_bytes: 8 * 1024 * 1024, value_bytes_max: VALUE_BYTES_MAX };
 
-/// The projections' database: 4 MiB segments (blob threshold 1 MiB) for values up to 40 KiB
-/// (a history page closes at 32 KiB of its authors and client ids; a session or a file entry
-/// is well under 2 KiB). The smaller segment took 17 MB off the 1M corpus's `state/`.
-pub const STATE: Shape = Shape { segment_bytes: 4 * 1024 * 1024, value_bytes_max: 40 * 1024 };
+/// The projections' database: 1 MiB segments (blob threshold 256 KiB) for values up to 10 KiB
+/// (a history page closes at 6 KiB of its authors and client ids, about 8 KB stored at most; an
+/// edit's text stays in the log; a session or a file entry is well under 2 KiB). The smaller
+/// segments took the 1M corpus's `state/` from 58.7 MB (8 MiB) to 41.9 MB (4 MiB) and 21.7 MB.
+pub const STATE: Shape = Shape { segment_bytes: 1024 * 1024, value_bytes_max: 10 * 1024 };
 
 /// sled's segment size for the log's database ([`LOG`]).
 pub const SEGMENT_BYTES: usize = LOG.segment_bytes;
@@ -73,7 +76,7 @@ pub const SEGMENT_BYTES_BEFORE: usize = 16 * 1024 * 1024;
 /// The segment sizes roomlog has created databases with since issue 18: a database of one of
 /// them at least its [`Shape`]'s opens as it is (a value of the shape's bound is safer still
 /// in larger segments).
-const SEGMENT_BYTES_KNOWN: [usize; 3] = [STATE.segment_bytes, LOG.segment_bytes, SEGMENT_BYTES_BEFORE];
+const SEGMENT_BYTES_KNOWN: [usize; 4] = [STATE.segment_bytes, 4 * 1024 * 1024, LOG.segment_bytes, SEGMENT_BYTES_BEFORE];
 
 /// The largest value roomlog writes into the log's tree (a record). See the module
 /// documentation for why this keeps every page out of blob files.
@@ -265,11 +268,11 @@ mod tests {
             sled_with_segments(&at(name), segment_bytes);
         }
         sled_with_segments(&at("state-8"), LOG.segment_bytes);
-        sled_with_segments(&at("log-4"), STATE.segment_bytes);
+        sled_with_segments(&at("log-4"), 4 << 20);
         drop(SledDb::open(&at("log"), LOG, 1 << 20).expect("a new log database"));
         drop(SledDb::open(&at("state"), STATE, 1 << 20).expect("a new state database"));
         assert_eq!(segment_size_of(&at("log")), Some(8 << 20));
-        assert_eq!(segment_size_of(&at("state")), Some(4 << 20));
+        assert_eq!(segment_size_of(&at("state")), Some(1 << 20));
         for (name, shape) in [("log-16", LOG), ("state-16", STATE), ("state-8", STATE)] {
             let opened = SledDb::open(&at(name), shape, 1 << 20).expect("larger segments open");
             assert_eq!(opened.db().get("k").expect("get").as_deref(), Some(&b"v"[..]));
