@@ -85,6 +85,17 @@ impl SessionId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id's 128 bits, as a store keeps them (half the bytes of its hex digits).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        // Every id is 32 hex digits (`parse`, and `try_from` when decoded).
+        u128::from_str_radix(&self.0, 16).unwrap_or_default().to_be_bytes()
+    }
+
+    /// The id whose bits [`SessionId::to_bytes`] gave.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(format!("{:032x}", u128::from_be_bytes(bytes)))
+    }
 }
 
 impl std::fmt::Display for SessionId {
