@@ -83,46 +83,44 @@ fn deadline_key(at: u64, due: Due, id: &SessionId) -> Vec<u8> {
     key
 }
 
-/// A [`Session`] as stored: its fields but the id, which is its key.
-#[derive(Debug, Serialize, Deserialize)]
-struct Stored {
-    state: SessionState,
-    sliding: bool,
-    created_at_unix_ms: u64,
-    expires_at_unix_ms: u64,
-    purge_at_unix_ms: u64,
-    last_touched_at_unix_ms: u64,
-    changed_at_unix_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    sweeps: Vec<u64>,
-}
+/// A [`Session`] as stored: its fields but the id, which is its key, in order.
+type Stored = (SessionState, bool, u64, u64, u64, u64, Option<u64>, Vec<u64>);
 
-fn encode_session(session: &Session) -> Vec<u8> {
-    let s = session.clone();
-    encode(&Stored {
-        state: s.state,
-        sliding: s.sliding,
-        created_at_unix_ms: s.created_at_unix_ms,
-        expires_at_unix_ms: s.expires_at_unix_ms,
-        purge_at_unix_ms: s.purge_at_unix_ms,
-        last_touched_at_unix_ms: s.last_touched_at_unix_ms,
-        changed_at_unix_ms: s.changed_at_unix_ms,
-        sweeps: s.sweeps,
-    })
+fn encode_session(s: &Session) -> Vec<u8> {
+    let stored: Stored = (
+        s.state,
+        s.sliding,
+        s.created_at_unix_ms,
+        s.expires_at_unix_ms,
+        s.purge_at_unix_ms,
+        s.last_touched_at_unix_ms,
+        s.changed_at_unix_ms,
+        s.sweeps.clone(),
+    );
+    encode(&stored)
 }
 
 fn decode_session(id: SessionId, bytes: &[u8]) -> Result<Session, ProjectionError> {
-    let s: Stored = decode(bytes)?;
+    let (
+        state,
+        sliding,
+        created_at_unix_ms,
+        expires_at_unix_ms,
+        purge_at_unix_ms,
+        last_touched_at_unix_ms,
+        changed_at_unix_ms,
+        sweeps,
+    ): Stored = decode(bytes)?;
     Ok(Session {
         id,
-        state: s.state,
-        sliding: s.sliding,
-        created_at_unix_ms: s.created_at_unix_ms,
-        expires_at_unix_ms: s.expires_at_unix_ms,
-        purge_at_unix_ms: s.purge_at_unix_ms,
-        last_touched_at_unix_ms: s.last_touched_at_unix_ms,
-        changed_at_unix_ms: s.changed_at_unix_ms,
-        sweeps: s.sweeps,
+        state,
+        sliding,
+        created_at_unix_ms,
+        expires_at_unix_ms,
+        purge_at_unix_ms,
+        last_touched_at_unix_ms,
+        changed_at_unix_ms,
+        sweeps,
     })
 }
 
