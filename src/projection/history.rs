@@ -48,7 +48,7 @@ pub const PAGE_BYTES_MAX: u64 = 6 * 1024;
 /// edit's text) is rebuilt from the log at start.
 pub const FORMAT: u8 = 3;
 /// The key under which the tree records its [`FORMAT`].
-pub const FORMAT_KEY: &[u8] = b"v";
+pub use super::tree::FORMAT_KEY;
 
 pub use super::Entry;
 
@@ -110,15 +110,7 @@ pub fn open(
 /// Opens the history tree in `db` for writing only (a rebuild, a check of its checkpoint).
 pub fn projection(db: &crate::state::StateDb) -> Result<HistoryProjection, ProjectionError> {
     let tree = db.open_tree(TREE)?;
-    if tree.is_empty() {
-        tree.insert(FORMAT_KEY, &[FORMAT])?;
-    }
-    let format = tree.get(FORMAT_KEY)?;
-    let outdated = (format.as_deref() != Some(&[FORMAT][..])).then(|| {
-        let found =
-            format.and_then(|v| v.first().copied()).map_or("1 (each message's text kept)".into(), |f| f.to_string());
-        format!("history pages of format {found}, not {FORMAT}")
-    });
+    let outdated = tree::outdated(&tree, "history pages", FORMAT, "1 (each message's text kept)")?;
     Ok(HistoryProjection { tree, outdated })
 }
 
@@ -376,8 +368,7 @@ impl Projection for HistoryProjection {
     }
 
     fn reset(&mut self) -> Result<(), ProjectionError> {
-        tree::reset(&self.tree)?;
-        self.tree.insert(FORMAT_KEY, &[FORMAT])?;
+        tree::reset_to(&self.tree, FORMAT)?;
         self.outdated = None;
         Ok(())
     }

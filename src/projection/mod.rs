@@ -84,6 +84,30 @@ pub(crate) mod tree {
         tree.flush()?;
         Ok(())
     }
+
+    /// The key under which a tree whose layout changed records its format.
+    pub const FORMAT_KEY: &[u8] = b"v";
+
+    /// For a tree that records its format: writes `format` into an empty tree; for a tree of
+    /// another (`first` names the one that had no format key), why it must be rebuilt, which
+    /// its `Projection::checkpoint` answers with `ProjectionError::Outdated`.
+    pub fn outdated(tree: &sled::Tree, what: &str, format: u8, first: &str) -> Result<Option<String>, ProjectionError> {
+        if tree.is_empty() {
+            tree.insert(FORMAT_KEY, &[format])?;
+        }
+        let found = tree.get(FORMAT_KEY)?;
+        Ok((found.as_deref() != Some(&[format][..])).then(|| {
+            let found = found.and_then(|v| v.first().copied()).map_or(first.to_owned(), |f| f.to_string());
+            format!("{what} of format {found}, not {format}")
+        }))
+    }
+
+    /// [`reset`], then records `format`: the tree is empty and of this build's format.
+    pub fn reset_to(tree: &sled::Tree, format: u8) -> Result<(), ProjectionError> {
+        reset(tree)?;
+        tree.insert(FORMAT_KEY, &[format])?;
+        Ok(())
+    }
 }
 
 /// Events read from the log and applied in one atomic write. Large enough to amortise sled's

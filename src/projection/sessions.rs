@@ -30,8 +30,6 @@ const TREE: &str = "proj.sessions";
 /// The format of the tree this build writes; a tree of another (before: ids as hex, in keys
 /// and values; no format key) is rebuilt from the log at start.
 pub const FORMAT: u8 = 2;
-/// The key under which the tree records its [`FORMAT`].
-const FORMAT_KEY: &[u8] = b"v";
 
 /// Read access; cheap to clone.
 #[derive(Debug, Clone)]
@@ -57,14 +55,7 @@ pub struct SessionsProjection {
 /// Opens the sessions tree in `db`.
 pub fn open(db: &crate::state::StateDb) -> Result<(Sessions, SessionsProjection), ProjectionError> {
     let tree = db.open_tree(TREE)?;
-    if tree.is_empty() {
-        tree.insert(FORMAT_KEY, &[FORMAT])?;
-    }
-    let format = tree.get(FORMAT_KEY)?;
-    let outdated = (format.as_deref() != Some(&[FORMAT][..])).then(|| {
-        let found = format.and_then(|v| v.first().copied()).map_or("1 (ids as hex)".into(), |f| f.to_string());
-        format!("sessions of format {found}, not {FORMAT}")
-    });
+    let outdated = tree::outdated(&tree, "sessions", FORMAT, "1 (ids as hex)")?;
     Ok((Sessions { tree: tree.clone() }, SessionsProjection { tree, outdated }))
 }
 
@@ -344,8 +335,7 @@ impl Projection for SessionsProjection {
     }
 
     fn reset(&mut self) -> Result<(), ProjectionError> {
-        tree::reset(&self.tree)?;
-        self.tree.insert(FORMAT_KEY, &[FORMAT])?;
+        tree::reset_to(&self.tree, FORMAT)?;
         self.outdated = None;
         Ok(())
     }
